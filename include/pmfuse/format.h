@@ -1,0 +1,211 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * pmfuse on-media format, version 1.
+ *
+ * This header is the only home of structures that live on the pool. Rules:
+ * - every field is little-endian and fixed width, wrapped in struct pmfuse_leNN so that a missing
+ *   conversion does not compile; read with pmfuse_le64() and write with pmfuse_set_le64();
+ * - no pointers, bools, enums or bitfields; padding is explicit and zero;
+ * - every struct's size is a build-time assertion at the end of this file.
+ *
+ * Pool layout (block numbers are absolute: block B starts at byte B * block_size of the pool):
+ *
+ *   0                    primary superblock
+ *   1                    state block (tree roots, counters)
+ *   log_start..          transaction log (log_blocks blocks)
+ *   bitmap_start..       free-space bitmap (bitmap_blocks blocks)
+ *   data_start..         metadata and file data, handed out by the allocator
+ *   block_count - 1      secondary superblock
+ *
+ * doc/format.md describes every structure with its invariant; fsck checks them.
+ */
+#ifndef PMFUSE_FORMAT_H
+#define PMFUSE_FORMAT_H
+
+#include <assert.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "pmfuse format accessors assume a little-endian host; add byte swaps before porting"
+#endif
+
+struct pmfuse_le16 { uint16_t v; };
+struct pmfuse_le32 { uint32_t v; };
+struct pmfuse_le64 { uint64_t v; };
+
+static inline uint16_t pmfuse_le16(struct pmfuse_le16 x) { return x.v; }
+static inline uint32_t pmfuse_le32(struct pmfuse_le32 x) { return x.v; }
+static inline uint64_t pmfuse_le64(struct pmfuse_le64 x) { return x.v; }
+static inline void pmfuse_set_le16(struct pmfuse_le16 *x, uint16_t v) { x->v = v; }
+static inline void pmfuse_set_le32(struct pmfuse_le32 *x, uint32_t v) { x->v = v; }
+static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v; }
+
+#define PMFUSE_FORMAT_VERSION 1u
+#define PMFUSE_BLOCK_SIZE_DEFAULT 4096u
+#define PMFUSE_BLOCK_SIZE_MIN 4096u
+#define PMFUSE_BLOCK_SIZE_MAX 65536u
+
+/* ---------------------------------------------------------------------------------------------
+ * Superblock. Two copies: block 0 and the last block. Written with the two-copy protocol: bump
+ * seq, write and persist the primary, then the secondary. Open takes the valid copy (magic, crc,
+ * own-location field) with the highest seq, so a crash between the two writes is harmless.
+ * The superblock changes rarely (mkfs, mount, unmount, label); all busy state is in the state block.
+ */
+#define PMFUSE_SB_MAGIC 0x4253455355464d50ull /* "PMFUSESB" */
+#define PMFUSE_LABEL_MAX 64
+
+/* Feature words. A pool with unknown incompat bits is refused; unknown ro_compat bits force a
+ * read-only open; unknown compat bits are ignored. Version 1 defines none. */
+#define PMFUSE_FEATURE_COMPAT_SUPP 0ull
+#define PMFUSE_FEATURE_RO_COMPAT_SUPP 0ull
+#define PMFUSE_FEATURE_INCOMPAT_SUPP 0ull
+
+struct pmfuse_sb {
+	struct pmfuse_le64 magic;         /* PMFUSE_SB_MAGIC */
+	struct pmfuse_le32 version;       /* PMFUSE_FORMAT_VERSION */
+	struct pmfuse_le32 block_size;    /* power of two, 4096..65536 */
+	struct pmfuse_le64 compat;
+	struct pmfuse_le64 ro_compat;
+	struct pmfuse_le64 incompat;
+	uint8_t uuid[16];
+	uint8_t label[PMFUSE_LABEL_MAX];  /* NUL-padded, not necessarily NUL-terminated */
+	struct pmfuse_le64 block_count;   /* blocks in the filesystem, both superblocks included */
+	struct pmfuse_le64 state_block;   /* 1 */
+	struct pmfuse_le64 log_start;
+	struct pmfuse_le64 log_blocks;
+	struct pmfuse_le64 bitmap_start;
+	struct pmfuse_le64 bitmap_blocks;
+	struct pmfuse_le64 data_start;    /* first block the allocator may hand out */
+	struct pmfuse_le64 sb2_block;     /* block_count - 1 */
+	struct pmfuse_le64 seq;           /* bumped on every superblock write */
+	struct pmfuse_le64 mkfs_time;     /* seconds since the epoch */
+	struct pmfuse_le64 mount_time;    /* last mount, seconds since the epoch */
+	struct pmfuse_le64 mount_count;
+	struct pmfuse_le32 clean;         /* 1: cleanly unmounted; 0: mounted or crashed */
+	struct pmfuse_le32 copy;          /* 0 in the primary, 1 in the secondary */
+	struct pmfuse_le32 pad0;
+	struct pmfuse_le32 crc;           /* crc32c of this struct with crc = 0 */
+	uint8_t pad1[280];                /* zero; room for later fields */
+};
+
+#define PMFUSE_SB_CLEAN 1u
+
+/* ---------------------------------------------------------------------------------------------
+ * Every metadata block (state, bitmap, log header, b+tree node) starts with this header and
+ * describes itself. crc is the crc32c of the whole block with the crc field taken as zero.
+ */
+#define PMFUSE_BLK_STATE  0x54534d50u /* "PMST" */
+#define PMFUSE_BLK_BITMAP 0x4d424d50u /* "PMBM" */
+#define PMFUSE_BLK_LOG    0x474c4d50u /* "PMLG" */
+#define PMFUSE_BLK_BTREE  0x54424d50u /* "PMBT" */
+
+/* Owners: who a block belongs to. Trees use their tree id (PMFUSE_TREE_*); per-inode trees
+ * (extent maps, directories) use PMFUSE_OWNER_INODE_BASE + inode number. */
+#define PMFUSE_OWNER_FS 1ull
+#define PMFUSE_OWNER_INODE_BASE (1ull << 32)
+
+struct pmfuse_blk_hdr {
+	struct pmfuse_le32 magic;  /* PMFUSE_BLK_* */
+	struct pmfuse_le32 crc;    /* crc32c of the block with this field zero */
+	struct pmfuse_le64 blkno;  /* this block's own number */
+	struct pmfuse_le64 owner;  /* PMFUSE_OWNER_FS, a tree id, or an inode owner */
+	struct pmfuse_le16 level;  /* b+tree: 0 for leaves */
+	struct pmfuse_le16 nrecs;  /* b+tree: records (leaf) or children (node) in use */
+	struct pmfuse_le32 pad;    /* zero */
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Root descriptor of a b+tree. Lives wherever the tree's owner keeps it (the state block for
+ * the filesystem-wide trees, an inode for per-inode trees). levels == 0 means an empty tree with
+ * root == 0; otherwise root is the block of the single top node and every leaf is at depth
+ * levels - 1. nrecs counts leaf records.
+ */
+struct pmfuse_btree_root {
+	struct pmfuse_le64 root;
+	struct pmfuse_le64 nrecs;
+	struct pmfuse_le16 levels;
+	struct pmfuse_le16 pad0;
+	struct pmfuse_le32 pad1;
+	struct pmfuse_le64 pad2;
+};
+
+#define PMFUSE_BTREE_MAX_LEVELS 8
+
+/* Tree ids: the owner field of every node of a filesystem-wide tree. */
+#define PMFUSE_TREE_INODES   2ull
+#define PMFUSE_TREE_REFCOUNT 3ull
+#define PMFUSE_TREE_ORPHANS  4ull
+#define PMFUSE_TREE_TEST     0x100ull /* first id free for tests and tools */
+
+/* ---------------------------------------------------------------------------------------------
+ * State block (block 1): the roots of the filesystem-wide trees and the counters that change
+ * inside transactions. Only ever changed inside a transaction.
+ */
+#define PMFUSE_STATE_ROOTS 8
+#define PMFUSE_ROOT_INODES   0
+#define PMFUSE_ROOT_REFCOUNT 1
+#define PMFUSE_ROOT_ORPHANS  2
+/* roots 3..7 are reserved (zero) */
+
+struct pmfuse_state {
+	struct pmfuse_blk_hdr hdr;       /* PMFUSE_BLK_STATE, owner PMFUSE_OWNER_FS */
+	struct pmfuse_btree_root roots[PMFUSE_STATE_ROOTS];
+	struct pmfuse_le64 next_ino;     /* next inode number to hand out */
+	struct pmfuse_le64 root_ino;     /* inode number of the root directory */
+	struct pmfuse_le64 generation;   /* next inode generation */
+	struct pmfuse_le64 pad[5];
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Free-space bitmap: bit b of the bitmap (counting over all bitmap blocks, PMFUSE_BITMAP_BITS(bs)
+ * bits per block, LSB first in each 64-bit word) is 1 when block b is in use. Blocks below
+ * data_start and the secondary superblock are always marked in use; bits past block_count are 1.
+ */
+struct pmfuse_bitmap_blk {
+	struct pmfuse_blk_hdr hdr;       /* PMFUSE_BLK_BITMAP, owner PMFUSE_OWNER_FS */
+	struct pmfuse_le64 first_block;  /* block number described by bit 0 of words[] */
+	struct pmfuse_le64 pad[3];
+	struct pmfuse_le64 words[];      /* up to the end of the block */
+};
+#define PMFUSE_BITMAP_HDR_SIZE 64u
+#define PMFUSE_BITMAP_BITS(bs) (((bs) - PMFUSE_BITMAP_HDR_SIZE) * 8u)
+
+/* ---------------------------------------------------------------------------------------------
+ * Transaction log (undo log). The first log block holds the header; entries follow it back to
+ * back from the second log block on, each 8-byte aligned.
+ *
+ * Protocol: an entry is valid when its gen equals the header's gen and its crc matches. A
+ * transaction appends the pre-image of a range and persists the entry before it modifies the
+ * range. Commit persists every modified range, then bumps the header's gen (one 8-byte store,
+ * persisted): from that instant no entry is valid and the transaction is durable. Recovery applies
+ * the valid prefix of entries in reverse order, persists, and bumps gen. gen never repeats, so a
+ * stale entry from an older transaction can never pass for a current one.
+ */
+struct pmfuse_log_hdr {
+	struct pmfuse_blk_hdr hdr;       /* PMFUSE_BLK_LOG, owner PMFUSE_OWNER_FS */
+	struct pmfuse_le64 gen;          /* current generation; changed only by an 8-byte store */
+	struct pmfuse_le64 pad[3];
+};
+
+struct pmfuse_log_entry {
+	struct pmfuse_le64 gen;          /* equals pmfuse_log_hdr.gen while the entry is live */
+	struct pmfuse_le64 off;          /* byte offset of the range in the pool */
+	struct pmfuse_le32 len;          /* bytes of pre-image following this header */
+	struct pmfuse_le32 crc;          /* crc32c of gen, off, len and the pre-image */
+	/* uint8_t data[len], then zero padding up to a multiple of 8 */
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Size assertions: a changed size is a format change.
+ */
+_Static_assert(sizeof(struct pmfuse_sb) == 512, "pmfuse_sb size");
+_Static_assert(offsetof(struct pmfuse_sb, crc) == 228, "pmfuse_sb crc offset");
+_Static_assert(sizeof(struct pmfuse_blk_hdr) == 32, "pmfuse_blk_hdr size");
+_Static_assert(sizeof(struct pmfuse_btree_root) == 32, "pmfuse_btree_root size");
+_Static_assert(sizeof(struct pmfuse_state) == 32 + 8 * 32 + 64, "pmfuse_state size");
+_Static_assert(sizeof(struct pmfuse_bitmap_blk) == PMFUSE_BITMAP_HDR_SIZE, "pmfuse_bitmap_blk size");
+_Static_assert(sizeof(struct pmfuse_log_hdr) == 64, "pmfuse_log_hdr size");
+_Static_assert(sizeof(struct pmfuse_log_entry) == 24, "pmfuse_log_entry size");
+
+#endif /* PMFUSE_FORMAT_H */

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * A volume: an opened pmfuse pool with its superblock checked, its log recovered, its allocator
+ * indexed and its state block at hand. Everything above (src/fs, the tools, the tests) starts
+ * from here. Also home of mkfs, since formatting is laying out exactly what open checks.
+ */
+#ifndef PMFUSE_VOLUME_H
+#define PMFUSE_VOLUME_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pmfuse/format.h"
+#include "pool/pool.h"
+
+struct pmfuse_pool;
+struct pmfuse_txm;
+struct pmfuse_alloc;
+
+struct pmfuse_volume {
+	struct pmfuse_pool *pool;
+	struct pmfuse_txm *txm;
+	struct pmfuse_alloc *alloc;          /* NULL on a read-only volume */
+	struct pmfuse_sb sb;                 /* DRAM copy of the valid superblock */
+	int sb_copy;                         /* 0 if the primary was valid, 1 if only the secondary */
+	struct pmfuse_state *state;          /* on the pool */
+	uint32_t block_size;
+	bool readonly;
+	bool recovered;                      /* the log held a transaction that was rolled back */
+	bool was_clean;                      /* clean flag at open */
+};
+
+/* Helpers to address blocks. */
+static inline void *pmfuse_volume_block(const struct pmfuse_volume *vol, uint64_t blk)
+{
+	return (char *)pmfuse_pool_base(vol->pool) + blk * vol->block_size;
+}
+
+struct pmfuse_mkfs_opts {
+	uint32_t block_size;                 /* 0: PMFUSE_BLOCK_SIZE_DEFAULT */
+	const char *label;                   /* NULL: empty */
+	const uint8_t *uuid;                 /* NULL: random */
+	uint64_t log_blocks;                 /* 0: chosen from the pool size */
+	/* Progress: called with (done, total) now and then during long work; may be NULL. */
+	void (*progress)(void *arg, uint64_t done, uint64_t total);
+	void *progress_arg;
+};
+
+/* Smallest pool mkfs accepts for a block size, in bytes. */
+uint64_t pmfuse_mkfs_min_size(uint32_t block_size);
+
+/*
+ * Formats the mapped pool (all of it, rounded down to whole blocks). Writes the log, bitmap, state
+ * block and both superblocks, superblocks last, so an interrupted mkfs leaves no valid pool.
+ * -EINVAL for a bad block size or label; -ENOSPC when the pool is smaller than
+ * pmfuse_mkfs_min_size().
+ */
+int pmfuse_mkfs(struct pmfuse_pool *pool, const struct pmfuse_mkfs_opts *opts);
+
+/* Open flags. */
+#define PMFUSE_VOL_RDONLY (1u << 0)  /* no writes at all: no recovery, no clean-flag update */
+#define PMFUSE_VOL_MOUNT  (1u << 1)  /* clear the clean flag and count the mount (daemon) */
+
+/*
+ * Opens the volume on an already opened pool. Checks both superblocks (picking the valid one with
+ * the highest seq; if the primary is bad and the volume is writable, rewrites it from the
+ * secondary), refuses unknown incompat features (-EOPNOTSUPP) and forces read-only on unknown
+ * ro_compat ones (-EROFS if a writable open was asked). Runs log recovery, checks the state block
+ * and builds the allocator index. Damage is -EUCLEAN with a message in msg (may be NULL).
+ */
+int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_volume **out,
+		       char *msg, size_t msglen);
+
+/* Closes; with PMFUSE_VOL_MOUNT set at open, marks the superblock clean first. */
+void pmfuse_volume_close(struct pmfuse_volume *vol);
+
+/* Writes the DRAM superblock to both copies with the two-copy protocol (seq bumped). */
+int pmfuse_volume_write_sb(struct pmfuse_volume *vol);
+
+/* Validates one superblock copy found at block blk of the pool: 0 or -EUCLEAN with msg. */
+int pmfuse_sb_check(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_size, char *msg,
+		    size_t msglen);
+
+#endif /* PMFUSE_VOLUME_H */

@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The pool: one mapping of persistent memory and the barriers that make stores durable.
+ *
+ * This module is the only code that includes libpmem2. A pool is opened from a /dev/daxX.Y
+ * device, a file on an fsdax filesystem, or any regular file, with the finest store granularity
+ * the source offers (byte, cache line, or page: msync). PMEM2_FORCE_GRANULARITY still works
+ * because libpmem2 reads it. The persistence primitives are chosen once at open and called
+ * through function pointers, so callers never branch on the granularity again.
+ *
+ * A pool can also be "fake media": a DRAM image with no file behind it, whose flush and drain
+ * are modelled in software (see pmfuse_pool_fake_*). The crash tests use it to stop at any drain
+ * and to build the images a power cut could leave behind.
+ *
+ * Durability contract for callers: a store is durable once it has been flushed (flush, persist,
+ * memcpy/memset without PMFUSE_MEM_NOFLUSH) and a drain (drain, persist, or a memcpy/memset
+ * without PMFUSE_MEM_NODRAIN) has followed.
+ */
+#ifndef PMFUSE_POOL_H
+#define PMFUSE_POOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct pmfuse_pool;
+
+enum pmfuse_granularity {
+	PMFUSE_GRAN_BYTE,       /* eADR / battery-backed: a fence is enough */
+	PMFUSE_GRAN_CACHE_LINE, /* ADR pmem: flush cache lines, then fence */
+	PMFUSE_GRAN_PAGE,       /* ordinary page cache: msync */
+};
+const char *pmfuse_granularity_name(enum pmfuse_granularity g);
+
+enum pmfuse_source_kind {
+	PMFUSE_SOURCE_DEVDAX,   /* character device /dev/daxX.Y */
+	PMFUSE_SOURCE_FILE,     /* regular file (on fsdax or anything else) */
+	PMFUSE_SOURCE_FAKE,     /* DRAM image for tests */
+};
+
+/* open flags */
+#define PMFUSE_POOL_RDONLY  (1u << 0) /* map read-only; take no lock (the caller must not write) */
+#define PMFUSE_POOL_NOLOCK  (1u << 1) /* skip the exclusive lock (tests only) */
+
+/*
+ * Opens and maps a pool. Takes an exclusive advisory lock (flock) unless RDONLY or NOLOCK; when
+ * another process holds it, returns -EBUSY and logs which process holds it where /proc/locks
+ * tells. Errors: -ENOENT, -EACCES, -EBUSY, -EINVAL (not a file or dax device, or empty), -ENOMEM.
+ */
+int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out);
+
+/* Creates (or extends to) a regular file of size bytes; never shrinks or touches a device. */
+int pmfuse_pool_create_file(const char *path, uint64_t size);
+
+void pmfuse_pool_close(struct pmfuse_pool *pool);
+
+void *pmfuse_pool_base(const struct pmfuse_pool *pool);
+size_t pmfuse_pool_size(const struct pmfuse_pool *pool);
+enum pmfuse_granularity pmfuse_pool_granularity(const struct pmfuse_pool *pool);
+enum pmfuse_source_kind pmfuse_pool_source_kind(const struct pmfuse_pool *pool);
+bool pmfuse_pool_readonly(const struct pmfuse_pool *pool);
+const char *pmfuse_pool_path(const struct pmfuse_pool *pool);
+
+/* Byte offset <-> address. The offset must lie inside the pool (asserted). */
+static inline void *pmfuse_pool_at(const struct pmfuse_pool *pool, uint64_t off)
+{
+	return (char *)pmfuse_pool_base(pool) + off;
+}
+uint64_t pmfuse_pool_offset(const struct pmfuse_pool *pool, const void *addr);
+
+/* Persistence barriers. */
+void pmfuse_pool_persist(struct pmfuse_pool *pool, const void *addr, size_t len);
+void pmfuse_pool_flush(struct pmfuse_pool *pool, const void *addr, size_t len);
+void pmfuse_pool_drain(struct pmfuse_pool *pool);
+
+/* memcpy/memset flags: same meaning as libpmem2's PMEM2_F_MEM_*; default is flush + drain. */
+#define PMFUSE_MEM_NODRAIN     (1u << 0)
+#define PMFUSE_MEM_NONTEMPORAL (1u << 1) /* hint: bypass the cache (large copies) */
+#define PMFUSE_MEM_TEMPORAL    (1u << 2) /* hint: keep in the cache (data read again soon) */
+#define PMFUSE_MEM_NOFLUSH     (1u << 5) /* plain stores; the caller flushes later */
+void *pmfuse_pool_memcpy(struct pmfuse_pool *pool, void *dst, const void *src, size_t len,
+			 unsigned flags);
+void *pmfuse_pool_memset(struct pmfuse_pool *pool, void *dst, int c, size_t len, unsigned flags);
+
+/* Number of drains since open (every persist and every draining memcpy/memset counts as one). */
+uint64_t pmfuse_pool_barriers(const struct pmfuse_pool *pool);
+
+/* ---- fake media (tests) ---------------------------------------------------------------------
+ *
+ * Model: the pool's memory is the CPU's view ("working image"). A second image holds what has
+ * reached the media. flush() records the cache lines it covers; drain() first calls the barrier
+ * hook (if any), then copies every recorded line from the working image to the media image. So
+ * at the hook of barrier N, the media image is exactly what is guaranteed durable, and every
+ * 8-byte unit where the two images differ is a store that may or may not have reached the media.
+ */
+struct pmfuse_pool_fake_hook {
+	/* Called at the start of every drain with the number of that drain (1-based). */
+	void (*barrier)(void *arg, struct pmfuse_pool *pool, uint64_t barrier);
+	void *arg;
+};
+
+/* A fake pool of size bytes (a multiple of 4096), zero-filled, or a copy of image if not NULL. */
+int pmfuse_pool_fake_new(size_t size, const void *image, struct pmfuse_pool **out);
+void pmfuse_pool_fake_set_hook(struct pmfuse_pool *pool, const struct pmfuse_pool_fake_hook *hook);
+
+/*
+ * Writes into out (pool-size bytes) an image a power cut at this instant could leave: the media
+ * image plus, for each 8-byte unit where the working image differs, the new value when keep()
+ * says so. keep(arg, unit_index) decides per unit; NULL keeps none. Returns the number of
+ * differing units.
+ */
+size_t pmfuse_pool_fake_crash_image(const struct pmfuse_pool *pool, void *out,
+				    bool (*keep)(void *arg, size_t unit), void *arg);
+
+/* The current media image (read only; valid until the next drain or close). */
+const void *pmfuse_pool_fake_media(const struct pmfuse_pool *pool);
+
+#endif /* PMFUSE_POOL_H */

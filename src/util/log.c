@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Log lines: stderr in the foreground, syslog when daemonised, nothing in tests that provoke
+ * errors on purpose. The target is process-wide and set once at startup.
+ */
+#include "util/util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <syslog.h>
+
+static enum pmfuse_log_target log_target = PMFUSE_LOG_STDERR;
+static enum pmfuse_log_level log_max = PMFUSE_LOG_INFO;
+
+void pmfuse_log_set_target(enum pmfuse_log_target target) { log_target = target; }
+void pmfuse_log_set_level(enum pmfuse_log_level max) { log_max = max; }
+
+static void vlog(enum pmfuse_log_level level, const char *prefix, const char *fmt, va_list ap)
+{
+	static const int prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
+	char msg[1024];
+
+	if (level > log_max || log_target == PMFUSE_LOG_QUIET)
+		return;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (log_target == PMFUSE_LOG_SYSLOG)
+		syslog(prio[level], "%s%s", prefix, msg);
+	else
+		fprintf(stderr, "pmfuse: %s%s\n", prefix, msg);
+}
+
+void pmfuse_log(enum pmfuse_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vlog(level, "", fmt, ap);
+	va_end(ap);
+}
+
+int pmfuse_corrupt(const char *file, int line, const char *fmt, ...)
+{
+	char prefix[256];
+	va_list ap;
+
+	snprintf(prefix, sizeof(prefix), "corruption detected at %s:%d: ", file, line);
+	va_start(ap, fmt);
+	vlog(PMFUSE_LOG_ERR, prefix, fmt, ap);
+	va_end(ap);
+	return -EUCLEAN;
+}
+
+int pmfuse_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	int shift = 0;
+
+	if (!s || *s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno)
+		return -EINVAL;
+	switch (*end) {
+	case '\0': break;
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	default: return -EINVAL;
+	}
+	if ((*end == 'i' || *end == 'I') && shift)
+		end++;
+	if ((*end == 'b' || *end == 'B') && shift)
+		end++;
+	if (*end != '\0')
+		return -EINVAL;
+	if (shift && v > (UINT64_MAX >> shift))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
