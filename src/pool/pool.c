@@ -1,0 +1,534 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The pool: libpmem2 mapping of a dax device or a file, and the fake media used by crash tests.
+ *
+ * Real pools ask libpmem2 for the coarsest acceptable granularity (page), so every source maps,
+ * and then take the persistence functions libpmem2 picked for what the source really offers.
+ * Those function pointers are stored once; persist/flush/drain/memcpy below only count barriers
+ * and call through them.
+ *
+ * Fake pools keep two images (see pool.h): "base" is what the CPU sees, "media" what survived.
+ * A flush records cache lines in a pending set (a bitmap to dedupe, an array to replay); a drain
+ * calls the test's hook and then copies the pending lines to the media image. The invariant the
+ * crash tests rely on: at the hook of drain N, media holds exactly what the code has made durable
+ * through drain N-1, and every difference between base and media is a store whose fate a power
+ * cut would decide.
+ */
+#include "pool/pool.h"
+
+#include <assert.h>
+#include <fcntl.h>
+#include <libpmem2.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "util/util.h"
+
+#define FAKE_LINE 64u
+
+struct pmfuse_pool {
+	enum pmfuse_source_kind kind;
+	enum pmfuse_granularity gran;
+	char *path;
+	int fd;
+	bool readonly;
+	void *base;
+	size_t size;
+	atomic_uint_fast64_t barriers;
+
+	/* libpmem2 (real pools) */
+	struct pmem2_source *src;
+	struct pmem2_map *map;
+	pmem2_persist_fn persist_fn;
+	pmem2_flush_fn flush_fn;
+	pmem2_drain_fn drain_fn;
+	pmem2_memcpy_fn memcpy_fn;
+	pmem2_memset_fn memset_fn;
+
+	/* fake media */
+	uint8_t *media;
+	uint64_t *pending_bits;       /* one bit per cache line */
+	uint64_t *pending;            /* line numbers to copy at the next drain */
+	size_t npending, pending_cap;
+	pthread_mutex_t fake_lock;    /* the fake model is shared by all threads of the pool */
+	struct pmfuse_pool_fake_hook hook;
+};
+
+const char *pmfuse_granularity_name(enum pmfuse_granularity g)
+{
+	switch (g) {
+	case PMFUSE_GRAN_BYTE: return "byte";
+	case PMFUSE_GRAN_CACHE_LINE: return "cache line";
+	case PMFUSE_GRAN_PAGE: return "page";
+	}
+	return "unknown";
+}
+
+/*
+ * libpmem2 errors are -errno for system errors or PMEM2_E_* (<= -100000) for its own; this is the
+ * one place they become errno (libpmem2 1.12 does not export pmem2_err_to_errno).
+ */
+static int pmem2_errno(int rc, const char *what, const char *path)
+{
+	int err;
+
+	switch (rc) {
+	case PMEM2_E_NOSUPP:
+	case PMEM2_E_SOURCE_TYPE_NOT_SUPPORTED:
+	case PMEM2_E_GRANULARITY_NOT_SUPPORTED:
+		err = -EOPNOTSUPP;
+		break;
+	case PMEM2_E_NO_ACCESS:
+		err = -EACCES;
+		break;
+	case PMEM2_E_IO_FAIL:
+		err = -EIO;
+		break;
+	default:
+		err = rc > PMEM2_E_UNKNOWN && rc < 0 ? rc : -EINVAL;
+		break;
+	}
+	pmfuse_log(PMFUSE_LOG_ERR, "%s: %s: %s", path, what, pmem2_errormsg());
+	return err;
+}
+
+/* Names the process holding an flock on fd, from /proc/locks, into buf. */
+static void lock_holder(int fd, char *buf, size_t len)
+{
+	struct stat st;
+	char line[256];
+	FILE *f;
+
+	snprintf(buf, len, "another process");
+	if (fstat(fd, &st) || !(f = fopen("/proc/locks", "r")))
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char kind[16], mode[16], rw[16];
+		unsigned maj, min;
+		unsigned long long ino;
+		long pid;
+
+		if (sscanf(line, "%*d: %15s %15s %15s %ld %x:%x:%llu", kind, mode, rw, &pid, &maj,
+			   &min, &ino) != 7)
+			continue;
+		if (strcmp(kind, "FLOCK") || ino != (unsigned long long)st.st_ino ||
+		    maj != major(st.st_dev) || min != minor(st.st_dev) || pid <= 0)
+			continue;
+		char comm_path[64], comm[64] = "?";
+		snprintf(comm_path, sizeof(comm_path), "/proc/%ld/comm", pid);
+		FILE *c = fopen(comm_path, "r");
+		if (c) {
+			if (fgets(comm, sizeof(comm), c))
+				comm[strcspn(comm, "\n")] = '\0';
+			fclose(c);
+		}
+		snprintf(buf, len, "process %ld (%s)", pid, comm);
+		break;
+	}
+	fclose(f);
+}
+
+static struct pmfuse_pool *pool_alloc(const char *path)
+{
+	struct pmfuse_pool *pool = calloc(1, sizeof(*pool));
+	if (!pool)
+		return NULL;
+	pool->fd = -1;
+	pool->path = strdup(path ? path : "(fake)");
+	if (!pool->path) {
+		free(pool);
+		return NULL;
+	}
+	pthread_mutex_init(&pool->fake_lock, NULL);
+	atomic_init(&pool->barriers, 0);
+	return pool;
+}
+
+int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out)
+{
+	struct pmem2_config *cfg = NULL;
+	struct pmfuse_pool *pool;
+	struct stat st;
+	size_t size, align;
+	int rc;
+
+	*out = NULL;
+	pool = pool_alloc(path);
+	if (!pool)
+		return -ENOMEM;
+	pool->readonly = flags & PMFUSE_POOL_RDONLY;
+
+	pool->fd = open(path, (pool->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	if (pool->fd < 0) {
+		rc = -errno;
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: cannot open: %s", path, strerror(errno));
+		goto fail;
+	}
+	if (fstat(pool->fd, &st)) {
+		rc = -errno;
+		goto fail;
+	}
+	if (S_ISREG(st.st_mode)) {
+		pool->kind = PMFUSE_SOURCE_FILE;
+	} else if (S_ISCHR(st.st_mode)) {
+		pool->kind = PMFUSE_SOURCE_DEVDAX;
+	} else {
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: neither a regular file nor a dax character device",
+			   path);
+		rc = -EINVAL;
+		goto fail;
+	}
+
+	if (!(flags & (PMFUSE_POOL_RDONLY | PMFUSE_POOL_NOLOCK)) &&
+	    flock(pool->fd, LOCK_EX | LOCK_NB)) {
+		char who[128];
+		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		lock_holder(pool->fd, who, sizeof(who));
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: pool is in use by %s", path, who);
+		goto fail;
+	}
+
+	rc = pmem2_source_from_fd(&pool->src, pool->fd);
+	if (rc) {
+		rc = pmem2_errno(rc, "not a usable pool source", path);
+		goto fail;
+	}
+	rc = pmem2_source_size(pool->src, &size);
+	if (rc) {
+		rc = pmem2_errno(rc, "cannot get size", path);
+		goto fail;
+	}
+	rc = pmem2_source_alignment(pool->src, &align);
+	if (rc) {
+		rc = pmem2_errno(rc, "cannot get alignment", path);
+		goto fail;
+	}
+	size -= size % align;
+	if (size == 0) {
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: empty (size below one %zu-byte mapping unit)", path,
+			   align);
+		rc = -EINVAL;
+		goto fail;
+	}
+
+	if ((rc = pmem2_config_new(&cfg)) ||
+	    (rc = pmem2_config_set_required_store_granularity(cfg, PMEM2_GRANULARITY_PAGE)) ||
+	    (rc = pmem2_config_set_length(cfg, size)) ||
+	    (pool->readonly && (rc = pmem2_config_set_protection(cfg, PMEM2_PROT_READ)))) {
+		rc = pmem2_errno(rc, "cannot configure mapping", path);
+		goto fail;
+	}
+	rc = pmem2_map_new(&pool->map, cfg, pool->src);
+	if (rc) {
+		rc = pmem2_errno(rc, "cannot map", path);
+		goto fail;
+	}
+	pmem2_config_delete(&cfg);
+
+	pool->base = pmem2_map_get_address(pool->map);
+	pool->size = pmem2_map_get_size(pool->map);
+	switch (pmem2_map_get_store_granularity(pool->map)) {
+	case PMEM2_GRANULARITY_BYTE: pool->gran = PMFUSE_GRAN_BYTE; break;
+	case PMEM2_GRANULARITY_CACHE_LINE: pool->gran = PMFUSE_GRAN_CACHE_LINE; break;
+	default: pool->gran = PMFUSE_GRAN_PAGE; break;
+	}
+	pool->persist_fn = pmem2_get_persist_fn(pool->map);
+	pool->flush_fn = pmem2_get_flush_fn(pool->map);
+	pool->drain_fn = pmem2_get_drain_fn(pool->map);
+	pool->memcpy_fn = pmem2_get_memcpy_fn(pool->map);
+	pool->memset_fn = pmem2_get_memset_fn(pool->map);
+	*out = pool;
+	return 0;
+
+fail:
+	if (cfg)
+		pmem2_config_delete(&cfg);
+	pmfuse_pool_close(pool);
+	return rc;
+}
+
+int pmfuse_pool_create_file(const char *path, uint64_t size)
+{
+	struct stat st;
+	bool created = false;
+	int fd, rc = 0;
+
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT) {
+		fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		created = fd >= 0;
+	}
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st)) {
+		rc = -errno;
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		rc = -EINVAL; /* never resize a device */
+		goto out;
+	}
+	if ((uint64_t)st.st_size >= size)
+		goto out;
+	/* Reserve the space now: a mapping whose file cannot grow faults with SIGBUS later. */
+	rc = posix_fallocate(fd, 0, (off_t)size);
+	if (rc == EOPNOTSUPP || rc == EINVAL)
+		rc = ftruncate(fd, (off_t)size) ? errno : 0;
+	rc = -rc;
+out:
+	close(fd);
+	if (rc && created)
+		unlink(path);
+	return rc;
+}
+
+void pmfuse_pool_close(struct pmfuse_pool *pool)
+{
+	if (!pool)
+		return;
+	if (pool->map)
+		pmem2_map_delete(&pool->map);
+	if (pool->src)
+		pmem2_source_delete(&pool->src);
+	if (pool->fd >= 0)
+		close(pool->fd); /* releases the flock */
+	if (pool->kind == PMFUSE_SOURCE_FAKE) {
+		munmap(pool->base, pool->size);
+		munmap(pool->media, pool->size);
+		free(pool->pending_bits);
+		free(pool->pending);
+	}
+	pthread_mutex_destroy(&pool->fake_lock);
+	free(pool->path);
+	free(pool);
+}
+
+void *pmfuse_pool_base(const struct pmfuse_pool *pool) { return pool->base; }
+size_t pmfuse_pool_size(const struct pmfuse_pool *pool) { return pool->size; }
+enum pmfuse_granularity pmfuse_pool_granularity(const struct pmfuse_pool *pool)
+{
+	return pool->gran;
+}
+enum pmfuse_source_kind pmfuse_pool_source_kind(const struct pmfuse_pool *pool)
+{
+	return pool->kind;
+}
+bool pmfuse_pool_readonly(const struct pmfuse_pool *pool) { return pool->readonly; }
+const char *pmfuse_pool_path(const struct pmfuse_pool *pool) { return pool->path; }
+
+uint64_t pmfuse_pool_offset(const struct pmfuse_pool *pool, const void *addr)
+{
+	const char *p = addr, *b = pool->base;
+	assert(p >= b && p <= b + pool->size);
+	return (uint64_t)(p - b);
+}
+
+uint64_t pmfuse_pool_barriers(const struct pmfuse_pool *pool)
+{
+	return atomic_load(&pool->barriers);
+}
+
+/* ---- fake media -------------------------------------------------------------------------- */
+
+static void fake_flush(struct pmfuse_pool *pool, const void *addr, size_t len)
+{
+	if (!len)
+		return;
+	uint64_t off = pmfuse_pool_offset(pool, addr);
+	uint64_t first = off / FAKE_LINE, last = (off + len - 1) / FAKE_LINE;
+
+	pthread_mutex_lock(&pool->fake_lock);
+	for (uint64_t l = first; l <= last; l++) {
+		uint64_t bit = 1ull << (l % 64);
+		if (pool->pending_bits[l / 64] & bit)
+			continue;
+		if (pool->npending == pool->pending_cap) {
+			size_t cap = pool->pending_cap ? pool->pending_cap * 2 : 1024;
+			uint64_t *p = realloc(pool->pending, cap * sizeof(*p));
+			if (!p)
+				abort(); /* test-only model: out of memory is not a case to handle */
+			pool->pending = p;
+			pool->pending_cap = cap;
+		}
+		pool->pending_bits[l / 64] |= bit;
+		pool->pending[pool->npending++] = l;
+	}
+	pthread_mutex_unlock(&pool->fake_lock);
+}
+
+static void fake_drain(struct pmfuse_pool *pool)
+{
+	uint64_t n = atomic_fetch_add(&pool->barriers, 1) + 1;
+
+	if (pool->hook.barrier)
+		pool->hook.barrier(pool->hook.arg, pool, n);
+	pthread_mutex_lock(&pool->fake_lock);
+	for (size_t i = 0; i < pool->npending; i++) {
+		uint64_t l = pool->pending[i];
+		memcpy(pool->media + l * FAKE_LINE, (uint8_t *)pool->base + l * FAKE_LINE,
+		       FAKE_LINE);
+		pool->pending_bits[l / 64] &= ~(1ull << (l % 64));
+	}
+	pool->npending = 0;
+	pthread_mutex_unlock(&pool->fake_lock);
+}
+
+int pmfuse_pool_fake_new(size_t size, const void *image, struct pmfuse_pool **out)
+{
+	struct pmfuse_pool *pool;
+
+	*out = NULL;
+	if (size == 0 || size % 4096)
+		return -EINVAL;
+	pool = pool_alloc(NULL);
+	if (!pool)
+		return -ENOMEM;
+	pool->kind = PMFUSE_SOURCE_FAKE;
+	pool->gran = PMFUSE_GRAN_CACHE_LINE;
+	pool->size = size;
+	pool->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	pool->media = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	pool->pending_bits = calloc(size / FAKE_LINE / 64 + 1, sizeof(uint64_t));
+	if (pool->base == MAP_FAILED || pool->media == MAP_FAILED || !pool->pending_bits) {
+		if (pool->base == MAP_FAILED)
+			pool->base = NULL;
+		if (pool->media == MAP_FAILED)
+			pool->media = NULL;
+		if (pool->base)
+			munmap(pool->base, size);
+		if (pool->media)
+			munmap(pool->media, size);
+		pool->kind = PMFUSE_SOURCE_FILE; /* nothing left for close to unmap */
+		pmfuse_pool_close(pool);
+		return -ENOMEM;
+	}
+	if (image) {
+		memcpy(pool->base, image, size);
+		memcpy(pool->media, image, size);
+	}
+	*out = pool;
+	return 0;
+}
+
+void pmfuse_pool_fake_set_hook(struct pmfuse_pool *pool, const struct pmfuse_pool_fake_hook *hook)
+{
+	assert(pool->kind == PMFUSE_SOURCE_FAKE);
+	if (hook)
+		pool->hook = *hook;
+	else
+		memset(&pool->hook, 0, sizeof(pool->hook));
+}
+
+size_t pmfuse_pool_fake_crash_image(const struct pmfuse_pool *pool, void *out,
+				    bool (*keep)(void *arg, size_t unit), void *arg)
+{
+	const uint64_t *cpu = pool->base, *media = (const uint64_t *)pool->media;
+	uint64_t *img = out;
+	size_t units = pool->size / 8, differ = 0;
+
+	assert(pool->kind == PMFUSE_SOURCE_FAKE);
+	memcpy(out, pool->media, pool->size);
+	for (size_t i = 0; i < units; i++) {
+		if (cpu[i] == media[i])
+			continue;
+		differ++;
+		if (keep && keep(arg, i))
+			img[i] = cpu[i];
+	}
+	return differ;
+}
+
+const void *pmfuse_pool_fake_media(const struct pmfuse_pool *pool)
+{
+	assert(pool->kind == PMFUSE_SOURCE_FAKE);
+	return pool->media;
+}
+
+/* ---- barriers ------------------------------------------------------------------------------ */
+
+void pmfuse_pool_flush(struct pmfuse_pool *pool, const void *addr, size_t len)
+{
+	if (pool->kind == PMFUSE_SOURCE_FAKE)
+		fake_flush(pool, addr, len);
+	else
+		pool->flush_fn(addr, len);
+}
+
+void pmfuse_pool_drain(struct pmfuse_pool *pool)
+{
+	if (pool->kind == PMFUSE_SOURCE_FAKE) {
+		fake_drain(pool);
+		return;
+	}
+	atomic_fetch_add(&pool->barriers, 1);
+	pool->drain_fn();
+}
+
+void pmfuse_pool_persist(struct pmfuse_pool *pool, const void *addr, size_t len)
+{
+	if (pool->kind == PMFUSE_SOURCE_FAKE) {
+		fake_flush(pool, addr, len);
+		fake_drain(pool);
+		return;
+	}
+	atomic_fetch_add(&pool->barriers, 1);
+	pool->persist_fn(addr, len);
+}
+
+static unsigned pmem2_mem_flags(unsigned flags)
+{
+	unsigned f = 0;
+	if (flags & PMFUSE_MEM_NODRAIN)
+		f |= PMEM2_F_MEM_NODRAIN;
+	if (flags & PMFUSE_MEM_NONTEMPORAL)
+		f |= PMEM2_F_MEM_NONTEMPORAL;
+	if (flags & PMFUSE_MEM_TEMPORAL)
+		f |= PMEM2_F_MEM_TEMPORAL;
+	if (flags & PMFUSE_MEM_NOFLUSH)
+		f |= PMEM2_F_MEM_NOFLUSH;
+	return f;
+}
+
+/* The fake model of a memcpy/memset that may flush and drain. */
+static void fake_after_store(struct pmfuse_pool *pool, void *dst, size_t len, unsigned flags)
+{
+	if (flags & PMFUSE_MEM_NOFLUSH)
+		return;
+	fake_flush(pool, dst, len);
+	if (!(flags & PMFUSE_MEM_NODRAIN))
+		fake_drain(pool);
+}
+
+void *pmfuse_pool_memcpy(struct pmfuse_pool *pool, void *dst, const void *src, size_t len,
+			 unsigned flags)
+{
+	if (pool->kind == PMFUSE_SOURCE_FAKE) {
+		memcpy(dst, src, len);
+		fake_after_store(pool, dst, len, flags);
+		return dst;
+	}
+	/* libpmem2 drains unless NODRAIN, and NOFLUSH implies no drain either. */
+	if (!(flags & (PMFUSE_MEM_NODRAIN | PMFUSE_MEM_NOFLUSH)))
+		atomic_fetch_add(&pool->barriers, 1);
+	return pool->memcpy_fn(dst, src, len, pmem2_mem_flags(flags));
+}
+
+void *pmfuse_pool_memset(struct pmfuse_pool *pool, void *dst, int c, size_t len, unsigned flags)
+{
+	if (pool->kind == PMFUSE_SOURCE_FAKE) {
+		memset(dst, c, len);
+		fake_after_store(pool, dst, len, flags);
+		return dst;
+	}
+	if (!(flags & (PMFUSE_MEM_NODRAIN | PMFUSE_MEM_NOFLUSH)))
+		atomic_fetch_add(&pool->barriers, 1);
+	return pool->memset_fn(dst, c, len, pmem2_mem_flags(flags));
+}

@@ -1,0 +1,258 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Pool layer: the fake media model's durability rules, real libpmem2 pools on files (granularity,
+ * persistence across reopen, the exclusive lock), and error cases.
+ */
+#include "harness.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "util/util.h"
+
+static char test_dir[256];
+
+static const char *tmp_path(const char *name)
+{
+	static char buf[512];
+	snprintf(buf, sizeof(buf), "%s/%s", test_dir, name);
+	return buf;
+}
+
+static int setup_dir(void **state)
+{
+	const char *base = getenv("PMFUSE_TEST_DIR");
+	snprintf(test_dir, sizeof(test_dir), "%s/pmfuse-pool-XXXXXX", base ? base : "/tmp");
+	if (!mkdtemp(test_dir))
+		return -1;
+	pmfuse_log_set_target(PMFUSE_LOG_QUIET);
+	return 0;
+}
+
+static int teardown_dir(void **state)
+{
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", test_dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Stores reach the media image only through flush + drain, and only the flushed lines. */
+static void test_fake_durability(void **state)
+{
+	struct pmfuse_pool *pool;
+	assert_int_equal(pmfuse_pool_fake_new(1 << 16, NULL, &pool), 0);
+	uint8_t *base = pmfuse_pool_base(pool);
+	const uint8_t *media = pmfuse_pool_fake_media(pool);
+
+	memset(base, 0xaa, 128);           /* two lines, not flushed */
+	pmfuse_pool_drain(pool);
+	assert_int_equal(media[0], 0);
+	assert_int_equal(media[64], 0);
+
+	pmfuse_pool_flush(pool, base, 1);  /* flush only the first line */
+	assert_int_equal(media[0], 0);     /* flushed but not drained */
+	pmfuse_pool_drain(pool);
+	assert_int_equal(media[0], 0xaa);
+	assert_int_equal(media[63], 0xaa);
+	assert_int_equal(media[64], 0);    /* second line never flushed */
+
+	pmfuse_pool_memcpy(pool, base + 4096, "hello", 5, 0);
+	assert_memory_equal(media + 4096, "hello", 5);
+	pmfuse_pool_memset(pool, base + 8192, 7, 16, PMFUSE_MEM_NOFLUSH);
+	pmfuse_pool_drain(pool);
+	assert_int_equal(media[8192], 0);
+	assert_int_equal(pmfuse_pool_barriers(pool), 4); /* drain, drain, memcpy, drain */
+	pmfuse_pool_close(pool);
+}
+
+static bool keep_all(void *arg, size_t unit) { return true; }
+static bool keep_even(void *arg, size_t unit) { return unit % 2 == 0; }
+
+/* A crash image is the media plus a chosen subset of the differing 8-byte units. */
+static void test_fake_crash_image(void **state)
+{
+	struct pmfuse_pool *pool;
+	size_t size = 1 << 16;
+	assert_int_equal(pmfuse_pool_fake_new(size, NULL, &pool), 0);
+	uint64_t *w = pmfuse_pool_base(pool);
+	uint64_t *img = malloc(size);
+
+	w[0] = 1; w[1] = 2; w[2] = 3; w[100] = 4;
+	pmfuse_pool_persist(pool, &w[100], 8);
+	assert_int_equal(pmfuse_pool_fake_crash_image(pool, img, NULL, NULL), 3);
+	assert_true(img[0] == 0 && img[1] == 0 && img[2] == 0 && img[100] == 4);
+	assert_int_equal(pmfuse_pool_fake_crash_image(pool, img, keep_all, NULL), 3);
+	assert_true(img[0] == 1 && img[1] == 2 && img[2] == 3);
+	pmfuse_pool_fake_crash_image(pool, img, keep_even, NULL);
+	assert_true(img[0] == 1 && img[1] == 0 && img[2] == 3);
+	free(img);
+
+	/* A pool built from an image starts with that image durable. */
+	struct pmfuse_pool *copy;
+	assert_int_equal(pmfuse_pool_fake_new(size, pmfuse_pool_base(pool), &copy), 0);
+	assert_memory_equal(pmfuse_pool_fake_media(copy), pmfuse_pool_base(pool), size);
+	pmfuse_pool_close(copy);
+	pmfuse_pool_close(pool);
+}
+
+struct hook_state { uint64_t calls, last; uint8_t seen; };
+
+static void count_hook(void *arg, struct pmfuse_pool *pool, uint64_t n)
+{
+	struct hook_state *h = arg;
+	h->calls++;
+	h->last = n;
+	/* the hook runs before this drain takes effect */
+	h->seen = ((const uint8_t *)pmfuse_pool_fake_media(pool))[0];
+}
+
+static void test_fake_hook(void **state)
+{
+	struct pmfuse_pool *pool;
+	struct hook_state h = { 0 };
+	struct pmfuse_pool_fake_hook hook = { count_hook, &h };
+	assert_int_equal(pmfuse_pool_fake_new(4096, NULL, &pool), 0);
+	pmfuse_pool_fake_set_hook(pool, &hook);
+	uint8_t *b = pmfuse_pool_base(pool);
+	b[0] = 9;
+	pmfuse_pool_persist(pool, b, 1);
+	assert_int_equal(h.calls, 1);
+	assert_int_equal(h.last, 1);
+	assert_int_equal(h.seen, 0);
+	assert_int_equal(((const uint8_t *)pmfuse_pool_fake_media(pool))[0], 9);
+	pmfuse_pool_close(pool);
+	assert_int_equal(pmfuse_pool_fake_new(1000, NULL, &pool), -EINVAL);
+}
+
+/* A real pool file: data persisted before close is there after reopen. */
+static void test_file_roundtrip(void **state)
+{
+	const char *path = tmp_path("roundtrip.pool");
+	struct pmfuse_pool *pool;
+
+	assert_int_equal(pmfuse_pool_create_file(path, 4 << 20), 0);
+	assert_int_equal(pmfuse_pool_open(path, 0, &pool), 0);
+	assert_int_equal(pmfuse_pool_size(pool), 4 << 20);
+	assert_int_equal(pmfuse_pool_source_kind(pool), PMFUSE_SOURCE_FILE);
+	char *base = pmfuse_pool_base(pool);
+	pmfuse_pool_memcpy(pool, base + 12345, "persistent", 10, PMFUSE_MEM_NONTEMPORAL);
+	memcpy(base + 3 * 4096, "flushed", 7);
+	pmfuse_pool_persist(pool, base + 3 * 4096, 7);
+	pmfuse_pool_memset(pool, base + 2 * 4096, 'z', 100, 0);
+	assert_true(pmfuse_pool_barriers(pool) >= 3);
+	pmfuse_pool_close(pool);
+
+	assert_int_equal(pmfuse_pool_open(path, PMFUSE_POOL_RDONLY, &pool), 0);
+	base = pmfuse_pool_base(pool);
+	assert_memory_equal(base + 12345, "persistent", 10);
+	assert_memory_equal(base + 3 * 4096, "flushed", 7);
+	assert_int_equal(base[2 * 4096 + 99], 'z');
+	assert_true(pmfuse_pool_readonly(pool));
+	pmfuse_pool_close(pool);
+
+	/* create_file never shrinks */
+	assert_int_equal(pmfuse_pool_create_file(path, 1 << 20), 0);
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_size, 4 << 20);
+	unlink(path);
+}
+
+/* A tmpfs file offers page granularity; PMEM2_FORCE_GRANULARITY is honoured. */
+static void test_file_granularity(void **state)
+{
+	const char *path = tmp_path("gran.pool");
+	struct pmfuse_pool *pool;
+	const char *saved = getenv("PMEM2_FORCE_GRANULARITY");
+	char *saved_copy = saved ? strdup(saved) : NULL;
+
+	assert_int_equal(pmfuse_pool_create_file(path, 1 << 20), 0);
+	unsetenv("PMEM2_FORCE_GRANULARITY");
+	assert_int_equal(pmfuse_pool_open(path, 0, &pool), 0);
+	enum pmfuse_granularity natural = pmfuse_pool_granularity(pool);
+	pmfuse_pool_close(pool);
+
+	setenv("PMEM2_FORCE_GRANULARITY", "CACHE_LINE", 1);
+	assert_int_equal(pmfuse_pool_open(path, 0, &pool), 0);
+	assert_int_equal(pmfuse_pool_granularity(pool), PMFUSE_GRAN_CACHE_LINE);
+	/* and the cache-line persist path works */
+	char *b = pmfuse_pool_base(pool);
+	memcpy(b, "cl", 2);
+	pmfuse_pool_persist(pool, b, 2);
+	pmfuse_pool_close(pool);
+	printf("# natural granularity of %s: %s\n", test_dir, pmfuse_granularity_name(natural));
+
+	if (saved_copy) {
+		setenv("PMEM2_FORCE_GRANULARITY", saved_copy, 1);
+		free(saved_copy);
+	} else {
+		unsetenv("PMEM2_FORCE_GRANULARITY");
+	}
+	unlink(path);
+}
+
+/* The exclusive lock: a second writer in this or another process gets -EBUSY; readers pass. */
+static void test_file_lock(void **state)
+{
+	const char *path = tmp_path("lock.pool");
+	struct pmfuse_pool *a, *b;
+
+	assert_int_equal(pmfuse_pool_create_file(path, 1 << 20), 0);
+	assert_int_equal(pmfuse_pool_open(path, 0, &a), 0);
+	assert_int_equal(pmfuse_pool_open(path, 0, &b), -EBUSY);
+	assert_int_equal(pmfuse_pool_open(path, PMFUSE_POOL_RDONLY, &b), 0);
+	pmfuse_pool_close(b);
+
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct pmfuse_pool *c;
+		_exit(pmfuse_pool_open(path, 0, &c) == -EBUSY ? 0 : 1);
+	}
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+	pmfuse_pool_close(a);
+	assert_int_equal(pmfuse_pool_open(path, 0, &b), 0); /* released on close */
+	pmfuse_pool_close(b);
+	unlink(path);
+}
+
+static void test_open_errors(void **state)
+{
+	struct pmfuse_pool *pool = (void *)1;
+	assert_int_equal(pmfuse_pool_open(tmp_path("missing"), 0, &pool), -ENOENT);
+	assert_null(pool);
+	assert_int_equal(pmfuse_pool_open(test_dir, 0, &pool), -EISDIR);
+
+	const char *empty = tmp_path("empty.pool");
+	int fd = open(empty, O_CREAT | O_RDWR, 0600);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(pmfuse_pool_open(empty, 0, &pool), -EINVAL);
+	unlink(empty);
+
+	assert_int_equal(pmfuse_pool_create_file("/dev/null", 1 << 20), -EINVAL);
+	assert_int_equal(pmfuse_pool_open("/dev/null", 0, &pool) < 0, 1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_fake_durability),
+		cmocka_unit_test(test_fake_crash_image),
+		cmocka_unit_test(test_fake_hook),
+		cmocka_unit_test(test_file_roundtrip),
+		cmocka_unit_test(test_file_granularity),
+		cmocka_unit_test(test_file_lock),
+		cmocka_unit_test(test_open_errors),
+	};
+	return cmocka_run_group_tests_name("pool", tests, setup_dir, teardown_dir);
+}
