@@ -197,6 +197,98 @@ struct pmfuse_log_entry {
 };
 
 /* ---------------------------------------------------------------------------------------------
+ * Filesystem records. Each is a record of a b+tree whose key is the record's first field(s).
+ */
+
+struct pmfuse_timestamp {
+	struct pmfuse_le64 sec;          /* seconds since the epoch (signed, two's complement) */
+	struct pmfuse_le32 nsec;         /* 0..999999999 */
+	struct pmfuse_le32 pad;
+};
+
+/*
+ * Inode: a record of the inode table (PMFUSE_ROOT_INODES, owner PMFUSE_TREE_INODES), key = ino.
+ * Invariant: nlink counts the directory entries naming the inode (plus "." and the children's ".."
+ * for a directory); an inode with nlink == 0 is on the orphan list.
+ * map: for regular files and symlinks, the extent map (struct pmfuse_extent records); for
+ * directories, the entries (struct pmfuse_dirent records). Per-inode trees are owned by
+ * PMFUSE_OWNER_INODE_BASE + ino.
+ */
+struct pmfuse_inode {
+	struct pmfuse_le64 ino;
+	struct pmfuse_le64 generation;
+	struct pmfuse_le32 mode;         /* S_IFMT type and permission bits, Linux values */
+	struct pmfuse_le32 uid;
+	struct pmfuse_le32 gid;
+	struct pmfuse_le32 nlink;
+	struct pmfuse_le64 size;         /* bytes; for a directory, the number of entries */
+	struct pmfuse_le64 blocks;       /* filesystem blocks mapped by the extent map */
+	struct pmfuse_le64 rdev;         /* device number for character and block devices */
+	struct pmfuse_timestamp atime, mtime, ctime, btime;
+	struct pmfuse_le32 flags;        /* PMFUSE_INODE_* */
+	struct pmfuse_le32 cowextsize;   /* CoW extent size hint in blocks; 0 = default */
+	struct pmfuse_btree_root map;    /* extents, or directory entries */
+	struct pmfuse_btree_root xattrs; /* struct pmfuse_xattr records */
+	struct pmfuse_le64 parent;       /* directories: the parent directory (for ".." and rename
+					    cycle checks); 0 for others */
+	uint8_t pad[56];
+};
+
+/*
+ * Directory entry: a record of a directory's map tree. key = hash48(name) << 16 | seq, where seq
+ * tells apart names with equal hashes (the lowest free value at insertion). hash48 is never 0, so
+ * keys are >= 65536 and readdir offsets 1 and 2 stay free for "." and "..". A key never changes
+ * while the entry exists, which makes it a stable readdir cookie.
+ */
+#define PMFUSE_NAME_MAX 255
+struct pmfuse_dirent {
+	struct pmfuse_le64 key;
+	struct pmfuse_le64 ino;
+	uint8_t type;                    /* DT_* value of the target's type */
+	uint8_t namelen;                 /* 1..255 */
+	uint8_t pad[6];
+	uint8_t name[PMFUSE_NAME_MAX + 1]; /* namelen bytes, then zeros */
+};
+
+/*
+ * Extent: a record of a file's map tree. Blocks [fblock, fblock + len) of the file live at
+ * [pblock, pblock + len) of the pool. Records do not overlap; a gap is a hole (reads as zeros).
+ */
+#define PMFUSE_EXTENT_MAX_LEN (1u << 30)
+struct pmfuse_extent {
+	struct pmfuse_le64 fblock;
+	struct pmfuse_le64 pblock;
+	struct pmfuse_le32 len;
+	struct pmfuse_le32 flags;        /* 0 in version 1 */
+};
+
+/*
+ * Extended attribute: a record of an inode's xattrs tree, key as for directory entries (hash of
+ * the full name including its namespace prefix). A value of up to PMFUSE_XATTR_INLINE bytes is
+ * stored in the record; a longer one in value_blocks blocks from value_blk on (owned by the inode).
+ */
+#define PMFUSE_XATTR_INLINE 224
+#define PMFUSE_XATTR_VALUE_MAX 65536
+struct pmfuse_xattr {
+	struct pmfuse_le64 key;
+	struct pmfuse_le32 value_len;
+	uint8_t name_len;                /* 1..255 */
+	uint8_t pad0[3];
+	struct pmfuse_le64 value_blk;    /* 0: value inline */
+	struct pmfuse_le32 value_blocks;
+	struct pmfuse_le32 pad1;
+	uint8_t name[PMFUSE_NAME_MAX + 1];
+	uint8_t value[PMFUSE_XATTR_INLINE];
+};
+
+/* Orphan: a record of the orphan tree (PMFUSE_ROOT_ORPHANS), key = ino of an inode whose nlink is
+ * 0 but that was still in use. Mount frees every inode on it. */
+struct pmfuse_orphan {
+	struct pmfuse_le64 ino;
+	struct pmfuse_le64 pad;
+};
+
+/* ---------------------------------------------------------------------------------------------
  * Size assertions: a changed size is a format change.
  */
 _Static_assert(sizeof(struct pmfuse_sb) == 512, "pmfuse_sb size");
@@ -207,5 +299,12 @@ _Static_assert(sizeof(struct pmfuse_state) == 32 + 8 * 32 + 64, "pmfuse_state si
 _Static_assert(sizeof(struct pmfuse_bitmap_blk) == PMFUSE_BITMAP_HDR_SIZE, "pmfuse_bitmap_blk size");
 _Static_assert(sizeof(struct pmfuse_log_hdr) == 64, "pmfuse_log_hdr size");
 _Static_assert(sizeof(struct pmfuse_log_entry) == 24, "pmfuse_log_entry size");
+
+_Static_assert(sizeof(struct pmfuse_timestamp) == 16, "pmfuse_timestamp size");
+_Static_assert(sizeof(struct pmfuse_inode) == 256, "pmfuse_inode size");
+_Static_assert(sizeof(struct pmfuse_dirent) == 280, "pmfuse_dirent size");
+_Static_assert(sizeof(struct pmfuse_extent) == 24, "pmfuse_extent size");
+_Static_assert(sizeof(struct pmfuse_xattr) == 512, "pmfuse_xattr size");
+_Static_assert(sizeof(struct pmfuse_orphan) == 16, "pmfuse_orphan size");
 
 #endif /* PMFUSE_FORMAT_H */

@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The filesystem API: namespace, attributes, data, extended attributes. Used by the FUSE daemon
+ * (src/fuse) and the tools; it knows nothing of FUSE.
+ *
+ * Conventions:
+ * - every function returns 0 (or a byte count) on success and -errno on failure;
+ * - every modifying call is one or more transactions and is durable when it returns;
+ * - a failed call changed nothing (it aborted its transaction), except where a partial result is
+ *   the POSIX contract (a short write returns the bytes written);
+ * - permissions: the kernel checks them (pmfuse mounts with default_permissions); the fs applies
+ *   what the kernel leaves to the filesystem: ownership of new inodes from the caller and setgid
+ *   directories, clearing setuid/setgid where POSIX says so, sticky-directory rules for rename
+ *   and unlink are the kernel's;
+ * - inode numbers are persistent, never reused, and are the FUSE node ids; the root is 1.
+ *
+ * Lookup counts follow fuse_lowlevel.h: every call that returns a struct pmfuse_attr for an entry
+ * (lookup, create, mknod, mkdir, symlink, link) takes one reference, released by
+ * pmfuse_fs_forget(). An inode whose last name is removed while referenced goes on the orphan
+ * list and is freed at its last forget, or at the next mount after a crash.
+ *
+ * Locking: a filesystem-wide reader/writer lock inside (readers in parallel, one writer); callers
+ * need no locking of their own.
+ */
+#ifndef PMFUSE_FS_H
+#define PMFUSE_FS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <time.h>
+
+struct pmfuse_fs;
+struct pmfuse_volume;
+
+#define PMFUSE_ROOT_INO 1ull
+
+struct pmfuse_cred {
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	mode_t umask;
+};
+
+struct pmfuse_attr {
+	uint64_t ino;
+	uint64_t generation;
+	uint32_t mode;
+	uint32_t nlink;
+	uint32_t uid, gid;
+	uint64_t rdev;
+	uint64_t size;
+	uint64_t blocks512;          /* st_blocks: 512-byte units allocated */
+	uint32_t blksize;            /* st_blksize */
+	struct timespec atime, mtime, ctime, btime;
+};
+
+/* What pmfuse_fs_setattr changes. */
+#define PMFUSE_SET_MODE      (1u << 0)
+#define PMFUSE_SET_UID       (1u << 1)
+#define PMFUSE_SET_GID       (1u << 2)
+#define PMFUSE_SET_SIZE      (1u << 3)
+#define PMFUSE_SET_ATIME     (1u << 4)
+#define PMFUSE_SET_MTIME     (1u << 5)
+#define PMFUSE_SET_ATIME_NOW (1u << 6)
+#define PMFUSE_SET_MTIME_NOW (1u << 7)
+#define PMFUSE_SET_CTIME     (1u << 8)
+#define PMFUSE_SET_KILL_SUID (1u << 9)   /* clear setuid, and setgid if group-executable */
+
+struct pmfuse_setattr {
+	uint32_t mode;
+	uid_t uid;
+	gid_t gid;
+	uint64_t size;
+	struct timespec atime, mtime, ctime;
+};
+
+struct pmfuse_statfs {
+	uint64_t block_size;
+	uint64_t blocks, blocks_free, blocks_avail;
+	uint64_t files, files_free;
+	uint32_t name_max;
+};
+
+struct pmfuse_fs_opts {
+	bool readonly;
+};
+
+/*
+ * Opens the filesystem on an opened volume: creates the root directory on a fresh pool, frees the
+ * inodes left on the orphan list. The fs does not own the volume. -EUCLEAN on damage.
+ */
+int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
+		   struct pmfuse_fs **out);
+/* Frees everything still referenced only by lookup counts (orphans), then the DRAM state. */
+void pmfuse_fs_close(struct pmfuse_fs *fs);
+struct pmfuse_volume *pmfuse_fs_volume(struct pmfuse_fs *fs);
+
+/* ---- namespace ---- */
+int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
+		     struct pmfuse_attr *attr);
+void pmfuse_fs_forget(struct pmfuse_fs *fs, uint64_t ino, uint64_t nlookup);
+int pmfuse_fs_getattr(struct pmfuse_fs *fs, uint64_t ino, struct pmfuse_attr *attr);
+int pmfuse_fs_setattr(struct pmfuse_fs *fs, uint64_t ino, const struct pmfuse_setattr *sa,
+		      unsigned valid, const struct pmfuse_cred *cred, struct pmfuse_attr *attr);
+/* mode carries the file type (S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK); the umask in cred
+ * has already been applied by the kernel unless the caller says otherwise. */
+int pmfuse_fs_mknod(struct pmfuse_fs *fs, uint64_t parent, const char *name, uint32_t mode,
+		    uint64_t rdev, const struct pmfuse_cred *cred, struct pmfuse_attr *attr);
+int pmfuse_fs_mkdir(struct pmfuse_fs *fs, uint64_t parent, const char *name, uint32_t mode,
+		    const struct pmfuse_cred *cred, struct pmfuse_attr *attr);
+int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
+		      const char *target, const struct pmfuse_cred *cred,
+		      struct pmfuse_attr *attr);
+/* Copies the target into buf (NUL-terminated); returns its length. -ERANGE if size is too small.*/
+int pmfuse_fs_readlink(struct pmfuse_fs *fs, uint64_t ino, char *buf, size_t size);
+int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const char *newname,
+		   struct pmfuse_attr *attr);
+int pmfuse_fs_unlink(struct pmfuse_fs *fs, uint64_t parent, const char *name);
+int pmfuse_fs_rmdir(struct pmfuse_fs *fs, uint64_t parent, const char *name);
+#define PMFUSE_RENAME_NOREPLACE (1u << 0)
+#define PMFUSE_RENAME_EXCHANGE  (1u << 1)
+int pmfuse_fs_rename(struct pmfuse_fs *fs, uint64_t parent, const char *name,
+		     uint64_t newparent, const char *newname, unsigned flags);
+
+/*
+ * Directory listing from cookie (0: the start; "." and ".." come first with cookies 1 and 2).
+ * Calls emit(arg, name, ino, type, next_cookie) per entry until it returns non-zero (buffer full)
+ * or the directory ends. Cookies stay valid across concurrent changes: an entry present for the
+ * whole listing is returned exactly once.
+ */
+typedef int (*pmfuse_dirent_fn)(void *arg, const char *name, uint64_t ino, unsigned type,
+				uint64_t next_cookie);
+int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfuse_dirent_fn emit,
+		      void *arg);
+
+int pmfuse_fs_statfs(struct pmfuse_fs *fs, struct pmfuse_statfs *st);
+
+/* ---- data ---- */
+
+/* Opening with O_TRUNC is a setattr of size 0 by the caller. open/release are not needed by the
+ * fs: lookup counts keep inodes alive. */
+
+/*
+ * Reads [off, off + len) clipped at EOF. Calls emit(arg, iov, cnt) once with vectors pointing into
+ * the pool (and into a shared zero buffer for holes) while the filesystem lock is held, so the
+ * caller can hand them to the kernel without copying. Returns what emit returns, or -errno.
+ */
+typedef int (*pmfuse_read_fn)(void *arg, const struct iovec *iov, int cnt);
+int pmfuse_fs_read(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, size_t len,
+		   pmfuse_read_fn emit, void *arg);
+/* Reads into a buffer (tools, tests); returns bytes read. */
+ssize_t pmfuse_fs_pread(struct pmfuse_fs *fs, uint64_t ino, void *buf, size_t len, uint64_t off);
+
+/* Writes len bytes at off (append: at EOF); returns bytes written. Clears setuid/setgid as
+ * POSIX requires for writes by a non-owner. Durable on return. */
+ssize_t pmfuse_fs_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
+			uint64_t off, bool append, const struct pmfuse_cred *cred);
+
+/* mode: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE
+ * [| FALLOC_FL_KEEP_SIZE]; others -EOPNOTSUPP. */
+int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t off,
+			uint64_t len);
+/* SEEK_DATA / SEEK_HOLE; returns the offset or -ENXIO. */
+int64_t pmfuse_fs_lseek(struct pmfuse_fs *fs, uint64_t ino, int64_t off, int whence);
+/* Every call is already durable: a barrier only. */
+int pmfuse_fs_fsync(struct pmfuse_fs *fs, uint64_t ino);
+
+/* ---- extended attributes (full names: "user.x", "trusted.x", "security.x", "system.x") ---- */
+#define PMFUSE_XATTR_CREATE  1   /* XATTR_CREATE */
+#define PMFUSE_XATTR_REPLACE 2   /* XATTR_REPLACE */
+int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, const void *value,
+		       size_t size, int flags);
+/* size 0: returns the value's size. -ENODATA, -ERANGE. */
+ssize_t pmfuse_fs_getxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, void *value,
+			   size_t size);
+/* NUL-separated names; size 0: returns the size needed. */
+ssize_t pmfuse_fs_listxattr(struct pmfuse_fs *fs, uint64_t ino, char *list, size_t size);
+int pmfuse_fs_removexattr(struct pmfuse_fs *fs, uint64_t ino, const char *name);
+
+#endif /* PMFUSE_FS_H */
