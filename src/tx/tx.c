@@ -38,7 +38,8 @@
 
 #define F_LOGGED 1u  /* pre-image in the log */
 #define F_NEW    2u  /* declared new: no pre-image */
-#define F_SEAL   4u  /* (len == 0 key) block queued for reseal */
+#define F_SEAL   4u  /* (len == 0 key) block queued for the next reseal */
+#define F_META   8u  /* (len == 0 key) block declared as metadata in this transaction */
 
 struct range {
 	uint64_t off;
@@ -66,8 +67,10 @@ struct pmfuse_tx {
 	struct slot *slots;            /* hash set over (off, len) */
 	size_t nslots, slots_used;
 	uint32_t slot_gen;
-	uint64_t *seal;                /* pool offsets of blocks to reseal */
+	uint64_t *seal;                /* pool offsets of blocks to reseal at the next seal */
 	size_t nseal, seal_cap;
+	uint64_t *meta;                /* every metadata block declared: all resealed at commit */
+	size_t nmeta, meta_cap;
 	struct end_hook *hooks;
 	size_t nhooks, hooks_cap;
 	uint8_t *snapshot;             /* verification: the pool at begin */
@@ -131,18 +134,22 @@ int pmfuse_blk_verify(const struct pmfuse_blk_hdr *blk, uint32_t magic, uint64_t
 	return 0;
 }
 
-/* The log header's crc leaves gen out (see the top of this file). */
+/* The log header's crc leaves gen out (see the top of this file): crc and gen count as zero. */
 static uint32_t log_hdr_crc(const struct pmfuse_log_hdr *h, uint32_t bs)
 {
-	uint8_t *copy = malloc(bs);
+	static const uint8_t zero[8];
+	const uint8_t *p = (const uint8_t *)h;
+	size_t crc_off = offsetof(struct pmfuse_log_hdr, hdr.crc);
+	size_t gen_off = offsetof(struct pmfuse_log_hdr, gen);
 	uint32_t crc;
-	if (!copy)
-		return 0;
-	memcpy(copy, h, bs);
-	memset(copy + offsetof(struct pmfuse_log_hdr, gen), 0, sizeof(h->gen));
-	crc = pmfuse_blk_crc((struct pmfuse_blk_hdr *)copy, bs);
-	free(copy);
-	return crc;
+
+	_Static_assert(offsetof(struct pmfuse_log_hdr, hdr.crc) + 4 <=
+		       offsetof(struct pmfuse_log_hdr, gen), "crc before gen");
+	crc = pmfuse_crc32c(0, p, crc_off);
+	crc = pmfuse_crc32c(crc, zero, 4);
+	crc = pmfuse_crc32c(crc, p + crc_off + 4, gen_off - crc_off - 4);
+	crc = pmfuse_crc32c(crc, zero, 8);
+	return pmfuse_crc32c(crc, p + gen_off + 8, bs - gen_off - 8);
 }
 
 /* ---- log entries ------------------------------------------------------------------------------ */
@@ -238,10 +245,7 @@ int pmfuse_txm_format(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
 	pmfuse_pool_memset(pool, log, 0, log_blocks * bs, PMFUSE_MEM_NODRAIN);
 	struct pmfuse_log_hdr *h = log;
 	pmfuse_blk_init(&h->hdr, PMFUSE_BLK_LOG, log_start, PMFUSE_OWNER_FS, 0, bs);
-	uint32_t crc = log_hdr_crc(h, bs);
-	if (!crc)
-		return -ENOMEM;
-	pmfuse_set_le32(&h->hdr.crc, crc);
+	pmfuse_set_le32(&h->hdr.crc, log_hdr_crc(h, bs));
 	pmfuse_set_le64(&h->gen, 1);
 	pmfuse_pool_persist(pool, log, log_blocks * bs);
 	return 0;
@@ -268,10 +272,7 @@ int pmfuse_txm_open(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
 	    pmfuse_le64(h->hdr.owner) != PMFUSE_OWNER_FS)
 		return PMFUSE_CORRUPT("log header at block %llu is not a log header",
 				      (unsigned long long)log_start);
-	uint32_t crc = log_hdr_crc(h, bs);
-	if (!crc)
-		return -ENOMEM;
-	if (crc != pmfuse_le32(h->hdr.crc))
+	if (log_hdr_crc(h, bs) != pmfuse_le32(h->hdr.crc))
 		return PMFUSE_CORRUPT("log header at block %llu: checksum mismatch",
 				      (unsigned long long)log_start);
 
@@ -323,6 +324,7 @@ void pmfuse_txm_close(struct pmfuse_txm *txm)
 	free(tx->ranges);
 	free(tx->slots);
 	free(tx->seal);
+	free(tx->meta);
 	free(tx->hooks);
 	free(tx->snapshot);
 	pthread_mutex_destroy(&txm->lock);
@@ -450,6 +452,7 @@ struct pmfuse_tx *pmfuse_tx_begin(struct pmfuse_txm *txm)
 	tx->tail = 0;
 	tx->nranges = 0;
 	tx->nseal = 0;
+	tx->nmeta = 0;
 	tx->nhooks = 0;
 	tx->slots_used = 0;
 	if (++tx->slot_gen == 0) { /* wrapped: really clear */
@@ -529,23 +532,41 @@ int pmfuse_tx_add_new(struct pmfuse_tx *tx, void *addr, size_t len)
 	return 0;
 }
 
+static int push_offset(uint64_t **list, size_t *n, size_t *cap, uint64_t off)
+{
+	if (*n == *cap) {
+		size_t c = *cap ? *cap * 2 : 64;
+		uint64_t *p = realloc(*list, c * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		*list = p;
+		*cap = c;
+	}
+	(*list)[(*n)++] = off;
+	return 0;
+}
+
+/*
+ * Queues a block for the next pmfuse_tx_seal() and remembers it for commit. Commit reseals every
+ * block declared in the transaction, not only those queued since the last seal: code may change a
+ * block again after someone else's seal without declaring it anew, and must still commit a
+ * valid crc.
+ */
 static int queue_seal(struct pmfuse_tx *tx, struct pmfuse_blk_hdr *blk)
 {
 	uint64_t off = pmfuse_pool_offset(tx->txm->pool, blk);
 	struct slot *s = slot_get(tx, off, 0);
 	if (!s)
 		return -ENOMEM;
+	if (!(s->flags & F_META)) {
+		if (push_offset(&tx->meta, &tx->nmeta, &tx->meta_cap, off))
+			return -ENOMEM;
+		s->flags |= F_META;
+	}
 	if (s->flags & F_SEAL)
 		return 0;
-	if (tx->nseal == tx->seal_cap) {
-		size_t cap = tx->seal_cap ? tx->seal_cap * 2 : 64;
-		uint64_t *p = realloc(tx->seal, cap * sizeof(*p));
-		if (!p)
-			return -ENOMEM;
-		tx->seal = p;
-		tx->seal_cap = cap;
-	}
-	tx->seal[tx->nseal++] = off;
+	if (push_offset(&tx->seal, &tx->nseal, &tx->seal_cap, off))
+		return -ENOMEM;
 	s->flags |= F_SEAL;
 	return 0;
 }
@@ -666,7 +687,9 @@ int pmfuse_tx_commit(struct pmfuse_tx *tx)
 	struct pmfuse_txm *txm = tx->txm;
 	struct pmfuse_pool *pool = txm->pool;
 
-	pmfuse_tx_seal(tx);
+	for (size_t i = 0; i < tx->nmeta; i++)
+		pmfuse_blk_seal(pmfuse_pool_at(pool, tx->meta[i]), txm->bs);
+	tx->nseal = 0;
 #ifdef PMFUSE_TX_VERIFY
 	if (txm->verify)
 		verify(tx, false);

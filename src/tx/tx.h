@@ -83,7 +83,8 @@ int pmfuse_tx_on_end(struct pmfuse_tx *tx, void (*fn)(void *arg, uint64_t a, uin
 						     bool committed),
 		     void *arg, uint64_t a, uint64_t b);
 
-/* Seals, persists and commits. Always succeeds (returns 0); the tx is freed. */
+/* Reseals every metadata block declared in the transaction, persists and commits. Always
+ * succeeds (returns 0); the tx is freed. */
 int pmfuse_tx_commit(struct pmfuse_tx *tx);
 
 /* Restores every logged range, persists, and ends the transaction; the tx is freed. */
