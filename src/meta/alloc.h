@@ -37,10 +37,12 @@ struct pmfuse_alloc_geom {
 uint64_t pmfuse_alloc_bitmap_blocks(uint64_t block_count, uint32_t bs);
 
 /* Writes the initial bitmap (mkfs): everything below data_start and sb2_block in use. Plain
- * persisted stores, no transaction (the pool is not live yet). */
+ * persisted stores, no transaction (the pool is not live yet). -EINVAL for a geometry that does
+ * not hold together or whose bitmap does not fit the pool, -EROFS. */
 int pmfuse_alloc_format(struct pmfuse_pool *pool, const struct pmfuse_alloc_geom *geom);
 
-/* Verifies every bitmap block (-EUCLEAN) and builds the DRAM index. -ENOMEM. */
+/* Verifies every bitmap block (-EUCLEAN) and builds the DRAM index. -ENOMEM, -EINVAL (geometry,
+ * as for pmfuse_alloc_format). */
 int pmfuse_alloc_open(struct pmfuse_pool *pool, const struct pmfuse_alloc_geom *geom,
 		      struct pmfuse_alloc **out);
 void pmfuse_alloc_close(struct pmfuse_alloc *al);
@@ -51,12 +53,19 @@ void pmfuse_alloc_close(struct pmfuse_alloc *al);
  * to the start of the data area. goal 0 means "anywhere". On success *start and *len describe the
  * extent. -ENOSPC when no run of minlen blocks is free: nothing changed. -ENOSPC also when the log
  * is full (the caller aborts either way).
+ * Precisely (alloc.c): runs are visited in circular order from goal (a goal outside the data area
+ * counts as data_start); the first run of minlen blocks opens a window of 32768 blocks, and the
+ * longest run starting in it wins, cut to maxlen, the earliest on ties. A free goal followed by
+ * maxlen free blocks is therefore taken as it is.
+ * Other errors: -EINVAL (minlen 0 or minlen > maxlen), -ENOMEM, -EUCLEAN (the bitmap says a block
+ * is used that the DRAM index holds free); nothing changed in either case.
  */
 int pmfuse_alloc_extent(struct pmfuse_tx *tx, struct pmfuse_alloc *al, uint64_t goal,
 			uint64_t minlen, uint64_t maxlen, uint64_t *start, uint64_t *len);
 
-/* Frees [start, start + len). Freeing a block that is not allocated is corruption (-EUCLEAN);
- * nothing changes in that case. The blocks become allocatable when tx commits. */
+/* Frees [start, start + len). Freeing a block that is not allocated, or one outside the data
+ * area, is corruption (-EUCLEAN); nothing changes in that case. The blocks become allocatable
+ * when tx commits. Also -EINVAL (len 0), -ENOSPC (log full), -ENOMEM, with nothing changed. */
 int pmfuse_alloc_free(struct pmfuse_tx *tx, struct pmfuse_alloc *al, uint64_t start,
 		      uint64_t len);
 
@@ -65,6 +74,11 @@ uint64_t pmfuse_alloc_free_blocks(struct pmfuse_alloc *al);
 
 /* 1 if block is allocated in the persistent bitmap, 0 if free, -ERANGE if outside the fs. */
 int pmfuse_alloc_is_used(struct pmfuse_alloc *al, uint64_t block);
+
+/* Cross-checks the DRAM index (bitmap copy, group summaries, free count) against the persistent
+ * bitmap: 0 or -EUCLEAN. Call between transactions (blocks freed by a running transaction are
+ * still used in DRAM). Tests, and debug checks of a mounted volume. */
+int pmfuse_alloc_check(struct pmfuse_alloc *al);
 
 /* Free blocks counted from the persistent bitmap of an unmounted pool, with the bitmap checked
  * (tools). -EUCLEAN on a damaged bitmap block. */
