@@ -28,6 +28,12 @@ struct pmfuse_volume {
 	bool readonly;
 	bool recovered;                      /* the log held a transaction that was rolled back */
 	bool was_clean;                      /* clean flag at open */
+	bool sb_other_bad;                   /* the copy not used was damaged or older (msg says
+						which); a writable open rewrote it */
+	bool log_pending;                    /* read-only open only: the log holds a transaction
+						that was not rolled back, txm is NULL, and the
+						metadata is the image before recovery (it may fail
+						checks until a writable open recovers it) */
 };
 
 /* Helpers to address blocks. */
@@ -46,7 +52,11 @@ struct pmfuse_mkfs_opts {
 	void *progress_arg;
 };
 
-/* Smallest pool mkfs accepts for a block size, in bytes. */
+/* Labels mkfs accepts: at most PMFUSE_LABEL_MAX bytes of UTF-8, no control characters. */
+bool pmfuse_label_valid(const char *label);
+
+/* Smallest pool mkfs accepts for a block size (0: the default), in bytes; 0 for a bad block size.
+ * It holds the superblocks, the state block, a log of 32 blocks, the bitmap and 256 data blocks. */
 uint64_t pmfuse_mkfs_min_size(uint32_t block_size);
 
 /*
@@ -67,6 +77,10 @@ int pmfuse_mkfs(struct pmfuse_pool *pool, const struct pmfuse_mkfs_opts *opts);
  * secondary), refuses unknown incompat features (-EOPNOTSUPP) and forces read-only on unknown
  * ro_compat ones (-EROFS if a writable open was asked). Runs log recovery, checks the state block
  * and builds the allocator index. Damage is -EUCLEAN with a message in msg (may be NULL).
+ * On success msg holds notes ("" if none): a damaged or stale superblock copy, a recovered log,
+ * an unclean previous mount, a pending transaction on a read-only open.
+ * Other errors: -EROFS (writable open of a read-only pool, or unknown ro_compat features),
+ * -EINVAL (PMFUSE_VOL_MOUNT with PMFUSE_VOL_RDONLY), -ENOMEM.
  */
 int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_volume **out,
 		       char *msg, size_t msglen);
@@ -76,6 +90,23 @@ void pmfuse_volume_close(struct pmfuse_volume *vol);
 
 /* Writes the DRAM superblock to both copies with the two-copy protocol (seq bumped). */
 int pmfuse_volume_write_sb(struct pmfuse_volume *vol);
+
+/*
+ * What the two superblock copies look like, without opening anything else (tools, fsck). The
+ * secondary is looked for at the primary's sb2_block when the primary is sound enough to say
+ * (magic and block size), else at the last block of the pool for every valid block size.
+ */
+struct pmfuse_sb_probe {
+	struct pmfuse_sb sb;                 /* the chosen copy: valid, highest seq, primary on a tie */
+	int copy;                            /* 0 primary, 1 secondary, -1 neither is valid */
+	uint64_t blk[2];                     /* block of each copy (blk[1] == 0: no candidate) */
+	bool valid[2];                       /* copy passed pmfuse_sb_check */
+	uint64_t seq[2];                     /* seq of each valid copy */
+	char why[2][160];                    /* what is wrong with each copy, "" when valid */
+};
+
+/* Fills *probe. 0 when a valid copy was found, else -EUCLEAN (probe->why says why). No writes. */
+int pmfuse_sb_probe(struct pmfuse_pool *pool, struct pmfuse_sb_probe *probe);
 
 /* Validates one superblock copy found at block blk of the pool: 0 or -EUCLEAN with msg. */
 int pmfuse_sb_check(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_size, char *msg,

@@ -100,26 +100,24 @@ static int pmem2_errno(int rc, const char *what, const char *path)
 	return err;
 }
 
-/* Names the process holding an flock on fd, from /proc/locks, into buf. */
-static void lock_holder(int fd, char *buf, size_t len)
+bool pmfuse_pool_lock_holder(const char *path, char *buf, size_t len)
 {
 	struct stat st;
 	char line[256];
+	bool found = false;
 	FILE *f;
 
 	snprintf(buf, len, "another process");
-	if (fstat(fd, &st) || !(f = fopen("/proc/locks", "r")))
-		return;
+	if (stat(path, &st) || !(f = fopen("/proc/locks", "r")))
+		return false;
 	while (fgets(line, sizeof(line), f)) {
-		char kind[16], mode[16], rw[16];
+		char kind[16];
 		unsigned maj, min;
 		unsigned long long ino;
 		long pid;
 
-		if (sscanf(line, "%*d: %15s %15s %15s %ld %x:%x:%llu", kind, mode, rw, &pid, &maj,
-			   &min, &ino) != 7)
-			continue;
-		if (strcmp(kind, "FLOCK") || ino != (unsigned long long)st.st_ino ||
+		if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%llu", kind, &pid, &maj, &min,
+			   &ino) != 5 || strcmp(kind, "FLOCK") || ino != (unsigned long long)st.st_ino ||
 		    maj != major(st.st_dev) || min != minor(st.st_dev) || pid <= 0)
 			continue;
 		char comm_path[64], comm[64] = "?";
@@ -131,9 +129,11 @@ static void lock_holder(int fd, char *buf, size_t len)
 			fclose(c);
 		}
 		snprintf(buf, len, "process %ld (%s)", pid, comm);
+		found = true;
 		break;
 	}
 	fclose(f);
+	return found;
 }
 
 static struct pmfuse_pool *pool_alloc(const char *path)
@@ -191,7 +191,7 @@ int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out)
 	    flock(pool->fd, LOCK_EX | LOCK_NB)) {
 		char who[128];
 		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
-		lock_holder(pool->fd, who, sizeof(who));
+		pmfuse_pool_lock_holder(path, who, sizeof(who));
 		pmfuse_log(PMFUSE_LOG_ERR, "%s: pool is in use by %s", path, who);
 		goto fail;
 	}

@@ -49,6 +49,10 @@ enum pmfuse_source_kind {
  */
 int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out);
 
+/* Names the process holding an flock on path ("process 123 (pmfuse)"), from /proc/locks.
+ * Returns false (and "another process" in buf) when it cannot tell or nobody holds one. */
+bool pmfuse_pool_lock_holder(const char *path, char *buf, size_t len);
+
 /* Creates (or extends to) a regular file of size bytes; never shrinks or touches a device. */
 int pmfuse_pool_create_file(const char *path, uint64_t size);
 

@@ -43,4 +43,10 @@ int pmfuse_corrupt(const char *file, int line, const char *fmt, ...)
 /* Parses "123", "64K", "512M", "1G", "2T" (powers of 1024) into bytes. -EINVAL on junk/overflow. */
 int pmfuse_parse_size(const char *s, uint64_t *out);
 
+/* "1.5 GiB": bytes in binary units, into buf; returns buf. */
+const char *pmfuse_human_size(uint64_t bytes, char *buf, size_t len);
+
+/* The canonical 36-character form of a UUID, NUL-terminated. */
+void pmfuse_uuid_str(const uint8_t u[16], char out[37]);
+
 #endif /* PMFUSE_UTIL_H */

@@ -1,0 +1,792 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The volume: mkfs lays the pool out, open checks that layout and brings up the layers on it.
+ *
+ * Layout (block numbers; see format.h and doc/format.md):
+ *
+ *   0         primary superblock          copy 0
+ *   1         state block                 PMFUSE_BLK_STATE
+ *   2..       log                         log_blocks, formatted by pmfuse_txm_format
+ *   ..        bitmap                      bitmap_blocks, formatted by pmfuse_alloc_format
+ *   ..        data                        data_start .. block_count - 2
+ *   last      secondary superblock        copy 1, block_count - 1
+ *
+ * mkfs order, so that an interrupted mkfs leaves the former pool untouched (cut before 1 is
+ * durable), no pool, or the whole new one; never old superblocks over new metadata:
+ *   1. wipe block 0, the new last block, and the superblock area of every block that could
+ *      hold an old secondary (the last block of the pool for each valid block size), persist;
+ *   2. write the log, the bitmap and the state block, persist;
+ *   3. write the primary, persist; write the secondary, persist.
+ * Until 3 starts there is no valid superblock anywhere (1 saw to that, including a stale one of
+ * a former pool). Once either copy is durable, everything it describes already is.
+ *
+ * Superblock protocol (two copies, block 0 and block_count - 1): every write bumps seq, writes
+ * and persists the primary, then the secondary. Open checks both (magic, crc, version, own
+ * location, geometry), takes the valid one with the highest seq (the primary on a tie), and when
+ * writable rewrites the other if it is damaged, older or does not match. A crash between the two
+ * writes therefore leaves one copy old and one new, and either is a consistent superblock.
+ *
+ * Invariants open checks, in the order it checks them (each failure is -EUCLEAN with a message,
+ * and nothing on the pool has been written when it fails, except a log rollback, which is
+ * always correct to do):
+ *   - some superblock copy passes pmfuse_sb_check: regions in order and non-overlapping, inside
+ *     block_count, and block_count blocks inside the pool;
+ *   - no unknown incompat feature (-EOPNOTSUPP); no unknown ro_compat one unless read-only;
+ *   - the log header is sound, and recovery (writable) rolls back an unfinished transaction; a
+ *     read-only open only looks (log_probe) and reports a pending one (vol->log_pending), and
+ *     then tolerates a state block that fails its checks, since it may be half-changed;
+ *   - the state block verifies (magic, own number, owner, crc), every root is empty (levels 0,
+ *     root 0) or has 1..PMFUSE_BTREE_MAX_LEVELS levels and a root inside the data area, and
+ *     0 < root_ino < next_ino;
+ *   - every bitmap block verifies (pmfuse_alloc_open; writable opens only).
+ */
+#include "meta/volume.h"
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "meta/alloc.h"
+#include "pool/pool.h"
+#include "tx/tx.h"
+#include "util/util.h"
+
+/* Fewest data blocks mkfs accepts: room for a root directory, a few trees and some files. */
+#define MIN_DATA_BLOCKS 256u
+/* Default log size: a thousandth of the pool, within these bounds. */
+#define LOG_BLOCKS_MIN 32u
+#define LOG_BLOCKS_MAX 1024u
+
+struct vol_priv {
+	struct pmfuse_volume pub;
+	unsigned flags;
+};
+
+static struct vol_priv *priv_of(struct pmfuse_volume *vol)
+{
+	return (struct vol_priv *)((char *)vol - offsetof(struct vol_priv, pub));
+}
+
+/* Appends a note to msg, separated by "; ". */
+__attribute__((format(printf, 3, 4)))
+static void note(char *msg, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+	size_t used;
+
+	if (!msg || !len)
+		return;
+	used = strnlen(msg, len);
+	if (used + 3 >= len)
+		return;
+	if (used) {
+		memcpy(msg + used, "; ", 3);
+		used += 2;
+	}
+	va_start(ap, fmt);
+	vsnprintf(msg + used, len - used, fmt, ap);
+	va_end(ap);
+}
+
+/* Writes the message into buf (never NULL) and logs it: evaluates to -EUCLEAN. */
+#define FAIL(buf, len, ...) (snprintf(buf, len, __VA_ARGS__), PMFUSE_CORRUPT(__VA_ARGS__))
+
+static bool bs_valid(uint64_t bs)
+{
+	return bs >= PMFUSE_BLOCK_SIZE_MIN && bs <= PMFUSE_BLOCK_SIZE_MAX && !(bs & (bs - 1));
+}
+
+static uint32_t sb_crc(const struct pmfuse_sb *sb)
+{
+	struct pmfuse_sb copy = *sb;
+	pmfuse_set_le32(&copy.crc, 0);
+	return pmfuse_crc32c(0, &copy, sizeof(copy));
+}
+
+static void geom_from_sb(const struct pmfuse_sb *sb, struct pmfuse_alloc_geom *g)
+{
+	g->block_size = pmfuse_le32(sb->block_size);
+	g->block_count = pmfuse_le64(sb->block_count);
+	g->bitmap_start = pmfuse_le64(sb->bitmap_start);
+	g->bitmap_blocks = pmfuse_le64(sb->bitmap_blocks);
+	g->data_start = pmfuse_le64(sb->data_start);
+	g->sb2_block = pmfuse_le64(sb->sb2_block);
+}
+
+/* ---- superblock checks ------------------------------------------------------------------------ */
+
+/* Sets msg and evaluates to -EUCLEAN, without logging: probing looks at places that need not hold
+ * a superblock at all, so the caller decides what is worth a log line. */
+#define BAD(...) (snprintf(msg, msglen, __VA_ARGS__), -EUCLEAN)
+
+/* pmfuse_sb_check without the log line; msg gets the reason without a location prefix. */
+static int sb_verify(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_size, char *msg,
+		     size_t msglen)
+{
+	uint64_t magic = pmfuse_le64(sb->magic);
+	uint32_t version = pmfuse_le32(sb->version), bs = pmfuse_le32(sb->block_size);
+	uint32_t crc = sb_crc(sb), copy = pmfuse_le32(sb->copy);
+	uint64_t count = pmfuse_le64(sb->block_count), state = pmfuse_le64(sb->state_block);
+	uint64_t log = pmfuse_le64(sb->log_start), nlog = pmfuse_le64(sb->log_blocks);
+	uint64_t bm = pmfuse_le64(sb->bitmap_start), nbm = pmfuse_le64(sb->bitmap_blocks);
+	uint64_t data = pmfuse_le64(sb->data_start), sb2 = pmfuse_le64(sb->sb2_block);
+	typedef unsigned long long ull;
+
+	if (magic != PMFUSE_SB_MAGIC)
+		return BAD("bad magic 0x%016llx (not a pmfuse superblock)", (ull)magic);
+	if (crc != pmfuse_le32(sb->crc))
+		return BAD("checksum mismatch (stored 0x%08x, computed 0x%08x)",
+			   pmfuse_le32(sb->crc), crc);
+	if (version != PMFUSE_FORMAT_VERSION)
+		return BAD("format version %u; this program knows version %u", version,
+			   PMFUSE_FORMAT_VERSION);
+	if (!bs_valid(bs))
+		return BAD("block size %u is not a power of two in %u..%u", bs,
+			   PMFUSE_BLOCK_SIZE_MIN, PMFUSE_BLOCK_SIZE_MAX);
+	if (blk == 0 ? copy != 0 : copy != 1)
+		return BAD("says it is copy %u, expected %u", copy, blk == 0 ? 0u : 1u);
+	if (count > pool_size / bs)
+		return BAD("%llu blocks of %u bytes do not fit the pool of %llu bytes", (ull)count,
+			   bs, (ull)pool_size);
+	if (count < 4 || sb2 != count - 1)
+		return BAD("secondary superblock at block %llu, expected the last block %llu",
+			   (ull)sb2, (ull)(count ? count - 1 : 0));
+	if (blk != 0 && blk != sb2)
+		return BAD("secondary copy found at block %llu, away from its place %llu", (ull)blk,
+			   (ull)sb2);
+	if (state != 1)
+		return BAD("state block %llu, expected 1", (ull)state);
+	/* Regions in order, without overlap: state < log < bitmap < data < sb2. The comparisons
+	 * are written so that no sum can overflow. */
+	if (log <= state || nlog < 2 || nlog > sb2 || log > sb2 - nlog)
+		return BAD("log at %llu+%llu out of place (state block 1, secondary %llu)", (ull)log,
+			   (ull)nlog, (ull)sb2);
+	if (bm < log + nlog || nbm == 0 || nbm > sb2 || bm > sb2 - nbm)
+		return BAD("bitmap at %llu+%llu out of place (log ends at %llu)", (ull)bm, (ull)nbm,
+			   (ull)(log + nlog));
+	if (nbm < pmfuse_alloc_bitmap_blocks(count, bs))
+		return BAD("bitmap of %llu blocks cannot describe %llu blocks", (ull)nbm,
+			   (ull)count);
+	if (data < bm + nbm || data >= sb2)
+		return BAD("data area starts at block %llu, outside %llu..%llu", (ull)data,
+			   (ull)(bm + nbm), (ull)(sb2 - 1));
+	if (pmfuse_le32(sb->clean) > 1)
+		return BAD("clean flag %u (0 or 1)", pmfuse_le32(sb->clean));
+	return 0;
+}
+
+int pmfuse_sb_check(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_size, char *msg,
+		    size_t msglen)
+{
+	char why[160];
+
+	if (msg && msglen)
+		msg[0] = '\0';
+	if (!sb_verify(sb, blk, pool_size, why, sizeof(why)))
+		return 0;
+	if (msg && msglen)
+		snprintf(msg, msglen, "superblock at block %llu: %s", (unsigned long long)blk, why);
+	return PMFUSE_CORRUPT("superblock at block %llu: %s", (unsigned long long)blk, why);
+}
+
+/* The two copies describe the same filesystem (everything but copy, crc and the counters). */
+static bool sb_match(const struct pmfuse_sb *a, const struct pmfuse_sb *b)
+{
+	return !memcmp(a->uuid, b->uuid, sizeof(a->uuid)) && a->block_size.v == b->block_size.v &&
+	       a->block_count.v == b->block_count.v && a->log_start.v == b->log_start.v &&
+	       a->log_blocks.v == b->log_blocks.v && a->bitmap_start.v == b->bitmap_start.v &&
+	       a->bitmap_blocks.v == b->bitmap_blocks.v && a->data_start.v == b->data_start.v;
+}
+
+int pmfuse_sb_probe(struct pmfuse_pool *pool, struct pmfuse_sb_probe *p)
+{
+	uint64_t size = pmfuse_pool_size(pool);
+	struct pmfuse_sb prim, sec;
+	struct { uint64_t blk; uint32_t bs; } cands[8];
+	unsigned ncand = 0;
+	int why_rank = 0;   /* 2: a damaged copy was seen; 1: only places without one */
+
+	memset(p, 0, sizeof(*p));
+	memset(&prim, 0, sizeof(prim));
+	p->copy = -1;
+
+	if (size < PMFUSE_BLOCK_SIZE_MIN) {
+		snprintf(p->why[0], sizeof(p->why[0]), "pool of %llu bytes is too small to hold one",
+			 (unsigned long long)size);
+		snprintf(p->why[1], sizeof(p->why[1]), "%s", p->why[0]);
+		return -EUCLEAN;
+	}
+	memcpy(&prim, pmfuse_pool_base(pool), sizeof(prim));
+	if (!sb_verify(&prim, 0, size, p->why[0], sizeof(p->why[0]))) {
+		p->valid[0] = true;
+		p->seq[0] = pmfuse_le64(prim.seq);
+	}
+
+	/* Where the secondary may be: where the primary says, if it has a magic and a sane block
+	 * size; and, unless the primary is valid, the last block of the pool for every block
+	 * size (the primary's word may be what is damaged). */
+	uint32_t pbs = pmfuse_le32(prim.block_size);
+	uint64_t psb2 = pmfuse_le64(prim.sb2_block);
+	if (pmfuse_le64(prim.magic) == PMFUSE_SB_MAGIC && bs_valid(pbs) && psb2 > 0 &&
+	    psb2 < size / pbs) {
+		cands[ncand].blk = psb2;
+		cands[ncand++].bs = pbs;
+	}
+	if (!p->valid[0]) {
+		for (uint32_t bs = PMFUSE_BLOCK_SIZE_MIN; bs <= PMFUSE_BLOCK_SIZE_MAX; bs *= 2) {
+			if (size / bs < 4 || (ncand && cands[0].blk * cands[0].bs ==
+						      (size / bs - 1) * bs))
+				continue;
+			cands[ncand].blk = size / bs - 1;
+			cands[ncand++].bs = bs;
+		}
+	}
+
+	for (unsigned i = 0; i < ncand; i++) {
+		struct pmfuse_sb cand;
+		char why[sizeof(p->why[1])];
+		int rank;
+
+		memcpy(&cand, pmfuse_pool_at(pool, cands[i].blk * cands[i].bs), sizeof(cand));
+		int bad = sb_verify(&cand, cands[i].blk, size, why, sizeof(why));
+		if (!bad && pmfuse_le32(cand.block_size) != cands[i].bs) {
+			bad = -EUCLEAN;
+			snprintf(why, sizeof(why), "block size %u does not put it at block %llu",
+				 pmfuse_le32(cand.block_size), (unsigned long long)cands[i].blk);
+		}
+		if (!bad) {
+			if (!p->valid[1] || pmfuse_le64(cand.seq) > p->seq[1]) {
+				sec = cand;
+				p->valid[1] = true;
+				p->seq[1] = pmfuse_le64(cand.seq);
+				p->blk[1] = cands[i].blk;
+			}
+			continue;
+		}
+		rank = pmfuse_le64(cand.magic) == PMFUSE_SB_MAGIC ? 2 : 1;
+		if (!p->valid[1] && rank > why_rank) {
+			why_rank = rank;
+			p->blk[1] = cands[i].blk;
+			memcpy(p->why[1], why, sizeof(why));
+		}
+	}
+	if (p->valid[1]) {
+		p->why[1][0] = '\0';
+	} else if (!ncand) {
+		snprintf(p->why[1], sizeof(p->why[1]), "the pool is too small to hold one");
+	} else if (why_rank < 2 && !p->valid[0] && ncand > 1) {
+		p->blk[1] = 0;
+		snprintf(p->why[1], sizeof(p->why[1]), "none at the end of the pool (looked at the "
+			 "last block for block sizes %u..%u)", PMFUSE_BLOCK_SIZE_MIN,
+			 PMFUSE_BLOCK_SIZE_MAX);
+	}
+
+	/* A secondary that describes another filesystem than a valid primary is not its copy. */
+	if (p->valid[0] && p->valid[1] && !sb_match(&prim, &sec)) {
+		p->valid[1] = false;
+		snprintf(p->why[1], sizeof(p->why[1]), "does not match the primary (uuid or "
+			 "geometry differ)");
+	}
+
+	if (p->valid[0] && (!p->valid[1] || p->seq[0] >= p->seq[1])) {
+		p->sb = prim;
+		p->copy = 0;
+	} else if (p->valid[1]) {
+		p->sb = sec;
+		p->copy = 1;
+	} else {
+		return -EUCLEAN;
+	}
+	return 0;
+}
+
+/* ---- superblock writes -------------------------------------------------------------------------- */
+
+/* Writes the DRAM superblock as copy `copy` and persists it. */
+static void sb_write_copy(struct pmfuse_pool *pool, const struct pmfuse_sb *sb, int copy)
+{
+	struct pmfuse_sb s = *sb;
+	uint64_t blk = copy ? pmfuse_le64(sb->sb2_block) : 0;
+
+	pmfuse_set_le32(&s.copy, (uint32_t)copy);
+	pmfuse_set_le32(&s.crc, 0);
+	pmfuse_set_le32(&s.crc, sb_crc(&s));
+	pmfuse_pool_memcpy(pool, pmfuse_pool_at(pool, blk * pmfuse_le32(sb->block_size)), &s,
+			   sizeof(s), 0);
+}
+
+int pmfuse_volume_write_sb(struct pmfuse_volume *vol)
+{
+	if (vol->readonly)
+		return -EROFS;
+	pmfuse_set_le64(&vol->sb.seq, pmfuse_le64(vol->sb.seq) + 1);
+	sb_write_copy(vol->pool, &vol->sb, 0);
+	sb_write_copy(vol->pool, &vol->sb, 1);
+	return 0;
+}
+
+/* ---- mkfs ------------------------------------------------------------------------------------ */
+
+struct layout {
+	uint32_t bs;
+	uint64_t blocks, log_blocks, bitmap_start, bitmap_blocks, data_start;
+};
+
+static uint64_t default_log_blocks(uint64_t blocks)
+{
+	return PMFUSE_MIN(PMFUSE_MAX(blocks / 1024, (uint64_t)LOG_BLOCKS_MIN),
+			  (uint64_t)LOG_BLOCKS_MAX);
+}
+
+/* Lays out blocks blocks; false when they cannot hold MIN_DATA_BLOCKS of data. */
+static bool plan(struct layout *l, uint32_t bs, uint64_t blocks, uint64_t log_blocks)
+{
+	l->bs = bs;
+	l->blocks = blocks;
+	l->log_blocks = log_blocks ? log_blocks : default_log_blocks(blocks);
+	l->bitmap_start = 2 + l->log_blocks;
+	l->bitmap_blocks = pmfuse_alloc_bitmap_blocks(blocks, bs);
+	l->data_start = l->bitmap_start + l->bitmap_blocks;
+	return l->log_blocks < blocks && l->data_start < blocks &&
+	       blocks - l->data_start >= MIN_DATA_BLOCKS + 1;
+}
+
+uint64_t pmfuse_mkfs_min_size(uint32_t block_size)
+{
+	struct layout l;
+	uint32_t bs = block_size ? block_size : PMFUSE_BLOCK_SIZE_DEFAULT;
+	uint64_t blocks = 2 + LOG_BLOCKS_MIN + MIN_DATA_BLOCKS + 1;
+
+	if (!bs_valid(bs))
+		return 0;
+	/* The bitmap grows with the pool; a handful of steps reach the fixed point. */
+	while (!plan(&l, bs, blocks, 0))
+		blocks++;
+	return blocks * bs;
+}
+
+bool pmfuse_label_valid(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t len = strlen(s);
+
+	if (len > PMFUSE_LABEL_MAX)
+		return false;
+	while (*p) {
+		unsigned n;
+		if (*p < 0x20 || *p == 0x7f)
+			return false;
+		if (*p < 0x80) {
+			p++;
+			continue;
+		}
+		if (*p >= 0xc2 && *p <= 0xdf)
+			n = 1;
+		else if (*p >= 0xe0 && *p <= 0xef)
+			n = 2;
+		else if (*p >= 0xf0 && *p <= 0xf4)
+			n = 3;
+		else
+			return false;
+		for (unsigned i = 1; i <= n; i++)
+			if ((p[i] & 0xc0) != 0x80)
+				return false;
+		p += n + 1;
+	}
+	return true;
+}
+
+static int random_uuid(uint8_t uuid[16])
+{
+	size_t got = 0;
+
+	while (got < 16) {
+		ssize_t n = getrandom(uuid + got, 16 - got, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				return -errno;
+			n = read(fd, uuid + got, 16 - got);
+			close(fd);
+			if (n <= 0)
+				return -EIO;
+		}
+		got += (size_t)n;
+	}
+	uuid[6] = (uuid[6] & 0x0f) | 0x40; /* version 4 */
+	uuid[8] = (uuid[8] & 0x3f) | 0x80; /* RFC 4122 variant */
+	return 0;
+}
+
+static void progress(const struct pmfuse_mkfs_opts *o, uint64_t done, uint64_t total)
+{
+	if (o && o->progress)
+		o->progress(o->progress_arg, done, total);
+}
+
+int pmfuse_mkfs(struct pmfuse_pool *pool, const struct pmfuse_mkfs_opts *opts)
+{
+	static const struct pmfuse_mkfs_opts defaults;
+	const struct pmfuse_mkfs_opts *o = opts ? opts : &defaults;
+	uint32_t bs = o->block_size ? o->block_size : PMFUSE_BLOCK_SIZE_DEFAULT;
+	uint64_t size = pmfuse_pool_size(pool);
+	struct pmfuse_alloc_geom geom;
+	struct pmfuse_state *st;
+	struct pmfuse_sb sb;
+	struct layout l;
+	int rc;
+
+	if (!bs_valid(bs)) {
+		pmfuse_log(PMFUSE_LOG_ERR, "mkfs: block size %u is not a power of two in %u..%u", bs,
+			   PMFUSE_BLOCK_SIZE_MIN, PMFUSE_BLOCK_SIZE_MAX);
+		return -EINVAL;
+	}
+	if (o->label && !pmfuse_label_valid(o->label)) {
+		pmfuse_log(PMFUSE_LOG_ERR, "mkfs: label must be at most %d bytes of printable UTF-8",
+			   PMFUSE_LABEL_MAX);
+		return -EINVAL;
+	}
+	if (o->log_blocks == 1) {
+		pmfuse_log(PMFUSE_LOG_ERR, "mkfs: the log needs at least 2 blocks");
+		return -EINVAL;
+	}
+	if (pmfuse_pool_readonly(pool))
+		return -EROFS;
+	if (size < pmfuse_mkfs_min_size(bs) || !plan(&l, bs, size / bs, o->log_blocks)) {
+		pmfuse_log(PMFUSE_LOG_ERR, "mkfs: pool of %llu bytes is too small; it needs at "
+			   "least %llu bytes with %u-byte blocks", (unsigned long long)size,
+			   (unsigned long long)pmfuse_mkfs_min_size(bs), bs);
+		return -ENOSPC;
+	}
+
+	memset(&sb, 0, sizeof(sb));
+	if (o->uuid)
+		memcpy(sb.uuid, o->uuid, sizeof(sb.uuid));
+	else if ((rc = random_uuid(sb.uuid)))
+		return rc;
+
+	uint64_t total = l.data_start + 1, done = 0;
+	progress(o, done, total);
+
+	/* 1. No superblock of a former pool may survive: wipe block 0 and every last block. */
+	pmfuse_pool_memset(pool, pmfuse_pool_at(pool, 0), 0, bs, PMFUSE_MEM_NODRAIN);
+	for (uint64_t b = PMFUSE_BLOCK_SIZE_MIN; b <= PMFUSE_BLOCK_SIZE_MAX; b *= 2) {
+		if (size / b < 2)
+			continue;
+		pmfuse_pool_memset(pool, pmfuse_pool_at(pool, (size / b - 1) * b), 0,
+				   sizeof(struct pmfuse_sb), PMFUSE_MEM_NODRAIN);
+	}
+	pmfuse_pool_memset(pool, pmfuse_pool_at(pool, (l.blocks - 1) * bs), 0, bs,
+			   PMFUSE_MEM_NODRAIN);
+	pmfuse_pool_drain(pool);
+	progress(o, done += 1, total);
+
+	/* 2. Log, bitmap, state block. */
+	rc = pmfuse_txm_format(pool, bs, 2, l.log_blocks);
+	if (rc)
+		return rc;
+	progress(o, done += l.log_blocks, total);
+
+	geom = (struct pmfuse_alloc_geom){
+		.block_size = bs, .block_count = l.blocks, .bitmap_start = l.bitmap_start,
+		.bitmap_blocks = l.bitmap_blocks, .data_start = l.data_start,
+		.sb2_block = l.blocks - 1,
+	};
+	rc = pmfuse_alloc_format(pool, &geom);
+	if (rc)
+		return rc;
+	progress(o, done += l.bitmap_blocks, total);
+
+	st = pmfuse_pool_at(pool, (uint64_t)bs);
+	pmfuse_blk_init(&st->hdr, PMFUSE_BLK_STATE, 1, PMFUSE_OWNER_FS, 0, bs);
+	pmfuse_set_le64(&st->root_ino, 1);
+	pmfuse_set_le64(&st->next_ino, 2);
+	pmfuse_set_le64(&st->generation, 1);
+	pmfuse_blk_seal(&st->hdr, bs);
+	pmfuse_pool_persist(pool, st, bs);
+	progress(o, done += 1, total);
+
+	/* 3. Superblocks, primary first (the two-copy protocol). */
+	pmfuse_set_le64(&sb.magic, PMFUSE_SB_MAGIC);
+	pmfuse_set_le32(&sb.version, PMFUSE_FORMAT_VERSION);
+	pmfuse_set_le32(&sb.block_size, bs);
+	if (o->label)
+		memcpy(sb.label, o->label, strlen(o->label));
+	pmfuse_set_le64(&sb.block_count, l.blocks);
+	pmfuse_set_le64(&sb.state_block, 1);
+	pmfuse_set_le64(&sb.log_start, 2);
+	pmfuse_set_le64(&sb.log_blocks, l.log_blocks);
+	pmfuse_set_le64(&sb.bitmap_start, l.bitmap_start);
+	pmfuse_set_le64(&sb.bitmap_blocks, l.bitmap_blocks);
+	pmfuse_set_le64(&sb.data_start, l.data_start);
+	pmfuse_set_le64(&sb.sb2_block, l.blocks - 1);
+	pmfuse_set_le64(&sb.seq, 1);
+	pmfuse_set_le64(&sb.mkfs_time, (uint64_t)time(NULL));
+	pmfuse_set_le32(&sb.clean, PMFUSE_SB_CLEAN);
+	sb_write_copy(pool, &sb, 0);
+	sb_write_copy(pool, &sb, 1);
+	progress(o, total, total);
+	return 0;
+}
+
+/* ---- open ------------------------------------------------------------------------------------- */
+
+/*
+ * Looks at the log without changing it: the header must be sound (as pmfuse_txm_open checks it),
+ * and a transaction is pending when the first entry is live (valid entries form a prefix; see
+ * format.h). Read-only opens use this instead of pmfuse_txm_open, which would roll back.
+ */
+static int log_probe(struct pmfuse_pool *pool, const struct pmfuse_sb *sb, bool *pending,
+		     char *msg, size_t len)
+{
+	uint32_t bs = pmfuse_le32(sb->block_size);
+	uint64_t start = pmfuse_le64(sb->log_start), nblk = pmfuse_le64(sb->log_blocks);
+	const struct pmfuse_log_hdr *h = pmfuse_pool_at(pool, start * bs);
+	const struct pmfuse_log_entry *e = pmfuse_pool_at(pool, (start + 1) * bs);
+	uint64_t area = (nblk - 1) * bs, gen;
+	uint8_t *copy;
+
+	*pending = false;
+	if (pmfuse_le32(h->hdr.magic) != PMFUSE_BLK_LOG || pmfuse_le64(h->hdr.blkno) != start ||
+	    pmfuse_le64(h->hdr.owner) != PMFUSE_OWNER_FS)
+		return FAIL(msg, len, "log header at block %llu is not a log header",
+			    (unsigned long long)start);
+	copy = malloc(bs);
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, h, bs);
+	gen = pmfuse_le64(((struct pmfuse_log_hdr *)copy)->gen);
+	memset(copy + offsetof(struct pmfuse_log_hdr, gen), 0, sizeof(h->gen));
+	uint32_t crc = pmfuse_blk_crc((const struct pmfuse_blk_hdr *)copy, bs);
+	free(copy);
+	if (crc != pmfuse_le32(h->hdr.crc))
+		return FAIL(msg, len, "log header at block %llu: checksum mismatch",
+			    (unsigned long long)start);
+
+	uint32_t elen = pmfuse_le32(e->len);
+	if (pmfuse_le64(e->gen) != gen || elen == 0 ||
+	    sizeof(*e) + PMFUSE_ALIGN_UP((uint64_t)elen, 8) > area)
+		return 0;
+	uint32_t ecrc = pmfuse_crc32c(pmfuse_crc32c(0, e, offsetof(struct pmfuse_log_entry, crc)),
+				      e + 1, elen);
+	*pending = ecrc == pmfuse_le32(e->crc);
+	return 0;
+}
+
+static int check_root(const struct pmfuse_volume *vol, const struct pmfuse_btree_root *r,
+		      unsigned i, char *msg, size_t len)
+{
+	uint64_t root = pmfuse_le64(r->root), data = pmfuse_le64(vol->sb.data_start);
+	uint64_t sb2 = pmfuse_le64(vol->sb.sb2_block);
+	unsigned levels = pmfuse_le16(r->levels);
+
+	if (levels > PMFUSE_BTREE_MAX_LEVELS)
+		return FAIL(msg, len, "state block: root %u has %u levels (at most %u)", i, levels,
+			    PMFUSE_BTREE_MAX_LEVELS);
+	if (levels == 0 && (root != 0 || pmfuse_le64(r->nrecs) != 0))
+		return FAIL(msg, len, "state block: root %u is empty but points at block %llu "
+			    "with %llu records", i, (unsigned long long)root,
+			    (unsigned long long)pmfuse_le64(r->nrecs));
+	if (levels > 0 && (root < data || root >= sb2))
+		return FAIL(msg, len, "state block: root %u at block %llu, outside the data area "
+			    "%llu..%llu", i, (unsigned long long)root, (unsigned long long)data,
+			    (unsigned long long)(sb2 - 1));
+	return 0;
+}
+
+static int check_state(struct pmfuse_volume *vol, char *msg, size_t len)
+{
+	uint64_t blk = pmfuse_le64(vol->sb.state_block);
+	struct pmfuse_state *st = pmfuse_volume_block(vol, blk);
+	int rc;
+
+	rc = pmfuse_blk_verify(&st->hdr, PMFUSE_BLK_STATE, blk, PMFUSE_OWNER_FS, vol->block_size);
+	if (rc)
+		return FAIL(msg, len, "state block %llu: bad header or checksum (magic 0x%08x, "
+			    "says block %llu)", (unsigned long long)blk, pmfuse_le32(st->hdr.magic),
+			    (unsigned long long)pmfuse_le64(st->hdr.blkno));
+	if (pmfuse_le16(st->hdr.level) != 0)
+		return FAIL(msg, len, "state block %llu: level %u, expected 0",
+			    (unsigned long long)blk, pmfuse_le16(st->hdr.level));
+	for (unsigned i = 0; i < PMFUSE_STATE_ROOTS; i++)
+		if ((rc = check_root(vol, &st->roots[i], i, msg, len)))
+			return rc;
+	uint64_t root_ino = pmfuse_le64(st->root_ino), next_ino = pmfuse_le64(st->next_ino);
+	if (root_ino == 0 || next_ino <= root_ino)
+		return FAIL(msg, len, "state block %llu: root inode %llu, next inode %llu (need "
+			    "0 < root < next)", (unsigned long long)blk,
+			    (unsigned long long)root_ino, (unsigned long long)next_ino);
+	return 0;
+}
+
+int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_volume **out,
+		       char *msg, size_t msglen)
+{
+	bool rdonly = flags & PMFUSE_VOL_RDONLY;
+	struct pmfuse_sb_probe probe;
+	struct pmfuse_alloc_geom geom;
+	struct pmfuse_volume *vol;
+	struct vol_priv *vp;
+	char tmp[256];
+	int rc;
+
+	*out = NULL;
+	if (msg && msglen)
+		msg[0] = '\0';
+	if (rdonly && (flags & PMFUSE_VOL_MOUNT))
+		return -EINVAL;
+	if (!rdonly && pmfuse_pool_readonly(pool)) {
+		note(msg, msglen, "the pool is mapped read-only; open the volume read-only");
+		return -EROFS;
+	}
+
+	rc = pmfuse_sb_probe(pool, &probe);
+	if (rc) {
+		if (probe.blk[1])
+			snprintf(tmp, sizeof(tmp), " (block %llu)", (unsigned long long)probe.blk[1]);
+		else
+			tmp[0] = '\0';
+		note(msg, msglen, "no valid superblock: primary (block 0): %s; secondary%s: %s",
+		     probe.why[0], tmp, probe.why[1]);
+		return PMFUSE_CORRUPT("no valid superblock: primary (block 0): %s; secondary%s: %s",
+				      probe.why[0], tmp, probe.why[1]);
+	}
+
+	uint64_t incompat = pmfuse_le64(probe.sb.incompat);
+	uint64_t ro_compat = pmfuse_le64(probe.sb.ro_compat);
+	if (incompat & ~PMFUSE_FEATURE_INCOMPAT_SUPP) {
+		note(msg, msglen, "unsupported incompatible features 0x%016llx",
+		     (unsigned long long)(incompat & ~PMFUSE_FEATURE_INCOMPAT_SUPP));
+		return -EOPNOTSUPP;
+	}
+	if ((ro_compat & ~PMFUSE_FEATURE_RO_COMPAT_SUPP) && !rdonly) {
+		note(msg, msglen, "unsupported read-only-compatible features 0x%016llx: the volume "
+		     "can only be opened read-only",
+		     (unsigned long long)(ro_compat & ~PMFUSE_FEATURE_RO_COMPAT_SUPP));
+		return -EROFS;
+	}
+
+	vp = calloc(1, sizeof(*vp));
+	if (!vp)
+		return -ENOMEM;
+	vp->flags = flags;
+	vol = &vp->pub;
+	vol->pool = pool;
+	vol->sb = probe.sb;
+	pmfuse_set_le32(&vol->sb.copy, 0);
+	vol->sb_copy = probe.copy;
+	vol->block_size = pmfuse_le32(probe.sb.block_size);
+	vol->readonly = rdonly;
+	vol->was_clean = pmfuse_le32(probe.sb.clean) == PMFUSE_SB_CLEAN;
+	int other = 1 - probe.copy;
+	if (!probe.valid[other] || probe.seq[other] != probe.seq[probe.copy]) {
+		vol->sb_other_bad = true;
+		if (probe.valid[other])
+			note(msg, msglen, "%s superblock (block %llu) is older (seq %llu < %llu)%s",
+			     other ? "secondary" : "primary", (unsigned long long)probe.blk[other],
+			     (unsigned long long)probe.seq[other],
+			     (unsigned long long)probe.seq[probe.copy],
+			     rdonly ? "" : "; rewritten");
+		else
+			note(msg, msglen, "%s superblock (block %llu) is damaged: %s%s",
+			     other ? "secondary" : "primary", (unsigned long long)probe.blk[other],
+			     probe.why[other], rdonly ? "" : "; rewritten from the other copy");
+	}
+
+	/* The log: recovery when writable, a look only when read-only. */
+	uint64_t log_start = pmfuse_le64(vol->sb.log_start);
+	uint64_t log_blocks = pmfuse_le64(vol->sb.log_blocks);
+	if (rdonly) {
+		rc = log_probe(pool, &vol->sb, &vol->log_pending, tmp, sizeof(tmp));
+		if (rc) {
+			note(msg, msglen, "%s", tmp);
+			goto fail;
+		}
+	}
+	if (!vol->log_pending) {
+		rc = pmfuse_txm_open(pool, vol->block_size, log_start, log_blocks, &vol->txm,
+				     &vol->recovered);
+		if (rc == -EROFS && rdonly) {
+			/* a transaction began between the look and the open (a live daemon) */
+			vol->log_pending = true;
+		} else if (rc) {
+			if (rc == -EUCLEAN)
+				note(msg, msglen, "log at blocks %llu..%llu is damaged",
+				     (unsigned long long)log_start,
+				     (unsigned long long)(log_start + log_blocks - 1));
+			goto fail;
+		}
+	}
+	if (vol->log_pending)
+		note(msg, msglen, "the log holds an unfinished transaction; a writable open will "
+		     "roll it back (metadata shown as it is now)");
+	if (vol->recovered)
+		note(msg, msglen, "rolled back an unfinished transaction");
+
+	vol->state = pmfuse_volume_block(vol, pmfuse_le64(vol->sb.state_block));
+	rc = check_state(vol, tmp, sizeof(tmp));
+	if (rc) {
+		if (!vol->log_pending) {
+			note(msg, msglen, "%s", tmp);
+			goto fail;
+		}
+		/* Before recovery the state block may be half-changed: report, do not refuse. */
+		note(msg, msglen, "%s (possibly the unfinished transaction)", tmp);
+		rc = 0;
+	}
+
+	if (!rdonly) {
+		geom_from_sb(&vol->sb, &geom);
+		rc = pmfuse_alloc_open(pool, &geom, &vol->alloc);
+		if (rc) {
+			if (rc == -EUCLEAN)
+				note(msg, msglen, "free-space bitmap (blocks %llu..%llu) is damaged",
+				     (unsigned long long)geom.bitmap_start,
+				     (unsigned long long)(geom.bitmap_start + geom.bitmap_blocks - 1));
+			goto fail;
+		}
+	}
+
+	/* Everything checked: now repair a bad copy and count the mount. */
+	if (!rdonly && !vol->was_clean && (flags & PMFUSE_VOL_MOUNT))
+		note(msg, msglen, "the volume was not cleanly unmounted");
+	if (!rdonly && (flags & PMFUSE_VOL_MOUNT)) {
+		pmfuse_set_le32(&vol->sb.clean, 0);
+		pmfuse_set_le64(&vol->sb.mount_count, pmfuse_le64(vol->sb.mount_count) + 1);
+		pmfuse_set_le64(&vol->sb.mount_time, (uint64_t)time(NULL));
+		pmfuse_volume_write_sb(vol);
+	} else if (!rdonly && vol->sb_other_bad) {
+		sb_write_copy(pool, &vol->sb, other);
+	}
+	*out = vol;
+	return 0;
+
+fail:
+	if (vol->alloc)
+		pmfuse_alloc_close(vol->alloc);
+	pmfuse_txm_close(vol->txm);
+	free(vp);
+	return rc;
+}
+
+void pmfuse_volume_close(struct pmfuse_volume *vol)
+{
+	if (!vol)
+		return;
+	struct vol_priv *vp = priv_of(vol);
+	if (!vol->readonly && (vp->flags & PMFUSE_VOL_MOUNT)) {
+		pmfuse_set_le32(&vol->sb.clean, PMFUSE_SB_CLEAN);
+		pmfuse_volume_write_sb(vol);
+	}
+	if (vol->alloc)
+		pmfuse_alloc_close(vol->alloc);
+	pmfuse_txm_close(vol->txm);
+	free(vp);
+}
