@@ -418,6 +418,20 @@ int pmfuse_pool_fake_new(size_t size, const void *image, struct pmfuse_pool **ou
 	return 0;
 }
 
+void pmfuse_pool_fake_reset(struct pmfuse_pool *pool, const void *image)
+{
+	assert(pool->kind == PMFUSE_SOURCE_FAKE);
+	pthread_mutex_lock(&pool->fake_lock);
+	for (size_t i = 0; i < pool->npending; i++) {
+		uint64_t l = pool->pending[i];
+		pool->pending_bits[l / 64] &= ~(1ull << (l % 64));
+	}
+	pool->npending = 0;
+	memcpy(pool->base, image, pool->size);
+	memcpy(pool->media, image, pool->size);
+	pthread_mutex_unlock(&pool->fake_lock);
+}
+
 void pmfuse_pool_fake_set_hook(struct pmfuse_pool *pool, const struct pmfuse_pool_fake_hook *hook)
 {
 	assert(pool->kind == PMFUSE_SOURCE_FAKE);

@@ -105,6 +105,9 @@ struct pmfuse_pool_fake_hook {
 
 /* A fake pool of size bytes (a multiple of 4096), zero-filled, or a copy of image if not NULL. */
 int pmfuse_pool_fake_new(size_t size, const void *image, struct pmfuse_pool **out);
+/* Makes a fake pool hold image (pool-size bytes) as both its CPU and media view, with nothing
+ * pending: a cheap way to open many crash images one after another. */
+void pmfuse_pool_fake_reset(struct pmfuse_pool *pool, const void *image);
 void pmfuse_pool_fake_set_hook(struct pmfuse_pool *pool, const struct pmfuse_pool_fake_hook *hook);
 
 /*

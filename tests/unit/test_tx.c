@@ -276,6 +276,7 @@ static void test_random_model(void **state)
 struct sweep {
 	struct th_rng rng;
 	uint8_t *img;
+	struct pmfuse_pool *scratch;     /* where crash images are opened */
 	const uint8_t *before, *after;   /* model of the tx in flight */
 	bool after_new_known;
 	int variant;
@@ -292,9 +293,9 @@ static bool keep_all(void *arg, size_t unit) { return true; }
 
 static void check_image(struct sweep *s)
 {
-	struct pmfuse_pool *p;
+	struct pmfuse_pool *p = s->scratch;
 	bool rec;
-	assert_int_equal(pmfuse_pool_fake_new(POOL_SIZE, s->img, &p), 0);
+	pmfuse_pool_fake_reset(p, s->img);
 	struct pmfuse_txm *txm = open_txm(p, &rec);
 	bool b = matches(p, s->before, NULL);
 	bool a = matches(p, s->after, s->after_new_known ? s->d : NULL);
@@ -322,7 +323,6 @@ static void check_image(struct sweep *s)
 	txm = open_txm(p, &rec);
 	assert_false(rec);
 	pmfuse_txm_close(txm);
-	pmfuse_pool_close(p);
 	s->states++;
 }
 
@@ -353,6 +353,7 @@ static void test_crash_sweep(void **state)
 	struct pmfuse_pool_fake_hook hook = { sweep_hook, &s };
 
 	s.img = malloc(POOL_SIZE);
+	assert_int_equal(pmfuse_pool_fake_new(POOL_SIZE, NULL, &s.scratch), 0);
 	memcpy(before, region(pool), MODEL_SIZE);
 	pmfuse_pool_fake_set_hook(pool, &hook);
 	uint64_t n = th_scaled(300);
@@ -379,6 +380,7 @@ static void test_crash_sweep(void **state)
 	free(before);
 	free(after);
 	free(s.img);
+	pmfuse_pool_close(s.scratch);
 	pmfuse_txm_close(txm);
 	pmfuse_pool_close(pool);
 }
