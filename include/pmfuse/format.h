@@ -281,6 +281,19 @@ struct pmfuse_xattr {
 	uint8_t value[PMFUSE_XATTR_INLINE];
 };
 
+/*
+ * Refcount: a record of the refcount tree (PMFUSE_ROOT_REFCOUNT, owner PMFUSE_TREE_REFCOUNT),
+ * key = start. Blocks [start, start + len) are each mapped by refcount >= 2 extents. An allocated
+ * block with no record has exactly one owner (as in XFS). Records never overlap, and two records
+ * that touch have different counts, unless together they would be longer than
+ * PMFUSE_EXTENT_MAX_LEN (otherwise they are merged).
+ */
+struct pmfuse_refcount_rec {
+	struct pmfuse_le64 start;
+	struct pmfuse_le32 len;          /* 1..PMFUSE_EXTENT_MAX_LEN */
+	struct pmfuse_le32 refcount;     /* >= 2 */
+};
+
 /* Orphan: a record of the orphan tree (PMFUSE_ROOT_ORPHANS), key = ino of an inode whose nlink is
  * 0 but that was still in use. Mount frees every inode on it. */
 struct pmfuse_orphan {
@@ -306,5 +319,6 @@ _Static_assert(sizeof(struct pmfuse_dirent) == 280, "pmfuse_dirent size");
 _Static_assert(sizeof(struct pmfuse_extent) == 24, "pmfuse_extent size");
 _Static_assert(sizeof(struct pmfuse_xattr) == 512, "pmfuse_xattr size");
 _Static_assert(sizeof(struct pmfuse_orphan) == 16, "pmfuse_orphan size");
+_Static_assert(sizeof(struct pmfuse_refcount_rec) == 16, "pmfuse_refcount_rec size");
 
 #endif /* PMFUSE_FORMAT_H */

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * pmfuse ioctls, sent by pmfusectl through a pmfuse mount.
+ *
+ * The kernel's FICLONE, FICLONERANGE and FIDEDUPERANGE never reach a FUSE server (they fail with
+ * EOPNOTSUPP in the VFS), but custom ioctls on regular files do, as "restricted" FUSE ioctls: the
+ * kernel copies _IOC_SIZE bytes in and/or out as the number's direction says, so every argument
+ * here is a fixed-size struct without pointers. The request carries the caller's pid; a file
+ * descriptor in an argument is resolved by the daemon with pidfd_open + pidfd_getfd, and the
+ * daemon checks the caller's rights on every file involved (the kernel only checked the file the
+ * ioctl was issued on).
+ *
+ * All fields are native-endian (they never reach the pool).
+ */
+#ifndef PMFUSE_IOCTL_H
+#define PMFUSE_IOCTL_H
+
+#include <linux/ioctl.h>
+#include <stdint.h>
+
+#define PMFUSE_IOC_MAGIC 0xb7
+
+/* Like FICLONERANGE, issued on the destination (open for writing). src_length 0: to source EOF. */
+struct pmfuse_ioc_clone_range {
+	int64_t src_fd;
+	uint64_t src_offset;
+	uint64_t src_length;
+	uint64_t dest_offset;
+};
+
+/* Like FALLOC_FL_UNSHARE_RANGE: give the file private copies of its shared blocks in the range.
+ * length 0: to EOF. */
+struct pmfuse_ioc_unshare {
+	uint64_t offset;
+	uint64_t length;
+};
+
+/* Like FIDEDUPERANGE with one destination, issued on the source (open for reading). The daemon
+ * compares the bytes in the pool and shares the blocks only where they are equal. */
+#define PMFUSE_DEDUPE_SAME    0
+#define PMFUSE_DEDUPE_DIFFERS 1
+struct pmfuse_ioc_dedupe_range {
+	uint64_t src_offset;
+	uint64_t src_length;
+	int64_t dest_fd;            /* open for writing, or owned by the caller, or caller is root */
+	uint64_t dest_offset;
+	uint64_t bytes_deduped;     /* out */
+	int32_t status;             /* out: PMFUSE_DEDUPE_* or -errno */
+	uint32_t reserved;
+};
+
+/* The file's extents from byte start on, at most PMFUSE_IOC_EXTENTS_MAX per call. */
+#define PMFUSE_IOC_EXTENTS_MAX 64
+#define PMFUSE_EXTENT_SHARED 1u
+struct pmfuse_ioc_extent {
+	uint64_t logical;           /* byte offset in the file */
+	uint64_t physical;          /* byte offset in the pool */
+	uint64_t length;            /* bytes */
+	uint32_t flags;             /* PMFUSE_EXTENT_SHARED */
+	uint32_t refcount;          /* owners of the first block of the extent */
+};
+struct pmfuse_ioc_extents {
+	uint64_t start;             /* in: byte offset to list from */
+	uint64_t next;              /* out: where the next call starts; UINT64_MAX when done */
+	uint32_t count;             /* out: extents filled */
+	uint32_t block_size;        /* out */
+	struct pmfuse_ioc_extent ext[PMFUSE_IOC_EXTENTS_MAX];
+};
+
+#define PMFUSE_IOC_CLONE_RANGE  _IOW(PMFUSE_IOC_MAGIC, 1, struct pmfuse_ioc_clone_range)
+#define PMFUSE_IOC_UNSHARE      _IOW(PMFUSE_IOC_MAGIC, 2, struct pmfuse_ioc_unshare)
+#define PMFUSE_IOC_DEDUPE_RANGE _IOWR(PMFUSE_IOC_MAGIC, 3, struct pmfuse_ioc_dedupe_range)
+#define PMFUSE_IOC_GET_EXTENTS  _IOWR(PMFUSE_IOC_MAGIC, 4, struct pmfuse_ioc_extents)
+
+_Static_assert(sizeof(struct pmfuse_ioc_extents) < (1u << 14), "fits _IOC_SIZE");
+
+#endif /* PMFUSE_IOCTL_H */
