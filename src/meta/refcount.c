@@ -346,7 +346,7 @@ static int adjust_chunk(struct pmfuse_tx *tx, struct pmfuse_btree *rc, struct pm
 	uint64_t end = start + len, pos = start;
 	uint64_t bounds[6];
 	unsigned nbounds = 0;
-	struct rc_irec x, n;
+	struct rc_irec x, n = { 0 };  /* n: gcc cannot see that seek_rec fills it */
 	bool split;
 	int err;
 

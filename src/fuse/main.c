@@ -1,0 +1,371 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * pmfuse: the FUSE daemon that mounts a pool.
+ *
+ *   pmfuse [-f] [-d] [-s] [-o OPTIONS] POOL MOUNTPOINT
+ *
+ * The command line follows libfuse: fuse_opt_parse() takes the first non-option as POOL (and
+ * notes "ro"/"rw"), fuse_parse_cmdline() takes -f, -d, -s, -h, -V, clone_fd, max_threads,
+ * max_idle_threads and the mount point, and fuse_session_new() takes the mount options. Options
+ * may come after the positionals, as mount.fuse3 puts them ("pmfuse POOL MNT -o opts").
+ * pmfuse always adds default_permissions (the kernel checks permissions; the fs relies on it),
+ * fsname=POOL and subtype=pmfuse.
+ *
+ * Order of work: parse; fork unless -f (see detach.c); create the session (which rejects bad
+ * mount options before anything is opened); open the pool (its flock refuses a pool already in
+ * use), the volume (PMFUSE_VOL_MOUNT clears the clean flag) and the filesystem; mount; only
+ * then let go of the terminal, so that every error up to here reaches it and the exit status
+ * says whether the mount came up. Serve until the filesystem is unmounted or SIGTERM, SIGINT
+ * or SIGHUP arrives (then pmfuse unmounts it itself), and close the filesystem and the volume,
+ * which marks it clean.
+ *
+ * Exit status: 0 after a clean shutdown, 1 on any error.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fuse_lowlevel.h>
+
+#include "fs/fs.h"
+#include "fuse/detach.h"
+#include "fuse/ops.h"
+#include "meta/volume.h"
+#include "pool/pool.h"
+#include "util/util.h"
+
+/* One second keeps attributes fresh enough for pjdfstest-style checks; names that do not exist
+ * are not cached at all (a negative entry timeout of 0 is the kernel's default). */
+#define ENTRY_TIMEOUT 1.0
+#define ATTR_TIMEOUT 1.0
+
+struct cli {
+	char *pool;                  /* first non-option argument */
+	bool ro;
+};
+
+enum { KEY_RO, KEY_RW };
+
+static const struct fuse_opt cli_opts[] = {
+	FUSE_OPT_KEY("ro", KEY_RO),
+	FUSE_OPT_KEY("rw", KEY_RW),
+	FUSE_OPT_END
+};
+
+static int cli_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct cli *cli = data;
+
+	(void)outargs;
+	switch (key) {
+	case KEY_RO:
+		cli->ro = true;
+		return 1;            /* keep it: the kernel mount is read-only too */
+	case KEY_RW:
+		cli->ro = false;
+		return 1;
+	case FUSE_OPT_KEY_NONOPT:
+		if (cli->pool)
+			return 1;    /* the mount point, for fuse_parse_cmdline() */
+		cli->pool = strdup(arg);
+		return cli->pool ? 0 : -1;
+	default:
+		return 1;
+	}
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: pmfuse [-f] [-d] [-s] [-o OPTIONS] POOL MOUNTPOINT\n"
+		"Mount the pmfuse filesystem in POOL (a /dev/dax device or a pool file) on MOUNTPOINT.\n"
+		"\n"
+		"pmfuse options:\n"
+		"    -o ro                  mount read-only (the pool is not written at all)\n"
+		"    -o allow_other         let users other than the mounting one in\n"
+		"pmfuse always uses -o default_permissions,fsname=POOL,subtype=pmfuse.\n"
+		"\n");
+}
+
+/*
+ * The root of a pmfuse filesystem is a directory. libfuse would mount on a regular file too
+ * (the kernel takes the root's type from the mount point until INIT), and every access would
+ * then fail with EIO once the root turned out to be a directory. "/dev/fd/N" is a /dev/fuse
+ * descriptor that mount.fuse3 (drop_privileges) has mounted already.
+ */
+static int check_mountpoint(const char *mnt)
+{
+	struct stat st;
+
+	if (!strncmp(mnt, "/dev/fd/", 8))
+		return 0;
+	if (stat(mnt, &st)) {
+		fprintf(stderr, "pmfuse: %s: %s\n", mnt, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "pmfuse: %s: the mount point must be a directory\n", mnt);
+		return -1;
+	}
+	return 0;
+}
+
+/* The mount options pmfuse always adds; the last occurrence of fsname/subtype wins. */
+static int add_mount_opts(struct fuse_args *args, const char *pool)
+{
+	char *opts = NULL, *fsname = NULL;
+	int rc = -1;
+
+	if (asprintf(&fsname, "fsname=%s", pool) < 0) {
+		fsname = NULL;
+		goto out;
+	}
+	if (fuse_opt_add_opt(&opts, "default_permissions") ||
+	    fuse_opt_add_opt(&opts, "subtype=pmfuse") ||
+	    fuse_opt_add_opt_escaped(&opts, fsname) ||
+	    fuse_opt_add_arg(args, "-o") || fuse_opt_add_arg(args, opts))
+		goto out;
+	rc = 0;
+out:
+	free(fsname);
+	free(opts);
+	return rc;
+}
+
+struct mount {
+	const char *path;
+	bool ro;
+	int ro_lock_fd;              /* read-only mounts: a shared flock of our own */
+	struct pmfuse_pool *pool;
+	struct pmfuse_volume *vol;
+	struct pmfuse_fs *fs;
+};
+
+/*
+ * The pool layer takes no lock for a read-only open. A read-only mount still must not run
+ * next to a read-write one (it would read metadata in mid-change), so take a shared flock: it
+ * excludes the exclusive lock of a read-write mount or mkfs, in either order.
+ */
+static int lock_shared(struct mount *m)
+{
+	m->ro_lock_fd = open(m->path, O_RDONLY | O_CLOEXEC);
+	if (m->ro_lock_fd < 0)
+		return 0;            /* pmfuse_pool_open() will say what is wrong */
+	if (flock(m->ro_lock_fd, LOCK_SH | LOCK_NB)) {
+		int err = errno;
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: pool is in use (mounted read-write?)", m->path);
+		return err == EWOULDBLOCK ? -EBUSY : -err;
+	}
+	return 0;
+}
+
+static int mount_open(struct mount *m)
+{
+	struct pmfuse_fs_opts fs_opts = { .readonly = m->ro };
+	char msg[512] = "";
+	int rc;
+
+	if (m->ro && (rc = lock_shared(m)))
+		return rc;
+	rc = pmfuse_pool_open(m->path, m->ro ? PMFUSE_POOL_RDONLY : 0, &m->pool);
+	if (rc) {
+		/* -EBUSY: the pool layer has named the process that holds it */
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: %s", m->path, rc == -EBUSY ?
+			   "refusing to mount a pool that is in use" : strerror(-rc));
+		return rc;
+	}
+	rc = pmfuse_volume_open(m->pool, m->ro ? PMFUSE_VOL_RDONLY : PMFUSE_VOL_MOUNT, &m->vol,
+				msg, sizeof(msg));
+	if (rc) {
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: %s", m->path, msg[0] ? msg : strerror(-rc));
+		if (rc == -EUCLEAN)
+			pmfuse_log(PMFUSE_LOG_ERR, "%s: run fsck.pmfuse", m->path);
+		return rc;
+	}
+	if (msg[0])
+		pmfuse_log(PMFUSE_LOG_WARN, "%s: %s", m->path, msg);
+	if (m->vol->log_pending) {
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: an interrupted transaction waits for recovery; "
+			   "mount read-write once (or run fsck.pmfuse) first", m->path);
+		return -EROFS;
+	}
+	rc = pmfuse_fs_open(m->vol, &fs_opts, &m->fs);
+	if (rc) {
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: cannot open the filesystem: %s%s", m->path,
+			   strerror(-rc), rc == -EUCLEAN ? " (run fsck.pmfuse)" : "");
+		return rc;
+	}
+	return 0;
+}
+
+/* Closing the volume of a PMFUSE_VOL_MOUNT open marks it clean; every fs call was durable. */
+static void mount_close(struct mount *m)
+{
+	if (m->fs)
+		pmfuse_fs_close(m->fs);
+	if (m->vol)
+		pmfuse_volume_close(m->vol);
+	if (m->pool)
+		pmfuse_pool_close(m->pool);
+	if (m->ro_lock_fd >= 0)
+		close(m->ro_lock_fd);
+	m->fs = NULL;
+	m->vol = NULL;
+	m->pool = NULL;
+	m->ro_lock_fd = -1;
+}
+
+static int serve(struct fuse_session *se, const struct fuse_cmdline_opts *opts)
+{
+	struct fuse_loop_config *cfg;
+	int rc;
+
+	if (opts->singlethread)
+		return fuse_session_loop(se);
+	cfg = fuse_loop_cfg_create();
+	if (!cfg)
+		return -ENOMEM;
+	/*
+	 * Threads are bounded by max_threads (10 unless -o max_threads says otherwise: enough to
+	 * keep 2 cores busy while some workers wait for the fs's writer lock) and, unless
+	 * -o max_idle_threads is given, kept once created rather than torn down and made again.
+	 * libfuse 3.14 complains about "-1" (its own default) passed back to it, so only a value
+	 * that was given is set.
+	 */
+	fuse_loop_cfg_set_clone_fd(cfg, (unsigned)opts->clone_fd);
+	if (opts->max_idle_threads != UINT_MAX)
+		fuse_loop_cfg_set_idle_threads(cfg, opts->max_idle_threads);
+	fuse_loop_cfg_set_max_threads(cfg, opts->max_threads);
+	rc = fuse_session_loop_mt(se, cfg);
+	fuse_loop_cfg_destroy(cfg);
+	return rc;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts opts;
+	struct pmfuse_daemon daemon = {
+		.entry_timeout = ENTRY_TIMEOUT,
+		.attr_timeout = ATTR_TIMEOUT,
+	};
+	struct mount m = { .ro_lock_fd = -1 };
+	struct fuse_session *se = NULL;
+	struct cli cli = { 0 };
+	char pool_path[PATH_MAX];
+	bool signals = false, mounted = false;
+	int rc, status = 1;
+
+	memset(&opts, 0, sizeof(opts));
+	if (fuse_opt_parse(&args, &cli, cli_opts, cli_proc) ||
+	    fuse_parse_cmdline(&args, &opts)) {
+		fprintf(stderr, "Try 'pmfuse --help' for more information.\n");
+		goto out;
+	}
+	if (opts.show_help) {
+		usage(stdout);
+		printf("FUSE options:\n");
+		fuse_cmdline_help();
+		fuse_lowlevel_help();
+		status = 0;
+		goto out;
+	}
+	if (opts.show_version) {
+		printf("pmfuse version %s\n", PMFUSE_VERSION);
+		printf("FUSE library version %s\n", fuse_pkgversion());
+		fflush(stdout);      /* fuse_lowlevel_version() runs fusermount3 --version */
+		fuse_lowlevel_version();
+		status = 0;
+		goto out;
+	}
+	if (!cli.pool || !opts.mountpoint) {
+		fprintf(stderr, "pmfuse: %s\n", cli.pool ? "no mount point given" :
+			"no pool and mount point given");
+		fprintf(stderr, "Usage: pmfuse [-f] [-d] [-s] [-o OPTIONS] POOL MOUNTPOINT\n"
+			"Try 'pmfuse --help' for more information.\n");
+		goto out;
+	}
+	if (check_mountpoint(opts.mountpoint))
+		goto out;
+	/* Absolute, as the daemon leaves its working directory and fsname shows in mount(8). */
+	if (!realpath(cli.pool, pool_path)) {
+		fprintf(stderr, "pmfuse: %s: %s\n", cli.pool, strerror(errno));
+		goto out;
+	}
+	if (add_mount_opts(&args, pool_path)) {
+		fprintf(stderr, "pmfuse: out of memory\n");
+		goto out;
+	}
+	/* Until it detaches, a daemon tells the terminal only what went wrong; syslog gets the rest. */
+	if (opts.debug)
+		pmfuse_log_set_level(PMFUSE_LOG_DEBUG);
+	else if (!opts.foreground)
+		pmfuse_log_set_level(PMFUSE_LOG_WARN);
+
+	if (!opts.foreground && (rc = pmfuse_detach_start())) {
+		fprintf(stderr, "pmfuse: cannot fork: %s\n", strerror(-rc));
+		goto out;
+	}
+
+	/* The session first: it checks the mount options before the pool is touched. */
+	se = fuse_session_new(&args, &pmfuse_ops, sizeof(pmfuse_ops), &daemon);
+	if (!se)
+		goto out;            /* libfuse said why (an unknown option, most likely) */
+
+	m.path = pool_path;
+	m.ro = cli.ro;
+	if (mount_open(&m))
+		goto out;
+	daemon.fs = m.fs;
+	daemon.export_support = pmfuse_ops_probe_export(m.fs);
+
+	if (fuse_set_signal_handlers(se))
+		goto out;
+	signals = true;
+	if (fuse_session_mount(se, opts.mountpoint))
+		goto out;
+	mounted = true;
+
+	pmfuse_detach_finish();
+	pmfuse_log_set_level(opts.debug ? PMFUSE_LOG_DEBUG : PMFUSE_LOG_INFO);
+	pmfuse_log(PMFUSE_LOG_INFO, "%s mounted on %s: %s, %s persistence%s", pool_path,
+		   opts.mountpoint, m.ro ? "read-only" : "read-write",
+		   pmfuse_granularity_name(pmfuse_pool_granularity(m.pool)),
+		   m.vol->was_clean ? "" : ", previous mount did not end cleanly");
+	if (chdir("/"))
+		pmfuse_log(PMFUSE_LOG_WARN, "cannot change to /: %s", strerror(errno));
+
+	rc = serve(se, &opts);
+	if (rc < 0) {
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: session ended with an error: %s", opts.mountpoint,
+			   strerror(-rc));
+	} else {
+		if (rc > 0)
+			pmfuse_log(PMFUSE_LOG_INFO, "%s: signal %d, unmounting", opts.mountpoint,
+				   rc);
+		status = 0;
+	}
+
+out:
+	if (se) {
+		if (mounted)
+			fuse_session_unmount(se);
+		if (signals)
+			fuse_remove_signal_handlers(se);
+		fuse_session_destroy(se);
+	}
+	mount_close(&m);
+	if (mounted && status == 0)
+		pmfuse_log(PMFUSE_LOG_INFO, "%s: closed cleanly", pool_path);
+	free(opts.mountpoint);
+	free(cli.pool);
+	fuse_opt_free_args(&args);
+	return status;
+}

@@ -1,0 +1,882 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The FUSE low-level operations: thin wrappers that turn a request into one call of the
+ * filesystem API (src/fs/fs.h) and send the reply. Nothing here knows the on-media format; the
+ * FUSE node id is the persistent inode number (the root is 1 on both sides) and the fs supplies
+ * the generation, so no table maps one to the other.
+ *
+ * Lookup counts (the contract in fuse_lowlevel.h): every reply that hands the kernel an entry
+ * (lookup, mknod, mkdir, symlink, link, create, and each readdirplus entry other than "." and
+ * "..") stands for one reference the fs took; forget and forget_multi give them back. When such
+ * a reply cannot be delivered (the request was interrupted, the connection is going away) the
+ * kernel never counted the entry, so the reference is given back here at once.
+ *
+ * Reads are zero copy: the fs calls back with vectors pointing into the pool mapping, under its
+ * lock, and they go to the kernel in one writev (fuse_reply_iov), which copies them straight into
+ * the reader's pages. fuse_reply_data() is not used on purpose: libfuse 3.14 bounces a memory
+ * bufvec of more than one segment through a malloc'd buffer (fuse_send_data_iov_fallback), and
+ * its splice path write()s memory buffers into a pipe first, a second copy.
+ *
+ * Capabilities (op_init) and why:
+ * - no writeback cache: a write is acknowledged only when it is durable on the pool;
+ * - no HANDLE_KILLPRIV: the kernel clears setuid/setgid on write, truncate and chown with a
+ *   SETATTR of the mode, because only it knows whether the caller has CAP_FSETID;
+ * - no ATOMIC_O_TRUNC: with it the kernel skips the SETATTR of open(O_TRUNC) entirely, which
+ *   would lose that setuid/setgid clearing; without it the kernel sends a SETATTR (size 0,
+ *   mtime and ctime now, mode if privileges are dropped) with the open file's handle;
+ * - no POSIX_ACL, no DONT_MASK: with POSIX_ACL the server must keep the mode and the
+ *   system.posix_acl_access xattr in step on chmod and setxattr, and apply default-ACL
+ *   inheritance on create (the kernel does neither for FUSE); fs.h has no ACL support, so ACLs
+ *   are refused (EOPNOTSUPP) rather than stored unenforced, and the kernel applies the umask;
+ * - no splice. SPLICE_WRITE (replies through a pipe) cost the daemon 50% more CPU per GiB
+ *   read through the page cache (128 KiB requests) and saved 15% on 1 MiB O_DIRECT reads;
+ *   SPLICE_MOVE halved buffered read throughput (measured here, kernel 6.18, pool in tmpfs).
+ *   SPLICE_READ would need write_buf and a pipe-to-pool copy: a write already arrives in the
+ *   request buffer with one copy and goes to the pool with one persistent memcpy;
+ * - CACHE_SYMLINKS: a symlink's target never changes; NO_OPENDIR_SUPPORT: directory handles
+ *   carry nothing, so opendir costs no round trip;
+ * - EXPORT_SUPPORT only when the fs resolves "." and ".." (pmfuse_ops_probe_export at startup);
+ * - libfuse's defaults stay: ASYNC_READ, AUTO_INVAL_DATA, READDIRPLUS(_AUTO), ASYNC_DIO,
+ *   IOCTL_DIR (PARALLEL_DIROPS is in libfuse 3.14's want too, but it never reaches the
+ *   kernel: do_init has no line that sends it).
+ * Every write costs a GETXATTR of security.capability first: the VFS asks before each write
+ * whether privileges must go, and FUSE superblocks never get SB_NOSEC unless HANDLE_KILLPRIV_V2
+ * (the server clears them) is negotiated, which libfuse 3.14 cannot do.
+ */
+#include "fuse/ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs/fs.h"
+#include "util/util.h"
+
+_Static_assert(PMFUSE_ROOT_INO == FUSE_ROOT_ID, "the fs root must be the FUSE root node id");
+
+#define PMFUSE_MAX_WRITE (1u << 20)
+#define XATTR_VALUE_MAX 65536u       /* XATTR_SIZE_MAX and XATTR_LIST_MAX of Linux */
+
+static struct pmfuse_daemon *daemon_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static struct pmfuse_fs *fs_of(fuse_req_t req)
+{
+	return daemon_of(req)->fs;
+}
+
+static void cred_of(fuse_req_t req, struct pmfuse_cred *cred)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+
+	cred->uid = ctx->uid;
+	cred->gid = ctx->gid;
+	cred->pid = ctx->pid;
+	cred->umask = ctx->umask;
+}
+
+static void stat_of(const struct pmfuse_attr *a, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = a->ino;
+	st->st_mode = a->mode;
+	st->st_nlink = a->nlink;
+	st->st_uid = a->uid;
+	st->st_gid = a->gid;
+	st->st_rdev = a->rdev;
+	st->st_size = (off_t)a->size;
+	st->st_blocks = (blkcnt_t)a->blocks512;
+	st->st_blksize = a->blksize;
+	st->st_atim = a->atime;
+	st->st_mtim = a->mtime;
+	st->st_ctim = a->ctime;
+}
+
+static void entry_of(fuse_req_t req, const struct pmfuse_attr *a, struct fuse_entry_param *e)
+{
+	const struct pmfuse_daemon *d = daemon_of(req);
+
+	memset(e, 0, sizeof(*e));
+	e->ino = a->ino;
+	e->generation = a->generation;
+	stat_of(a, &e->attr);
+	e->attr_timeout = d->attr_timeout;
+	e->entry_timeout = d->entry_timeout;
+}
+
+/* Replies with an entry for which the fs took one reference, or the error rc. */
+static void reply_entry(fuse_req_t req, int rc, const struct pmfuse_attr *a)
+{
+	struct fuse_entry_param e;
+
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	entry_of(req, a, &e);
+	if (fuse_reply_entry(req, &e))
+		pmfuse_fs_forget(fs_of(req), a->ino, 1);
+}
+
+static void reply_attr(fuse_req_t req, int rc, const struct pmfuse_attr *a)
+{
+	struct stat st;
+
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	stat_of(a, &st);
+	fuse_reply_attr(req, &st, daemon_of(req)->attr_timeout);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+static void want(struct fuse_conn_info *conn, unsigned cap)
+{
+	if (conn->capable & cap)
+		conn->want |= cap;
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	struct pmfuse_daemon *d = userdata;
+
+	conn->want &= ~(unsigned)(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_HANDLE_KILLPRIV |
+				  FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK |
+				  FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
+				  FUSE_CAP_SPLICE_MOVE);
+	want(conn, FUSE_CAP_CACHE_SYMLINKS);
+	if (d->export_support)
+		want(conn, FUSE_CAP_EXPORT_SUPPORT);
+	d->no_opendir = conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
+
+	/* libfuse has already capped max_write at its request buffer (1 MiB with 4 KiB pages). */
+	conn->max_write = PMFUSE_MIN(conn->max_write, PMFUSE_MAX_WRITE);
+	conn->time_gran = 1;
+
+	/*
+	 * FUSE DAX (the kernel mapping file ranges of the server's memory straight into the
+	 * caller) is offered in FUSE_INIT with FUSE_MAP_ALIGNMENT (flags bit 26) and
+	 * FUSE_HAS_INODE_DAX (flags2 bit 1), which the kernel sets only when the connection has a
+	 * DAX window (fc->dax), i.e. on virtio-fs; a connection over /dev/fuse, which is what
+	 * fuse_session_mount() makes, never has one. libfuse 3.14 has no FUSE_CAP_* bit for
+	 * either flag, so conn->capable cannot show it; "pmfuse -d" prints the raw INIT flags
+	 * (0x73fffffb on kernel 6.18: bit 26 clear).
+	 */
+	pmfuse_log(PMFUSE_LOG_INFO, "FUSE protocol %u.%u, max_write %u, max_readahead %u",
+		   conn->proto_major, conn->proto_minor, conn->max_write, conn->max_readahead);
+	pmfuse_log(PMFUSE_LOG_INFO, "FUSE DAX mapping: not offered by the kernel (a /dev/fuse "
+		   "connection has no DAX window); mmap goes through the page cache");
+}
+
+static void op_destroy(void *userdata)
+{
+	(void)userdata;
+	pmfuse_log(PMFUSE_LOG_DEBUG, "FUSE session ended");
+}
+
+/* ---- namespace -------------------------------------------------------------------------------*/
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct pmfuse_attr a;
+	int rc = pmfuse_fs_lookup(fs_of(req), parent, name, &a);
+
+	reply_entry(req, rc, &a);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	pmfuse_fs_forget(fs_of(req), ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	struct pmfuse_fs *fs = fs_of(req);
+
+	for (size_t i = 0; i < count; i++)
+		pmfuse_fs_forget(fs, forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct pmfuse_attr a;
+	int rc = pmfuse_fs_getattr(fs_of(req), ino, &a);
+
+	(void)fi;
+	reply_attr(req, rc, &a);
+}
+
+/*
+ * ATIME_NOW and MTIME_NOW come with ATIME and MTIME set too (libfuse passes the kernel's bits);
+ * both are passed on, with "now" in the value as well, so the fs may read either.
+ */
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *st, int to_set,
+		       struct fuse_file_info *fi)
+{
+	struct pmfuse_setattr sa;
+	struct pmfuse_cred cred;
+	struct pmfuse_attr a;
+	struct timespec now;
+	unsigned valid = 0;
+	int rc;
+
+	(void)fi;
+	memset(&sa, 0, sizeof(sa));
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (to_set & FUSE_SET_ATTR_MODE) {
+		valid |= PMFUSE_SET_MODE;
+		sa.mode = st->st_mode;
+	}
+	if (to_set & FUSE_SET_ATTR_UID) {
+		valid |= PMFUSE_SET_UID;
+		sa.uid = st->st_uid;
+	}
+	if (to_set & FUSE_SET_ATTR_GID) {
+		valid |= PMFUSE_SET_GID;
+		sa.gid = st->st_gid;
+	}
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		if (st->st_size < 0) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+		valid |= PMFUSE_SET_SIZE;
+		sa.size = (uint64_t)st->st_size;
+	}
+	if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+		valid |= PMFUSE_SET_ATIME | PMFUSE_SET_ATIME_NOW;
+		sa.atime = now;
+	} else if (to_set & FUSE_SET_ATTR_ATIME) {
+		valid |= PMFUSE_SET_ATIME;
+		sa.atime = st->st_atim;
+	}
+	if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+		valid |= PMFUSE_SET_MTIME | PMFUSE_SET_MTIME_NOW;
+		sa.mtime = now;
+	} else if (to_set & FUSE_SET_ATTR_MTIME) {
+		valid |= PMFUSE_SET_MTIME;
+		sa.mtime = st->st_mtim;
+	}
+	if (to_set & FUSE_SET_ATTR_CTIME) {
+		valid |= PMFUSE_SET_CTIME;
+		sa.ctime = st->st_ctim;
+	}
+	/* Sent by the kernel only with HANDLE_KILLPRIV_V2, which is not negotiated; mapped anyway. */
+	if (to_set & (FUSE_SET_ATTR_KILL_SUID | FUSE_SET_ATTR_KILL_SGID))
+		valid |= PMFUSE_SET_KILL_SUID;
+
+	cred_of(req, &cred);
+	rc = pmfuse_fs_setattr(fs_of(req), ino, &sa, valid, &cred, &a);
+	reply_attr(req, rc, &a);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	char buf[PATH_MAX + 1];
+	int rc = pmfuse_fs_readlink(fs_of(req), ino, buf, sizeof(buf));
+
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_readlink(req, buf);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		     dev_t rdev)
+{
+	struct pmfuse_cred cred;
+	struct pmfuse_attr a;
+	int rc;
+
+	cred_of(req, &cred);
+	rc = pmfuse_fs_mknod(fs_of(req), parent, name, mode, rdev, &cred, &a);
+	reply_entry(req, rc, &a);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct pmfuse_cred cred;
+	struct pmfuse_attr a;
+	int rc;
+
+	cred_of(req, &cred);
+	rc = pmfuse_fs_mkdir(fs_of(req), parent, name, S_IFDIR | (mode & 07777), &cred, &a);
+	reply_entry(req, rc, &a);
+}
+
+static void op_symlink(fuse_req_t req, const char *target, fuse_ino_t parent, const char *name)
+{
+	struct pmfuse_cred cred;
+	struct pmfuse_attr a;
+	int rc;
+
+	cred_of(req, &cred);
+	rc = pmfuse_fs_symlink(fs_of(req), parent, name, target, &cred, &a);
+	reply_entry(req, rc, &a);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	struct pmfuse_attr a;
+	int rc = pmfuse_fs_link(fs_of(req), ino, newparent, newname, &a);
+
+	reply_entry(req, rc, &a);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -pmfuse_fs_unlink(fs_of(req), parent, name));
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -pmfuse_fs_rmdir(fs_of(req), parent, name));
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	unsigned pflags = 0;
+
+	if (flags & RENAME_NOREPLACE)
+		pflags |= PMFUSE_RENAME_NOREPLACE;
+	if (flags & RENAME_EXCHANGE)
+		pflags |= PMFUSE_RENAME_EXCHANGE;
+	/* RENAME_WHITEOUT (overlayfs upper layers) and anything newer. */
+	if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	fuse_reply_err(req, -pmfuse_fs_rename(fs_of(req), parent, name, newparent, newname,
+					      pflags));
+}
+
+/* ---- files ---------------------------------------------------------------------------------- */
+
+/*
+ * Contents change only through this daemon, and every change made through the kernel is made
+ * to its page cache as well (no writeback cache: writes go through the page cache to us), so
+ * the cache stays valid across opens. direct_io stays off so that mmap works.
+ */
+static void open_flags(struct fuse_file_info *fi)
+{
+	fi->fh = 0;
+	fi->keep_cache = 1;
+	fi->direct_io = 0;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	/* Permissions were checked by the kernel (default_permissions); O_TRUNC arrives as a
+	 * separate SETATTR since ATOMIC_O_TRUNC is off. */
+	(void)ino;
+	open_flags(fi);
+	fuse_reply_open(req, fi);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	struct fuse_entry_param e;
+	struct pmfuse_cred cred;
+	struct pmfuse_attr a;
+	int rc;
+
+	cred_of(req, &cred);
+	rc = pmfuse_fs_mknod(fs_of(req), parent, name, S_IFREG | (mode & 07777), 0, &cred, &a);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	entry_of(req, &a, &e);
+	open_flags(fi);
+	if (fuse_reply_create(req, &e, fi))
+		pmfuse_fs_forget(fs_of(req), a.ino, 1);
+}
+
+struct read_reply {
+	fuse_req_t req;
+	bool replied;
+};
+
+/* Called by the fs under its lock with vectors into the pool: they go out before it returns. */
+static int read_emit(void *arg, const struct iovec *iov, int cnt)
+{
+	struct read_reply *r = arg;
+	size_t len = 0;
+	char *buf, *p;
+	int rc;
+
+	r->replied = true;
+	if (cnt <= 0)
+		return fuse_reply_buf(r->req, NULL, 0);
+	if (cnt < IOV_MAX)           /* fuse_reply_iov adds one vector for the header */
+		return fuse_reply_iov(r->req, iov, cnt);
+
+	/* Very fragmented: more vectors than one writev takes. */
+	for (int i = 0; i < cnt; i++)
+		len += iov[i].iov_len;
+	buf = malloc(len);
+	if (!buf)
+		return fuse_reply_err(r->req, ENOMEM);
+	p = buf;
+	for (int i = 0; i < cnt; i++) {
+		memcpy(p, iov[i].iov_base, iov[i].iov_len);
+		p += iov[i].iov_len;
+	}
+	rc = fuse_reply_buf(r->req, buf, len);
+	free(buf);
+	return rc;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct read_reply r = { .req = req };
+	int rc;
+
+	(void)fi;
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	rc = pmfuse_fs_read(fs_of(req), ino, (uint64_t)off, size, read_emit, &r);
+	if (r.replied)
+		return;
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_buf(req, NULL, 0);
+}
+
+/*
+ * The offset is the kernel's: for O_APPEND it is the kernel's i_size, taken under the inode
+ * lock, and the page cache already holds the bytes at that offset, so the fs must not move them.
+ */
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct pmfuse_cred cred;
+	ssize_t n;
+
+	(void)fi;
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	cred_of(req, &cred);
+	n = pmfuse_fs_write(fs_of(req), ino, buf, size, (uint64_t)off, false, &cred);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, -pmfuse_fs_fsync(fs_of(req), ino));
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+			 struct fuse_file_info *fi)
+{
+	(void)fi;
+	if (off < 0 || len <= 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	fuse_reply_err(req, -pmfuse_fs_fallocate(fs_of(req), ino, mode, (uint64_t)off,
+						 (uint64_t)len));
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	int64_t rc;
+
+	(void)fi;
+	/* The kernel answers SEEK_SET, SEEK_CUR and SEEK_END itself. */
+	if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	rc = pmfuse_fs_lseek(fs_of(req), ino, off, whence);
+	if (rc < 0)
+		fuse_reply_err(req, (int)-rc);
+	else
+		fuse_reply_lseek(req, rc);
+}
+
+/* ---- directories ---------------------------------------------------------------------------- */
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	if (daemon_of(req)->no_opendir) {
+		/* "Success, and do not ask again": the kernel opens directories by itself. */
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
+	fi->fh = 0;
+	fuse_reply_open(req, fi);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	op_fsync(req, ino, datasync, fi);
+}
+
+struct dir_reply {
+	fuse_req_t req;
+	char *buf;
+	size_t size, pos;
+};
+
+static int readdir_emit(void *arg, const char *name, uint64_t ino, unsigned type,
+			uint64_t next_cookie)
+{
+	struct dir_reply *r = arg;
+	struct stat st = { .st_ino = ino, .st_mode = (mode_t)type << 12 };
+	size_t len;
+
+	len = fuse_add_direntry(r->req, r->buf + r->pos, r->size - r->pos, name, &st,
+				(off_t)next_cookie);
+	if (len > r->size - r->pos)
+		return 1;
+	r->pos += len;
+	return 0;
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct dir_reply r = { .req = req, .size = size };
+	int rc;
+
+	(void)fi;
+	r.buf = malloc(size ? size : 1);
+	if (!r.buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	rc = pmfuse_fs_readdir(fs_of(req), ino, (uint64_t)off, readdir_emit, &r);
+	if (rc < 0 && r.pos == 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_buf(req, r.buf, r.pos);
+	free(r.buf);
+}
+
+/*
+ * readdirplus in two passes. The first, inside pmfuse_fs_readdir (and so under the fs lock),
+ * only records which entries fit in the reply; the second looks each name up, which takes the
+ * reference the kernel will hold, outside that lock. An entry that vanished in between goes
+ * out with node id 0: the kernel lists it but makes no dentry and counts no reference.
+ */
+struct plus_entry {
+	uint64_t ino, next;
+	unsigned type;
+	size_t name;                 /* offset into names */
+	bool referenced;
+};
+
+struct plus_reply {
+	fuse_req_t req;
+	size_t size, used;           /* reply bytes the recorded entries take */
+	struct plus_entry *ent;
+	size_t cnt, cap;
+	char *names;
+	size_t names_len, names_cap;
+};
+
+static int plus_record(void *arg, const char *name, uint64_t ino, unsigned type,
+		       uint64_t next_cookie)
+{
+	struct plus_reply *r = arg;
+	size_t len = fuse_add_direntry_plus(r->req, NULL, 0, name, NULL, 0);
+	size_t nlen = strlen(name) + 1;
+
+	if (len > r->size - r->used)
+		return 1;
+	if (r->cnt == r->cap) {
+		size_t cap = r->cap ? 2 * r->cap : 32;
+		struct plus_entry *ent = realloc(r->ent, cap * sizeof(*ent));
+		if (!ent)
+			return -ENOMEM;
+		r->ent = ent;
+		r->cap = cap;
+	}
+	if (r->names_len + nlen > r->names_cap) {
+		size_t cap = PMFUSE_MAX(2 * r->names_cap, r->names_len + nlen + 1024);
+		char *names = realloc(r->names, cap);
+		if (!names)
+			return -ENOMEM;
+		r->names = names;
+		r->names_cap = cap;
+	}
+	memcpy(r->names + r->names_len, name, nlen);
+	r->ent[r->cnt++] = (struct plus_entry){
+		.ino = ino, .next = next_cookie, .type = type, .name = r->names_len,
+	};
+	r->names_len += nlen;
+	r->used += len;
+	return 0;
+}
+
+static bool dot_or_dotdot(const char *name)
+{
+	return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	struct plus_reply r = { .req = req, .size = size };
+	struct pmfuse_fs *fs = fs_of(req);
+	size_t pos = 0;
+	char *buf = NULL;
+	int rc;
+
+	(void)fi;
+	rc = pmfuse_fs_readdir(fs, ino, (uint64_t)off, plus_record, &r);
+	if (rc < 0 && r.cnt == 0) {
+		fuse_reply_err(req, -rc);
+		goto out;
+	}
+	buf = malloc(size ? size : 1);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		goto out;
+	}
+	for (size_t i = 0; i < r.cnt; i++) {
+		struct plus_entry *pe = &r.ent[i];
+		const char *name = r.names + pe->name;
+		struct fuse_entry_param e;
+		struct pmfuse_attr a;
+
+		if (!dot_or_dotdot(name) && pmfuse_fs_lookup(fs, ino, name, &a) == 0) {
+			entry_of(req, &a, &e);
+			pe->ino = a.ino;
+			pe->referenced = true;
+		} else {
+			memset(&e, 0, sizeof(e));
+			e.attr.st_ino = pe->ino;
+			e.attr.st_mode = (mode_t)pe->type << 12;
+		}
+		pos += fuse_add_direntry_plus(req, buf + pos, size - pos, name, &e,
+					      (off_t)pe->next);
+	}
+	if (fuse_reply_buf(req, buf, pos)) {
+		for (size_t i = 0; i < r.cnt; i++)
+			if (r.ent[i].referenced)
+				pmfuse_fs_forget(fs, r.ent[i].ino, 1);
+	}
+out:
+	free(buf);
+	free(r.ent);
+	free(r.names);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct pmfuse_statfs s;
+	struct statvfs st;
+	int rc;
+
+	(void)ino;
+	rc = pmfuse_fs_statfs(fs_of(req), &s);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	memset(&st, 0, sizeof(st));
+	st.f_bsize = s.block_size;
+	st.f_frsize = s.block_size;
+	st.f_blocks = s.blocks;
+	st.f_bfree = s.blocks_free;
+	st.f_bavail = s.blocks_avail;
+	st.f_files = s.files;
+	st.f_ffree = s.files_free;
+	st.f_favail = s.files_free;
+	st.f_namemax = s.name_max;
+	fuse_reply_statfs(req, &st);
+}
+
+/* ---- extended attributes -------------------------------------------------------------------- */
+
+/* POSIX ACLs are off (see the top of this file): refuse them rather than store them unenforced. */
+static bool is_acl(const char *name)
+{
+	return !strcmp(name, "system.posix_acl_access") ||
+	       !strcmp(name, "system.posix_acl_default");
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			size_t size, int flags)
+{
+	if (is_acl(name)) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	fuse_reply_err(req, -pmfuse_fs_setxattr(fs_of(req), ino, name, value, size, flags));
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	char *buf = NULL;
+	ssize_t n;
+
+	if (is_acl(name)) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	size = PMFUSE_MIN(size, XATTR_VALUE_MAX);
+	if (size && !(buf = malloc(size))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	n = pmfuse_fs_getxattr(fs_of(req), ino, name, buf, size);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	char *buf = NULL;
+	ssize_t n;
+
+	size = PMFUSE_MIN(size, XATTR_VALUE_MAX);
+	if (size && !(buf = malloc(size))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	n = pmfuse_fs_listxattr(fs_of(req), ino, buf, size);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	if (is_acl(name)) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	fuse_reply_err(req, -pmfuse_fs_removexattr(fs_of(req), ino, name));
+}
+
+/*
+ * With default_permissions the kernel checks access(2) itself and never sends ACCESS; should
+ * one arrive, the inode exists and that is all there is left to say.
+ */
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	struct pmfuse_attr a;
+
+	(void)mask;
+	fuse_reply_err(req, -pmfuse_fs_getattr(fs_of(req), ino, &a));
+}
+
+/*
+ * With EXPORT_SUPPORT the kernel resolves NFS file handles of inodes it no longer caches by
+ * looking up "." in the inode and finds parents of directories by looking up "..". The root is
+ * its own parent, so both must return the root.
+ */
+bool pmfuse_ops_probe_export(struct pmfuse_fs *fs)
+{
+	struct pmfuse_attr a;
+	bool ok = true;
+
+	for (int i = 0; i < 2; i++) {
+		if (pmfuse_fs_lookup(fs, PMFUSE_ROOT_INO, i ? ".." : ".", &a)) {
+			ok = false;
+			continue;
+		}
+		ok = ok && a.ino == PMFUSE_ROOT_INO;
+		pmfuse_fs_forget(fs, a.ino, 1);
+	}
+	return ok;
+}
+
+/*
+ * Not here: copy_file_range and ioctl (issue 4: reflink; ENOSYS makes the kernel fall back to
+ * copying), locks (the kernel keeps POSIX and flock locks locally for the mount), bmap, poll,
+ * write_buf (see the splice note at the top), and flush: nothing is buffered here, and the
+ * ENOSYS libfuse answers makes the kernel stop sending FLUSH, while close() still writes back
+ * the pages a shared mapping dirtied first (FOPEN_NOFLUSH would skip that too).
+ */
+const struct fuse_lowlevel_ops pmfuse_ops = {
+	.init = op_init,
+	.destroy = op_destroy,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readlink = op_readlink,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.read = op_read,
+	.write = op_write,
+	.release = op_release,
+	.fsync = op_fsync,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.releasedir = op_releasedir,
+	.fsyncdir = op_fsyncdir,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.access = op_access,
+	.create = op_create,
+	.fallocate = op_fallocate,
+	.lseek = op_lseek,
+};
