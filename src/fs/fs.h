@@ -168,6 +168,57 @@ int64_t pmfuse_fs_lseek(struct pmfuse_fs *fs, uint64_t ino, int64_t off, int whe
 /* Every call is already durable: a barrier only. */
 int pmfuse_fs_fsync(struct pmfuse_fs *fs, uint64_t ino);
 
+/* ---- reflink (issue 4): shared blocks, copy-on-write ----
+ *
+ * Blocks can be mapped by several files (or several places of one file); the refcount tree counts
+ * the owners. A write into a shared block never touches it: the data path allocates, copies the
+ * unchanged parts of partial blocks from the old extent, writes, persists, then remaps and drops
+ * one reference in one transaction. Long operations run as several transactions, one extent or
+ * a bounded batch each; a crash between them leaves every block counted once per owner or free.
+ */
+
+/*
+ * FICLONERANGE semantics: map [src_off, src_off + len) of src at dst_off of dst, sharing blocks.
+ * len 0 means up to src's EOF. Offsets and len must be block-aligned, except that the range may
+ * end at src's EOF when that end is at or beyond dst's EOF (else -EINVAL). Same file allowed when
+ * the ranges do not overlap (-EINVAL). Holes in the source become holes in dst. dst grows to
+ * cover the range. Errors: -EINVAL, -EISDIR (directories), -EBADF-like cases are the caller's;
+ * -ENOSPC leaves every block counted correctly (dst may be partly cloned, like XFS).
+ */
+int pmfuse_fs_clone_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			  uint64_t len, uint64_t dst_ino, uint64_t dst_off);
+
+/*
+ * copy_file_range: copies len bytes (clipped at src EOF), sharing every whole block when
+ * src_off and dst_off are congruent modulo the block size and copying only the unaligned head and
+ * tail bytes; otherwise copies bytes. Returns the bytes done (> 0 unless src_off >= src EOF or
+ * len == 0), or -errno. Overlapping ranges of one file: -EINVAL.
+ */
+ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			     uint64_t dst_ino, uint64_t dst_off, uint64_t len,
+			     const struct pmfuse_cred *cred);
+
+/* FALLOC_FL_UNSHARE_RANGE: gives the file private copies of its shared blocks in the range
+ * (len 0: to EOF). Holes stay holes. */
+int pmfuse_fs_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t len);
+
+/* One mapped extent as reported to pmfusectl (byte units). refcount is the count of the extent's
+ * blocks (an extent is reported split where its blocks' counts differ). */
+struct pmfuse_extent_info {
+	uint64_t logical;
+	uint64_t physical;
+	uint64_t length;
+	uint32_t refcount;
+};
+/* Fills up to max extents starting at byte start; *next gets where to continue (UINT64_MAX when
+ * done). Returns the number filled. */
+int pmfuse_fs_get_extents(struct pmfuse_fs *fs, uint64_t ino, uint64_t start,
+			  struct pmfuse_extent_info *out, unsigned max, uint64_t *next);
+
+/* Per-file CoW extent size hint in blocks (0: the default, 32). */
+int pmfuse_fs_get_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t *blocks);
+int pmfuse_fs_set_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t blocks);
+
 /* ---- extended attributes (full names: "user.x", "trusted.x", "security.x", "system.x") ---- */
 #define PMFUSE_XATTR_CREATE  1   /* XATTR_CREATE */
 #define PMFUSE_XATTR_REPLACE 2   /* XATTR_REPLACE */

@@ -75,12 +75,14 @@ int pmfuse_inode_change(struct pmfuse_tx *tx, struct pmfuse_blk_hdr *leaf, void 
 void pmfuse_inode_tree(struct pmfuse_fs *fs, struct pmfuse_inode *ip, struct pmfuse_blk_hdr *leaf,
 		       struct pmfuse_btree_root *root, const struct pmfuse_btree_ops *ops,
 		       struct pmfuse_btree *bt);
-/* Creates an inode record (nlink 1, owner from cred and the setgid rule of dir_ip, times now).
- * Invalidates located pointers. *ino gets the new number. */
+/* Creates an inode record (nlink 1, owner from cred and the setgid rule of dir_ip, times now;
+ * a directory gets nlink 2 and parent = dir_ip's ino). dir_ip NULL creates the root directory
+ * at state->root_ino (fs open on a fresh pool). Invalidates located pointers. *ino gets the new
+ * number. */
 int pmfuse_inode_create(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint32_t mode, uint64_t rdev,
 			const struct pmfuse_cred *cred, const struct pmfuse_inode *dir_ip,
 			uint64_t *ino);
-/* Sets the named timestamps (PMFUSE_TIME_*) of a located inode to now. */
+/* Sets the named timestamps (PMFUSE_TIME_*) of a located inode to now, and reseals its leaf. */
 #define PMFUSE_TIME_A 1u
 #define PMFUSE_TIME_M 2u
 #define PMFUSE_TIME_C 4u
@@ -98,6 +100,12 @@ void pmfuse_lookup_ref(struct pmfuse_fs *fs, uint64_t ino);
 /* Frees an inode with nlink 0 and no references: its data, xattrs and record (several
  * transactions; the orphan entry keeps the work restartable after a crash). Write lock held. */
 int pmfuse_inode_free(struct pmfuse_fs *fs, uint64_t ino);
+/* Frees ino if it has nlink 0 and no lookup references; 0 otherwise too. Write lock held. */
+int pmfuse_inode_release(struct pmfuse_fs *fs, uint64_t ino);
+/* Inside tx: deletes the record of a located inode with nlink 0 that owns nothing (no map, no
+ * xattrs, no blocks) and has no lookup references; returns 1 when it did, 0 when the inode needs
+ * the orphan list and pmfuse_inode_free instead. Invalidates located pointers when it returns 1.*/
+int pmfuse_inode_drop(struct pmfuse_fs *fs, struct pmfuse_tx *tx, const struct pmfuse_inode *ip);
 
 /* ---- extent.c / data.c (callers hold fs->lock for writing unless noted) ---- */
 /* Frees every block mapped at or after file block from, in as many transactions as needed. */
@@ -109,6 +117,70 @@ ssize_t pmfuse_data_write_locked(struct pmfuse_fs *fs, uint64_t ino, const void 
 				 size_t len, uint64_t off);
 ssize_t pmfuse_data_pread_locked(struct pmfuse_fs *fs, uint64_t ino, void *buf, size_t len,
 				 uint64_t off);
+/* Free blocks that file data never takes (writes and fallocate see ENOSPC before), so that the
+ * metadata of deleting and truncating (orphan entries, map splits) finds blocks on a full pool.
+ * clamp(data blocks / 128, 8, 256). statfs should report blocks_avail = free - this. */
+uint64_t pmfuse_data_reserve(const struct pmfuse_fs *fs);
+
+/* ---- extent.c: a file's extent map, one transaction at a time (data.c strings them) ---- */
+/* Largest file: st_size is an off_t, so 2^63 - 1 bytes; file blocks stay below 2^63 / bs. */
+#define PMFUSE_FILE_SIZE_MAX ((uint64_t)INT64_MAX)
+static inline uint64_t pmfuse_file_blocks_max(uint32_t bs) { return (1ull << 63) / bs; }
+
+/* In-core extent (native endian). Converted from struct pmfuse_extent in one place only, and
+ * checked there against the pool (physical range inside the data area) and the file size limit. */
+struct pmfuse_iext {
+	uint64_t fblock;       /* first file block */
+	uint64_t pblock;       /* first pool block */
+	uint64_t len;          /* blocks, 1..PMFUSE_EXTENT_MAX_LEN */
+};
+
+/* A located inode's extent map (ip->map), opened for one operation; valid as long as ip is. */
+struct pmfuse_extmap {
+	struct pmfuse_fs *fs;
+	struct pmfuse_inode *ip;
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_btree bt;
+	uint64_t data_start, data_end;   /* pool blocks a mapping may use: [data_start, data_end) */
+	uint64_t fmax;                   /* pmfuse_file_blocks_max(bs) */
+};
+
+/* What one transaction may change in an extent map so that its undo log fits in the log. */
+struct pmfuse_extent_budget {
+	uint64_t blocks;       /* blocks allocated or released (bitmap words logged) */
+	uint64_t recs;         /* extent records changed (b+tree nodes logged) */
+};
+
+void pmfuse_extmap_open(struct pmfuse_extmap *m, struct pmfuse_fs *fs, struct pmfuse_inode *ip,
+			struct pmfuse_blk_hdr *leaf);
+/* The budget for this pool's log size. */
+void pmfuse_extent_budget_init(const struct pmfuse_fs *fs, struct pmfuse_extent_budget *b);
+/* In one descent: *left = the last extent starting at or before fblock (it may contain fblock),
+ * *right = the first one starting after it; len 0 for none. 0, -EUCLEAN. */
+int pmfuse_extent_around(const struct pmfuse_extmap *m, uint64_t fblock, struct pmfuse_iext *left,
+			 struct pmfuse_iext *right);
+/* The extent that contains fblock, else the first one after it. -ENOENT: none; -EUCLEAN. */
+int pmfuse_extent_find(const struct pmfuse_extmap *m, uint64_t fblock, struct pmfuse_iext *ext);
+/* The last extent that starts before fblock. -ENOENT: none; -EUCLEAN. */
+int pmfuse_extent_prev(const struct pmfuse_extmap *m, uint64_t fblock, struct pmfuse_iext *ext);
+/* Calls fn for each extent overlapping file blocks [fblock, end), in order, until fn returns
+ * non-zero (returned). fn must not change the map. 0, -EUCLEAN (also for overlapping records). */
+typedef int (*pmfuse_extent_fn)(void *arg, const struct pmfuse_iext *ext);
+int pmfuse_extent_walk(const struct pmfuse_extmap *m, uint64_t fblock, uint64_t end,
+		       pmfuse_extent_fn fn, void *arg);
+/* Maps ext over a hole, merging with logically and physically contiguous neighbours, and adds
+ * ext->len to ip->blocks. -ENOSPC (abort tx), -EUCLEAN (the range is not a hole). */
+int pmfuse_extent_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
+			 const struct pmfuse_iext *ext);
+/* Unmaps file blocks of [start, *end) from the top down, splitting extents at the edges,
+ * releasing their physical blocks and lowering ip->blocks, until done (*end == start) or the
+ * budget (decremented) is spent (*end says where to go on). -ENOSPC (abort tx), -EUCLEAN. */
+int pmfuse_extent_unmap(struct pmfuse_tx *tx, struct pmfuse_extmap *m, uint64_t start,
+			uint64_t *end, struct pmfuse_extent_budget *budget);
+/* Gives up a file's claim on physical blocks: the one place that decides what an unmapped block
+ * becomes (freed today; a dropped reference once blocks can be shared). */
+int pmfuse_extent_release(struct pmfuse_tx *tx, struct pmfuse_fs *fs, uint64_t pblock,
+			  uint64_t len);
 
 /* ---- shared helpers ---- */
 /* 48-bit name hash for directory and xattr keys, never 0. */

@@ -1,0 +1,1127 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * File data: read, write, truncate, fallocate, lseek, fsync.
+ *
+ * Reads walk the extent map and describe the requested range as pieces: pool addresses for
+ * mapped blocks (read straight from the mapping, no bounce buffer) and the shared zero buffer
+ * for holes (split into PMFUSE_ZERO_BUF pieces), clipped at EOF. pmfuse_fs_read hands them to
+ * the caller as iovecs while fs->lock is held for reading; pread copies them.
+ *
+ * Writes are ordered and durable on return, and never put metadata ahead of the data it points
+ * to. Each step of a write is one of:
+ *
+ *   overwrite   the range is mapped: the bytes are copied in place (non-temporal stores for large
+ *               writes), flushed, not yet drained; no metadata changes;
+ *   fill hole   one transaction: allocate extents (goal: the pool block after the previous
+ *               extent, so files stay contiguous), declare the new blocks (pmfuse_tx_add_new),
+ *               write them (the data, zeros around it in partial blocks), map them, and update
+ *               the inode (size so far, blocks, mtime/ctime, setuid/setgid); commit flushes and
+ *               drains the data with the metadata, before the single store that commits, so a
+ *               crash shows either no new mapping or one whose data is durable;
+ * and a write that ends with an overwrite closes with a transaction for size and times, whose
+ * first log persist drains the overwritten bytes before any metadata depends on them. A hole's
+ * transaction is limited by the extent budget (the undo log must hold it); a write goes on in
+ * more transactions, each leaving a consistent file with a size covering what is written.
+ * ENOSPC midway returns the bytes written so far (an aborted transaction takes its blocks and
+ * their mappings with it, so nothing is half linked or leaked); -ENOSPC when there are none.
+ *
+ * Invariant E5 (extent.c): mapped bytes at or past EOF are zero. New blocks are zeroed outside
+ * the written bytes; a shrinking truncate zeroes the rest of its new last block inside the
+ * transaction that sets the size (a logged range, so the crash image is old size with old bytes
+ * or new size with zeros), and frees the blocks past it.
+ *
+ * Truncate (pmfuse_data_set_size), shrinking: when the blocks past the new EOF fit one
+ * transaction's budget, size, tail and unmapping are one transaction. Otherwise the first
+ * transaction also puts the inode on the orphan list, the blocks go in as many transactions as
+ * needed (pmfuse_data_trim, top down), and the last one takes the inode off the list; after a
+ * crash, fs open finds the orphan with nlink > 0 and finishes the trim. On a pool full to the
+ * last block the orphan entry may find no block for its leaf: then a step frees the topmost
+ * extents first and truncates to the lowest block it freed (a smaller truncate, complete in
+ * itself: the only case where a crash can show a size between the old and the new one), and
+ * the orphan route follows. Growing only sets the size: the new range is a hole.
+ *
+ * Reserve: file data never takes the last pmfuse_data_reserve() free blocks (writes and
+ * fallocate see ENOSPC first), so that the metadata of the operations that give space back
+ * (orphan entries, extent splits, directory changes) still finds blocks on a pool full of data.
+ *
+ * fallocate: preallocation (mode 0, KEEP_SIZE) and ZERO_RANGE fill the holes of the range with
+ * zeroed blocks in hole-filling transactions, remembering each range they map; when the pool
+ * runs out they unmap exactly those ranges again, so ENOSPC leaves the file as it was.
+ * ZERO_RANGE then zeroes the blocks that were mapped before. PUNCH_HOLE unmaps whole blocks
+ * (top down, budgeted transactions) and zeroes the partial blocks at its edges in place.
+ *
+ * lseek: every mapped block is data (preallocated blocks too: they read as zeros); the region
+ * past EOF is a virtual hole.
+ *
+ * Locking: the pmfuse_fs_* entry points take fs->lock (readers for read, pread, lseek, fsync;
+ * the writer for everything that changes the pool) and call the *_locked cores, which the
+ * namespace code calls directly when it already holds the lock.
+ *
+ * Limits: a file holds at most PMFUSE_FILE_SIZE_MAX (2^63 - 1) bytes, the off_t range the kernel
+ * uses, so file block numbers stay below 2^63 / bs and no byte offset computed here overflows.
+ * Writes past it are cut short at it; starting at or past it is -EFBIG.
+ */
+#include "fs/fs_internal.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "pool/pool.h"
+#include "util/util.h"
+
+#define ULL(x) ((unsigned long long)(x))
+
+/* Copies at least this long use non-temporal stores (they would only evict the cache). */
+#define NT_MIN (64u << 10)
+/* Largest range declared to the transaction in one piece (its lengths are 32-bit). */
+#define DECLARE_MAX (1ull << 30)
+
+/* One inode, opened for one data operation. */
+struct file {
+	struct pmfuse_fs *fs;
+	uint64_t ino;
+	struct pmfuse_inode *ip;
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_extmap map;
+	uint32_t bs;
+};
+
+/* Locates ino for data access. Regular files always; symlinks when lnk (their target is data). */
+static int file_get(struct pmfuse_fs *fs, uint64_t ino, bool lnk, struct file *f)
+{
+	uint32_t mode;
+	int rc;
+
+	rc = pmfuse_inode_locate(fs, ino, &f->ip, &f->leaf);
+	if (rc)
+		return rc;
+	mode = pmfuse_le32(f->ip->mode);
+	if (S_ISDIR(mode))
+		return -EISDIR;
+	if (!S_ISREG(mode) && !(lnk && S_ISLNK(mode)))
+		return -EINVAL;
+	if (pmfuse_le64(f->ip->size) > PMFUSE_FILE_SIZE_MAX)
+		return PMFUSE_CORRUPT("inode %llu: size %llu is past the largest file", ULL(ino),
+				      ULL(pmfuse_le64(f->ip->size)));
+	f->fs = fs;
+	f->ino = ino;
+	f->bs = fs->bs;
+	pmfuse_extmap_open(&f->map, fs, f->ip, f->leaf);
+	return 0;
+}
+
+static uint64_t file_size(const struct file *f)
+{
+	return pmfuse_le64(f->ip->size);
+}
+
+static uint64_t div_up(uint64_t x, uint64_t d)
+{
+	return x / d + (x % d != 0);
+}
+
+static void *pool_block(const struct file *f, uint64_t pblock)
+{
+	return pmfuse_volume_block(f->fs->vol, pblock);
+}
+
+/* Address of file byte pos inside extent e (which maps it). */
+static uint8_t *ext_addr(const struct file *f, const struct pmfuse_iext *e, uint64_t pos)
+{
+	return (uint8_t *)pool_block(f, e->pblock) + (pos - e->fblock * f->bs);
+}
+
+static uint64_t ext_end_byte(const struct file *f, const struct pmfuse_iext *e)
+{
+	return (e->fblock + e->len) * f->bs;
+}
+
+/* ---- reading -------------------------------------------------------------------------------- */
+
+/* A piece of the file: len bytes at src, or len zeros when src is NULL. */
+typedef int (*piece_fn)(void *arg, const void *src, size_t len);
+
+struct rwalk {
+	const struct file *f;
+	uint64_t pos, end;
+	piece_fn fn;
+	void *arg;
+};
+
+static int rwalk_hole(struct rwalk *w, uint64_t to)
+{
+	int rc = 0;
+
+	to = PMFUSE_MIN(to, w->end);
+	if (to > w->pos) {
+		rc = w->fn(w->arg, NULL, to - w->pos);
+		w->pos = to;
+	}
+	return rc;
+}
+
+static int rwalk_ext(void *arg, const struct pmfuse_iext *e)
+{
+	struct rwalk *w = arg;
+	uint64_t to;
+	int rc;
+
+	rc = rwalk_hole(w, e->fblock * w->f->bs);
+	if (rc || w->pos >= w->end)
+		return rc ? rc : 1;
+	to = PMFUSE_MIN(ext_end_byte(w->f, e), w->end);
+	rc = w->fn(w->arg, ext_addr(w->f, e, w->pos), to - w->pos);
+	w->pos = to;
+	return rc ? rc : w->pos >= w->end;
+}
+
+/* Describes [off, off + len) clipped at EOF as pieces; returns the bytes described or -errno. */
+static ssize_t read_walk(const struct file *f, uint64_t off, size_t len, piece_fn fn, void *arg)
+{
+	struct rwalk w = { .f = f, .pos = off, .fn = fn, .arg = arg };
+	uint64_t size = file_size(f);
+	int rc;
+
+	if (off >= size || !len)
+		return 0;
+	len = PMFUSE_MIN(len, (size_t)SSIZE_MAX);
+	w.end = len > size - off ? size : off + len;
+	rc = pmfuse_extent_walk(&f->map, off / f->bs, div_up(w.end, f->bs), rwalk_ext, &w);
+	if (rc < 0)
+		return rc;
+	rc = rwalk_hole(&w, w.end);
+	if (rc < 0)
+		return rc;
+	return (ssize_t)(w.end - off);
+}
+
+struct iov_list {
+	struct iovec *v;
+	int cnt, cap;
+	const uint8_t *zeroes;
+};
+
+static int iov_push(struct iov_list *l, const void *base, size_t len)
+{
+	if (l->cnt == l->cap) {
+		int cap = l->cap ? l->cap * 2 : 16;
+		struct iovec *v;
+
+		if (l->cap > INT_MAX / 2)
+			return -ENOMEM;
+		v = realloc(l->v, (size_t)cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		l->v = v;
+		l->cap = cap;
+	}
+	l->v[l->cnt].iov_base = (void *)base;
+	l->v[l->cnt].iov_len = len;
+	l->cnt++;
+	return 0;
+}
+
+static int iov_piece(void *arg, const void *src, size_t len)
+{
+	struct iov_list *l = arg;
+	int rc;
+
+	if (src)
+		return iov_push(l, src, len);
+	while (len) {
+		size_t n = PMFUSE_MIN(len, (size_t)PMFUSE_ZERO_BUF);
+
+		rc = iov_push(l, l->zeroes, n);
+		if (rc)
+			return rc;
+		len -= n;
+	}
+	return 0;
+}
+
+static int copy_piece(void *arg, const void *src, size_t len)
+{
+	uint8_t **dst = arg;
+
+	if (src)
+		memcpy(*dst, src, len);
+	else
+		memset(*dst, 0, len);
+	*dst += len;
+	return 0;
+}
+
+int pmfuse_fs_read(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, size_t len,
+		   pmfuse_read_fn emit, void *arg)
+{
+	struct iov_list l = { .zeroes = fs->zeroes };
+	struct file f;
+	ssize_t n;
+	int rc;
+
+	pthread_rwlock_rdlock(&fs->lock);
+	rc = file_get(fs, ino, false, &f);
+	if (!rc) {
+		n = read_walk(&f, off, len, iov_piece, &l);
+		rc = n < 0 ? (int)n : emit(arg, l.v, l.cnt);
+	}
+	pthread_rwlock_unlock(&fs->lock);
+	free(l.v);
+	return rc;
+}
+
+static ssize_t pread_core(struct pmfuse_fs *fs, uint64_t ino, bool lnk, void *buf, size_t len,
+			  uint64_t off)
+{
+	uint8_t *dst = buf;
+	struct file f;
+	int rc;
+
+	rc = file_get(fs, ino, lnk, &f);
+	if (rc)
+		return rc;
+	return read_walk(&f, off, len, copy_piece, &dst);
+}
+
+ssize_t pmfuse_data_pread_locked(struct pmfuse_fs *fs, uint64_t ino, void *buf, size_t len,
+				 uint64_t off)
+{
+	return pread_core(fs, ino, true, buf, len, off);
+}
+
+ssize_t pmfuse_fs_pread(struct pmfuse_fs *fs, uint64_t ino, void *buf, size_t len, uint64_t off)
+{
+	ssize_t n;
+
+	pthread_rwlock_rdlock(&fs->lock);
+	n = pread_core(fs, ino, false, buf, len, off);
+	pthread_rwlock_unlock(&fs->lock);
+	return n;
+}
+
+/* ---- filling holes -------------------------------------------------------------------------- */
+
+uint64_t pmfuse_data_reserve(const struct pmfuse_fs *fs)
+{
+	const struct pmfuse_sb *sb = &fs->vol->sb;
+	uint64_t data = pmfuse_le64(sb->sb2_block) - pmfuse_le64(sb->data_start);
+
+	return PMFUSE_MIN(PMFUSE_MAX(data / 128, 8u), 256u);
+}
+
+/* Blocks data may still take (free blocks beyond the reserve). */
+static uint64_t data_avail(const struct pmfuse_fs *fs)
+{
+	uint64_t free_blocks = pmfuse_alloc_free_blocks(fs->alloc), r = pmfuse_data_reserve(fs);
+
+	return free_blocks > r ? free_blocks - r : 0;
+}
+
+/* What new blocks hold: file bytes [lo, hi) come from src + (x - lo), everything else is zero
+ * (src NULL: all zeros). */
+struct fill {
+	const uint8_t *src;
+	uint64_t lo, hi;
+};
+
+/* Stores into new blocks: the commit flushes them, so small ones stay plain cached stores. */
+static unsigned new_flags(uint64_t len)
+{
+	return len >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL | PMFUSE_MEM_NODRAIN : PMFUSE_MEM_NOFLUSH;
+}
+
+/* Writes file blocks [fb, fb + n), just allocated at pblock, as fl says. */
+static int fill_blocks(struct pmfuse_tx *tx, const struct file *f, uint64_t fb, uint64_t pblock,
+		       uint64_t n, const struct fill *fl)
+{
+	struct pmfuse_pool *pool = f->fs->pool;
+	uint8_t *dst = pool_block(f, pblock);
+	uint64_t s = fb * f->bs, t = (fb + n) * f->bs;
+	uint64_t lo = s, hi = s;
+	int rc;
+
+	if (fl->src && fl->hi > s && fl->lo < t) {
+		lo = PMFUSE_MAX(fl->lo, s);
+		hi = PMFUSE_MIN(fl->hi, t);
+	}
+	/* new blocks: nothing to undo, but the commit must persist them (and the checker of debug
+	 * builds must know that they change) */
+	for (uint64_t d = 0; d < t - s; d += DECLARE_MAX) {
+		rc = pmfuse_tx_add_new(tx, dst + d, PMFUSE_MIN(DECLARE_MAX, t - s - d));
+		if (rc)
+			return rc;
+	}
+	if (lo > s)
+		pmfuse_pool_memset(pool, dst, 0, lo - s, new_flags(lo - s));
+	if (hi > lo)
+		pmfuse_pool_memcpy(pool, dst + (lo - s), fl->src + (lo - fl->lo), hi - lo,
+				   new_flags(hi - lo));
+	if (t > hi)
+		pmfuse_pool_memset(pool, dst + (hi - s), 0, t - hi, new_flags(t - hi));
+	return 0;
+}
+
+/*
+ * What file block fb is, from one lookup: mapped (returns 1, *e is its extent) or in a hole
+ * (returns 0) that ends at the next extent or at limit (*hole_end), where new blocks should go
+ * right after the extent before it (*goal; 0 when there is none).
+ */
+static int block_state(const struct file *f, uint64_t fb, uint64_t limit, struct pmfuse_iext *e,
+		       uint64_t *hole_end, uint64_t *goal)
+{
+	struct pmfuse_iext l, r;
+	int rc = pmfuse_extent_around(&f->map, fb, &l, &r);
+
+	if (rc)
+		return rc;
+	if (l.len && fb < l.fblock + l.len) {
+		*e = l;
+		return 1;
+	}
+	*hole_end = r.len ? PMFUSE_MIN(r.fblock, limit) : limit;
+	*goal = l.len ? l.pblock + l.len : 0;
+	return 0;
+}
+
+/*
+ * Inside tx: allocates and maps up to n blocks of the hole at file block fb, with at most
+ * b->recs allocator extents starting at or after goal, filled as fl says. *mapped gets the
+ * blocks mapped (> 0 on success). Stops early when the allocator has nothing more (the caller
+ * commits what is mapped).
+ */
+static int map_hole(struct pmfuse_tx *tx, struct file *f, uint64_t fb, uint64_t n, uint64_t goal,
+		    const struct pmfuse_extent_budget *b, const struct fill *fl, uint64_t *mapped)
+{
+	struct pmfuse_iext x;
+	uint64_t done = 0, recs = 0;
+	int rc;
+
+	while (done < n && recs < b->recs) {
+		uint64_t want = PMFUSE_MIN(n - done, (uint64_t)PMFUSE_EXTENT_MAX_LEN);
+
+		want = PMFUSE_MIN(want, data_avail(f->fs));
+		rc = want ? pmfuse_alloc_extent(tx, f->fs->alloc, goal, 1, want, &x.pblock, &x.len)
+			  : -ENOSPC;
+		if (rc == -ENOSPC && done)
+			break;
+		if (rc)
+			return rc;
+		x.fblock = fb + done;
+		rc = fill_blocks(tx, f, x.fblock, x.pblock, x.len, fl);
+		if (!rc)
+			rc = pmfuse_extent_insert(tx, &f->map, &x);
+		if (rc)
+			return rc;
+		done += x.len;
+		goal = x.pblock + x.len;
+		recs++;
+	}
+	*mapped = done;
+	return 0;
+}
+
+/* Called inside a hole-filling transaction after the mapping, with the blocks mapped so far. */
+typedef int (*hole_done_fn)(struct pmfuse_tx *tx, void *arg, uint64_t end_block);
+
+static struct pmfuse_extent_budget budget_halve(struct pmfuse_extent_budget b, uint64_t n)
+{
+	b.blocks = PMFUSE_MAX(PMFUSE_MIN(b.blocks, n) / 2, 1u);
+	b.recs = PMFUSE_MAX(b.recs / 2, 1u);
+	return b;
+}
+
+/*
+ * Fills blocks of the hole [fb, fb + n) in one transaction (as many as the budget allows;
+ * *mapped says how many), calls done() inside it, and commits. On -ENOSPC (pool or log full)
+ * it retries with half the budget down to one block, and keeps the smaller budget for the
+ * caller's next step.
+ */
+static int fill_hole(struct file *f, uint64_t fb, uint64_t n, uint64_t goal,
+		     struct pmfuse_extent_budget *b, const struct fill *fl, hole_done_fn done,
+		     void *arg, uint64_t *mapped)
+{
+	for (;;) {
+		uint64_t want = PMFUSE_MIN(n, b->blocks), got = 0;
+		struct pmfuse_tx *tx;
+		int rc;
+
+		if (!data_avail(f->fs))
+			return -ENOSPC;
+		tx = pmfuse_tx_begin(f->fs->txm);
+		rc = map_hole(tx, f, fb, want, goal, b, fl, &got);
+		if (!rc && done)
+			rc = done(tx, arg, fb + got);
+		if (!rc) {
+			pmfuse_tx_commit(tx);
+			*mapped = got;
+			return 0;
+		}
+		pmfuse_tx_abort(tx);
+		if (rc != -ENOSPC || want <= 1)
+			return rc;
+		*b = budget_halve(*b, want);
+	}
+}
+
+/*
+ * Unmaps file blocks [start, end) in as many transactions as the budget needs, top down, so
+ * that every commit leaves the map a valid one. The budget shrinks on -ENOSPC as in fill_hole.
+ */
+static int unmap_range(struct file *f, uint64_t start, uint64_t end,
+		       struct pmfuse_extent_budget *b)
+{
+	while (end > start) {
+		struct pmfuse_extent_budget left = *b;
+		struct pmfuse_tx *tx = pmfuse_tx_begin(f->fs->txm);
+		uint64_t to = end;
+		int rc;
+
+		rc = pmfuse_extent_unmap(tx, &f->map, start, &to, &left);
+		if (!rc) {
+			pmfuse_tx_commit(tx);
+			end = to;
+			continue;
+		}
+		pmfuse_tx_abort(tx);
+		if (rc != -ENOSPC || (b->recs <= 1 && b->blocks <= 1))
+			return rc;
+		*b = budget_halve(*b, b->blocks);
+	}
+	return 0;
+}
+
+/* ---- writing -------------------------------------------------------------------------------- */
+
+struct wctx {
+	struct file f;
+	const uint8_t *buf;
+	uint64_t off, end;            /* the bytes being written */
+	uint64_t done;                /* [off, done) is written */
+	const struct pmfuse_cred *cred;
+	struct pmfuse_extent_budget budget;
+};
+
+/* Clears setuid, and setgid when group-executable, as a write by anyone but root must. */
+static uint32_t write_kill_suid(uint32_t mode, const struct pmfuse_cred *cred)
+{
+	if (!cred || cred->uid == 0)
+		return mode;
+	mode &= ~(uint32_t)S_ISUID;
+	if ((mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP))
+		mode &= ~(uint32_t)S_ISGID;
+	return mode;
+}
+
+/* Inode part of a write's transaction: size up to `to`, times, setuid/setgid. */
+static int write_inode(struct pmfuse_tx *tx, struct wctx *w, uint64_t to)
+{
+	struct pmfuse_inode *ip = w->f.ip;
+	int rc;
+
+	rc = pmfuse_inode_change(tx, w->f.leaf, ip, sizeof(*ip));
+	if (rc)
+		return rc;
+	if (to > pmfuse_le64(ip->size))
+		pmfuse_set_le64(&ip->size, to);
+	pmfuse_set_le32(&ip->mode, write_kill_suid(pmfuse_le32(ip->mode), w->cred));
+	return pmfuse_inode_touch(tx, w->f.leaf, ip, PMFUSE_TIME_M | PMFUSE_TIME_C);
+}
+
+static int write_hole_done(struct pmfuse_tx *tx, void *arg, uint64_t end_block)
+{
+	struct wctx *w = arg;
+
+	return write_inode(tx, w, PMFUSE_MIN(w->end, end_block * w->f.bs));
+}
+
+static int write_final(struct wctx *w)
+{
+	struct pmfuse_tx *tx = pmfuse_tx_begin(w->f.fs->txm);
+	int rc = write_inode(tx, w, w->done);
+
+	if (rc) {
+		pmfuse_tx_abort(tx);
+		return rc;
+	}
+	pmfuse_tx_commit(tx);
+	return 0;
+}
+
+/* Writes what it can of [w->done, w->end); w->done tells how far it got, also on error. */
+static int write_range(struct wctx *w)
+{
+	struct file *f = &w->f;
+	struct pmfuse_iext e;
+	bool pending = false;   /* overwritten bytes not yet followed by an inode update */
+	unsigned flags = PMFUSE_MEM_NODRAIN |
+			 (w->end - w->off >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL : 0);
+	int rc = 0;
+
+	while (w->done < w->end) {
+		uint64_t fb = w->done / f->bs, hole_end, goal, got, to;
+		struct fill fl = { .src = w->buf, .lo = w->off, .hi = w->end };
+
+		rc = block_state(f, fb, div_up(w->end, f->bs), &e, &hole_end, &goal);
+		if (rc < 0)
+			break;
+		if (rc) {
+			to = PMFUSE_MIN(w->end, ext_end_byte(f, &e));
+			pmfuse_pool_memcpy(f->fs->pool, ext_addr(f, &e, w->done),
+					   w->buf + (w->done - w->off), to - w->done, flags);
+			w->done = to;
+			pending = true;
+			rc = 0;
+			continue;
+		}
+		rc = fill_hole(f, fb, hole_end - fb, goal, &w->budget, &fl, write_hole_done, w,
+			       &got);
+		if (rc)
+			break;
+		w->done = PMFUSE_MIN(w->end, (fb + got) * f->bs);
+		pending = false;
+	}
+	if (pending) {
+		int rc2 = write_final(w);
+
+		if (rc2) {
+			/* the bytes are in place but the inode does not say so: make them durable
+			 * anyway, and report the failure rather than a count */
+			pmfuse_pool_drain(f->fs->pool);
+			w->done = w->off;
+			rc = rc2;
+		}
+	}
+	return rc;
+}
+
+static ssize_t write_core(struct pmfuse_fs *fs, uint64_t ino, bool lnk, const void *buf,
+			  size_t len, uint64_t off, bool append, const struct pmfuse_cred *cred)
+{
+	struct wctx w = { .buf = buf, .cred = cred };
+	int rc;
+
+	if (fs->readonly)
+		return -EROFS;
+	rc = file_get(fs, ino, lnk, &w.f);
+	if (rc)
+		return rc;
+	if (append)
+		off = file_size(&w.f);
+	if (off >= PMFUSE_FILE_SIZE_MAX)
+		return -EFBIG;
+	len = PMFUSE_MIN(len, (size_t)SSIZE_MAX);
+	if (len > PMFUSE_FILE_SIZE_MAX - off)
+		len = PMFUSE_FILE_SIZE_MAX - off;
+	if (!len)
+		return 0;
+	w.off = w.done = off;
+	w.end = off + len;
+	pmfuse_extent_budget_init(fs, &w.budget);
+	rc = write_range(&w);
+	if (w.done > off)
+		return (ssize_t)(w.done - off);
+	return rc;
+}
+
+ssize_t pmfuse_data_write_locked(struct pmfuse_fs *fs, uint64_t ino, const void *buf,
+				 size_t len, uint64_t off)
+{
+	return write_core(fs, ino, true, buf, len, off, false, NULL);
+}
+
+ssize_t pmfuse_fs_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
+			uint64_t off, bool append, const struct pmfuse_cred *cred)
+{
+	ssize_t n;
+
+	pthread_rwlock_wrlock(&fs->lock);
+	n = write_core(fs, ino, false, buf, len, off, append, cred);
+	pthread_rwlock_unlock(&fs->lock);
+	return n;
+}
+
+/* ---- truncate ------------------------------------------------------------------------------- */
+
+int pmfuse_data_trim(struct pmfuse_fs *fs, uint64_t ino, uint64_t from_block)
+{
+	struct pmfuse_extent_budget b;
+	struct file f;
+	int rc;
+
+	if (fs->readonly)
+		return -EROFS;
+	rc = file_get(fs, ino, true, &f);
+	if (rc)
+		return rc;
+	pmfuse_extent_budget_init(fs, &b);
+	return unmap_range(&f, from_block, f.map.fmax, &b);
+}
+
+struct count {
+	struct pmfuse_extent_budget left;
+	bool over;
+};
+
+/* Does unmapping everything walked fit one budget? Stops walking as soon as it does not. */
+static int count_ext(void *arg, const struct pmfuse_iext *e)
+{
+	struct count *c = arg;
+
+	if (!c->left.recs || e->len > c->left.blocks) {
+		c->over = true;
+		return 1;
+	}
+	c->left.recs--;
+	c->left.blocks -= e->len;
+	return 0;
+}
+
+/* Zeroes the rest of the block holding byte size, if it is mapped: logged, so that it is undone
+ * together with the size change it belongs to. */
+static int zero_tail(struct pmfuse_tx *tx, const struct file *f, uint64_t size)
+{
+	struct pmfuse_iext e;
+	uint64_t fb = size / f->bs;
+	uint8_t *p;
+	size_t n;
+	int rc;
+
+	if (!(size % f->bs))
+		return 0;
+	rc = pmfuse_extent_find(&f->map, fb, &e);
+	if (rc == -ENOENT || (!rc && e.fblock > fb))
+		return 0;   /* the new last block is a hole */
+	if (rc)
+		return rc;
+	p = ext_addr(f, &e, size);
+	n = f->bs - size % f->bs;
+	rc = pmfuse_tx_add(tx, p, n);
+	if (!rc)
+		memset(p, 0, n);
+	return rc;
+}
+
+enum shrink_mode {
+	SHRINK_WHOLE,    /* everything in one transaction (-ENOSPC when it does not fit) */
+	SHRINK_ORPHAN,   /* size now, blocks later: the inode goes on the orphan list */
+	SHRINK_STEP,     /* as much as one transaction can unmap, and the size down to there */
+};
+
+/*
+ * One shrinking transaction. All modes zero the rest of the new last block (when the size
+ * reaches its final value) and set size and times. WHOLE also unmaps every block from `from`
+ * on; ORPHAN puts the inode on the orphan list (when it has names: an unlinked inode is there
+ * already) so that the trim that follows survives a crash; STEP unmaps from the top as far as
+ * the budget goes and truncates to the lowest block it unmapped, a smaller truncate complete in
+ * itself, for when the orphan entry cannot get a block (a pool full to the last block). *done
+ * (STEP) says whether nothing is left past `from`.
+ */
+static int shrink_tx(struct file *f, uint64_t size, uint64_t from, enum shrink_mode mode,
+		     bool *done)
+{
+	struct pmfuse_tx *tx = pmfuse_tx_begin(f->fs->txm);
+	struct pmfuse_extent_budget b;
+	uint64_t end = f->map.fmax, to = size, old = file_size(f);
+	int rc = 0;
+
+	if (mode != SHRINK_ORPHAN) {
+		pmfuse_extent_budget_init(f->fs, &b);
+		rc = pmfuse_extent_unmap(tx, &f->map, from, &end, &b);
+		if (!rc && end != from) {
+			if (mode == SHRINK_WHOLE)
+				rc = -ENOSPC;   /* the estimate was wrong: take the orphan route */
+			else
+				to = PMFUSE_MIN(old, end * f->bs);
+		}
+	}
+	if (!rc && to == size)
+		rc = zero_tail(tx, f, size);
+	if (!rc && to < old) {
+		rc = pmfuse_inode_change(tx, f->leaf, f->ip, sizeof(*f->ip));
+		if (!rc) {
+			pmfuse_set_le64(&f->ip->size, to);
+			rc = pmfuse_inode_touch(tx, f->leaf, f->ip, PMFUSE_TIME_M | PMFUSE_TIME_C);
+		}
+	}
+	if (!rc && mode == SHRINK_ORPHAN && pmfuse_le32(f->ip->nlink))
+		rc = pmfuse_orphan_add(f->fs, tx, f->ino);
+	if (rc) {
+		pmfuse_tx_abort(tx);
+		return rc;
+	}
+	pmfuse_tx_commit(tx);
+	if (done)
+		*done = end == from;
+	return 0;
+}
+
+static int grow_tx(struct file *f, uint64_t size)
+{
+	struct pmfuse_tx *tx = pmfuse_tx_begin(f->fs->txm);
+	int rc;
+
+	rc = pmfuse_inode_change(tx, f->leaf, f->ip, sizeof(*f->ip));
+	if (!rc) {
+		pmfuse_set_le64(&f->ip->size, size);
+		rc = pmfuse_inode_touch(tx, f->leaf, f->ip, PMFUSE_TIME_M | PMFUSE_TIME_C);
+	}
+	if (rc) {
+		pmfuse_tx_abort(tx);
+		return rc;
+	}
+	pmfuse_tx_commit(tx);
+	return 0;
+}
+
+int pmfuse_data_set_size(struct pmfuse_fs *fs, uint64_t ino, uint64_t size)
+{
+	struct pmfuse_tx *tx;
+	struct count c = { .over = false };
+	struct file f;
+	uint64_t from;
+	bool done;
+	int rc;
+
+	if (fs->readonly)
+		return -EROFS;
+	if (size > PMFUSE_FILE_SIZE_MAX)
+		return -EFBIG;
+	rc = file_get(fs, ino, true, &f);
+	if (rc)
+		return rc;
+	if (size >= file_size(&f))
+		return grow_tx(&f, size);
+
+	from = div_up(size, f.bs);
+	pmfuse_extent_budget_init(fs, &c.left);
+	rc = pmfuse_extent_walk(&f.map, from, f.map.fmax, count_ext, &c);
+	if (rc < 0)
+		return rc;
+	if (!c.over) {
+		rc = shrink_tx(&f, size, from, SHRINK_WHOLE, NULL);
+		if (rc != -ENOSPC)
+			return rc;
+	}
+	/* each STEP frees blocks or finishes the truncate, so this ends */
+	while ((rc = shrink_tx(&f, size, from, SHRINK_ORPHAN, NULL)) == -ENOSPC) {
+		rc = shrink_tx(&f, size, from, SHRINK_STEP, &done);
+		if (rc || done)
+			return rc;
+	}
+	if (!rc)
+		rc = pmfuse_data_trim(fs, ino, from);
+	if (rc || !pmfuse_le32(f.ip->nlink))
+		return rc;   /* on error the orphan entry stays: the next open finishes the trim */
+	tx = pmfuse_tx_begin(fs->txm);
+	rc = pmfuse_orphan_del(fs, tx, ino);
+	if (rc) {
+		pmfuse_tx_abort(tx);
+		return rc;
+	}
+	pmfuse_tx_commit(tx);
+	return 0;
+}
+
+/* ---- fallocate ------------------------------------------------------------------------------ */
+
+/* File block ranges a preallocation mapped, to take back if it fails. */
+struct ranges {
+	struct { uint64_t lo, hi; } *r;
+	size_t n, cap;
+};
+
+static int ranges_add(struct ranges *rs, uint64_t lo, uint64_t hi)
+{
+	if (rs->n && rs->r[rs->n - 1].hi == lo) {
+		rs->r[rs->n - 1].hi = hi;
+		return 0;
+	}
+	if (rs->n == rs->cap) {
+		size_t cap = rs->cap ? rs->cap * 2 : 16;
+		void *p = realloc(rs->r, cap * sizeof(*rs->r));
+
+		if (!p)
+			return -ENOMEM;
+		rs->r = p;
+		rs->cap = cap;
+	}
+	rs->r[rs->n].lo = lo;
+	rs->r[rs->n].hi = hi;
+	rs->n++;
+	return 0;
+}
+
+struct holes {
+	uint64_t pos, end, blocks;
+};
+
+static int count_holes(void *arg, const struct pmfuse_iext *e)
+{
+	struct holes *h = arg;
+
+	if (e->fblock > h->pos)
+		h->blocks += e->fblock - h->pos;
+	h->pos = PMFUSE_MIN(h->end, e->fblock + e->len);
+	return 0;
+}
+
+/*
+ * Maps zeroed blocks over every hole of file blocks [fb0, fb1), recording what it maps in rs.
+ * On failure it unmaps what it mapped, so the file is as before.
+ */
+static int prealloc(struct file *f, uint64_t fb0, uint64_t fb1, struct ranges *rs)
+{
+	static const struct fill zeros = { .src = NULL };
+	struct holes h = { .pos = fb0, .end = fb1 };
+	struct pmfuse_extent_budget b;
+	struct pmfuse_iext e;
+	uint64_t fb = fb0, got;
+	int rc;
+
+	/* a cheap early answer when the holes alone cannot fit */
+	rc = pmfuse_extent_walk(&f->map, fb0, fb1, count_holes, &h);
+	if (rc < 0)
+		return rc;
+	h.blocks += fb1 - h.pos;
+	if (h.blocks > data_avail(f->fs))
+		return -ENOSPC;
+
+	pmfuse_extent_budget_init(f->fs, &b);
+	while (fb < fb1) {
+		uint64_t hole_end, goal;
+
+		rc = block_state(f, fb, fb1, &e, &hole_end, &goal);
+		if (rc < 0)
+			break;
+		if (rc) {
+			fb = e.fblock + e.len;
+			rc = 0;
+			continue;
+		}
+		rc = fill_hole(f, fb, hole_end - fb, goal, &b, &zeros, NULL, NULL, &got);
+		if (!rc)
+			rc = ranges_add(rs, fb, fb + got);
+		if (rc)
+			break;
+		fb += got;
+	}
+	if (!rc)
+		return 0;
+	/* take back what was mapped, newest first */
+	pmfuse_extent_budget_init(f->fs, &b);
+	for (size_t i = rs->n; i-- > 0;) {
+		int rc2 = unmap_range(f, rs->r[i].lo, rs->r[i].hi, &b);
+
+		if (rc2)
+			pmfuse_log(PMFUSE_LOG_ERR, "inode %llu: taking back preallocated blocks "
+				   "%llu..%llu after %s: %s (they stay, zeroed)", ULL(f->ino),
+				   ULL(rs->r[i].lo), ULL(rs->r[i].hi), strerror(-rc), strerror(-rc2));
+	}
+	rs->n = 0;
+	return rc;
+}
+
+struct zwalk {
+	const struct file *f;
+	uint64_t lo, hi;
+	unsigned flags;
+};
+
+static int zero_ext(void *arg, const struct pmfuse_iext *e)
+{
+	struct zwalk *z = arg;
+	uint64_t s = PMFUSE_MAX(z->lo, e->fblock * z->f->bs);
+	uint64_t t = PMFUSE_MIN(z->hi, ext_end_byte(z->f, e));
+
+	if (t > s)
+		pmfuse_pool_memset(z->f->fs->pool, ext_addr(z->f, e, s), 0, t - s, z->flags);
+	return 0;
+}
+
+/* Zeroes the mapped bytes of [lo, hi) in place (flushed; the caller's transaction drains). */
+static int zero_mapped(const struct file *f, uint64_t lo, uint64_t hi, unsigned nt)
+{
+	struct zwalk z = { .f = f, .lo = lo, .hi = hi, .flags = PMFUSE_MEM_NODRAIN | nt };
+
+	if (hi <= lo)
+		return 0;
+	return pmfuse_extent_walk(&f->map, lo / f->bs, div_up(hi, f->bs), zero_ext, &z);
+}
+
+/* Closing transaction of a fallocate: size (when it grows) and times. */
+static int falloc_inode(struct file *f, uint64_t size, unsigned times)
+{
+	struct pmfuse_tx *tx = pmfuse_tx_begin(f->fs->txm);
+	int rc;
+
+	rc = pmfuse_inode_change(tx, f->leaf, f->ip, sizeof(*f->ip));
+	if (!rc) {
+		if (size > file_size(f))
+			pmfuse_set_le64(&f->ip->size, size);
+		rc = pmfuse_inode_touch(tx, f->leaf, f->ip, times);
+	}
+	if (rc) {
+		pmfuse_tx_abort(tx);
+		return rc;
+	}
+	pmfuse_tx_commit(tx);
+	return 0;
+}
+
+static int punch(struct file *f, uint64_t off, uint64_t end)
+{
+	uint64_t fb_lo = div_up(off, f->bs), fb_hi = end / f->bs;
+	unsigned nt = end - off >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL : 0;
+	struct pmfuse_extent_budget b;
+	int rc;
+
+	if (fb_lo < fb_hi) {
+		pmfuse_extent_budget_init(f->fs, &b);
+		rc = unmap_range(f, fb_lo, fb_hi, &b);
+		if (rc)
+			return rc;
+		rc = zero_mapped(f, off, fb_lo * f->bs, nt);
+		if (!rc)
+			rc = zero_mapped(f, fb_hi * f->bs, end, nt);
+	} else {
+		rc = zero_mapped(f, off, end, nt);   /* inside one block, or two partial ones */
+	}
+	return rc ? rc : falloc_inode(f, 0, PMFUSE_TIME_M | PMFUSE_TIME_C);
+}
+
+static int zero_range(struct file *f, uint64_t off, uint64_t end, bool keep_size)
+{
+	struct ranges rs = { 0 };
+	unsigned nt = end - off >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL : 0;
+	uint64_t pos = off;
+	int rc;
+
+	rc = prealloc(f, off / f->bs, div_up(end, f->bs), &rs);
+	/* then the blocks that were mapped before: the gaps between the new ranges */
+	for (size_t i = 0; !rc && i < rs.n; i++) {
+		rc = zero_mapped(f, pos, PMFUSE_MIN(end, rs.r[i].lo * f->bs), nt);
+		pos = PMFUSE_MAX(pos, rs.r[i].hi * f->bs);
+	}
+	if (!rc)
+		rc = zero_mapped(f, pos, end, nt);
+	free(rs.r);
+	if (!rc)
+		rc = falloc_inode(f, keep_size ? 0 : end, PMFUSE_TIME_M | PMFUSE_TIME_C);
+	return rc;
+}
+
+static int allocate(struct file *f, uint64_t off, uint64_t end, bool keep_size)
+{
+	struct ranges rs = { 0 };
+	bool grows = !keep_size && end > file_size(f);
+	int rc;
+
+	rc = prealloc(f, off / f->bs, div_up(end, f->bs), &rs);
+	if (!rc && (rs.n || grows))
+		rc = falloc_inode(f, grows ? end : 0,
+				  PMFUSE_TIME_C | (grows ? PMFUSE_TIME_M : 0));
+	free(rs.r);
+	return rc;
+}
+
+int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t off,
+			uint64_t len)
+{
+	const int known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
+	bool keep = mode & FALLOC_FL_KEEP_SIZE;
+	struct file f;
+	int rc;
+
+	if (mode & ~known)
+		return -EOPNOTSUPP;
+	if ((mode & FALLOC_FL_PUNCH_HOLE) && (!keep || (mode & FALLOC_FL_ZERO_RANGE)))
+		return -EOPNOTSUPP;
+	if (!len || off > PMFUSE_FILE_SIZE_MAX || len > PMFUSE_FILE_SIZE_MAX)
+		return -EINVAL;
+	if (len > PMFUSE_FILE_SIZE_MAX - off)
+		return -EFBIG;
+	if (fs->readonly)
+		return -EROFS;
+
+	pthread_rwlock_wrlock(&fs->lock);
+	rc = file_get(fs, ino, false, &f);
+	if (rc == -EINVAL)
+		rc = -ENODEV;   /* what fallocate(2) says for a non-regular file */
+	if (!rc) {
+		if (mode & FALLOC_FL_PUNCH_HOLE)
+			rc = punch(&f, off, off + len);
+		else if (mode & FALLOC_FL_ZERO_RANGE)
+			rc = zero_range(&f, off, off + len, keep);
+		else
+			rc = allocate(&f, off, off + len, keep);
+	}
+	pthread_rwlock_unlock(&fs->lock);
+	return rc;
+}
+
+/* ---- lseek, fsync --------------------------------------------------------------------------- */
+
+static int64_t seek_data_hole(const struct file *f, uint64_t off, int whence)
+{
+	uint64_t size = file_size(f), fb = off / f->bs;
+	struct pmfuse_iext e;
+	int rc;
+
+	if (off >= size)
+		return -ENXIO;
+	if (whence == SEEK_DATA) {
+		rc = pmfuse_extent_find(&f->map, fb, &e);
+		if (rc)
+			return rc == -ENOENT ? -ENXIO : rc;
+		if (e.fblock <= fb)
+			return (int64_t)off;
+		return e.fblock * f->bs < size ? (int64_t)(e.fblock * f->bs) : -ENXIO;
+	}
+	/* SEEK_HOLE: follow extents while they continue each other */
+	for (;;) {
+		rc = pmfuse_extent_find(&f->map, fb, &e);
+		if (rc == -ENOENT || (!rc && e.fblock > fb))
+			break;
+		if (rc)
+			return rc;
+		fb = e.fblock + e.len;
+		if (fb * f->bs >= size)
+			return (int64_t)size;
+	}
+	return (int64_t)PMFUSE_MIN(size, PMFUSE_MAX(off, fb * f->bs));
+}
+
+int64_t pmfuse_fs_lseek(struct pmfuse_fs *fs, uint64_t ino, int64_t off, int whence)
+{
+	struct file f;
+	int64_t r;
+
+	if (whence != SEEK_DATA && whence != SEEK_HOLE)
+		return -EINVAL;
+	if (off < 0)
+		return -ENXIO;
+	pthread_rwlock_rdlock(&fs->lock);
+	r = file_get(fs, ino, false, &f);
+	if (!r)
+		r = seek_data_hole(&f, (uint64_t)off, whence);
+	pthread_rwlock_unlock(&fs->lock);
+	return r;
+}
+
+int pmfuse_fs_fsync(struct pmfuse_fs *fs, uint64_t ino)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+	int rc;
+
+	pthread_rwlock_rdlock(&fs->lock);
+	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
+	if (!rc)
+		pmfuse_pool_drain(fs->pool);   /* nothing is buffered: a barrier is all there is */
+	pthread_rwlock_unlock(&fs->lock);
+	return rc;
+}

@@ -1,0 +1,450 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Per-file extent maps: which pool blocks hold which file blocks.
+ *
+ * A regular file's (or symlink's) map is a b+tree rooted in its inode record (ip->map, owner
+ * PMFUSE_OWNER_INODE_BASE + ino) of struct pmfuse_extent records keyed by fblock. Invariants,
+ * between transactions:
+ *
+ *   E1 every record has 1 <= len <= PMFUSE_EXTENT_MAX_LEN, flags 0, and its physical range
+ *      [pblock, pblock + len) inside the data area [data_start, sb2_block);
+ *   E2 records do not overlap: each starts at or after the end of the one before it (a gap is a
+ *      hole, read as zeros); fblock + len <= 2^63 / bs (the largest file);
+ *   E3 ip->blocks is the sum of len over all records;
+ *   E4 every physical block of a record is allocated in the bitmap and belongs to exactly one
+ *      record of one file (until reflink introduces a refcount tree);
+ *   E5 bytes of mapped blocks at or past EOF are zero (data.c keeps this: new blocks are zeroed
+ *      outside what a write covers, a shrinking truncate zeroes the tail of the last block), so
+ *      growing a file over them exposes no stale data.
+ * E1 and E2 are checked on every record read (pmfuse_extent_find/prev/walk), so a damaged record
+ * can never turn into a pointer outside the pool; fsck checks E3 and E4.
+ *
+ * Records on the pool (struct pmfuse_extent, little-endian) and in DRAM (struct pmfuse_iext,
+ * native) are converted in exactly one place each way (ext_load, ext_store).
+ *
+ * Inserting merges with neighbours that are contiguous both in the file and on the pool, so a
+ * file written front to back stays one record per allocator extent:
+ *
+ *      L: [f0 .. f1)@p0     new: [f1 .. f2)@p0+(f1-f0)     R: [f2 .. f3)@p0+(f2-f0)
+ *      ==> one record [f0 .. f3)@p0    (if the sum fits PMFUSE_EXTENT_MAX_LEN)
+ *
+ * Merging into L changes only L's length (an update in place); merging into R changes R's key,
+ * so R is deleted and the merged record inserted.
+ *
+ * Unmapping [lo, hi) works from the top down: the last extent E starting below hi is cut to the
+ * part outside [lo, hi), which is one of four cases, then hi moves down to the cut:
+ *
+ *        E.fblock                                      E.fblock + E.len
+ *        |<----------------------- E ----------------------->|
+ *   A    |<======================= cut ====================>|   delete E
+ *   B    |<------ keep ------>|<============ cut ===========>|   E.len = lo - E.fblock (update)
+ *   C    |<====== cut ======>|<------------ keep ----------->|   delete E, insert [hi, end)
+ *   D    |<-- keep -->|<===== cut =====>|<------ keep ------>|   update E, insert [hi, end)
+ *
+ * and the cut's physical blocks go to pmfuse_extent_release. Working from the top means a
+ * truncate removes records at the end of the tree (no first-key rewrites up the tree), and that
+ * a budget can stop the walk anywhere: what is left is still a valid map of a prefix. Only D
+ * adds a record, so only a hole punched inside one extent can need a new node (-ENOSPC).
+ *
+ * Transactions: every function here works inside the caller's transaction and changes nothing
+ * outside it; on error the caller aborts (the tree may be half changed). The budget keeps one
+ * transaction's undo log bounded: bitmap words for the blocks, b+tree nodes for the records.
+ * data.c commits when it is spent and goes on in a new transaction.
+ */
+#include "fs/fs_internal.h"
+
+#include <string.h>
+
+#include "pool/pool.h"
+#include "util/util.h"
+
+#define ULL(x) ((unsigned long long)(x))
+
+/* ---- b+tree ops ----------------------------------------------------------------------------- */
+
+static uint64_t le64_at(const void *p)
+{
+	struct pmfuse_le64 v;
+
+	memcpy(&v, p, sizeof(v));
+	return pmfuse_le64(v);
+}
+
+static void extent_key_from_rec(void *key, const void *rec)
+{
+	memcpy(key, rec, 8);
+}
+
+static int extent_cmp_key(const void *a, const void *b)
+{
+	uint64_t x = le64_at(a), y = le64_at(b);
+
+	return x < y ? -1 : x > y;
+}
+
+/* E1 and E2 as far as one record can tell without knowing the pool. */
+static int extent_check_rec(const void *rec)
+{
+	const struct pmfuse_extent *e = rec;
+	uint64_t f = pmfuse_le64(e->fblock), p = pmfuse_le64(e->pblock);
+	uint32_t len = pmfuse_le32(e->len);
+
+	if (len == 0 || len > PMFUSE_EXTENT_MAX_LEN || p == 0 || pmfuse_le32(e->flags) ||
+	    f > UINT64_MAX - len || p > UINT64_MAX - len)
+		return PMFUSE_CORRUPT("extent record: file block %llu, pool block %llu, length %u, "
+				      "flags %#x", ULL(f), ULL(p), len, pmfuse_le32(e->flags));
+	return 0;
+}
+
+const struct pmfuse_btree_ops pmfuse_extent_ops = {
+	.name = "extents",
+	.key_len = 8,
+	.rec_len = sizeof(struct pmfuse_extent),
+	.key_from_rec = extent_key_from_rec,
+	.cmp_key = extent_cmp_key,
+	.check_rec = extent_check_rec,
+};
+
+/* ---- conversion ----------------------------------------------------------------------------- */
+
+static uint64_t map_ino(const struct pmfuse_extmap *m)
+{
+	return pmfuse_le64(m->ip->ino);
+}
+
+/* The one conversion from the pool: checks E1 and the file-size half of E2. */
+static int ext_load(const struct pmfuse_extmap *m, const void *rec, struct pmfuse_iext *x)
+{
+	const struct pmfuse_extent *e = rec;
+
+	x->fblock = pmfuse_le64(e->fblock);
+	x->pblock = pmfuse_le64(e->pblock);
+	x->len = pmfuse_le32(e->len);
+	if (x->len == 0 || x->len > PMFUSE_EXTENT_MAX_LEN || pmfuse_le32(e->flags) ||
+	    x->fblock > m->fmax - x->len || x->pblock < m->data_start ||
+	    x->pblock > m->data_end || x->len > m->data_end - x->pblock)
+		return PMFUSE_CORRUPT("inode %llu: extent of %llu blocks at file block %llu, pool "
+				      "block %llu (flags %#x) is outside the file or the data area",
+				      ULL(map_ino(m)), ULL(x->len), ULL(x->fblock), ULL(x->pblock),
+				      pmfuse_le32(e->flags));
+	return 0;
+}
+
+static void ext_store(struct pmfuse_extent *e, const struct pmfuse_iext *x)
+{
+	memset(e, 0, sizeof(*e));
+	pmfuse_set_le64(&e->fblock, x->fblock);
+	pmfuse_set_le64(&e->pblock, x->pblock);
+	pmfuse_set_le32(&e->len, (uint32_t)x->len);
+}
+
+static int cur_load(const struct pmfuse_extmap *m, const struct pmfuse_btree_cursor *cur,
+		    struct pmfuse_iext *x)
+{
+	return ext_load(m, pmfuse_btree_cursor_rec(cur), x);
+}
+
+static uint64_t ext_end(const struct pmfuse_iext *x)
+{
+	return x->fblock + x->len;
+}
+
+/* ---- handles -------------------------------------------------------------------------------- */
+
+void pmfuse_extmap_open(struct pmfuse_extmap *m, struct pmfuse_fs *fs, struct pmfuse_inode *ip,
+			struct pmfuse_blk_hdr *leaf)
+{
+	const struct pmfuse_sb *sb = &fs->vol->sb;
+
+	m->fs = fs;
+	m->ip = ip;
+	m->leaf = leaf;
+	pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &m->bt);
+	m->data_start = pmfuse_le64(sb->data_start);
+	m->data_end = pmfuse_le64(sb->sb2_block);
+	m->fmax = pmfuse_file_blocks_max(fs->bs);
+}
+
+/*
+ * Sizing a transaction. The log holds A = (log_blocks - 1) * bs bytes of entries. A quarter
+ * of it goes to bitmap words (one bit per block: 2A blocks), half to b+tree nodes: one node (a
+ * block's pre-image plus an entry header) per record changed. Consecutive records share their
+ * leaf, so this is pessimistic; callers that still hit a full log abort, halve the budget and
+ * retry (a full log and a full pool look alike: both are -ENOSPC).
+ */
+void pmfuse_extent_budget_init(const struct pmfuse_fs *fs, struct pmfuse_extent_budget *b)
+{
+	uint64_t log_blocks = pmfuse_le64(fs->vol->sb.log_blocks);
+	uint64_t area = (log_blocks > 1 ? log_blocks - 1 : 1) * fs->bs;
+
+	b->blocks = PMFUSE_MAX(area * 2, 1u);
+	b->recs = PMFUSE_MAX(area / 2 / (fs->bs + 64), 1u);
+}
+
+/* ---- lookups -------------------------------------------------------------------------------- */
+
+static int seek(const struct pmfuse_extmap *m, struct pmfuse_btree_cursor *cur, uint64_t fblock,
+		enum pmfuse_btree_seek how)
+{
+	struct pmfuse_le64 key;
+
+	pmfuse_set_le64(&key, fblock);
+	return pmfuse_btree_seek(cur, &m->bt, &key, how);
+}
+
+int pmfuse_extent_prev(const struct pmfuse_extmap *m, uint64_t fblock, struct pmfuse_iext *ext)
+{
+	struct pmfuse_btree_cursor cur;
+	int rc;
+
+	if (!fblock)
+		return -ENOENT;
+	rc = seek(m, &cur, fblock - 1, PMFUSE_SEEK_LE);
+	return rc ? rc : cur_load(m, &cur, ext);
+}
+
+int pmfuse_extent_around(const struct pmfuse_extmap *m, uint64_t fblock, struct pmfuse_iext *left,
+			 struct pmfuse_iext *right)
+{
+	struct pmfuse_btree_cursor cur;
+	int rc;
+
+	left->len = 0;
+	right->len = 0;
+	rc = seek(m, &cur, fblock, PMFUSE_SEEK_LE);
+	if (!rc) {
+		rc = cur_load(m, &cur, left);
+		if (!rc)
+			rc = pmfuse_btree_next(&cur);   /* same leaf: no second descent */
+	} else if (rc == -ENOENT) {
+		rc = seek(m, &cur, fblock, PMFUSE_SEEK_GE);
+	}
+	if (!rc)
+		rc = cur_load(m, &cur, right);
+	if (rc == -ENOENT)
+		rc = 0;
+	if (!rc && left->len && right->len && right->fblock < ext_end(left))
+		return PMFUSE_CORRUPT("inode %llu: extent at file block %llu overlaps the one "
+				      "ending at %llu", ULL(map_ino(m)), ULL(right->fblock),
+				      ULL(ext_end(left)));
+	return rc;
+}
+
+int pmfuse_extent_find(const struct pmfuse_extmap *m, uint64_t fblock, struct pmfuse_iext *ext)
+{
+	struct pmfuse_iext l, r;
+	int rc = pmfuse_extent_around(m, fblock, &l, &r);
+
+	if (rc)
+		return rc;
+	if (l.len && fblock < ext_end(&l))
+		*ext = l;
+	else if (r.len)
+		*ext = r;
+	else
+		return -ENOENT;
+	return 0;
+}
+
+int pmfuse_extent_walk(const struct pmfuse_extmap *m, uint64_t fblock, uint64_t end,
+		       pmfuse_extent_fn fn, void *arg)
+{
+	struct pmfuse_btree_cursor cur;
+	struct pmfuse_iext x;
+	uint64_t prev_end = 0;
+	int rc;
+
+	if (fblock >= end)
+		return 0;
+	/* start at the extent containing fblock if there is one, else at the next */
+	rc = seek(m, &cur, fblock, PMFUSE_SEEK_LE);
+	if (!rc) {
+		rc = cur_load(m, &cur, &x);
+		if (!rc && ext_end(&x) <= fblock)
+			rc = pmfuse_btree_next(&cur);
+	} else if (rc == -ENOENT) {
+		rc = seek(m, &cur, fblock, PMFUSE_SEEK_GE);
+	}
+	while (!rc) {
+		rc = cur_load(m, &cur, &x);
+		if (rc)
+			return rc;
+		if (x.fblock >= end)
+			return 0;
+		if (x.fblock < prev_end)
+			return PMFUSE_CORRUPT("inode %llu: extent at file block %llu overlaps the one "
+					      "ending at %llu", ULL(map_ino(m)), ULL(x.fblock),
+					      ULL(prev_end));
+		prev_end = ext_end(&x);
+		rc = fn(arg, &x);
+		if (rc)
+			return rc;
+		rc = pmfuse_btree_next(&cur);
+	}
+	return rc == -ENOENT ? 0 : rc;
+}
+
+/* ---- changes -------------------------------------------------------------------------------- */
+
+/* E3: ip->blocks follows every change of the map, in the same transaction. */
+static int add_blocks(struct pmfuse_tx *tx, struct pmfuse_extmap *m, int64_t delta)
+{
+	uint64_t blocks = pmfuse_le64(m->ip->blocks);
+	int rc;
+
+	if (delta < 0 && (uint64_t)-delta > blocks)
+		return PMFUSE_CORRUPT("inode %llu: block count %llu is below the %llu blocks being "
+				      "unmapped", ULL(map_ino(m)), ULL(blocks), ULL(-delta));
+	/* declared right before the change: a tree operation may have sealed the leaf */
+	rc = pmfuse_inode_change(tx, m->leaf, m->ip, sizeof(*m->ip));
+	if (rc)
+		return rc;
+	pmfuse_set_le64(&m->ip->blocks, blocks + (uint64_t)delta);
+	return 0;
+}
+
+static int rec_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfuse_iext *x)
+{
+	struct pmfuse_extent rec;
+	int rc;
+
+	ext_store(&rec, x);
+	rc = pmfuse_btree_insert(tx, &m->bt, &rec);
+	if (rc == -EEXIST)
+		return PMFUSE_CORRUPT("inode %llu: extent at file block %llu exists already",
+				      ULL(map_ino(m)), ULL(x->fblock));
+	return rc;
+}
+
+static int rec_update(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfuse_iext *x)
+{
+	struct pmfuse_extent rec;
+	int rc;
+
+	ext_store(&rec, x);
+	rc = pmfuse_btree_update(tx, &m->bt, &rec);
+	if (rc == -ENOENT)
+		return PMFUSE_CORRUPT("inode %llu: extent at file block %llu vanished",
+				      ULL(map_ino(m)), ULL(x->fblock));
+	return rc;
+}
+
+static int rec_delete(struct pmfuse_tx *tx, struct pmfuse_extmap *m, uint64_t fblock)
+{
+	struct pmfuse_le64 key;
+	int rc;
+
+	pmfuse_set_le64(&key, fblock);
+	rc = pmfuse_btree_delete(tx, &m->bt, &key, NULL);
+	if (rc == -ENOENT)
+		return PMFUSE_CORRUPT("inode %llu: extent at file block %llu vanished",
+				      ULL(map_ino(m)), ULL(fblock));
+	return rc;
+}
+
+int pmfuse_extent_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
+			 const struct pmfuse_iext *ext)
+{
+	struct pmfuse_iext l, r, x = *ext;
+	bool merge_l = false, merge_r = false;
+	int rc;
+
+	if (x.len == 0 || x.len > PMFUSE_EXTENT_MAX_LEN || x.fblock > m->fmax - x.len ||
+	    x.pblock < m->data_start || x.pblock > m->data_end || x.len > m->data_end - x.pblock)
+		return -EINVAL;
+
+	/* the neighbours, which must leave x's range a hole */
+	rc = pmfuse_extent_around(m, x.fblock, &l, &r);
+	if (rc)
+		return rc;
+	if ((l.len && ext_end(&l) > x.fblock) || (r.len && r.fblock < ext_end(&x)))
+		return PMFUSE_CORRUPT("inode %llu: mapping file blocks %llu+%llu over a mapped "
+				      "block", ULL(map_ino(m)), ULL(x.fblock), ULL(x.len));
+	merge_l = l.len && ext_end(&l) == x.fblock && l.pblock + l.len == x.pblock &&
+		  l.len + x.len <= PMFUSE_EXTENT_MAX_LEN;
+	merge_r = r.len && r.fblock == ext_end(&x) && r.pblock == x.pblock + x.len &&
+		  x.len + r.len <= PMFUSE_EXTENT_MAX_LEN;
+	if (merge_l && merge_r && l.len + x.len + r.len > PMFUSE_EXTENT_MAX_LEN)
+		merge_r = false;
+
+	if (merge_r) {
+		rc = rec_delete(tx, m, r.fblock);
+		if (rc)
+			return rc;
+	}
+	if (merge_l) {
+		l.len += x.len + (merge_r ? r.len : 0);
+		rc = rec_update(tx, m, &l);
+	} else {
+		if (merge_r)
+			x.len += r.len;
+		rc = rec_insert(tx, m, &x);
+	}
+	if (rc)
+		return rc;
+	return add_blocks(tx, m, (int64_t)ext->len);
+}
+
+int pmfuse_extent_release(struct pmfuse_tx *tx, struct pmfuse_fs *fs, uint64_t pblock,
+			  uint64_t len)
+{
+	/* Reflink (shared extents) will look the range up in the refcount tree here and drop
+	 * one reference per shared block, freeing only blocks whose count reaches one. */
+	return pmfuse_alloc_free(tx, fs->alloc, pblock, len);
+}
+
+/* Removes [lo, hi) from e (which contains it): cases A-D of the diagram at the top. */
+static int cut(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfuse_iext *e,
+	       uint64_t lo, uint64_t hi)
+{
+	struct pmfuse_iext keep_lo = *e, keep_hi;
+	int rc = 0;
+
+	keep_lo.len = lo - e->fblock;
+	keep_hi.fblock = hi;
+	keep_hi.pblock = e->pblock + (hi - e->fblock);
+	keep_hi.len = ext_end(e) - hi;
+
+	if (keep_lo.len)
+		rc = rec_update(tx, m, &keep_lo);          /* B, D */
+	else
+		rc = rec_delete(tx, m, e->fblock);          /* A, C */
+	if (!rc && keep_hi.len)
+		rc = rec_insert(tx, m, &keep_hi);           /* C, D */
+	if (!rc)
+		rc = pmfuse_extent_release(tx, m->fs, e->pblock + (lo - e->fblock), hi - lo);
+	if (!rc)
+		rc = add_blocks(tx, m, -(int64_t)(hi - lo));
+	return rc;
+}
+
+int pmfuse_extent_unmap(struct pmfuse_tx *tx, struct pmfuse_extmap *m, uint64_t start,
+			uint64_t *end, struct pmfuse_extent_budget *budget)
+{
+	struct pmfuse_iext e;
+	uint64_t lo, hi;
+	int rc;
+
+	while (*end > start) {
+		if (!budget->recs || !budget->blocks)
+			return 0;
+		rc = pmfuse_extent_prev(m, *end, &e);
+		if (rc == -ENOENT || (!rc && ext_end(&e) <= start)) {
+			*end = start;
+			return 0;
+		}
+		if (rc)
+			return rc;
+		hi = PMFUSE_MIN(*end, ext_end(&e));
+		lo = PMFUSE_MAX(start, e.fblock);
+		if (hi - lo > budget->blocks)
+			lo = hi - budget->blocks;
+		rc = cut(tx, m, &e, lo, hi);
+		if (rc)
+			return rc;
+		budget->recs--;
+		budget->blocks -= hi - lo;
+		*end = lo;
+	}
+	return 0;
+}
