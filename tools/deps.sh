@@ -9,6 +9,7 @@ PMFUSE_PACKAGES=(
 	libfuse3-dev fuse3                   # the daemon and fusermount3
 	liburcu-dev                          # lock-free inode cache
 	libcmocka-dev                        # unit tests
+	python3                              # tests/fs (standard library only)
 )
 
 pmfuse_install_deps() {
