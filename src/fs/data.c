@@ -53,6 +53,49 @@
  * lseek: every mapped block is data (preallocated blocks too: they read as zeros); the region
  * past EOF is a virtual hole.
  *
+ * Copy-on-write. A block mapped by more than one extent record (refcount > 1, meta/refcount.h)
+ * is never modified: every path that stores into mapped blocks (write, the tail zeroing of a
+ * shrinking truncate, the partial-block zeroing of PUNCH_HOLE and ZERO_RANGE, ZERO_RANGE over
+ * mapped blocks, unshare) first splits the range into runs of equal sharing state
+ * (pmfuse_refcount_get), stores into unshared runs in place as before, and replaces shared runs
+ * in one transaction each (cow_step):
+ *
+ *        file blocks     fb                      fb + n
+ *   old mapping     ....[==== shared run S (count c >= 2) ====]....    S at pool block p
+ *   write bytes             |<------- new bytes ------->|
+ *                       head                            tail
+ *   1. allocate n blocks N (placed by the CoW hint, below)
+ *   2. fill N:  [head: memcpy from S][new bytes, or zeros][tail: memcpy from S]
+ *      (pool memcpy, non-temporal for large copies; N is declared new in the transaction, so
+ *      the commit flushes and drains it before the commit record: never linked before durable)
+ *   3. unmap [fb, fb + n): S loses one reference (count c - 1 >= 1: never freed here)
+ *   4. map [fb, fb + n) -> N (merging with contiguous neighbours), size and times
+ *   5. commit
+ *
+ * A crash before 5 leaves the old mapping with S untouched and N free (its allocation is undone
+ * with the rest); after it, the new mapping with durable bytes and S counted once less. ENOSPC
+ * at 1 aborts with nothing changed: both copies stay intact and the write is short (or fails).
+ *
+ * The CoW extent size hint (ip->cowextsize, PMFUSE_COWEXTSIZE_DEFAULT = 32 blocks when 0), as
+ * XFS's cowextsize: the file is seen as windows of cs blocks aligned on cs, and a store into a
+ * shared block replaces, in the same transaction and as one new extent, the whole stretch of
+ * shared blocks of its window(s) inside the extent that maps it (cow_span; unshared blocks and
+ * holes of the window are left as they are):
+ *
+ *        window (cs = 8)      |w0                             |w0 + 8
+ *        mapping before       [S  S  S  P  S  S  S  S ][S ...     S shared, P private
+ *        1-byte write                        ^
+ *        replaced                         [N  N  N  N ]           one new extent of 4 blocks
+ *
+ * So a small write into a fresh clone costs one CoW extent of space and copy (like XFS, whose
+ * CoW fork reserves the whole aligned extent), later writes into the window find private
+ * blocks and store in place without any transaction, and a clone that is overwritten piece by
+ * piece ends with about one extent per window instead of one per write. The new extent goes
+ * right after the file block before it when that one is private (consecutive windows stay
+ * contiguous). When the pool cannot take the whole stretch, only the blocks stored into are
+ * replaced. Unshare and the tail zeroing of truncate replace exactly their blocks. Nothing is
+ * reserved across transactions: a crash leaks nothing.
+ *
  * Locking: the pmfuse_fs_* entry points take fs->lock (readers for read, pread, lseek, fsync;
  * the writer for everything that changes the pool) and call the *_locked cores, which the
  * namespace code calls directly when it already holds the lock.
@@ -70,6 +113,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "meta/refcount.h"
 #include "pool/pool.h"
 #include "util/util.h"
 
@@ -87,6 +131,7 @@ struct file {
 	struct pmfuse_inode *ip;
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_extmap map;
+	struct pmfuse_btree rc;       /* the refcount tree: which mapped blocks are shared */
 	uint32_t bs;
 };
 
@@ -111,6 +156,7 @@ static int file_get(struct pmfuse_fs *fs, uint64_t ino, bool lnk, struct file *f
 	f->ino = ino;
 	f->bs = fs->bs;
 	pmfuse_extmap_open(&f->map, fs, f->ip, f->leaf);
+	pmfuse_refcount_tree(fs->vol, &f->rc);
 	return 0;
 }
 
@@ -127,6 +173,22 @@ static uint64_t div_up(uint64_t x, uint64_t d)
 static void *pool_block(const struct file *f, uint64_t pblock)
 {
 	return pmfuse_volume_block(f->fs->vol, pblock);
+}
+
+/*
+ * Sharing state of file block fb, mapped by e: *shared when its pool block has more than one
+ * owner, and *run = how many blocks from fb on (inside e, below limit) are in the same state.
+ */
+static int share_run(const struct file *f, const struct pmfuse_iext *e, uint64_t fb,
+		     uint64_t limit, bool *shared, uint64_t *run)
+{
+	uint64_t max = PMFUSE_MIN(e->fblock + e->len, limit) - fb;
+	uint32_t count;
+	int rc;
+
+	rc = pmfuse_refcount_get(&f->rc, e->pblock + (fb - e->fblock), max, &count, run);
+	*shared = count > 1;
+	return rc;
 }
 
 /* Address of file byte pos inside extent e (which maps it). */
@@ -321,6 +383,11 @@ static uint64_t data_avail(const struct pmfuse_fs *fs)
 	return free_blocks > r ? free_blocks - r : 0;
 }
 
+uint64_t pmfuse_data_avail(const struct pmfuse_fs *fs)
+{
+	return data_avail(fs);
+}
+
 /* What new blocks hold: file bytes [lo, hi) come from src + (x - lo), everything else is zero
  * (src NULL: all zeros). */
 struct fill {
@@ -494,6 +561,297 @@ static int unmap_range(struct file *f, uint64_t start, uint64_t end,
 	return 0;
 }
 
+/* ---- copy-on-write (see the top of this file) ------------------------------------------------ */
+
+/* What replaced blocks hold: file bytes [lo, hi) are new (from src + (x - lo), or zeros when src
+ * is NULL); every other byte keeps its old value, copied from the shared blocks. lo == hi: no
+ * new bytes (unshare). */
+struct cow_fill {
+	const uint8_t *src;
+	uint64_t lo, hi;
+};
+
+static uint64_t cow_hint(const struct file *f)
+{
+	uint32_t cs = pmfuse_le32(f->ip->cowextsize);
+
+	return cs ? PMFUSE_MIN(cs, PMFUSE_COWEXTSIZE_MAX) : PMFUSE_COWEXTSIZE_DEFAULT;
+}
+
+/* Writes file blocks [fb, fb + n), just allocated at newp, as fl says, the old bytes from the
+ * shared blocks at oldp. */
+static int cow_fill_blocks(struct pmfuse_tx *tx, const struct file *f, uint64_t fb, uint64_t newp,
+			   uint64_t n, uint64_t oldp, const struct cow_fill *fl)
+{
+	struct pmfuse_pool *pool = f->fs->pool;
+	uint8_t *dst = pool_block(f, newp);
+	const uint8_t *old = pool_block(f, oldp);
+	uint64_t s = fb * f->bs, t = (fb + n) * f->bs;
+	uint64_t lo = s, hi = s;
+	int rc;
+
+	if (fl->lo < fl->hi && fl->hi > s && fl->lo < t) {
+		lo = PMFUSE_MAX(fl->lo, s);
+		hi = PMFUSE_MIN(fl->hi, t);
+	}
+	for (uint64_t d = 0; d < t - s; d += DECLARE_MAX) {
+		rc = pmfuse_tx_add_new(tx, dst + d, PMFUSE_MIN(DECLARE_MAX, t - s - d));
+		if (rc)
+			return rc;
+	}
+	if (lo > s)
+		pmfuse_pool_memcpy(pool, dst, old, lo - s, new_flags(lo - s));
+	if (hi > lo && fl->src)
+		pmfuse_pool_memcpy(pool, dst + (lo - s), fl->src + (lo - fl->lo), hi - lo,
+				   new_flags(hi - lo));
+	else if (hi > lo)
+		pmfuse_pool_memset(pool, dst + (lo - s), 0, hi - lo, new_flags(hi - lo));
+	if (t > hi)
+		pmfuse_pool_memcpy(pool, dst + (hi - s), old + (hi - s), t - hi, new_flags(t - hi));
+	return 0;
+}
+
+/*
+ * The blocks a CoW for file block fb (shared, mapped by e) replaces, when the operation stores
+ * into file blocks up to `end` (exclusive): the stretch of shared blocks around fb inside e and
+ * inside the CoW windows (cs blocks, aligned on cs) that [fb, end) touches, and at most maxruns
+ * runs of equal counts (each is a refcount record the transaction changes). *lo <= fb < *hi.
+ */
+static int cow_span(const struct file *f, const struct pmfuse_iext *e, uint64_t fb, uint64_t end,
+		    uint64_t cs, uint64_t maxruns, uint64_t *lo, uint64_t *hi)
+{
+	uint64_t w0 = fb - fb % cs, w1, pos, run, runs = 0;
+	bool shared;
+	int rc;
+
+	/* down to the window's start: where the shared stretch reaching fb begins */
+	pos = PMFUSE_MAX(w0, e->fblock);
+	*lo = pos;
+	while (pos < fb) {
+		rc = share_run(f, e, pos, fb, &shared, &run);
+		if (rc)
+			return rc;
+		pos += run;
+		runs = shared ? runs + 1 : 0;
+		if (!shared)
+			*lo = pos;
+	}
+	if (runs >= maxruns) {
+		*lo = fb;   /* too finely shared below: leave it */
+		runs = 0;
+	}
+	/* up to the end of the last window touched */
+	end = PMFUSE_MAX(end, fb + 1);
+	w1 = end % cs ? end - end % cs + cs : end;
+	for (pos = fb; pos < w1 && runs < maxruns;) {
+		rc = share_run(f, e, pos, w1, &shared, &run);
+		if (rc)
+			return rc;
+		if (!shared)
+			break;
+		pos += run;
+		runs++;
+		if (pos >= e->fblock + e->len)
+			break;
+	}
+	*hi = pos;
+	return 0;
+}
+
+/* Allocates up to n blocks for replacing file blocks [fb, fb + n): after the pool block of the
+ * file block before fb when that one is private (a file CoW'd window by window stays
+ * contiguous), else anywhere. Never takes the data reserve. -ENOSPC. */
+static int cow_alloc(struct pmfuse_tx *tx, const struct file *f, uint64_t fb, uint64_t n,
+		     uint64_t *start, uint64_t *len)
+{
+	uint64_t avail = data_avail(f->fs), goal = 0, run;
+	struct pmfuse_iext l;
+	bool shared;
+	int rc;
+
+	if (!avail)
+		return -ENOSPC;
+	if (fb) {
+		rc = pmfuse_extent_find(&f->map, fb - 1, &l);
+		if (!rc && l.fblock < fb) {
+			rc = share_run(f, &l, fb - 1, fb, &shared, &run);
+			if (!rc && !shared)
+				goal = l.pblock + (fb - l.fblock);
+		}
+		if (rc && rc != -ENOENT)
+			return rc;
+	}
+	return pmfuse_alloc_extent(tx, f->fs->alloc, goal, 1, PMFUSE_MIN(n, avail), start, len);
+}
+
+/*
+ * Inside tx: replaces the mapping of file blocks [fb, fb + n), which e maps and which are
+ * shared, by new blocks filled as fl says (steps 1-4 of the diagram at the top). *got gets the
+ * blocks replaced, from fb on (>= 1; fewer than n when the pool has no run that long).
+ */
+static int cow_step(struct pmfuse_tx *tx, struct file *f, const struct pmfuse_iext *e,
+		    uint64_t fb, uint64_t n, const struct cow_fill *fl, uint64_t *got)
+{
+	struct pmfuse_extent_budget b;
+	struct pmfuse_iext x;
+	uint64_t end;
+	int rc;
+
+	n = PMFUSE_MIN(n, e->fblock + e->len - fb);
+	rc = cow_alloc(tx, f, fb, n, &x.pblock, &x.len);
+	if (rc)
+		return rc;
+	x.fblock = fb;
+	rc = cow_fill_blocks(tx, f, fb, x.pblock, x.len, e->pblock + (fb - e->fblock), fl);
+	if (rc)
+		return rc;
+	/* one extent, and as many refcount records as one budget pays for (cow_span): one pass,
+	 * unless records longer than PMFUSE_EXTENT_MAX_LEN split a run */
+	end = fb + x.len;
+	while (!rc && end > fb) {
+		pmfuse_extent_budget_init(f->fs, &b);
+		rc = pmfuse_extent_unmap(tx, &f->map, fb, &end, &b);
+	}
+	if (!rc)
+		rc = pmfuse_extent_insert(tx, &f->map, &x);
+	if (!rc)
+		*got = x.len;
+	return rc;
+}
+
+/* cow_step in a transaction of its own, with done() (may be NULL) inside it. */
+static int cow_tx(struct file *f, const struct pmfuse_iext *e, uint64_t fb, uint64_t n,
+		  const struct cow_fill *fl, hole_done_fn done, void *arg, uint64_t *got)
+{
+	struct pmfuse_tx *tx;
+	int rc;
+
+	if (!data_avail(f->fs))
+		return -ENOSPC;
+	tx = pmfuse_tx_begin(f->fs->txm);
+	rc = cow_step(tx, f, e, fb, n, fl, got);
+	if (!rc && done)
+		rc = done(tx, arg, fb + *got);
+	if (rc) {
+		pmfuse_tx_abort(tx);
+		return rc;
+	}
+	pmfuse_tx_commit(tx);
+	return 0;
+}
+
+/*
+ * The copy-on-write for a store at file block fb (shared, mapped by e) by an operation that
+ * stores into file blocks below end: replaces the shared stretch of the CoW windows around it
+ * (cow_span), or only the blocks stored into when the pool cannot take the stretch, in one
+ * transaction with done() (may be NULL) inside. *next gets the block after those replaced.
+ */
+static int cow_store(struct file *f, const struct pmfuse_iext *e, uint64_t fb, uint64_t end,
+		     const struct cow_fill *fl, const struct pmfuse_extent_budget *b,
+		     hole_done_fn done, void *arg, uint64_t *next)
+{
+	uint64_t lo, hi, got;
+	int rc;
+
+	/* each run is a refcount record to change: as many as a fresh budget pays for at once */
+	rc = cow_span(f, e, fb, end, cow_hint(f), b->recs > 3 ? b->recs - 3 : 1, &lo, &hi);
+	if (rc)
+		return rc;
+	if (hi - lo > data_avail(f->fs)) {
+		lo = fb;
+		hi = PMFUSE_MIN(hi, PMFUSE_MAX(end, fb + 1));
+	}
+	rc = cow_tx(f, e, lo, PMFUSE_MIN(hi - lo, b->blocks), fl, done, arg, &got);
+	if (!rc)
+		*next = lo + got;
+	return rc;
+}
+
+/* Mapped shared blocks among file blocks [fb0, fb1): what a CoW of the range needs at most. */
+struct shared_count {
+	const struct file *f;
+	uint64_t lo, hi, blocks;
+	int err;
+};
+
+static int count_shared_ext(void *arg, const struct pmfuse_iext *e)
+{
+	struct shared_count *c = arg;
+	uint64_t pos = PMFUSE_MAX(e->fblock, c->lo), end = PMFUSE_MIN(e->fblock + e->len, c->hi);
+
+	while (pos < end) {
+		uint64_t run;
+		bool shared;
+
+		c->err = share_run(c->f, e, pos, end, &shared, &run);
+		if (c->err)
+			return 1;
+		if (shared)
+			c->blocks += run;
+		pos += run;
+	}
+	return 0;
+}
+
+static int count_shared(const struct file *f, uint64_t fb0, uint64_t fb1, uint64_t *blocks)
+{
+	struct shared_count c = { .f = f, .lo = fb0, .hi = fb1, .blocks = 0, .err = 0 };
+	int rc;
+
+	*blocks = 0;
+	if (fb0 >= fb1 || !pmfuse_btree_count(&f->rc))
+		return 0;
+	rc = pmfuse_extent_walk(&f->map, fb0, fb1, count_shared_ext, &c);
+	if (rc < 0 || c.err)
+		return rc < 0 ? rc : c.err;
+	*blocks = c.blocks;
+	return 0;
+}
+
+int pmfuse_data_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t len)
+{
+	static const struct cow_fill keep = { .src = NULL, .lo = 0, .hi = 0 };
+	struct pmfuse_extent_budget b;
+	struct pmfuse_iext e;
+	struct file f;
+	uint64_t size, end, fb, fb1;
+	int rc;
+
+	if (fs->readonly)
+		return -EROFS;
+	rc = file_get(fs, ino, false, &f);
+	if (rc)
+		return rc;
+	size = file_size(&f);
+	if (off >= size)
+		return 0;
+	end = !len || len > size - off ? size : off + len;
+	fb1 = div_up(end, f.bs);
+	pmfuse_extent_budget_init(fs, &b);
+	for (fb = off / f.bs; fb < fb1;) {
+		uint64_t hole_end, goal, run;
+		bool shared;
+
+		rc = block_state(&f, fb, fb1, &e, &hole_end, &goal);
+		if (rc < 0)
+			return rc;
+		if (!rc) {
+			fb = hole_end;
+			continue;
+		}
+		rc = share_run(&f, &e, fb, fb1, &shared, &run);
+		if (rc)
+			return rc;
+		if (shared) {
+			rc = cow_tx(&f, &e, fb, PMFUSE_MIN(run, b.blocks), &keep, NULL, NULL, &run);
+			if (rc)
+				return rc;
+		}
+		fb += run;
+	}
+	return 0;
+}
+
 /* ---- writing -------------------------------------------------------------------------------- */
 
 struct wctx {
@@ -506,7 +864,7 @@ struct wctx {
 };
 
 /* Clears setuid, and setgid when group-executable, as a write by anyone but root must. */
-static uint32_t write_kill_suid(uint32_t mode, const struct pmfuse_cred *cred)
+uint32_t pmfuse_data_kill_suid(uint32_t mode, const struct pmfuse_cred *cred)
 {
 	if (!cred || cred->uid == 0)
 		return mode;
@@ -527,7 +885,7 @@ static int write_inode(struct pmfuse_tx *tx, struct wctx *w, uint64_t to)
 		return rc;
 	if (to > pmfuse_le64(ip->size))
 		pmfuse_set_le64(&ip->size, to);
-	pmfuse_set_le32(&ip->mode, write_kill_suid(pmfuse_le32(ip->mode), w->cred));
+	pmfuse_set_le32(&ip->mode, pmfuse_data_kill_suid(pmfuse_le32(ip->mode), w->cred));
 	return pmfuse_inode_touch(tx, w->f.leaf, ip, PMFUSE_TIME_M | PMFUSE_TIME_C);
 }
 
@@ -536,6 +894,14 @@ static int write_hole_done(struct pmfuse_tx *tx, void *arg, uint64_t end_block)
 	struct wctx *w = arg;
 
 	return write_inode(tx, w, PMFUSE_MIN(w->end, end_block * w->f.bs));
+}
+
+/* The same after a CoW of blocks up to end_block, which may have started below w->done. */
+static int write_cow_done(struct pmfuse_tx *tx, void *arg, uint64_t end_block)
+{
+	struct wctx *w = arg;
+
+	return write_inode(tx, w, PMFUSE_MAX(w->done, PMFUSE_MIN(w->end, end_block * w->f.bs)));
 }
 
 static int write_final(struct wctx *w)
@@ -562,19 +928,34 @@ static int write_range(struct wctx *w)
 	int rc = 0;
 
 	while (w->done < w->end) {
-		uint64_t fb = w->done / f->bs, hole_end, goal, got, to;
+		uint64_t fb = w->done / f->bs, limit = div_up(w->end, f->bs);
+		uint64_t hole_end, goal, got, run, to;
 		struct fill fl = { .src = w->buf, .lo = w->off, .hi = w->end };
+		struct cow_fill cf = { .src = w->buf, .lo = w->off, .hi = w->end };
+		bool shared;
 
-		rc = block_state(f, fb, div_up(w->end, f->bs), &e, &hole_end, &goal);
+		rc = block_state(f, fb, limit, &e, &hole_end, &goal);
 		if (rc < 0)
 			break;
 		if (rc) {
-			to = PMFUSE_MIN(w->end, ext_end_byte(f, &e));
+			rc = share_run(f, &e, fb, limit, &shared, &run);
+			if (rc)
+				break;
+			if (shared) {
+				/* never into a shared block: new blocks, in one transaction */
+				rc = cow_store(f, &e, fb, limit, &cf, &w->budget, write_cow_done, w,
+					       &got);
+				if (rc)
+					break;
+				w->done = PMFUSE_MAX(w->done, PMFUSE_MIN(w->end, got * f->bs));
+				pending = false;
+				continue;
+			}
+			to = PMFUSE_MIN(w->end, (fb + run) * f->bs);
 			pmfuse_pool_memcpy(f->fs->pool, ext_addr(f, &e, w->done),
 					   w->buf + (w->done - w->off), to - w->done, flags);
 			w->done = to;
 			pending = true;
-			rc = 0;
 			continue;
 		}
 		rc = fill_hole(f, fb, hole_end - fb, goal, &w->budget, &fl, write_hole_done, w,
@@ -633,6 +1014,12 @@ ssize_t pmfuse_data_write_locked(struct pmfuse_fs *fs, uint64_t ino, const void 
 	return write_core(fs, ino, true, buf, len, off, false, NULL);
 }
 
+ssize_t pmfuse_data_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
+			  uint64_t off, const struct pmfuse_cred *cred)
+{
+	return write_core(fs, ino, false, buf, len, off, false, cred);
+}
+
 ssize_t pmfuse_fs_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
 			uint64_t off, bool append, const struct pmfuse_cred *cred)
 {
@@ -681,11 +1068,13 @@ static int count_ext(void *arg, const struct pmfuse_iext *e)
 }
 
 /* Zeroes the rest of the block holding byte size, if it is mapped: logged, so that it is undone
- * together with the size change it belongs to. */
-static int zero_tail(struct pmfuse_tx *tx, const struct file *f, uint64_t size)
+ * together with the size change it belongs to; a shared block is replaced (copy-on-write) in the
+ * same transaction instead. */
+static int zero_tail(struct pmfuse_tx *tx, struct file *f, uint64_t size)
 {
 	struct pmfuse_iext e;
-	uint64_t fb = size / f->bs;
+	uint64_t fb = size / f->bs, run;
+	bool shared;
 	uint8_t *p;
 	size_t n;
 	int rc;
@@ -695,8 +1084,15 @@ static int zero_tail(struct pmfuse_tx *tx, const struct file *f, uint64_t size)
 	rc = pmfuse_extent_find(&f->map, fb, &e);
 	if (rc == -ENOENT || (!rc && e.fblock > fb))
 		return 0;   /* the new last block is a hole */
+	if (!rc)
+		rc = share_run(f, &e, fb, fb + 1, &shared, &run);
 	if (rc)
 		return rc;
+	if (shared) {
+		struct cow_fill zeros = { .src = NULL, .lo = size, .hi = (fb + 1) * f->bs };
+
+		return cow_step(tx, f, &e, fb, 1, &zeros, &run);
+	}
 	p = ext_addr(f, &e, size);
 	n = f->bs - size % f->bs;
 	rc = pmfuse_tx_add(tx, p, n);
@@ -925,31 +1321,60 @@ static int prealloc(struct file *f, uint64_t fb0, uint64_t fb1, struct ranges *r
 	return rc;
 }
 
-struct zwalk {
-	const struct file *f;
-	uint64_t lo, hi;
-	unsigned flags;
-};
-
-static int zero_ext(void *arg, const struct pmfuse_iext *e)
+/*
+ * Zeroes the mapped bytes of [lo, hi): unshared blocks in place (flushed; the caller's closing
+ * transaction drains), shared ones by copy-on-write with zeros (a transaction each).
+ */
+static int zero_mapped(struct file *f, uint64_t lo, uint64_t hi, unsigned nt)
 {
-	struct zwalk *z = arg;
-	uint64_t s = PMFUSE_MAX(z->lo, e->fblock * z->f->bs);
-	uint64_t t = PMFUSE_MIN(z->hi, ext_end_byte(z->f, e));
+	uint64_t pos = lo, limit = div_up(hi, f->bs);
+	struct pmfuse_extent_budget b;
+	struct pmfuse_iext e;
+	int rc;
 
-	if (t > s)
-		pmfuse_pool_memset(z->f->fs->pool, ext_addr(z->f, e, s), 0, t - s, z->flags);
+	pmfuse_extent_budget_init(f->fs, &b);
+	while (pos < hi) {
+		uint64_t fb = pos / f->bs, hole_end, goal, run, to;
+		bool shared;
+
+		rc = block_state(f, fb, limit, &e, &hole_end, &goal);
+		if (rc < 0)
+			return rc;
+		if (!rc) {
+			pos = hole_end * f->bs;
+			continue;
+		}
+		rc = share_run(f, &e, fb, limit, &shared, &run);
+		if (rc)
+			return rc;
+		if (shared) {
+			struct cow_fill zeros = { .src = NULL, .lo = pos, .hi = hi };
+
+			rc = cow_store(f, &e, fb, limit, &zeros, &b, NULL, NULL, &run);
+			if (rc)
+				return rc;
+			pos = PMFUSE_MAX(pos, PMFUSE_MIN(hi, run * f->bs));
+			continue;
+		}
+		to = PMFUSE_MIN(hi, (fb + run) * f->bs);
+		pmfuse_pool_memset(f->fs->pool, ext_addr(f, &e, pos), 0, to - pos,
+				   PMFUSE_MEM_NODRAIN | nt);
+		pos = to;
+	}
 	return 0;
 }
 
-/* Zeroes the mapped bytes of [lo, hi) in place (flushed; the caller's transaction drains). */
-static int zero_mapped(const struct file *f, uint64_t lo, uint64_t hi, unsigned nt)
+/* Adds to *blocks the shared blocks that zeroing the bytes [lo, hi) replaces. */
+static int zero_need(const struct file *f, uint64_t lo, uint64_t hi, uint64_t *blocks)
 {
-	struct zwalk z = { .f = f, .lo = lo, .hi = hi, .flags = PMFUSE_MEM_NODRAIN | nt };
+	uint64_t n;
+	int rc;
 
 	if (hi <= lo)
 		return 0;
-	return pmfuse_extent_walk(&f->map, lo / f->bs, div_up(hi, f->bs), zero_ext, &z);
+	rc = count_shared(f, lo / f->bs, div_up(hi, f->bs), &n);
+	*blocks += n;
+	return rc;
 }
 
 /* Closing transaction of a fallocate: size (when it grows) and times. */
@@ -977,7 +1402,22 @@ static int punch(struct file *f, uint64_t off, uint64_t end)
 	uint64_t fb_lo = div_up(off, f->bs), fb_hi = end / f->bs;
 	unsigned nt = end - off >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL : 0;
 	struct pmfuse_extent_budget b;
+	uint64_t need = 0;
 	int rc;
+
+	/* the partial blocks at the edges may be shared: fail before changing anything when
+	 * their copies cannot get blocks */
+	if (fb_lo < fb_hi) {
+		rc = zero_need(f, off, fb_lo * f->bs, &need);
+		if (!rc)
+			rc = zero_need(f, fb_hi * f->bs, end, &need);
+	} else {
+		rc = zero_need(f, off, end, &need);
+	}
+	if (!rc && need > data_avail(f->fs))
+		rc = -ENOSPC;
+	if (rc)
+		return rc;
 
 	if (fb_lo < fb_hi) {
 		pmfuse_extent_budget_init(f->fs, &b);
@@ -997,10 +1437,20 @@ static int zero_range(struct file *f, uint64_t off, uint64_t end, bool keep_size
 {
 	struct ranges rs = { 0 };
 	unsigned nt = end - off >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL : 0;
-	uint64_t pos = off;
+	struct holes h = { .pos = off / f->bs, .end = div_up(end, f->bs) };
+	uint64_t pos = off, need = 0;
 	int rc;
 
-	rc = prealloc(f, off / f->bs, div_up(end, f->bs), &rs);
+	/* the holes get zeroed blocks and the shared blocks zeroed copies: all or nothing */
+	rc = zero_need(f, off, end, &need);
+	if (!rc && need) {
+		rc = pmfuse_extent_walk(&f->map, h.pos, h.end, count_holes, &h);
+		h.blocks += h.end - h.pos;
+		if (!rc && need + h.blocks > data_avail(f->fs))
+			rc = -ENOSPC;
+	}
+	if (!rc)
+		rc = prealloc(f, off / f->bs, div_up(end, f->bs), &rs);
 	/* then the blocks that were mapped before: the gaps between the new ranges */
 	for (size_t i = 0; !rc && i < rs.n; i++) {
 		rc = zero_mapped(f, pos, PMFUSE_MIN(end, rs.r[i].lo * f->bs), nt);

@@ -11,8 +11,9 @@
  *   E2 records do not overlap: each starts at or after the end of the one before it (a gap is a
  *      hole, read as zeros); fblock + len <= 2^63 / bs (the largest file);
  *   E3 ip->blocks is the sum of len over all records;
- *   E4 every physical block of a record is allocated in the bitmap and belongs to exactly one
- *      record of one file (until reflink introduces a refcount tree);
+ *   E4 every physical block of a record is allocated in the bitmap, and the number of records
+ *      (over all files, a file possibly several times) that map it is its count in the refcount
+ *      tree (1 for a block without a refcount record: see meta/refcount.h);
  *   E5 bytes of mapped blocks at or past EOF are zero (data.c keeps this: new blocks are zeroed
  *      outside what a write covers, a shrinking truncate zeroes the tail of the last block), so
  *      growing a file over them exposes no stale data.
@@ -41,7 +42,9 @@
  *   C    |<====== cut ======>|<------------ keep ----------->|   delete E, insert [hi, end)
  *   D    |<-- keep -->|<===== cut =====>|<------ keep ------>|   update E, insert [hi, end)
  *
- * and the cut's physical blocks go to pmfuse_extent_release. Working from the top means a
+ * and the cut's physical blocks go to pmfuse_extent_release, which drops one reference of each
+ * (pmfuse_refcount_decr): a block nobody else maps is freed, a shared one keeps its other owners
+ * and only its count changes. Working from the top means a
  * truncate removes records at the end of the tree (no first-key rewrites up the tree), and that
  * a budget can stop the walk anywhere: what is left is still a valid map of a prefix. Only D
  * adds a record, so only a hole punched inside one extent can need a new node (-ENOSPC).
@@ -49,12 +52,18 @@
  * Transactions: every function here works inside the caller's transaction and changes nothing
  * outside it; on error the caller aborts (the tree may be half changed). The budget keeps one
  * transaction's undo log bounded: bitmap words for the blocks, b+tree nodes for the records.
- * data.c commits when it is spent and goes on in a new transaction.
+ * data.c commits when it is spent and goes on in a new transaction. Releasing shared blocks
+ * changes refcount records too: a cut is charged one node for its extent record plus one per
+ * refcount record its physical range overlaps (and two for the splits at its edges), and a cut
+ * whose range overlaps more records than the budget has left is shortened from below
+ * (pmfuse_refcount_span_down), so that a transaction stays bounded however finely the blocks of
+ * one extent are shared.
  */
 #include "fs/fs_internal.h"
 
 #include <string.h>
 
+#include "meta/refcount.h"
 #include "pool/pool.h"
 #include "util/util.h"
 
@@ -388,9 +397,86 @@ int pmfuse_extent_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
 int pmfuse_extent_release(struct pmfuse_tx *tx, struct pmfuse_fs *fs, uint64_t pblock,
 			  uint64_t len)
 {
-	/* Reflink (shared extents) will look the range up in the refcount tree here and drop
-	 * one reference per shared block, freeing only blocks whose count reaches one. */
-	return pmfuse_alloc_free(tx, fs->alloc, pblock, len);
+	struct pmfuse_btree rc;
+
+	/* one reference less per block; blocks left without an owner go back to the allocator */
+	pmfuse_refcount_tree(fs->vol, &rc);
+	return pmfuse_refcount_decr(tx, &rc, fs->alloc, pblock, len, NULL);
+}
+
+static int span_rec(const struct pmfuse_btree_cursor *cur, uint64_t *s, uint64_t *e)
+{
+	struct pmfuse_refcount_rec r;
+	uint32_t len;
+
+	memcpy(&r, pmfuse_btree_cursor_rec(cur), sizeof(r));
+	*s = pmfuse_le64(r.start);
+	len = pmfuse_le32(r.len);
+	if (!len || *s > UINT64_MAX - len)
+		return PMFUSE_CORRUPT("refcount record at pool block %llu, length %u", ULL(*s), len);
+	*e = *s + len;
+	return 0;
+}
+
+int pmfuse_refcount_span_down(struct pmfuse_fs *fs, uint64_t plo, uint64_t phi, uint64_t max,
+			      bool gaps, uint64_t *from, uint64_t *pieces)
+{
+	struct pmfuse_btree_cursor cur;
+	struct pmfuse_btree rt;
+	struct pmfuse_le64 key;
+	uint64_t pos = phi, n = 0, s = 0, e = 0;
+	int rc;
+
+	*from = plo;
+	*pieces = 0;
+	if (plo >= phi)
+		return 0;
+	max = PMFUSE_MAX(max, 1u);
+	pmfuse_refcount_tree(fs->vol, &rt);
+	if (!pmfuse_btree_count(&rt)) {
+		*pieces = gaps;   /* one gap: the whole range */
+		return 0;
+	}
+	pmfuse_set_le64(&key, phi - 1);
+	rc = pmfuse_btree_seek(&cur, &rt, &key, PMFUSE_SEEK_LE);
+	for (;;) {
+		if (rc == -ENOENT) {
+			s = e = plo;   /* nothing below: the rest is one gap */
+		} else if (rc) {
+			return rc;
+		} else {
+			rc = span_rec(&cur, &s, &e);
+			if (rc)
+				return rc;
+			if (s >= pos)
+				return PMFUSE_CORRUPT("refcount record at pool block %llu out of order "
+						      "(below %llu)", ULL(s), ULL(pos));
+			e = PMFUSE_MIN(e, pos);
+			s = PMFUSE_MAX(s, plo);
+			if (e <= plo)
+				s = e = plo;
+		}
+		/* the gap above this record, then the record's part of the range, each a piece */
+		if (gaps && e < pos) {
+			if (n == max)
+				break;
+			n++;
+			pos = e;
+		}
+		pos = PMFUSE_MAX(e, plo);
+		if (pos == plo)
+			break;
+		if (n == max)
+			break;
+		n++;
+		pos = s;
+		if (pos == plo)
+			break;
+		rc = pmfuse_btree_prev(&cur);
+	}
+	*from = pos;
+	*pieces = n;
+	return 0;
 }
 
 /* Removes [lo, hi) from e (which contains it): cases A-D of the diagram at the top. */
@@ -422,7 +508,7 @@ int pmfuse_extent_unmap(struct pmfuse_tx *tx, struct pmfuse_extmap *m, uint64_t 
 			uint64_t *end, struct pmfuse_extent_budget *budget)
 {
 	struct pmfuse_iext e;
-	uint64_t lo, hi;
+	uint64_t lo, hi, pfrom, nrc, cost;
 	int rc;
 
 	while (*end > start) {
@@ -439,10 +525,19 @@ int pmfuse_extent_unmap(struct pmfuse_tx *tx, struct pmfuse_extmap *m, uint64_t 
 		lo = PMFUSE_MAX(start, e.fblock);
 		if (hi - lo > budget->blocks)
 			lo = hi - budget->blocks;
+		/* shared blocks: as many refcount records as the budget still pays for */
+		rc = pmfuse_refcount_span_down(m->fs, e.pblock + (lo - e.fblock),
+					       e.pblock + (hi - e.fblock),
+					       budget->recs > 3 ? budget->recs - 3 : 1, false, &pfrom,
+					       &nrc);
+		if (rc)
+			return rc;
+		lo = e.fblock + (pfrom - e.pblock);
 		rc = cut(tx, m, &e, lo, hi);
 		if (rc)
 			return rc;
-		budget->recs--;
+		cost = 1 + (nrc ? nrc + 2 : 0);
+		budget->recs -= PMFUSE_MIN(budget->recs, cost);
 		budget->blocks -= hi - lo;
 		*end = lo;
 	}

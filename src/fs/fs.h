@@ -10,8 +10,9 @@
  *   the POSIX contract (a short write returns the bytes written);
  * - permissions: the kernel checks them (pmfuse mounts with default_permissions); the fs applies
  *   what the kernel leaves to the filesystem: ownership of new inodes from the caller and setgid
- *   directories, clearing setuid/setgid where POSIX says so, sticky-directory rules for rename
- *   and unlink are the kernel's;
+ *   directories, clearing setuid/setgid where POSIX says so, the umask and default-ACL
+ *   inheritance of new inodes, keeping mode and access ACL in step; sticky-directory rules for
+ *   rename and unlink, and ACL enforcement, are the kernel's;
  * - inode numbers are persistent, never reused, and are the FUSE node ids; the root is 1.
  *
  * Lookup counts follow fuse_lowlevel.h: every call that returns a struct pmfuse_attr for an entry
@@ -105,8 +106,11 @@ void pmfuse_fs_forget(struct pmfuse_fs *fs, uint64_t ino, uint64_t nlookup);
 int pmfuse_fs_getattr(struct pmfuse_fs *fs, uint64_t ino, struct pmfuse_attr *attr);
 int pmfuse_fs_setattr(struct pmfuse_fs *fs, uint64_t ino, const struct pmfuse_setattr *sa,
 		      unsigned valid, const struct pmfuse_cred *cred, struct pmfuse_attr *attr);
-/* mode carries the file type (S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK); the umask in cred
- * has already been applied by the kernel unless the caller says otherwise. */
+/* mode carries the file type (S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK). mknod and mkdir
+ * apply the parent's default ACL as Linux's posix_acl_create does (the new inode's access ACL
+ * is that ACL limited by mode; a new directory also inherits it as its default ACL) and,
+ * without one, the umask in cred (0 for none; applying one the kernel already applied changes
+ * nothing). */
 int pmfuse_fs_mknod(struct pmfuse_fs *fs, uint64_t parent, const char *name, uint32_t mode,
 		    uint64_t rdev, const struct pmfuse_cred *cred, struct pmfuse_attr *attr);
 int pmfuse_fs_mkdir(struct pmfuse_fs *fs, uint64_t parent, const char *name, uint32_t mode,
@@ -219,9 +223,19 @@ int pmfuse_fs_get_extents(struct pmfuse_fs *fs, uint64_t ino, uint64_t start,
 int pmfuse_fs_get_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t *blocks);
 int pmfuse_fs_set_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t blocks);
 
-/* ---- extended attributes (full names: "user.x", "trusted.x", "security.x", "system.x") ---- */
+/* ---- extended attributes (full names: "user.x", "trusted.x", "security.x", "system.x") ----
+ *
+ * POSIX ACLs are the xattrs system.posix_acl_access and system.posix_acl_default in Linux's
+ * binary form, interpreted here as Linux filesystems do (the kernel enforces them, FUSE leaves
+ * the rest to the server): setting an access ACL sets the mode's permission bits from it and is
+ * not stored when the mode says it all; chmod rewrites the ACL's owner, mask (or group) and
+ * other entries; new inodes inherit a directory's default ACL (see pmfuse_fs_mknod). Invalid
+ * ACLs: -EINVAL; a default ACL on a non-directory: -EACCES; an empty value removes the ACL. */
 #define PMFUSE_XATTR_CREATE  1   /* XATTR_CREATE */
 #define PMFUSE_XATTR_REPLACE 2   /* XATTR_REPLACE */
+/* With system.posix_acl_access: clear setgid (the caller is neither in the file's group nor
+ * has CAP_FSETID: FUSE_SETXATTR_ACL_KILL_SGID). */
+#define PMFUSE_XATTR_ACL_KILL_SGID 0x10000   /* not an XATTR_* flag: a FUSE extra */
 int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, const void *value,
 		       size_t size, int flags);
 /* size 0: returns the value's size. -ENODATA, -ERANGE. */

@@ -7,8 +7,10 @@
  *   inode.c   the inode table: locate, create, attributes, setattr
  *   dir.c     directory trees and the namespace operations (mknod ... rename, readdir)
  *   xattr.c   extended attributes
- *   extent.c  per-file extent maps: map, insert, remove ranges (freeing blocks)
- *   data.c    read, write, truncate, fallocate, lseek
+ *   acl.c     POSIX ACLs: validation, mode <-> ACL, inheritance on create
+ *   extent.c  per-file extent maps: map, insert, remove ranges (releasing blocks)
+ *   data.c    read, write, truncate, fallocate, lseek, copy-on-write of shared blocks
+ *   reflink.c clone_range, copy_range, unshare, extent reports, CoW hint, space check
  *
  * Inode records live in the leaves of the inode table. pmfuse_inode_locate() returns a pointer to
  * the record in the pool and the leaf block that holds it; fields are changed in place after
@@ -26,6 +28,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "fs/fs.h"
 #include "meta/alloc.h"
@@ -178,9 +181,146 @@ int pmfuse_extent_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
 int pmfuse_extent_unmap(struct pmfuse_tx *tx, struct pmfuse_extmap *m, uint64_t start,
 			uint64_t *end, struct pmfuse_extent_budget *budget);
 /* Gives up a file's claim on physical blocks: the one place that decides what an unmapped block
- * becomes (freed today; a dropped reference once blocks can be shared). */
+ * becomes. Drops one reference of each block (pmfuse_refcount_decr): blocks nobody maps any more
+ * are freed in the same transaction, shared ones keep their other owners. */
 int pmfuse_extent_release(struct pmfuse_tx *tx, struct pmfuse_fs *fs, uint64_t pblock,
 			  uint64_t len);
+/*
+ * How much refcount work a range of pool blocks [plo, phi) means, counted from the top down:
+ * its pieces are the refcount records it overlaps and, if gaps, the runs between them (blocks
+ * with one owner: an increment turns each into a record, a decrement frees it). *from gets the
+ * lowest block >= plo such that [*from, phi) holds at most max pieces (at least one: the top
+ * piece is always allowed), *pieces how many it holds. Read only. 0, -EUCLEAN.
+ */
+int pmfuse_refcount_span_down(struct pmfuse_fs *fs, uint64_t plo, uint64_t phi, uint64_t max,
+			      bool gaps, uint64_t *from, uint64_t *pieces);
+
+/* ---- reflink: data.c (copy-on-write) and reflink.c (clone, copy, extents, checks) ---- */
+/* CoW extent size hint when the inode's cowextsize is 0, and the largest hint accepted. */
+#define PMFUSE_COWEXTSIZE_DEFAULT 32u
+#define PMFUSE_COWEXTSIZE_MAX (1u << 21)
+/* Blocks file data may still take: free blocks beyond pmfuse_data_reserve(). */
+uint64_t pmfuse_data_avail(const struct pmfuse_fs *fs);
+/* pmfuse_fs_write without the lock (held for writing by the caller), regular files only. */
+ssize_t pmfuse_data_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
+			  uint64_t off, const struct pmfuse_cred *cred);
+/* The mode a write by cred leaves: setuid cleared, and setgid when group-executable, unless
+ * cred is root or NULL. */
+uint32_t pmfuse_data_kill_suid(uint32_t mode, const struct pmfuse_cred *cred);
+/* Copy-on-write of every shared block of [off, off + len) clipped at EOF (len 0: to EOF), no new
+ * data; holes stay holes. fs->lock held for writing. -ENOSPC leaves a prefix unshared. */
+int pmfuse_data_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t len);
+
+/*
+ * Space check of a whole filesystem (tests, fsck): every tree passes its structural check; for
+ * every pool block, the number of extent records mapping it (over all files) equals its refcount
+ * (1 without a record) and no refcount record covers a block nobody maps; metadata blocks (tree
+ * nodes, xattr values) are used exactly once and never as file data; every block in use is one of
+ * those, and every other block of the data area is free (the allocator's count matches); every
+ * inode's block count is the sum of its extents. Takes fs->lock for reading. Memory in
+ * proportion to extents and tree nodes, not blocks. 0, or -EUCLEAN with msg, or -ENOMEM.
+ */
+struct pmfuse_space_report {
+	uint64_t meta_blocks;      /* tree nodes and xattr value blocks */
+	uint64_t data_blocks;      /* distinct pool blocks mapped by files */
+	uint64_t mapped_blocks;    /* file blocks mapped, summed over files (shared ones counted
+				      once per mapping) */
+	uint64_t shared_blocks;    /* pool blocks mapped more than once */
+	uint64_t free_blocks;
+	uint64_t files, extents, refcount_recs;
+};
+int pmfuse_fs_check_space(struct pmfuse_fs *fs, struct pmfuse_space_report *rep, char *msg,
+			  size_t msglen);
+
+/* ---- xattr.c: access for acl.c (fs->lock held; for writing where a tx is given) ---- */
+/* Reads xattr name of a located inode into value (size 0: only the length); returns the length,
+ * -ENODATA, -ERANGE, -EUCLEAN. */
+ssize_t pmfuse_xattr_read(struct pmfuse_fs *fs, struct pmfuse_inode *ip,
+			  struct pmfuse_blk_hdr *leaf, const char *name, void *value, size_t size);
+/* Inside tx: sets xattr name of a located inode to value, or removes it when value is NULL (a
+ * missing name is no error). Tree operations only (the record stays where it is): a caller that
+ * then changes the record (ctime, mode) declares it again first. */
+int pmfuse_xattr_write(struct pmfuse_fs *fs, struct pmfuse_tx *tx, struct pmfuse_inode *ip,
+		       struct pmfuse_blk_hdr *leaf, const char *name, const void *value,
+		       size_t size);
+
+/* ---- acl.c: POSIX ACLs ----
+ * Stored as Linux's xattr form (posix_acl_xattr.h: a le32 version 2, then le16 tag, le16 perm,
+ * le32 id per entry), which is also what FUSE passes; ids of entries other than named users and
+ * groups are stored as PMFUSE_ACL_UNDEFINED_ID. */
+#define PMFUSE_XATTR_ACL_ACCESS  "system.posix_acl_access"
+#define PMFUSE_XATTR_ACL_DEFAULT "system.posix_acl_default"
+#define PMFUSE_ACL_VERSION 2u
+#define PMFUSE_ACL_USER_OBJ  0x01u
+#define PMFUSE_ACL_USER      0x02u
+#define PMFUSE_ACL_GROUP_OBJ 0x04u
+#define PMFUSE_ACL_GROUP     0x08u
+#define PMFUSE_ACL_MASK      0x10u
+#define PMFUSE_ACL_OTHER     0x20u
+#define PMFUSE_ACL_UNDEFINED_ID 0xffffffffu
+/* The largest ACL value: one 4 KiB page, the most the kernel passes to or takes from a FUSE
+ * server (fs/fuse/acl.c). */
+#define PMFUSE_ACL_XATTR_MAX 4096u
+#define PMFUSE_ACL_ENTRIES_MAX ((PMFUSE_ACL_XATTR_MAX - 4) / 8)
+
+struct pmfuse_acl_entry {
+	uint16_t tag, perm;        /* PMFUSE_ACL_*; rwx as 4, 2, 1 */
+	uint32_t id;               /* uid or gid of PMFUSE_ACL_USER / _GROUP */
+};
+struct pmfuse_acl {
+	unsigned count;
+	struct pmfuse_acl_entry e[PMFUSE_ACL_ENTRIES_MAX];
+};
+
+/* Whether name is one of the two ACL attributes. */
+bool pmfuse_acl_name(const char *name);
+/* Decodes an xattr value: 0 (count 0 for an empty value or a bare header: "no ACL", as Linux
+ * reads it), -EOPNOTSUPP (version is not 2, as posix_acl_from_xattr), -EINVAL (size is not a
+ * header plus whole entries), -E2BIG (above PMFUSE_ACL_XATTR_MAX). Does not validate. */
+int pmfuse_acl_from_xattr(const void *value, size_t size, struct pmfuse_acl *acl);
+/* Linux's posix_acl_valid: perms within rwx; tags in the order USER_OBJ, USER*, GROUP_OBJ,
+ * GROUP*, MASK, OTHER, each of USER_OBJ, GROUP_OBJ, OTHER once, MASK at most once and required
+ * when there are named entries; named ids not PMFUSE_ACL_UNDEFINED_ID. -EINVAL otherwise. Like
+ * Linux, the order of named entries among themselves is not checked. */
+int pmfuse_acl_valid(const struct pmfuse_acl *acl);
+/* Encodes into buf (4 + 8 * count bytes); returns the size. */
+size_t pmfuse_acl_to_xattr(const struct pmfuse_acl *acl, void *buf);
+/* posix_acl_equiv_mode: sets the rwx bits of *mode from the ACL (group bits from the mask when
+ * there is one); returns 0 when the mode says everything (no named entries, no mask), else 1. */
+int pmfuse_acl_equiv_mode(const struct pmfuse_acl *acl, uint32_t *mode);
+/* posix_acl_chmod: owner, group (the mask when there is one) and other entries from mode. */
+void pmfuse_acl_chmod(struct pmfuse_acl *acl, uint32_t mode);
+/* posix_acl_create_masq: a default ACL applied to a new inode's requested mode: limits the ACL's
+ * owner, other and mask (or group) entries by mode and the mode's rwx bits by them. Returns 0
+ * when the result is equivalent to the mode (no access ACL needed), else 1. */
+int pmfuse_acl_create_masq(struct pmfuse_acl *acl, uint32_t *mode);
+
+/* setxattr / removexattr of an ACL name on a located inode (write lock held; own transaction).
+ * PMFUSE_XATTR_ACL_KILL_SGID in flags clears setgid with an access ACL; CREATE / REPLACE are
+ * ignored, as Linux ignores them for ACLs. */
+int pmfuse_acl_set(struct pmfuse_fs *fs, struct pmfuse_inode *ip, struct pmfuse_blk_hdr *leaf,
+		   const char *name, const void *value, size_t size, int flags);
+int pmfuse_acl_remove(struct pmfuse_fs *fs, struct pmfuse_inode *ip, struct pmfuse_blk_hdr *leaf,
+		      const char *name);
+/* Inside the transaction of a chmod, before the record changes: brings a located inode's access
+ * ACL (if any) in step with its new mode. */
+int pmfuse_acl_chmod_tx(struct pmfuse_fs *fs, struct pmfuse_tx *tx, struct pmfuse_inode *ip,
+			struct pmfuse_blk_hdr *leaf, uint32_t mode);
+/* What a new inode inherits (posix_acl_create). prepare, before the create transaction: reads
+ * the parent's default ACL; with one, *mode is limited by it and the ACLs to give are kept in
+ * inh; without one, the umask of cred is applied to *mode (FUSE_CAP_DONT_MASK leaves it to the
+ * server; applying it again where the kernel did is harmless). Symlinks get neither. apply,
+ * inside the create transaction once the inode exists: stores them. done frees inh. */
+struct pmfuse_acl_inherit {
+	uint8_t *buf;                  /* NULL: nothing to store */
+	size_t access_len, default_len;
+};
+int pmfuse_acl_inherit_prepare(struct pmfuse_fs *fs, struct pmfuse_inode *dp,
+			       struct pmfuse_blk_hdr *dleaf, const struct pmfuse_cred *cred,
+			       uint32_t *mode, struct pmfuse_acl_inherit *inh);
+int pmfuse_acl_inherit_apply(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint64_t ino,
+			     const struct pmfuse_acl_inherit *inh);
+void pmfuse_acl_inherit_done(struct pmfuse_acl_inherit *inh);
 
 /* ---- shared helpers ---- */
 /* 48-bit name hash for directory and xattr keys, never 0. */

@@ -1,0 +1,910 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Reflink: clone_range, copy_range, unshare, extent reports, the CoW extent size hint, and a
+ * space check of the whole filesystem.
+ *
+ * Sharing model (meta/refcount.h, format.md): a pool block may be mapped by several extent
+ * records, of several files or of one; the refcount tree counts them for blocks with more than
+ * one (no record: one owner). Invariant between transactions, for every block of the data area:
+ *
+ *   S1 mapped by k >= 1 extent records  <=>  allocated, and its count is k (a record when k >= 2);
+ *   S2 mapped by none                  <=>  free, or a metadata block (tree node, xattr value)
+ *                                           used exactly once and never mapped.
+ *
+ * Every unmapping goes through pmfuse_extent_release (one reference less, freed at zero), every
+ * new mapping of an existing block through pmfuse_refcount_incr in the same transaction, so a
+ * transaction keeps S1-S2 whole. pmfuse_fs_check_space() verifies them.
+ *
+ * Clone (FICLONERANGE semantics; fs.h). Source blocks [s0, s0 + n) go to destination blocks
+ * [d0, d0 + n), from the TOP DOWN, in pieces, as many pieces per transaction as the budget of
+ * the undo log allows (the extent budget of extent.c: one node per record changed):
+ *
+ *                s0                                                  s0 + top = pe
+ *      source     |.......[=========== extent E ===========)...hole...|
+ *                                                          |<- piece ->|  first: a hole piece
+ *                         |<------------ piece ----------->|              then an extent piece
+ *   1. the piece: the source's state just below the top, pe: part of an extent (down to its
+ *      start or s0) or a hole (down to the extent below or s0); an extent piece is shortened
+ *      from below so that its refcount increment touches at most half the budget's nodes;
+ *   2. unmap the destination's blocks of [d(ps), d(pe)) (pmfuse_extent_unmap, top down,
+ *      budgeted: it may stop at some `to` above d(ps));
+ *   3. an extent piece: map [to, d(pe)) to the source's pool blocks and increment their
+ *      counts; a hole piece: nothing more (holes become holes);
+ *   4. top = to - d0; the next piece, or commit when the budget is spent.
+ * Each transaction also sets the destination's size (to its final value, if it grows) and times.
+ * Increments of consecutive pieces whose pool blocks touch are made as one (a file cloned block
+ * by block, in either order, costs one refcount record per transaction instead of one per
+ * block).
+ *
+ * Working down from the top has the property that makes a budget stop anywhere safe: what the
+ * unmapping leaves behind is always the part below `to`, the part not done yet, and what is done
+ * is a contiguous top of the range. A crash between transactions therefore shows each
+ * destination block either as it was or as the source's (never unmapped in between: unmapping
+ * and mapping a block happen in the same transaction), every block counted once per owner, the
+ * size already final. Cost: proportional to the extents of the source range and of the
+ * destination range it replaces (and their refcount records), never to their bytes.
+ *
+ * copy_range shares the whole blocks when the offsets are congruent modulo the block size and
+ * copies the unaligned head and tail with the normal write path; a tail that ends at the source's
+ * EOF is shared too when it reaches the destination's EOF (the clone rule: the source block's
+ * bytes past its EOF are zero). Incongruent offsets copy bytes through a bounce buffer in
+ * bounded chunks, at most COPY_MAX per call. It returns what it did: > 0 inside the source's
+ * EOF, never 0.
+ *
+ * Locking: every entry point takes fs->lock (the writer for changes), which also covers the
+ * "both inodes locked" rule of FICLONERANGE.
+ */
+#include "fs/fs_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "meta/refcount.h"
+#include "util/util.h"
+
+#define ULL(x) ((unsigned long long)(x))
+
+/* Bytes copied per step when offsets are incongruent (a bounce buffer of this size), and at
+ * most per call (a short count: callers of copy_file_range loop), so that one call does not
+ * hold the filesystem lock for a time in proportion to an unbounded length. */
+#define COPY_CHUNK (1u << 20)
+#define COPY_MAX (64u << 20)
+
+/* A located inode with its extent map. */
+struct rfile {
+	uint64_t ino;
+	struct pmfuse_inode *ip;
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_extmap map;
+};
+
+/* Locates a regular file: -EISDIR for a directory, -EINVAL for anything else not regular. */
+static int rfile_get(struct pmfuse_fs *fs, uint64_t ino, struct rfile *f)
+{
+	uint32_t mode;
+	int rc;
+
+	rc = pmfuse_inode_locate(fs, ino, &f->ip, &f->leaf);
+	if (rc)
+		return rc;
+	mode = pmfuse_le32(f->ip->mode);
+	if (S_ISDIR(mode))
+		return -EISDIR;
+	if (!S_ISREG(mode))
+		return -EINVAL;
+	if (pmfuse_le64(f->ip->size) > PMFUSE_FILE_SIZE_MAX)
+		return PMFUSE_CORRUPT("inode %llu: size %llu is past the largest file", ULL(ino),
+				      ULL(pmfuse_le64(f->ip->size)));
+	f->ino = ino;
+	pmfuse_extmap_open(&f->map, fs, f->ip, f->leaf);
+	return 0;
+}
+
+static uint64_t rsize(const struct rfile *f)
+{
+	return pmfuse_le64(f->ip->size);
+}
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+	return a < b + blen && b < a + alen;
+}
+
+/* ---- clone ---------------------------------------------------------------------------------- */
+
+struct clone {
+	struct pmfuse_fs *fs;
+	struct rfile *src, *dst;          /* the same object for a clone inside one file */
+	uint64_t s0, d0;                  /* first source and destination block */
+	uint64_t top;                     /* blocks [s0, s0 + top) are still to do */
+	uint64_t size;                    /* the destination's size when done (if it grows) */
+	const struct pmfuse_cred *cred;   /* clears setuid/setgid like a write; may be NULL */
+};
+
+/* Pool blocks whose count goes up in this transaction: consecutive pieces whose blocks touch
+ * are incremented together (a file cloned block by block in order, or in reverse order). */
+struct incr_run {
+	struct pmfuse_btree rt;
+	uint64_t start, len;
+};
+
+static int incr_flush(struct pmfuse_tx *tx, struct clone *c, struct incr_run *ir)
+{
+	int rc = 0;
+
+	if (ir->len)
+		rc = pmfuse_refcount_incr(tx, &ir->rt, c->fs->alloc, ir->start, ir->len);
+	ir->len = 0;
+	return rc;
+}
+
+static int incr_add(struct pmfuse_tx *tx, struct clone *c, struct incr_run *ir, uint64_t start,
+		    uint64_t len)
+{
+	int rc;
+
+	if (ir->len && ir->len + len <= PMFUSE_EXTENT_MAX_LEN) {
+		if (ir->start + ir->len == start) {
+			ir->len += len;
+			return 0;
+		}
+		if (start + len == ir->start) {
+			ir->start = start;
+			ir->len += len;
+			return 0;
+		}
+	}
+	rc = incr_flush(tx, c, ir);
+	ir->start = start;
+	ir->len = len;
+	return rc;
+}
+
+/* Steps 1-4 of the diagram at the top, for as many pieces as budget b pays; *top goes down. */
+static int clone_pieces(struct pmfuse_tx *tx, struct clone *c, uint64_t *top,
+			struct pmfuse_extent_budget *b)
+{
+	struct incr_run ir = { .len = 0 };
+	bool first = true;
+	int rc;
+
+	pmfuse_refcount_tree(c->fs->vol, &ir.rt);
+	while (*top && (first || b->recs > 3)) {
+		uint64_t pe = c->s0 + *top, ps, dlo, dhi, to, pieces = 0;
+		struct pmfuse_iext e;
+		bool hole;
+
+		first = false;
+		/* 1. the piece just below the top */
+		rc = pmfuse_extent_prev(&c->src->map, pe, &e);
+		if (rc && rc != -ENOENT)
+			return rc;
+		if (rc == -ENOENT || e.fblock + e.len <= c->s0) {
+			ps = c->s0;
+			hole = true;
+		} else if (e.fblock + e.len < pe) {
+			ps = e.fblock + e.len;
+			hole = true;
+		} else {
+			uint64_t from;
+
+			ps = PMFUSE_MAX(e.fblock, c->s0);
+			hole = false;
+			pieces = 1;
+			if (pe - ps > 1) {
+				rc = pmfuse_refcount_span_down(c->fs, e.pblock + (ps - e.fblock),
+							       e.pblock + (pe - e.fblock),
+							       PMFUSE_MAX(b->recs / 2, 1u), true,
+							       &from, &pieces);
+				if (rc)
+					return rc;
+				ps = e.fblock + (from - e.pblock);
+			}
+		}
+
+		/* 2. the destination's blocks there lose their reference */
+		dlo = c->d0 + (ps - c->s0);
+		dhi = c->d0 + (pe - c->s0);
+		to = dhi;
+		rc = pmfuse_extent_unmap(tx, &c->dst->map, dlo, &to, b);
+		if (rc)
+			return rc;
+		if (to == dhi)
+			break;   /* budget spent */
+
+		/* 3. and map the source's blocks, which gain one */
+		if (!hole) {
+			struct pmfuse_iext x = {
+				.fblock = to,
+				.len = dhi - to,
+				.pblock = e.pblock + (pe - e.fblock) - (dhi - to),
+			};
+
+			rc = pmfuse_extent_insert(tx, &c->dst->map, &x);
+			if (!rc)
+				rc = incr_add(tx, c, &ir, x.pblock, x.len);
+			if (rc)
+				return rc;
+			b->recs -= PMFUSE_MIN(b->recs, 1 + pieces + 2);
+		}
+		/* 4. */
+		*top = to - c->d0;
+	}
+	return incr_flush(tx, c, &ir);
+}
+
+/* The destination's inode in each clone transaction: final size, times, setuid/setgid. */
+static int clone_inode(struct pmfuse_tx *tx, struct clone *c)
+{
+	struct pmfuse_inode *ip = c->dst->ip;
+	int rc;
+
+	rc = pmfuse_inode_change(tx, c->dst->leaf, ip, sizeof(*ip));
+	if (rc)
+		return rc;
+	if (pmfuse_le64(ip->size) < c->size)
+		pmfuse_set_le64(&ip->size, c->size);
+	pmfuse_set_le32(&ip->mode, pmfuse_data_kill_suid(pmfuse_le32(ip->mode), c->cred));
+	return pmfuse_inode_touch(tx, c->dst->leaf, ip, PMFUSE_TIME_M | PMFUSE_TIME_C);
+}
+
+/*
+ * Runs the clone in as many transactions as it needs. A transaction that finds the log (or the
+ * pool) full aborts and is retried with half the budget, down to one record; the smaller budget
+ * is kept for the rest. -ENOSPC when the pool has no block for metadata (beyond the data
+ * reserve, which is kept for the operations that give space back); the blocks done so far stay
+ * done, every block counted.
+ */
+static int clone_run(struct clone *c)
+{
+	struct pmfuse_extent_budget full;
+	int rc;
+
+	pmfuse_extent_budget_init(c->fs, &full);
+	while (c->top) {
+		struct pmfuse_extent_budget b = full;
+		uint64_t top = c->top;
+		struct pmfuse_tx *tx;
+
+		if (!pmfuse_data_avail(c->fs))
+			return -ENOSPC;
+		tx = pmfuse_tx_begin(c->fs->txm);
+		rc = clone_pieces(tx, c, &top, &b);
+		if (!rc)
+			rc = clone_inode(tx, c);
+		if (!rc) {
+			pmfuse_tx_commit(tx);
+			c->top = top;
+			continue;
+		}
+		pmfuse_tx_abort(tx);
+		if (rc != -ENOSPC || (full.recs <= 1 && full.blocks <= 1))
+			return rc;
+		full.recs = PMFUSE_MAX(full.recs / 2, 1u);
+		full.blocks = PMFUSE_MAX(full.blocks / 2, 1u);
+	}
+	return 0;
+}
+
+/*
+ * Checks a clone request as FICLONERANGE does (generic_remap_checks) and fills *c. Returns 1
+ * when there is nothing to do (len 0 at EOF), 0 to go on, or -errno.
+ */
+static int clone_prep(struct pmfuse_fs *fs, struct rfile *src, uint64_t src_off, uint64_t len,
+		      struct rfile *dst, uint64_t dst_off, struct clone *c)
+{
+	uint64_t bs = fs->bs, ssize = rsize(src), dsize = rsize(dst), blen;
+
+	if (!len) {
+		if (src_off == ssize)
+			return 1;
+		if (src_off > ssize)
+			return -EINVAL;
+		len = ssize - src_off;
+	}
+	if (src_off % bs || dst_off % bs)
+		return -EINVAL;
+	if (src_off > UINT64_MAX - len || dst_off > UINT64_MAX - len)
+		return -EINVAL;
+	if (src_off >= ssize || len > ssize - src_off)
+		return -EINVAL;
+	if (src_off + len == ssize) {
+		/* to the source's EOF: the last block goes whole, its tail zeros (E5) included,
+		 * so it may only land where it ends the destination too */
+		blen = PMFUSE_ALIGN_UP(ssize, bs) - src_off;
+		if (len % bs && dst_off + len < dsize)
+			return -EINVAL;
+	} else {
+		if (len % bs)
+			return -EINVAL;
+		blen = len;
+	}
+	if (dst_off > PMFUSE_FILE_SIZE_MAX || len > PMFUSE_FILE_SIZE_MAX - dst_off)
+		return -EFBIG;
+	if (src->ino == dst->ino && ranges_overlap(src_off, blen, dst_off, blen))
+		return -EINVAL;
+	memset(c, 0, sizeof(*c));
+	c->fs = fs;
+	c->src = src;
+	c->dst = dst;
+	c->s0 = src_off / bs;
+	c->d0 = dst_off / bs;
+	c->top = blen / bs;
+	c->size = dst_off + len;
+	return 0;
+}
+
+/* Locates both files (one object when they are the same). */
+static int rfiles_get(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t dst_ino, struct rfile *s,
+		      struct rfile *d, struct rfile **dp)
+{
+	int rc = rfile_get(fs, src_ino, s);
+
+	if (!rc && src_ino != dst_ino)
+		rc = rfile_get(fs, dst_ino, d);
+	*dp = src_ino == dst_ino ? s : d;
+	return rc;
+}
+
+int pmfuse_fs_clone_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			  uint64_t len, uint64_t dst_ino, uint64_t dst_off)
+{
+	struct rfile s, d, *dp;
+	struct clone c;
+	int rc;
+
+	if (fs->readonly)
+		return -EROFS;
+	pthread_rwlock_wrlock(&fs->lock);
+	rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
+	if (!rc)
+		rc = clone_prep(fs, &s, src_off, len, dp, dst_off, &c);
+	if (!rc)
+		rc = clone_run(&c);
+	pthread_rwlock_unlock(&fs->lock);
+	return rc < 0 ? rc : 0;
+}
+
+/* ---- copy_file_range ------------------------------------------------------------------------ */
+
+/* Copies n bytes through a bounce buffer and the write path; returns the bytes done or -errno. */
+static ssize_t copy_bytes(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t so, uint64_t dst_ino,
+			  uint64_t dso, uint64_t n, const struct pmfuse_cred *cred)
+{
+	size_t cap = (size_t)PMFUSE_MIN(n, (uint64_t)COPY_CHUNK);
+	uint64_t done = 0;
+	uint8_t *buf;
+
+	if (!n)
+		return 0;
+	buf = malloc(cap);
+	if (!buf)
+		return -ENOMEM;
+	while (done < n) {
+		size_t chunk = (size_t)PMFUSE_MIN(n - done, (uint64_t)cap);
+		ssize_t r = pmfuse_data_pread_locked(fs, src_ino, buf, chunk, so + done), w;
+
+		if (r <= 0) {
+			if (!done)
+				done = r < 0 ? (uint64_t)r : 0;
+			break;
+		}
+		w = pmfuse_data_write(fs, dst_ino, buf, (size_t)r, dso + done, cred);
+		if (w <= 0) {
+			if (!done)
+				done = (uint64_t)w;
+			break;
+		}
+		done += (uint64_t)w;
+		if (w < r)
+			break;
+	}
+	free(buf);
+	return (ssize_t)done;
+}
+
+static ssize_t copy_range_locked(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+				 uint64_t dst_ino, uint64_t dst_off, uint64_t len,
+				 const struct pmfuse_cred *cred)
+{
+	uint64_t bs = fs->bs, ssize, head, mid, tail, done = 0;
+	struct rfile s, d, *dp;
+	struct clone c;
+	ssize_t n;
+	int rc;
+
+	rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
+	if (rc)
+		return rc;
+	ssize = rsize(&s);
+	if (src_off >= ssize || !len)
+		return 0;
+	len = PMFUSE_MIN(len, ssize - src_off);
+	if (dst_off >= PMFUSE_FILE_SIZE_MAX)
+		return -EFBIG;
+	len = PMFUSE_MIN(len, PMFUSE_FILE_SIZE_MAX - dst_off);
+	if (src_ino == dst_ino && ranges_overlap(src_off, len, dst_off, len))
+		return -EINVAL;
+	if (src_off % bs != dst_off % bs)
+		return copy_bytes(fs, src_ino, src_off, dst_ino, dst_off,
+				  PMFUSE_MIN(len, (uint64_t)COPY_MAX), cred);
+
+	/* congruent: head bytes, whole blocks shared, tail bytes (or shared at EOF) */
+	head = PMFUSE_MIN(len, (bs - src_off % bs) % bs);
+	mid = (len - head) / bs * bs;
+	tail = len - head - mid;
+	if (head) {
+		n = copy_bytes(fs, src_ino, src_off, dst_ino, dst_off, head, cred);
+		if (n < 0 || (uint64_t)n < head)
+			return n;
+		done = head;
+	}
+	if (mid || tail) {
+		/* locate again after the head's write */
+		rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
+		if (rc)
+			return done ? (ssize_t)done : rc;
+		/* sizes as they are now: the head may have grown the file (same file) */
+		if (tail && src_off + len == rsize(&s) && dst_off + len >= rsize(dp)) {
+			mid += tail;
+			tail = 0;
+		}
+	}
+	if (mid) {
+		rc = clone_prep(fs, &s, src_off + head, mid, dp, dst_off + head, &c);
+		if (!rc) {
+			c.cred = cred;
+			rc = clone_run(&c);
+		}
+		if (rc < 0)
+			return done ? (ssize_t)done : rc;
+		done += mid;
+	}
+	if (tail) {
+		n = copy_bytes(fs, src_ino, src_off + done, dst_ino, dst_off + done, tail, cred);
+		if (n < 0)
+			return done ? (ssize_t)done : n;
+		done += (uint64_t)n;
+	}
+	return (ssize_t)done;
+}
+
+ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			     uint64_t dst_ino, uint64_t dst_off, uint64_t len,
+			     const struct pmfuse_cred *cred)
+{
+	ssize_t n;
+
+	if (fs->readonly)
+		return -EROFS;
+	pthread_rwlock_wrlock(&fs->lock);
+	n = copy_range_locked(fs, src_ino, src_off, dst_ino, dst_off, len, cred);
+	pthread_rwlock_unlock(&fs->lock);
+	return n;
+}
+
+/* ---- unshare -------------------------------------------------------------------------------- */
+
+int pmfuse_fs_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t len)
+{
+	struct rfile f;
+	int rc;
+
+	if (fs->readonly)
+		return -EROFS;
+	if (off > PMFUSE_FILE_SIZE_MAX || len > PMFUSE_FILE_SIZE_MAX - off)
+		return -EFBIG;
+	pthread_rwlock_wrlock(&fs->lock);
+	rc = rfile_get(fs, ino, &f);
+	if (!rc)
+		rc = pmfuse_data_unshare(fs, ino, off, len);
+	pthread_rwlock_unlock(&fs->lock);
+	return rc;
+}
+
+/* ---- extent report -------------------------------------------------------------------------- */
+
+struct gx {
+	struct pmfuse_btree rc;
+	uint32_t bs;
+	uint64_t from;
+	struct pmfuse_extent_info *out;
+	unsigned max, n;
+	uint64_t next;
+	int err;
+};
+
+/* Reports e from block gx->from on, split into runs of equal refcount. */
+static int gx_ext(void *arg, const struct pmfuse_iext *e)
+{
+	struct gx *g = arg;
+	uint64_t pos = PMFUSE_MAX(e->fblock, g->from), end = e->fblock + e->len;
+
+	while (pos < end) {
+		uint64_t p = e->pblock + (pos - e->fblock), run;
+		uint32_t count;
+
+		if (g->n == g->max) {
+			g->next = pos * g->bs;
+			return 1;
+		}
+		g->err = pmfuse_refcount_get(&g->rc, p, end - pos, &count, &run);
+		if (g->err)
+			return 1;
+		g->out[g->n].logical = pos * g->bs;
+		g->out[g->n].physical = p * g->bs;
+		g->out[g->n].length = run * g->bs;
+		g->out[g->n].refcount = count;
+		g->n++;
+		pos += run;
+	}
+	return 0;
+}
+
+int pmfuse_fs_get_extents(struct pmfuse_fs *fs, uint64_t ino, uint64_t start,
+			  struct pmfuse_extent_info *out, unsigned max, uint64_t *next)
+{
+	struct gx g = { .bs = fs->bs, .out = out, .max = max, .next = UINT64_MAX };
+	struct rfile f;
+	int rc;
+
+	*next = UINT64_MAX;
+	pthread_rwlock_rdlock(&fs->lock);
+	rc = rfile_get(fs, ino, &f);
+	if (!rc && max) {
+		pmfuse_refcount_tree(fs->vol, &g.rc);
+		g.from = start / fs->bs;
+		rc = pmfuse_extent_walk(&f.map, g.from, f.map.fmax, gx_ext, &g);
+		if (rc > 0)
+			rc = 0;
+		if (!rc)
+			rc = g.err;
+		*next = g.next;
+	} else if (!rc) {
+		*next = start;
+	}
+	pthread_rwlock_unlock(&fs->lock);
+	return rc ? rc : (int)g.n;
+}
+
+/* ---- CoW extent size hint ------------------------------------------------------------------- */
+
+static int hint_inode(struct pmfuse_fs *fs, uint64_t ino, struct pmfuse_inode **ip,
+		      struct pmfuse_blk_hdr **leaf)
+{
+	uint32_t mode;
+	int rc = pmfuse_inode_locate(fs, ino, ip, leaf);
+
+	if (rc)
+		return rc;
+	mode = pmfuse_le32((*ip)->mode);
+	return S_ISREG(mode) || S_ISDIR(mode) ? 0 : -EINVAL;
+}
+
+int pmfuse_fs_get_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t *blocks)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+	int rc;
+
+	pthread_rwlock_rdlock(&fs->lock);
+	rc = hint_inode(fs, ino, &ip, &leaf);
+	if (!rc)
+		*blocks = pmfuse_le32(ip->cowextsize);
+	pthread_rwlock_unlock(&fs->lock);
+	return rc;
+}
+
+int pmfuse_fs_set_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t blocks)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+	struct pmfuse_tx *tx;
+	int rc;
+
+	if (blocks > PMFUSE_COWEXTSIZE_MAX)
+		return -EINVAL;
+	if (fs->readonly)
+		return -EROFS;
+	pthread_rwlock_wrlock(&fs->lock);
+	rc = hint_inode(fs, ino, &ip, &leaf);
+	if (!rc) {
+		tx = pmfuse_tx_begin(fs->txm);
+		rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
+		if (!rc) {
+			pmfuse_set_le32(&ip->cowextsize, blocks);
+			rc = pmfuse_inode_touch(tx, leaf, ip, PMFUSE_TIME_C);
+		}
+		if (rc)
+			pmfuse_tx_abort(tx);
+		else
+			pmfuse_tx_commit(tx);
+	}
+	pthread_rwlock_unlock(&fs->lock);
+	return rc;
+}
+
+/* ---- space check ---------------------------------------------------------------------------- */
+
+/* A run of pool blocks found in the trees: metadata (used once) or file data (counted). */
+struct span {
+	uint64_t pos;
+	int64_t delta;      /* +1 at a start, -1 at an end */
+	bool meta;
+};
+
+struct check {
+	struct pmfuse_fs *fs;
+	struct span *v;
+	size_t n, cap;
+	uint64_t data_start, data_end;
+	struct pmfuse_space_report rep;
+	char *msg;
+	size_t msglen;
+	int err;
+};
+
+static int check_fail(struct check *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int check_fail(struct check *k, const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (k->msg && k->msglen)
+		snprintf(k->msg, k->msglen, "%s", buf);
+	if (!k->err)
+		k->err = pmfuse_corrupt(__FILE__, __LINE__, "space check: %s", buf);
+	return k->err;
+}
+
+static void span_add(struct check *k, uint64_t start, uint64_t len, bool meta)
+{
+	if (k->err)
+		return;
+	if (!len || start < k->data_start || start > k->data_end || len > k->data_end - start) {
+		check_fail(k, "%s blocks %llu+%llu outside the data area", meta ? "metadata" : "data",
+			   ULL(start), ULL(len));
+		return;
+	}
+	if (k->n + 2 > k->cap) {
+		size_t cap = k->cap ? k->cap * 2 : 1024;
+		struct span *v = realloc(k->v, cap * sizeof(*v));
+
+		if (!v) {
+			k->err = -ENOMEM;
+			return;
+		}
+		k->v = v;
+		k->cap = cap;
+	}
+	k->v[k->n++] = (struct span){ start, +1, meta };
+	k->v[k->n++] = (struct span){ start + len, -1, meta };
+	if (meta)
+		k->rep.meta_blocks += len;
+}
+
+static void visit_node(void *arg, uint64_t blk)
+{
+	span_add(arg, blk, 1, true);
+}
+
+static int check_tree(struct check *k, const struct pmfuse_btree *bt)
+{
+	char msg[200] = "";
+
+	if (pmfuse_btree_check(bt, visit_node, k, msg, sizeof(msg)))
+		return check_fail(k, "%s tree (owner %llu): %s", bt->ops->name, ULL(bt->owner),
+				  msg);
+	return k->err;
+}
+
+static int check_inode(struct check *k, uint64_t ino)
+{
+	struct pmfuse_fs *fs = k->fs;
+	struct pmfuse_btree_cursor cur;
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+	struct pmfuse_btree bt;
+	uint32_t mode;
+	int rc;
+
+	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
+	if (rc)
+		return check_fail(k, "inode %llu: locate: %d", ULL(ino), rc);
+	mode = pmfuse_le32(ip->mode);
+	if (S_ISREG(mode) || S_ISLNK(mode)) {
+		uint64_t sum = 0, prev_end = 0;
+
+		k->rep.files++;
+		pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
+		if (check_tree(k, &bt))
+			return k->err;
+		for (rc = pmfuse_btree_first(&cur, &bt); !rc; rc = pmfuse_btree_next(&cur)) {
+			struct pmfuse_extent x;
+			uint64_t f, p, len;
+
+			memcpy(&x, pmfuse_btree_cursor_rec(&cur), sizeof(x));
+			f = pmfuse_le64(x.fblock);
+			p = pmfuse_le64(x.pblock);
+			len = pmfuse_le32(x.len);
+			if (f < prev_end)
+				return check_fail(k, "inode %llu: extent at file block %llu overlaps",
+						  ULL(ino), ULL(f));
+			span_add(k, p, len, false);
+			sum += len;
+			prev_end = f + len;
+			k->rep.extents++;
+		}
+		if (rc != -ENOENT)
+			return check_fail(k, "inode %llu: reading extents: %d", ULL(ino), rc);
+		if (sum != pmfuse_le64(ip->blocks))
+			return check_fail(k, "inode %llu: %llu blocks mapped, the inode says %llu",
+					  ULL(ino), ULL(sum), ULL(pmfuse_le64(ip->blocks)));
+		k->rep.mapped_blocks += sum;
+	} else if (S_ISDIR(mode)) {
+		pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_dirent_ops, &bt);
+		if (check_tree(k, &bt))
+			return k->err;
+	}
+	pmfuse_inode_tree(fs, ip, leaf, &ip->xattrs, &pmfuse_xattr_ops, &bt);
+	if (check_tree(k, &bt))
+		return k->err;
+	for (rc = pmfuse_btree_first(&cur, &bt); !rc; rc = pmfuse_btree_next(&cur)) {
+		const struct pmfuse_xattr *x = pmfuse_btree_cursor_rec(&cur);
+
+		if (pmfuse_le64(x->value_blk))
+			span_add(k, pmfuse_le64(x->value_blk), pmfuse_le32(x->value_blocks), true);
+	}
+	if (rc != -ENOENT)
+		return check_fail(k, "inode %llu: reading xattrs: %d", ULL(ino), rc);
+	return k->err;
+}
+
+static int span_cmp(const void *a, const void *b)
+{
+	const struct span *x = a, *y = b;
+
+	if (x->pos != y->pos)
+		return x->pos < y->pos ? -1 : 1;
+	return (x->delta > y->delta) - (x->delta < y->delta);   /* ends first */
+}
+
+/* Blocks [a, b) are mapped `cov` times: their refcount must say so and they must be in use. */
+static int check_segment(struct check *k, const struct pmfuse_btree *rt, uint64_t a, uint64_t b,
+			 uint64_t cov)
+{
+	struct pmfuse_alloc *al = k->fs->alloc;
+
+	for (uint64_t pos = a; pos < b;) {
+		uint64_t run;
+		uint32_t count;
+		int rc = pmfuse_refcount_get(rt, pos, b - pos, &count, &run);
+
+		if (rc)
+			return check_fail(k, "refcount of block %llu: %d", ULL(pos), rc);
+		if (count != cov)
+			return check_fail(k, "blocks %llu+%llu are mapped %llu times, refcount %u",
+					  ULL(pos), ULL(run), ULL(cov), count);
+		pos += run;
+	}
+	for (uint64_t blk = a; al && blk < b; blk++)
+		if (pmfuse_alloc_is_used(al, blk) != 1)
+			return check_fail(k, "block %llu is mapped but free", ULL(blk));
+	return 0;
+}
+
+static int check_sweep(struct check *k, const struct pmfuse_btree *rt)
+{
+	struct pmfuse_alloc *al = k->fs->alloc;
+	int64_t data = 0, meta = 0;
+
+	qsort(k->v, k->n, sizeof(*k->v), span_cmp);
+	for (size_t i = 0; i < k->n; i++) {
+		uint64_t a = k->v[i].pos, b;
+
+		if (k->v[i].meta)
+			meta += k->v[i].delta;
+		else
+			data += k->v[i].delta;
+		if (i + 1 == k->n || k->v[i + 1].pos == a)
+			continue;
+		b = k->v[i + 1].pos;
+		if (meta > 1 || (meta && data))
+			return check_fail(k, "blocks %llu+%llu are used %lld times as metadata and "
+					  "%lld times as data", ULL(a), ULL(b - a), (long long)meta,
+					  (long long)data);
+		if (meta) {
+			for (uint64_t blk = a; al && blk < b; blk++)
+				if (pmfuse_alloc_is_used(al, blk) != 1)
+					return check_fail(k, "metadata block %llu is free",
+							  ULL(blk));
+		} else if (data) {
+			if (check_segment(k, rt, a, b, (uint64_t)data))
+				return k->err;
+			k->rep.data_blocks += b - a;
+			if (data > 1)
+				k->rep.shared_blocks += b - a;
+		}
+	}
+	return 0;
+}
+
+int pmfuse_fs_check_space(struct pmfuse_fs *fs, struct pmfuse_space_report *rep, char *msg,
+			  size_t msglen)
+{
+	const struct pmfuse_sb *sb = &fs->vol->sb;
+	struct check k = { .fs = fs, .msg = msg, .msglen = msglen };
+	struct pmfuse_btree_cursor cur;
+	struct pmfuse_btree rt;
+	uint64_t rec_blocks = 0;
+	char rmsg[200] = "";
+	int rc;
+
+	if (msg && msglen)
+		msg[0] = '\0';
+	k.data_start = pmfuse_le64(sb->data_start);
+	k.data_end = pmfuse_le64(sb->sb2_block);
+	pmfuse_refcount_tree(fs->vol, &rt);
+	pthread_rwlock_rdlock(&fs->lock);
+
+	if (check_tree(&k, &fs->inodes) || check_tree(&k, &fs->orphans) || check_tree(&k, &rt))
+		goto out;
+	if (pmfuse_refcount_check(&rt, fs->alloc, rmsg, sizeof(rmsg))) {
+		check_fail(&k, "%s", rmsg);
+		goto out;
+	}
+	for (rc = pmfuse_btree_first(&cur, &rt); !rc; rc = pmfuse_btree_next(&cur)) {
+		struct pmfuse_refcount_rec r;
+
+		memcpy(&r, pmfuse_btree_cursor_rec(&cur), sizeof(r));
+		rec_blocks += pmfuse_le32(r.len);
+		k.rep.refcount_recs++;
+	}
+	for (rc = pmfuse_btree_first(&cur, &fs->inodes); !rc; rc = pmfuse_btree_next(&cur)) {
+		struct pmfuse_le64 ino;
+
+		memcpy(&ino, pmfuse_btree_cursor_rec(&cur), sizeof(ino));
+		/* locating touches no tree: the cursor stays valid */
+		if (check_inode(&k, pmfuse_le64(ino)))
+			goto out;
+	}
+	if (rc != -ENOENT) {
+		check_fail(&k, "reading the inode table: %d", rc);
+		goto out;
+	}
+	if (k.err || check_sweep(&k, &rt))
+		goto out;
+	/* refcount records cover exactly the blocks mapped more than once */
+	if (rec_blocks != k.rep.shared_blocks) {
+		check_fail(&k, "refcount records cover %llu blocks, %llu blocks are shared",
+			   ULL(rec_blocks), ULL(k.rep.shared_blocks));
+		goto out;
+	}
+	/* and nothing else is in use: no leak */
+	if (fs->alloc) {
+		uint64_t used;
+
+		k.rep.free_blocks = pmfuse_alloc_free_blocks(fs->alloc);
+		used = k.data_end - k.data_start - k.rep.free_blocks;
+		if (used != k.rep.meta_blocks + k.rep.data_blocks) {
+			check_fail(&k, "%llu blocks in use, %llu metadata + %llu data found",
+				   ULL(used), ULL(k.rep.meta_blocks), ULL(k.rep.data_blocks));
+			goto out;
+		}
+		if (pmfuse_alloc_check(fs->alloc))
+			check_fail(&k, "allocator index does not match its bitmap");
+	}
+out:
+	pthread_rwlock_unlock(&fs->lock);
+	free(k.v);
+	if (rep)
+		*rep = k.rep;
+	return k.err;
+}
