@@ -13,11 +13,12 @@
  *
  * Order of work: parse; fork unless -f (see detach.c); create the session (which rejects bad
  * mount options before anything is opened); open the pool (its flock refuses a pool already in
- * use), the volume (PMFUSE_VOL_MOUNT clears the clean flag) and the filesystem; mount; only
- * then let go of the terminal, so that every error up to here reaches it and the exit status
- * says whether the mount came up. Serve until the filesystem is unmounted or SIGTERM, SIGINT
- * or SIGHUP arrives (then pmfuse unmounts it itself), and close the filesystem and the volume,
- * which marks it clean.
+ * use), the volume (PMFUSE_VOL_MOUNT clears the clean flag) and the filesystem; mount; note
+ * the mount's device number and start the notifier thread (notify.c); only then let go of the
+ * terminal, so that every error up to here reaches it and the exit status says whether the
+ * mount came up. Serve until the filesystem is unmounted or SIGTERM, SIGINT or SIGHUP arrives
+ * (then pmfuse unmounts it itself), stop the notifier (it replies to what it still holds),
+ * and close the filesystem and the volume, which marks it clean.
  *
  * Exit status: 0 after a clean shutdown, 1 on any error.
  */
@@ -30,12 +31,14 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <fuse_lowlevel.h>
 
 #include "fs/fs.h"
 #include "fuse/detach.h"
+#include "fuse/notify.h"
 #include "fuse/ops.h"
 #include "meta/volume.h"
 #include "pool/pool.h"
@@ -222,6 +225,32 @@ static void mount_close(struct mount *m)
 	m->ro_lock_fd = -1;
 }
 
+/*
+ * The device number of the new mount, which tells the ioctls a caller's file on this mount
+ * from one elsewhere (ioctl.c). statx of the mount point with AT_STATX_DONT_SYNC answers from
+ * the root inode the kernel made at mount time and sends no request, so it does not wait for
+ * the session loop, which has not started yet. "/dev/fd/N" (mounted by mount.fuse3) names no
+ * mount point: cloning is refused (EXDEV) there.
+ */
+static void find_mount_dev(struct pmfuse_daemon *d, const char *mnt)
+{
+	struct statx stx;
+
+	if (!strncmp(mnt, "/dev/fd/", 8)) {
+		pmfuse_log(PMFUSE_LOG_WARN, "mount point unknown (%s): pmfusectl clone is "
+			   "disabled", mnt);
+		return;
+	}
+	if (statx(AT_FDCWD, mnt, AT_STATX_DONT_SYNC | AT_NO_AUTOMOUNT, STATX_INO, &stx) ||
+	    stx.stx_ino != PMFUSE_ROOT_INO) {
+		pmfuse_log(PMFUSE_LOG_WARN, "%s: cannot identify the new mount: pmfusectl clone is "
+			   "disabled", mnt);
+		return;
+	}
+	d->dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+	d->dev_known = true;
+}
+
 static int serve(struct fuse_session *se, const struct fuse_cmdline_opts *opts)
 {
 	struct fuse_loop_config *cfg;
@@ -257,6 +286,7 @@ int main(int argc, char *argv[])
 		.attr_timeout = ATTR_TIMEOUT,
 	};
 	struct mount m = { .ro_lock_fd = -1 };
+	struct pmfuse_statfs sfs;
 	struct fuse_session *se = NULL;
 	struct cli cli = { 0 };
 	char pool_path[PATH_MAX];
@@ -325,6 +355,11 @@ int main(int argc, char *argv[])
 		goto out;
 	daemon.fs = m.fs;
 	daemon.export_support = pmfuse_ops_probe_export(m.fs);
+	if ((rc = pmfuse_fs_statfs(m.fs, &sfs))) {
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: statfs: %s", pool_path, strerror(-rc));
+		goto out;
+	}
+	daemon.block_size = (uint32_t)sfs.block_size;
 
 	if (fuse_set_signal_handlers(se))
 		goto out;
@@ -332,6 +367,11 @@ int main(int argc, char *argv[])
 	if (fuse_session_mount(se, opts.mountpoint))
 		goto out;
 	mounted = true;
+	find_mount_dev(&daemon, opts.mountpoint);
+	if ((rc = pmfuse_notifier_start(se, &daemon.notifier))) {
+		pmfuse_log(PMFUSE_LOG_ERR, "cannot start the notifier thread: %s", strerror(-rc));
+		goto out;
+	}
 
 	pmfuse_detach_finish();
 	pmfuse_log_set_level(opts.debug ? PMFUSE_LOG_DEBUG : PMFUSE_LOG_INFO);
@@ -354,6 +394,8 @@ int main(int argc, char *argv[])
 	}
 
 out:
+	/* Before the session goes: queued replies need it, and it must not be unmounted yet. */
+	pmfuse_notifier_stop(daemon.notifier, daemon.dev_known ? opts.mountpoint : NULL);
 	if (se) {
 		if (mounted)
 			fuse_session_unmount(se);

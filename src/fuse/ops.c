@@ -24,10 +24,13 @@
  * - no ATOMIC_O_TRUNC: with it the kernel skips the SETATTR of open(O_TRUNC) entirely, which
  *   would lose that setuid/setgid clearing; without it the kernel sends a SETATTR (size 0,
  *   mtime and ctime now, mode if privileges are dropped) with the open file's handle;
- * - no POSIX_ACL, no DONT_MASK: with POSIX_ACL the server must keep the mode and the
- *   system.posix_acl_access xattr in step on chmod and setxattr, and apply default-ACL
- *   inheritance on create (the kernel does neither for FUSE); fs.h has no ACL support, so ACLs
- *   are refused (EOPNOTSUPP) rather than stored unenforced, and the kernel applies the umask;
+ * - POSIX_ACL and DONT_MASK: the kernel caches ACLs and enforces them; the fs keeps the mode and
+ *   the access ACL in step on chmod and setxattr and applies default-ACL inheritance on create
+ *   (the kernel does neither for FUSE), and applies the umask itself (ctx->umask), which with
+ *   DONT_MASK the kernel leaves unapplied because a default ACL replaces it. Without POSIX_ACL
+ *   (an old kernel) ACLs are refused (EOPNOTSUPP) rather than stored unenforced. Cost: the
+ *   root inode predates INIT and never caches its ACL, so a walk through the root by a user
+ *   other than its owner costs a GETXATTR (doc/design.md);
  * - no splice. SPLICE_WRITE (replies through a pipe) cost the daemon 50% more CPU per GiB
  *   read through the page cache (128 KiB requests) and saved 15% on 1 MiB O_DIRECT reads;
  *   SPLICE_MOVE halved buffered read throughput (measured here, kernel 6.18, pool in tmpfs).
@@ -142,6 +145,9 @@ static void reply_attr(fuse_req_t req, int rc, const struct pmfuse_attr *a)
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
+/* Set by init when the kernel enforces POSIX ACLs (one session per process). */
+static bool acl_enabled;
+
 static void want(struct fuse_conn_info *conn, unsigned cap)
 {
 	if (conn->capable & cap)
@@ -157,6 +163,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 				  FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
 				  FUSE_CAP_SPLICE_MOVE);
 	want(conn, FUSE_CAP_CACHE_SYMLINKS);
+	if (conn->capable & FUSE_CAP_POSIX_ACL) {
+		want(conn, FUSE_CAP_POSIX_ACL);
+		want(conn, FUSE_CAP_DONT_MASK);
+		acl_enabled = true;
+	}
 	if (d->export_support)
 		want(conn, FUSE_CAP_EXPORT_SUPPORT);
 	d->no_opendir = conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
@@ -370,11 +381,13 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 /*
  * Contents change only through this daemon, and every change made through the kernel is made
  * to its page cache as well (no writeback cache: writes go through the page cache to us), so
- * the cache stays valid across opens. direct_io stays off so that mmap works.
+ * the cache stays valid across opens; the changes the kernel does not see (a clone into the
+ * file, see ioctl.c) invalidate it explicitly. direct_io stays off so that mmap works. fh
+ * records the open flags for the ioctls.
  */
 static void open_flags(struct fuse_file_info *fi)
 {
-	fi->fh = 0;
+	fi->fh = pmfuse_fh_of_flags(fi->flags);
 	fi->keep_cache = 1;
 	fi->direct_io = 0;
 }
@@ -734,11 +747,51 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 /* ---- extended attributes -------------------------------------------------------------------- */
 
-/* POSIX ACLs are off (see the top of this file): refuse them rather than store them unenforced. */
+/* ACLs unless the kernel enforces them (see the top of this file): refused, not stored. */
 static bool is_acl(const char *name)
 {
-	return !strcmp(name, "system.posix_acl_access") ||
-	       !strcmp(name, "system.posix_acl_default");
+	return !acl_enabled && (!strcmp(name, "system.posix_acl_access") ||
+				!strcmp(name, "system.posix_acl_default"));
+}
+
+/*
+ * Whether setting an access ACL must clear setgid (posix_acl_update_mode: the caller is not in
+ * the file's group and lacks CAP_FSETID). The kernel computes this and sends it as
+ * FUSE_SETXATTR_ACL_KILL_SGID, but only in the extended setxattr header, which libfuse 3.14
+ * neither negotiates (FUSE_SETXATTR_EXT) nor passes on; so the same rule runs here, over the
+ * fsgid from the request and the supplementary groups and effective capabilities of the
+ * calling thread (/proc/TID/status, as fuse_req_getgroups reads). Unreadable (the caller
+ * exited): only root keeps setgid.
+ */
+static bool acl_kills_sgid(fuse_req_t req, fuse_ino_t ino)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	bool keep = false, known = false;
+	struct pmfuse_attr a;
+	char path[64], *line = NULL;
+	size_t cap = 0;
+	FILE *f;
+
+	if (pmfuse_fs_getattr(fs_of(req), ino, &a) || !(a.mode & S_ISGID) || ctx->gid == a.gid)
+		return false;
+	snprintf(path, sizeof(path), "/proc/%ld/status", (long)ctx->pid);
+	f = fopen(path, "re");
+	while (f && getline(&line, &cap, f) > 0) {
+		char *p = line + 7, *end;
+
+		if (!strncmp(line, "CapEff:", 7)) {
+			known = true;
+			keep |= (strtoull(p, NULL, 16) >> 4) & 1;     /* CAP_FSETID is 4 */
+		} else if (!strncmp(line, "Groups:", 7)) {
+			for (unsigned long g = strtoul(p, &end, 10); end != p;
+			     p = end, g = strtoul(p, &end, 10))
+				keep |= g == a.gid;
+		}
+	}
+	free(line);
+	if (f)
+		fclose(f);
+	return known ? !keep : ctx->uid != 0;
 }
 
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
@@ -748,6 +801,8 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		fuse_reply_err(req, EOPNOTSUPP);
 		return;
 	}
+	if (acl_enabled && !strcmp(name, "system.posix_acl_access") && acl_kills_sgid(req, ino))
+		flags |= PMFUSE_XATTR_ACL_KILL_SGID;
 	fuse_reply_err(req, -pmfuse_fs_setxattr(fs_of(req), ino, name, value, size, flags));
 }
 
@@ -838,11 +893,11 @@ bool pmfuse_ops_probe_export(struct pmfuse_fs *fs)
 }
 
 /*
- * Not here: copy_file_range and ioctl (issue 4: reflink; ENOSYS makes the kernel fall back to
- * copying), locks (the kernel keeps POSIX and flock locks locally for the mount), bmap, poll,
- * write_buf (see the splice note at the top), and flush: nothing is buffered here, and the
- * ENOSYS libfuse answers makes the kernel stop sending FLUSH, while close() still writes back
- * the pages a shared mapping dirtied first (FOPEN_NOFLUSH would skip that too).
+ * copy_file_range and ioctl are in ioctl.c. Not here: locks (the kernel keeps POSIX and flock
+ * locks locally for the mount), bmap, poll, write_buf (see the splice note at the top), and
+ * flush: nothing is buffered here, and the ENOSYS libfuse answers makes the kernel stop
+ * sending FLUSH, while close() still writes back the pages a shared mapping dirtied first
+ * (FOPEN_NOFLUSH would skip that too).
  */
 const struct fuse_lowlevel_ops pmfuse_ops = {
 	.init = op_init,
@@ -879,4 +934,6 @@ const struct fuse_lowlevel_ops pmfuse_ops = {
 	.create = op_create,
 	.fallocate = op_fallocate,
 	.lseek = op_lseek,
+	.copy_file_range = pmfuse_op_copy_file_range,
+	.ioctl = pmfuse_op_ioctl,
 };

@@ -8,10 +8,13 @@
 #define PMFUSE_FUSE_OPS_H
 
 #include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #include <fuse_lowlevel.h>
 
 struct pmfuse_fs;
+struct pmfuse_notifier;
 
 struct pmfuse_daemon {
 	struct pmfuse_fs *fs;
@@ -19,9 +22,33 @@ struct pmfuse_daemon {
 	double attr_timeout;         /* seconds the kernel may trust attributes */
 	bool export_support;         /* the fs resolves "." and "..": NFS export may work */
 	bool no_opendir;             /* set by init: the kernel handles opendir/releasedir itself */
+	uint32_t block_size;         /* the pool's, for byte <-> block conversions */
+	bool dev_known;              /* dev is the st_dev of this mount (from statx at mount) */
+	dev_t dev;                   /* tells a caller's file on this mount from others */
+	struct pmfuse_notifier *notifier;   /* invalidates the kernel's cache, then replies */
 };
 
 extern const struct fuse_lowlevel_ops pmfuse_ops;
+
+/*
+ * What open and create record in fi->fh: the open flags (O_ACCMODE, O_APPEND, ...), so that an
+ * ioctl, which carries only fh, can tell whether its file was opened for writing. 0 means no
+ * record (directories).
+ */
+#define PMFUSE_FH_OPEN (1ull << 63)
+
+static inline uint64_t pmfuse_fh_of_flags(int flags)
+{
+	return PMFUSE_FH_OPEN | (uint32_t)flags;
+}
+
+/* ioctl.c: copy_file_range, and ioctls (pmfuse reflink ioctls and file attributes). */
+void pmfuse_op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+			       struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+			       struct fuse_file_info *fi_out, size_t len, int flags);
+void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
+		     struct fuse_file_info *fi, unsigned flags, const void *in_buf,
+		     size_t in_bufsz, size_t out_bufsz);
 
 /* Whether the fs answers lookups of "." and ".." (what FUSE_CAP_EXPORT_SUPPORT asks for). */
 bool pmfuse_ops_probe_export(struct pmfuse_fs *fs);

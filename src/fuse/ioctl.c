@@ -1,0 +1,492 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * Block sharing through FUSE: copy_file_range, the pmfuse ioctls (include/pmfuse/ioctl.h) and
+ * the file attribute ioctls that carry the CoW extent size hint.
+ *
+ * What reaches the daemon (kernel 6.18, libfuse 3.14). FICLONE, FICLONERANGE, FIDEDUPERANGE
+ * and fallocate UNSHARE fail in the VFS with EOPNOTSUPP. copy_file_range(2) arrives as
+ * FUSE_COPY_FILE_RANGE_64 first, which libfuse 3.14 does not know and answers ENOSYS, and then
+ * as FUSE_COPY_FILE_RANGE (at most 4 GiB - 4 KiB per call), which reaches .copy_file_range.
+ * The kernel checked both descriptors (read, write, not O_APPEND, same superblock) and, after
+ * the reply, drops the destination's pages over the copied range itself (see notify.c).
+ *
+ * Other ioctls on a regular file or directory arrive as "restricted" FUSE ioctls: the kernel
+ * copies _IOC_SIZE(cmd) bytes in and/or out as _IOC_DIR(cmd) says, and the server may not ask
+ * for more (FUSE_IOCTL_RETRY is refused). Unrestricted ioctls come only from CUSE; they, and
+ * every command not handled here, get ENOTTY, which tells the caller the file system does not
+ * know the command. The pmfuse commands on a directory get EISDIR. The kernel checked nothing
+ * but that the caller has the file open, so every rule of FICLONERANGE is checked here:
+ * - the destination (the file the ioctl is issued on) must be open for writing and not
+ *   O_APPEND: open and create record the open flags in fi->fh for that;
+ * - the source descriptor is the caller's: the request carries the caller's thread id, and
+ *   pidfd_open(tid, PIDFD_THREAD) + pidfd_getfd() copy it into the daemon (this needs
+ *   ptrace rights over the caller, which a root daemon has). The copy holds the very file
+ *   the caller passed, so its checks cannot race with the caller reusing the number: it must
+ *   be open for reading (F_GETFL), on this file system (st_dev equal to the mount's, read
+ *   with statx AT_STATX_DONT_SYNC so the kernel asks us nothing), a regular file (EISDIR for
+ *   a directory, EINVAL for others); st_ino is the pmfuse inode number.
+ * - the destination loses setuid (and setgid if group-executable) unless the caller has
+ *   CAP_FSETID, as file_remove_privs() does for a clone (the kernel does it for
+ *   copy_file_range itself).
+ *
+ * FS_IOC_FSGETXATTR / FS_IOC_FSSETXATTR (and FS_IOC_GETFLAGS / FS_IOC_SETFLAGS): the kernel
+ * routes ioctl(2) and file_getattr/file_setattr through its fileattr code, which for FUSE opens
+ * the file O_RDONLY itself and sends these commands as FUSE ioctls (fs/fuse/ioctl.c,
+ * fuse_fileattr_get/set), having already checked ownership (or CAP_FOWNER) for a set. So a
+ * set comes on a read-only open and must not need a writable one. The only attribute pmfuse
+ * has is the CoW extent size hint: fsx_cowextsize in bytes with FS_XFLAG_COWEXTSIZE, kept by
+ * the fs in blocks. Everything else reads as zero and may only be set to zero.
+ */
+#include "fuse/ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/fs.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "fs/fs.h"
+#include "fuse/notify.h"
+#include "pmfuse/ioctl.h"
+#include "util/util.h"
+
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL          /* Linux 6.9: a pidfd for a thread, not only a leader */
+#endif
+
+static struct pmfuse_daemon *daemon_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static struct pmfuse_fs *fs_of(fuse_req_t req)
+{
+	return daemon_of(req)->fs;
+}
+
+/* ---- copy_file_range ------------------------------------------------------------------------ */
+
+void pmfuse_op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+			       struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+			       struct fuse_file_info *fi_out, size_t len, int flags)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct pmfuse_cred cred = {
+		.uid = ctx->uid, .gid = ctx->gid, .pid = ctx->pid, .umask = ctx->umask,
+	};
+	ssize_t n;
+
+	(void)fi_in;
+	(void)fi_out;
+	if (flags || off_in < 0 || off_out < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	n = pmfuse_fs_copy_range(fs_of(req), ino_in, (uint64_t)off_in, ino_out, (uint64_t)off_out,
+				 len, &cred);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+
+static bool fh_recorded(const struct fuse_file_info *fi)
+{
+	return fi && (fi->fh & PMFUSE_FH_OPEN);
+}
+
+static bool fh_writable(const struct fuse_file_info *fi)
+{
+	int acc = (int)(fi->fh & O_ACCMODE);
+
+	return fh_recorded(fi) && (acc == O_WRONLY || acc == O_RDWR);
+}
+
+static bool fh_append(const struct fuse_file_info *fi)
+{
+	return fi->fh & O_APPEND;
+}
+
+/* [off, off + len) must fit in a loff_t; len 0 means "to EOF". */
+static bool range_ok(uint64_t off, uint64_t len)
+{
+	return off <= INT64_MAX && len <= INT64_MAX - off;
+}
+
+/*
+ * Copies the caller's descriptor fd into the daemon (*dup_fd, which the caller of this hands
+ * to the notifier to close) and checks it: open for reading, on this file system, a regular
+ * file. Returns its inode number in *ino.
+ */
+static int caller_file(fuse_req_t req, int64_t fd, uint64_t *ino, int *dup_fd)
+{
+	const struct pmfuse_daemon *d = daemon_of(req);
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct statx stx;
+	int pidfd, f, fl, err;
+
+	if (fd < 0 || fd > INT_MAX)
+		return -EBADF;
+	if (!d->dev_known)
+		return -EXDEV;               /* cannot tell our files from others (see main.c) */
+	/* pid 0: the caller is outside the daemon's pid namespace and cannot be reached */
+	if (ctx->pid <= 0)
+		return -EPERM;
+	pidfd = (int)syscall(SYS_pidfd_open, ctx->pid, PIDFD_THREAD);
+	if (pidfd < 0 && errno == EINVAL)    /* before 6.9: only a thread group leader */
+		pidfd = (int)syscall(SYS_pidfd_open, ctx->pid, 0);
+	if (pidfd < 0)
+		return -errno;
+	f = (int)syscall(SYS_pidfd_getfd, pidfd, (int)fd, 0);
+	err = errno;
+	close(pidfd);
+	if (f < 0)
+		return -err;                 /* EBADF: no such descriptor; EPERM: cannot trace */
+	*dup_fd = f;
+
+	if (statx(f, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &stx))
+		return -errno;
+	if (makedev(stx.stx_dev_major, stx.stx_dev_minor) != d->dev)
+		return -EXDEV;
+	if (S_ISDIR(stx.stx_mode))
+		return -EISDIR;
+	if (!S_ISREG(stx.stx_mode))
+		return -EINVAL;
+	fl = fcntl(f, F_GETFL);
+	if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) == O_WRONLY)
+		return -EBADF;
+	*ino = stx.stx_ino;
+	return 0;
+}
+
+/*
+ * Whether the calling thread has CAP_FSETID (bit 4 of CapEff in /proc/TID/status), which lets
+ * it change a setuid file without the bit being cleared. Unreadable: only root has it.
+ */
+static bool caller_fsetid(const struct fuse_ctx *ctx)
+{
+	char path[64], *line = NULL;
+	bool known = false, cap = false;
+	size_t len = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%ld/status", (long)ctx->pid);
+	f = ctx->pid > 0 ? fopen(path, "re") : NULL;
+	while (f && !known && getline(&line, &len, f) > 0) {
+		if (!strncmp(line, "CapEff:", 7)) {
+			known = true;
+			cap = (strtoull(line + 7, NULL, 16) >> 4) & 1;
+		}
+	}
+	free(line);
+	if (f)
+		fclose(f);
+	return known ? cap : ctx->uid == 0;
+}
+
+/* Clears setuid/setgid of a file a clone is about to change, as file_remove_privs() does. */
+static int remove_privs(fuse_req_t req, uint64_t ino)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct pmfuse_cred cred = {
+		.uid = ctx->uid, .gid = ctx->gid, .pid = ctx->pid, .umask = ctx->umask,
+	};
+	struct pmfuse_setattr sa;
+	struct pmfuse_attr a;
+	int rc;
+
+	rc = pmfuse_fs_getattr(fs_of(req), ino, &a);
+	if (rc)
+		return rc;
+	if (!(a.mode & S_ISUID) && (a.mode & (S_ISGID | S_IXGRP)) != (S_ISGID | S_IXGRP))
+		return 0;
+	if (caller_fsetid(ctx))
+		return 0;
+	memset(&sa, 0, sizeof(sa));
+	return pmfuse_fs_setattr(fs_of(req), ino, &sa, PMFUSE_SET_KILL_SUID, &cred, &a);
+}
+
+/* ---- the pmfuse ioctls ---------------------------------------------------------------------- */
+
+static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+		      const void *in_buf)
+{
+	struct pmfuse_ioc_clone_range a;
+	struct pmfuse_deferred *job;
+	uint64_t src_ino = 0;
+	int rc;
+
+	memcpy(&a, in_buf, sizeof(a));
+	if (!fh_writable(fi) || fh_append(fi)) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	if (!range_ok(a.src_offset, a.src_length) || !range_ok(a.dest_offset, a.src_length)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	job = pmfuse_deferred_new(req);
+	if (!job) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	rc = caller_file(req, a.src_fd, &src_ino, &job->fd);
+	if (!rc)
+		rc = remove_privs(req, ino);
+	if (!rc) {
+		rc = pmfuse_fs_clone_range(fs_of(req), src_ino, a.src_offset, a.src_length, ino,
+					   a.dest_offset);
+		/* also on failure: -ENOSPC may leave part of the range cloned */
+		job->ino = ino;
+		job->off = (int64_t)a.dest_offset;
+		job->len = (int64_t)a.src_length;
+	}
+	job->err = -rc;
+	pmfuse_notifier_submit(daemon_of(req)->notifier, job);
+}
+
+/*
+ * The bytes stay the same, only the blocks under them change: the cached pages stay valid
+ * and only the attributes (st_blocks) are invalidated.
+ */
+static void ioc_unshare(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+			const void *in_buf)
+{
+	struct pmfuse_ioc_unshare a;
+	struct pmfuse_deferred *job;
+
+	memcpy(&a, in_buf, sizeof(a));
+	if (!fh_writable(fi)) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	if (!range_ok(a.offset, a.length)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	job = pmfuse_deferred_new(req);
+	if (!job) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	job->err = -pmfuse_fs_unshare(fs_of(req), ino, a.offset, a.length);
+	job->ino = ino;
+	job->off = -1;
+	pmfuse_notifier_submit(daemon_of(req)->notifier, job);
+}
+
+static void ioc_get_extents(fuse_req_t req, fuse_ino_t ino, const void *in_buf)
+{
+	struct pmfuse_extent_info info[PMFUSE_IOC_EXTENTS_MAX];
+	struct pmfuse_ioc_extents out;
+	uint64_t start, next = UINT64_MAX;
+	int n;
+
+	memcpy(&start, in_buf, sizeof(start));   /* the first field; the rest is output */
+	n = pmfuse_fs_get_extents(fs_of(req), ino, start, info, PMFUSE_IOC_EXTENTS_MAX, &next);
+	if (n < 0) {
+		fuse_reply_err(req, -n);
+		return;
+	}
+	memset(&out, 0, sizeof(out));
+	out.start = start;
+	out.next = next;
+	out.count = (uint32_t)PMFUSE_MIN(n, PMFUSE_IOC_EXTENTS_MAX);
+	out.block_size = daemon_of(req)->block_size;
+	for (uint32_t i = 0; i < out.count; i++) {
+		out.ext[i].logical = info[i].logical;
+		out.ext[i].physical = info[i].physical;
+		out.ext[i].length = info[i].length;
+		out.ext[i].refcount = info[i].refcount;
+		out.ext[i].flags = info[i].refcount > 1 ? PMFUSE_EXTENT_SHARED : 0;
+	}
+	fuse_reply_ioctl(req, 0, &out, sizeof(out));
+}
+
+/* ---- file attributes ------------------------------------------------------------------------ */
+
+/* fsx_nextents: what FS_IOC_FSGETXATTR reports for XFS, the number of mapped extents. */
+static int count_extents(struct pmfuse_fs *fs, uint64_t ino, uint32_t *count)
+{
+	struct pmfuse_extent_info info[PMFUSE_IOC_EXTENTS_MAX];
+	uint64_t start = 0, next;
+	uint64_t total = 0;
+	int n;
+
+	do {
+		next = UINT64_MAX;
+		n = pmfuse_fs_get_extents(fs, ino, start, info, PMFUSE_IOC_EXTENTS_MAX, &next);
+		if (n < 0)
+			return n;
+		total += (uint64_t)n;
+		if (next <= start)
+			break;               /* no progress: do not spin */
+		start = next;
+	} while (next != UINT64_MAX && n > 0);
+	*count = (uint32_t)PMFUSE_MIN(total, (uint64_t)UINT32_MAX);
+	return 0;
+}
+
+static void ioc_fsgetxattr(fuse_req_t req, fuse_ino_t ino, bool dir, size_t out_bufsz)
+{
+	uint32_t bs = daemon_of(req)->block_size, blocks = 0;
+	struct fsxattr fsx;
+	int rc;
+
+	memset(&fsx, 0, sizeof(fsx));
+	if (!dir) {
+		rc = pmfuse_fs_get_cowextsize(fs_of(req), ino, &blocks);
+		if (!rc)
+			rc = count_extents(fs_of(req), ino, &fsx.fsx_nextents);
+		if (rc) {
+			fuse_reply_err(req, -rc);
+			return;
+		}
+		if (blocks) {
+			fsx.fsx_xflags |= FS_XFLAG_COWEXTSIZE;
+			fsx.fsx_cowextsize = (uint32_t)PMFUSE_MIN((uint64_t)blocks * bs,
+								  (uint64_t)UINT32_MAX / bs * bs);
+		}
+	}
+	fuse_reply_ioctl(req, 0, &fsx, PMFUSE_MIN(out_bufsz, sizeof(fsx)));
+}
+
+static void ioc_fssetxattr(fuse_req_t req, fuse_ino_t ino, bool dir, const void *in_buf)
+{
+	uint32_t bs = daemon_of(req)->block_size, blocks = 0;
+	struct fsxattr fsx;
+	int rc;
+
+	memcpy(&fsx, in_buf, sizeof(fsx));
+	/* fsx_nextents is read-only and comes back as it was read: ignored */
+	if (fsx.fsx_extsize || fsx.fsx_projid ||
+	    (fsx.fsx_xflags & ~(uint32_t)(dir ? 0 : FS_XFLAG_COWEXTSIZE))) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	if (dir) {
+		fuse_reply_ioctl(req, 0, NULL, 0);
+		return;
+	}
+	if (fsx.fsx_xflags & FS_XFLAG_COWEXTSIZE) {
+		if (!bs || fsx.fsx_cowextsize % bs) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+		blocks = fsx.fsx_cowextsize / bs;
+	}
+	rc = pmfuse_fs_set_cowextsize(fs_of(req), ino, blocks);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_ioctl(req, 0, NULL, 0);
+}
+
+/* lsattr and chattr: no inode flags; only "none" may be set. The kernel passes an int. */
+static void ioc_getflags(fuse_req_t req, size_t out_bufsz)
+{
+	unsigned int flags = 0;
+
+	fuse_reply_ioctl(req, 0, &flags, PMFUSE_MIN(out_bufsz, sizeof(flags)));
+}
+
+static void ioc_setflags(fuse_req_t req, const void *in_buf, size_t in_bufsz)
+{
+	unsigned int flags = 0;
+
+	memcpy(&flags, in_buf, PMFUSE_MIN(in_bufsz, sizeof(flags)));
+	if (flags)
+		fuse_reply_err(req, EOPNOTSUPP);
+	else
+		fuse_reply_ioctl(req, 0, NULL, 0);
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------- */
+
+void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
+		     struct fuse_file_info *fi, unsigned flags, const void *in_buf,
+		     size_t in_bufsz, size_t out_bufsz)
+{
+	bool dir = flags & FUSE_IOCTL_DIR;
+	size_t in_need = 0, out_need = 0;
+
+	(void)arg;
+	if (flags & FUSE_IOCTL_UNRESTRICTED) {
+		fuse_reply_err(req, ENOTTY);
+		return;
+	}
+	switch (cmd) {
+	case PMFUSE_IOC_CLONE_RANGE:
+		in_need = sizeof(struct pmfuse_ioc_clone_range);
+		break;
+	case PMFUSE_IOC_UNSHARE:
+		in_need = sizeof(struct pmfuse_ioc_unshare);
+		break;
+	case PMFUSE_IOC_DEDUPE_RANGE:
+		in_need = out_need = sizeof(struct pmfuse_ioc_dedupe_range);
+		break;
+	case PMFUSE_IOC_GET_EXTENTS:
+		in_need = out_need = sizeof(struct pmfuse_ioc_extents);
+		break;
+	case FS_IOC_FSGETXATTR:
+		out_need = sizeof(struct fsxattr);
+		break;
+	case FS_IOC_FSSETXATTR:
+		in_need = sizeof(struct fsxattr);
+		break;
+	case FS_IOC_GETFLAGS:
+		out_need = sizeof(unsigned int);
+		break;
+	case FS_IOC_SETFLAGS:
+		in_need = sizeof(unsigned int);
+		break;
+	default:
+		fuse_reply_err(req, ENOTTY);
+		return;
+	}
+	if (in_bufsz < in_need || out_bufsz < out_need || (in_need && !in_buf)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (dir && _IOC_TYPE(cmd) == PMFUSE_IOC_MAGIC) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+
+	switch (cmd) {
+	case PMFUSE_IOC_CLONE_RANGE:
+		ioc_clone(req, ino, fi, in_buf);
+		break;
+	case PMFUSE_IOC_UNSHARE:
+		ioc_unshare(req, ino, fi, in_buf);
+		break;
+	case PMFUSE_IOC_DEDUPE_RANGE:
+		/* not in fs.h yet: the daemon knows the command, the file system cannot do it */
+		fuse_reply_err(req, EOPNOTSUPP);
+		break;
+	case PMFUSE_IOC_GET_EXTENTS:
+		ioc_get_extents(req, ino, in_buf);
+		break;
+	case FS_IOC_FSGETXATTR:
+		ioc_fsgetxattr(req, ino, dir, out_bufsz);
+		break;
+	case FS_IOC_FSSETXATTR:
+		ioc_fssetxattr(req, ino, dir, in_buf);
+		break;
+	case FS_IOC_GETFLAGS:
+		ioc_getflags(req, out_bufsz);
+		break;
+	case FS_IOC_SETFLAGS:
+		ioc_setflags(req, in_buf, in_bufsz);
+		break;
+	}
+}
