@@ -534,6 +534,7 @@ static int link_new(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint64_t parent,
 static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, uint32_t mode,
 		       uint64_t rdev, const struct pmfuse_cred *cred, struct pmfuse_attr *attr)
 {
+	struct pmfuse_acl_inherit inh = { 0 };
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp, dcopy;
 	struct pmfuse_tx *tx = NULL;
@@ -549,11 +550,17 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 	rc = prepare_create(fs, parent, name, len, S_ISDIR(mode), &dp, &leaf, &f);
 	if (rc)
 		goto out;
+	/* the parent's default ACL, else the umask, decides the permission bits (acl.c) */
+	rc = pmfuse_acl_inherit_prepare(fs, dp, leaf, cred, &mode, &inh);
+	if (rc)
+		goto out;
 	dcopy = *dp;
 	tx = pmfuse_tx_begin(fs->txm);
 	rc = pmfuse_inode_create(fs, tx, mode, rdev, cred, &dcopy, &ino);
 	if (!rc)
 		rc = link_new(fs, tx, parent, name, len, &f, ino, mode);
+	if (!rc)
+		rc = pmfuse_acl_inherit_apply(fs, tx, ino, &inh);
 	if (rc)
 		goto out;
 	pmfuse_tx_commit(tx);
@@ -563,6 +570,7 @@ out:
 	if (tx)
 		pmfuse_tx_abort(tx);
 	pthread_rwlock_unlock(&fs->lock);
+	pmfuse_acl_inherit_done(&inh);
 	return rc;
 }
 

@@ -380,17 +380,8 @@ int pmfuse_fs_setattr(struct pmfuse_fs *fs, uint64_t ino, const struct pmfuse_se
 	if (!valid)
 		goto done;
 
-	tx = pmfuse_tx_begin(fs->txm);
-	rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
-	if (rc)
-		goto out;
-	pmfuse_timestamp_now(&now);
 	if (valid & PMFUSE_SET_MODE)
 		mode = (mode & S_IFMT) | (sa->mode & 07777);
-	if (valid & PMFUSE_SET_UID)
-		pmfuse_set_le32(&ip->uid, sa->uid);
-	if (valid & PMFUSE_SET_GID)
-		pmfuse_set_le32(&ip->gid, sa->gid);
 	if (!S_ISDIR(mode)) {
 		/* chown by anyone but root drops setuid/setgid even if the kernel did not ask */
 		if ((valid & (PMFUSE_SET_UID | PMFUSE_SET_GID)) && cred && cred->uid != 0)
@@ -398,6 +389,23 @@ int pmfuse_fs_setattr(struct pmfuse_fs *fs, uint64_t ino, const struct pmfuse_se
 		if (valid & PMFUSE_SET_KILL_SUID)
 			mode = kill_suid(mode);
 	}
+
+	tx = pmfuse_tx_begin(fs->txm);
+	/* chmod rewrites an access ACL to match (posix_acl_chmod): its tree operations come
+	 * before the record is declared and changed */
+	if ((valid & PMFUSE_SET_MODE) && !S_ISLNK(mode)) {
+		rc = pmfuse_acl_chmod_tx(fs, tx, ip, leaf, mode);
+		if (rc)
+			goto out;
+	}
+	rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
+	if (rc)
+		goto out;
+	pmfuse_timestamp_now(&now);
+	if (valid & PMFUSE_SET_UID)
+		pmfuse_set_le32(&ip->uid, sa->uid);
+	if (valid & PMFUSE_SET_GID)
+		pmfuse_set_le32(&ip->gid, sa->gid);
 	pmfuse_set_le32(&ip->mode, mode);
 	if (valid & PMFUSE_SET_ATIME_NOW)
 		ip->atime = now;

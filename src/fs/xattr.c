@@ -17,10 +17,11 @@
  * 1 <= value_blocks <= PMFUSE_XATTR_VALUE_MAX / PMFUSE_BLOCK_SIZE_MIN; zero padding.
  *
  * Namespaces as Linux: user., trusted., security. and system. (only system.posix_acl_access and
- * system.posix_acl_default, stored as opaque blobs; the kernel interprets them). Other names:
- * -EOPNOTSUPP; a bare prefix: -EINVAL. user.* exists only on regular files and directories
- * (setting or removing elsewhere: -EPERM; reading: -ENODATA). The kernel checks permissions
- * (trusted.* needs CAP_SYS_ADMIN), this code the rest. Every change updates ctime.
+ * system.posix_acl_default, which acl.c interprets on set and remove; not on symlinks, where
+ * Linux has no ACLs: -EOPNOTSUPP). Other names: -EOPNOTSUPP; a bare prefix: -EINVAL. user.*
+ * exists only on regular files and directories (setting or removing elsewhere: -EPERM; reading:
+ * -ENODATA). The kernel checks permissions (trusted.* needs CAP_SYS_ADMIN), this code the rest.
+ * Every change updates ctime.
  */
 #include "fs/fs_internal.h"
 
@@ -126,8 +127,7 @@ static int name_check(const char *name, uint32_t mode, bool write, size_t *len)
 		return -EOPNOTSUPP;
 	if (n == plen)
 		return -EINVAL;
-	if (i == 3 && strcmp(name, "system.posix_acl_access") &&
-	    strcmp(name, "system.posix_acl_default"))
+	if (i == 3 && (!pmfuse_acl_name(name) || S_ISLNK(mode)))
 		return -EOPNOTSUPP;
 	if (i == 0 && !S_ISREG(mode) && !S_ISDIR(mode))
 		return write ? -EPERM : -ENODATA;
@@ -206,6 +206,117 @@ static int value_blocks(const struct pmfuse_fs *fs, const struct pmfuse_xattr *x
 	return 0;
 }
 
+/* Inside tx: stores value under name where f says (replacing f's record when found). */
+static int xattr_store(struct pmfuse_fs *fs, struct pmfuse_tx *tx, struct pmfuse_btree *bt,
+		       struct pmfuse_blk_hdr *leaf, const char *name, size_t len,
+		       const void *value, size_t size, const struct xfind *f)
+{
+	struct pmfuse_xattr rec;
+	int rc;
+
+	memset(&rec, 0, sizeof(rec));
+	pmfuse_set_le64(&rec.key, f->key);
+	pmfuse_set_le32(&rec.value_len, (uint32_t)size);
+	rec.name_len = (uint8_t)len;
+	memcpy(rec.name, name, len);
+	if (size > PMFUSE_XATTR_INLINE) {
+		uint64_t n = (size + fs->bs - 1) / fs->bs, start, got;
+		uint64_t goal = pmfuse_pool_offset(fs->pool, leaf) / fs->bs;
+		uint8_t *dst;
+
+		rc = pmfuse_alloc_extent(tx, fs->alloc, goal, n, n, &start, &got);
+		if (rc)
+			return rc;
+		dst = pmfuse_volume_block(fs->vol, start);
+		rc = pmfuse_tx_add_new(tx, dst, n * fs->bs);
+		if (rc)
+			return rc;
+		/* the value is durable before the transaction that links it commits */
+		memcpy(dst, value, size);
+		memset(dst + size, 0, n * fs->bs - size);
+		pmfuse_pool_persist(fs->pool, dst, n * fs->bs);
+		pmfuse_set_le64(&rec.value_blk, start);
+		pmfuse_set_le32(&rec.value_blocks, (uint32_t)n);
+	} else if (size) {
+		memcpy(rec.value, value, size);
+	}
+	if (!f->found)
+		return pmfuse_btree_insert(tx, bt, &rec);
+	rc = pmfuse_btree_update(tx, bt, &rec);
+	if (!rc && pmfuse_le64(f->x.value_blk))
+		rc = pmfuse_alloc_free(tx, fs->alloc, pmfuse_le64(f->x.value_blk),
+				       pmfuse_le32(f->x.value_blocks));
+	return rc;
+}
+
+/* Inside tx: deletes the record f found, and frees its value blocks. */
+static int xattr_delete(struct pmfuse_fs *fs, struct pmfuse_tx *tx, struct pmfuse_btree *bt,
+			const struct xfind *f)
+{
+	struct pmfuse_le64 k;
+	int rc;
+
+	pmfuse_set_le64(&k, f->key);
+	rc = pmfuse_btree_delete(tx, bt, &k, NULL);
+	if (!rc && pmfuse_le64(f->x.value_blk))
+		rc = pmfuse_alloc_free(tx, fs->alloc, pmfuse_le64(f->x.value_blk),
+				       pmfuse_le32(f->x.value_blocks));
+	return rc;
+}
+
+ssize_t pmfuse_xattr_read(struct pmfuse_fs *fs, struct pmfuse_inode *ip,
+			  struct pmfuse_blk_hdr *leaf, const char *name, void *value, size_t size)
+{
+	const uint8_t *data = NULL;
+	struct pmfuse_btree bt;
+	struct xfind f;
+	uint32_t vlen;
+	int rc;
+
+	if (!pmfuse_le16(ip->xattrs.levels))
+		return -ENODATA;
+	xattr_tree(fs, ip, leaf, &bt);
+	rc = xattr_find(&bt, name, strlen(name), &f);
+	if (rc)
+		return rc;
+	if (!f.found)
+		return -ENODATA;
+	vlen = pmfuse_le32(f.x.value_len);
+	if (!size)
+		return vlen;
+	if (size < vlen)
+		return -ERANGE;
+	if (pmfuse_le64(f.x.value_blk)) {
+		rc = value_blocks(fs, &f.x, &data);
+		if (rc)
+			return rc;
+	} else {
+		data = f.x.value;
+	}
+	memcpy(value, data, vlen);
+	return vlen;
+}
+
+int pmfuse_xattr_write(struct pmfuse_fs *fs, struct pmfuse_tx *tx, struct pmfuse_inode *ip,
+		       struct pmfuse_blk_hdr *leaf, const char *name, const void *value,
+		       size_t size)
+{
+	struct pmfuse_btree bt;
+	size_t len = strlen(name);
+	struct xfind f;
+	int rc;
+
+	if (!value && !pmfuse_le16(ip->xattrs.levels))
+		return 0;
+	xattr_tree(fs, ip, leaf, &bt);
+	rc = xattr_find(&bt, name, len, &f);
+	if (rc)
+		return rc;
+	if (value)
+		return xattr_store(fs, tx, &bt, leaf, name, len, value, size, &f);
+	return f.found ? xattr_delete(fs, tx, &bt, &f) : 0;
+}
+
 /* ---- operations ----------------------------------------------------------------------------- */
 
 int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, const void *value,
@@ -215,13 +326,12 @@ int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, con
 	struct pmfuse_timestamp now;
 	struct pmfuse_tx *tx = NULL;
 	struct pmfuse_inode *ip;
-	struct pmfuse_xattr rec;
 	struct pmfuse_btree bt;
 	struct xfind f;
 	size_t len;
 	int rc;
 
-	if (flags & ~(PMFUSE_XATTR_CREATE | PMFUSE_XATTR_REPLACE))
+	if (flags & ~(PMFUSE_XATTR_CREATE | PMFUSE_XATTR_REPLACE | PMFUSE_XATTR_ACL_KILL_SGID))
 		return -EINVAL;
 	if (size > PMFUSE_XATTR_VALUE_MAX)
 		return -E2BIG;
@@ -238,6 +348,10 @@ int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, con
 		rc = -EROFS;
 		goto out;
 	}
+	if (pmfuse_acl_name(name)) {
+		rc = pmfuse_acl_set(fs, ip, leaf, name, value, size, flags);
+		goto out;
+	}
 	xattr_tree(fs, ip, leaf, &bt);
 	rc = xattr_find(&bt, name, len, &f);
 	if (rc)
@@ -251,41 +365,8 @@ int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, con
 		goto out;
 	}
 
-	memset(&rec, 0, sizeof(rec));
-	pmfuse_set_le64(&rec.key, f.key);
-	pmfuse_set_le32(&rec.value_len, (uint32_t)size);
-	rec.name_len = (uint8_t)len;
-	memcpy(rec.name, name, len);
 	tx = pmfuse_tx_begin(fs->txm);
-	if (size > PMFUSE_XATTR_INLINE) {
-		uint64_t n = (size + fs->bs - 1) / fs->bs, start, got;
-		uint64_t goal = pmfuse_pool_offset(fs->pool, leaf) / fs->bs;
-		uint8_t *dst;
-
-		rc = pmfuse_alloc_extent(tx, fs->alloc, goal, n, n, &start, &got);
-		if (rc)
-			goto out;
-		dst = pmfuse_volume_block(fs->vol, start);
-		rc = pmfuse_tx_add_new(tx, dst, n * fs->bs);
-		if (rc)
-			goto out;
-		/* the value is durable before the transaction that links it commits */
-		memcpy(dst, value, size);
-		memset(dst + size, 0, n * fs->bs - size);
-		pmfuse_pool_persist(fs->pool, dst, n * fs->bs);
-		pmfuse_set_le64(&rec.value_blk, start);
-		pmfuse_set_le32(&rec.value_blocks, (uint32_t)n);
-	} else if (size) {
-		memcpy(rec.value, value, size);
-	}
-	if (f.found) {
-		rc = pmfuse_btree_update(tx, &bt, &rec);
-		if (!rc && pmfuse_le64(f.x.value_blk))
-			rc = pmfuse_alloc_free(tx, fs->alloc, pmfuse_le64(f.x.value_blk),
-					       pmfuse_le32(f.x.value_blocks));
-	} else {
-		rc = pmfuse_btree_insert(tx, &bt, &rec);
-	}
+	rc = xattr_store(fs, tx, &bt, leaf, name, len, value, size, &f);
 	if (rc)
 		goto out;
 	rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
@@ -307,43 +388,15 @@ ssize_t pmfuse_fs_getxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name,
 {
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *ip;
-	struct pmfuse_btree bt;
-	const uint8_t *data = NULL;
-	struct xfind f;
 	ssize_t rc;
-	uint32_t vlen;
 	size_t len;
-	int err;
 
 	pthread_rwlock_rdlock(&fs->lock);
-	err = pmfuse_inode_locate(fs, ino, &ip, &leaf);
-	if (!err)
-		err = name_check(name, pmfuse_le32(ip->mode), false, &len);
-	if (err)
-		goto out;
-	xattr_tree(fs, ip, leaf, &bt);
-	err = xattr_find(&bt, name, len, &f);
-	if (!err && !f.found)
-		err = -ENODATA;
-	if (err)
-		goto out;
-	vlen = pmfuse_le32(f.x.value_len);
-	if (!size)
-		goto out;
-	if (size < vlen) {
-		err = -ERANGE;
-		goto out;
-	}
-	if (pmfuse_le64(f.x.value_blk)) {
-		err = value_blocks(fs, &f.x, &data);
-		if (err)
-			goto out;
-	} else {
-		data = f.x.value;
-	}
-	memcpy(value, data, vlen);
-out:
-	rc = err ? err : (ssize_t)vlen;
+	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
+	if (!rc)
+		rc = name_check(name, pmfuse_le32(ip->mode), false, &len);
+	if (!rc)
+		rc = pmfuse_xattr_read(fs, ip, leaf, name, value, size);
 	pthread_rwlock_unlock(&fs->lock);
 	return rc;
 }
@@ -396,7 +449,6 @@ int pmfuse_fs_removexattr(struct pmfuse_fs *fs, uint64_t ino, const char *name)
 	struct pmfuse_tx *tx = NULL;
 	struct pmfuse_inode *ip;
 	struct pmfuse_btree bt;
-	struct pmfuse_le64 k;
 	struct xfind f;
 	size_t len;
 	int rc;
@@ -411,6 +463,10 @@ int pmfuse_fs_removexattr(struct pmfuse_fs *fs, uint64_t ino, const char *name)
 		rc = -EROFS;
 		goto out;
 	}
+	if (pmfuse_acl_name(name)) {
+		rc = pmfuse_acl_remove(fs, ip, leaf, name);
+		goto out;
+	}
 	xattr_tree(fs, ip, leaf, &bt);
 	rc = xattr_find(&bt, name, len, &f);
 	if (!rc && !f.found)
@@ -418,11 +474,7 @@ int pmfuse_fs_removexattr(struct pmfuse_fs *fs, uint64_t ino, const char *name)
 	if (rc)
 		goto out;
 	tx = pmfuse_tx_begin(fs->txm);
-	pmfuse_set_le64(&k, f.key);
-	rc = pmfuse_btree_delete(tx, &bt, &k, NULL);
-	if (!rc && pmfuse_le64(f.x.value_blk))
-		rc = pmfuse_alloc_free(tx, fs->alloc, pmfuse_le64(f.x.value_blk),
-				       pmfuse_le32(f.x.value_blocks));
+	rc = xattr_delete(fs, tx, &bt, &f);
 	if (!rc)
 		rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
 	if (rc)
