@@ -174,23 +174,11 @@ static int caller_file(fuse_req_t req, int64_t fd, uint64_t *ino, int *dup_fd)
  */
 static bool caller_fsetid(const struct fuse_ctx *ctx)
 {
-	char path[64], *line = NULL;
-	bool known = false, cap = false;
-	size_t len = 0;
-	FILE *f;
+	bool fsetid, in_group;
 
-	snprintf(path, sizeof(path), "/proc/%ld/status", (long)ctx->pid);
-	f = ctx->pid > 0 ? fopen(path, "re") : NULL;
-	while (f && !known && getline(&line, &len, f) > 0) {
-		if (!strncmp(line, "CapEff:", 7)) {
-			known = true;
-			cap = (strtoull(line + 7, NULL, 16) >> 4) & 1;
-		}
-	}
-	free(line);
-	if (f)
-		fclose(f);
-	return known ? cap : ctx->uid == 0;
+	if (!pmfuse_caller_privs(ctx, ctx->gid, &fsetid, &in_group))
+		return ctx->uid == 0;
+	return fsetid;
 }
 
 /* Clears setuid/setgid of a file a clone is about to change, as file_remove_privs() does. */

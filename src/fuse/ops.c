@@ -754,6 +754,34 @@ static bool is_acl(const char *name)
 				!strcmp(name, "system.posix_acl_default"));
 }
 
+bool pmfuse_caller_privs(const struct fuse_ctx *ctx, gid_t gid, bool *fsetid, bool *in_group)
+{
+	char path[64], *line = NULL;
+	bool known = false;
+	size_t cap = 0;
+	FILE *f;
+
+	*fsetid = *in_group = false;
+	snprintf(path, sizeof(path), "/proc/%ld/status", (long)ctx->pid);
+	f = ctx->pid > 0 ? fopen(path, "re") : NULL;
+	while (f && getline(&line, &cap, f) > 0) {
+		char *p = line + 7, *end;
+
+		if (!strncmp(line, "CapEff:", 7)) {
+			known = true;
+			*fsetid = (strtoull(p, NULL, 16) >> 4) & 1;     /* CAP_FSETID is 4 */
+		} else if (!strncmp(line, "Groups:", 7)) {
+			for (unsigned long g = strtoul(p, &end, 10); end != p;
+			     p = end, g = strtoul(p, &end, 10))
+				*in_group |= g == gid;
+		}
+	}
+	free(line);
+	if (f)
+		fclose(f);
+	return known;
+}
+
 /*
  * Whether setting an access ACL must clear setgid (posix_acl_update_mode: the caller is not in
  * the file's group and lacks CAP_FSETID). The kernel computes this and sends it as
@@ -766,32 +794,14 @@ static bool is_acl(const char *name)
 static bool acl_kills_sgid(fuse_req_t req, fuse_ino_t ino)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	bool keep = false, known = false;
 	struct pmfuse_attr a;
-	char path[64], *line = NULL;
-	size_t cap = 0;
-	FILE *f;
+	bool fsetid, in_group;
 
 	if (pmfuse_fs_getattr(fs_of(req), ino, &a) || !(a.mode & S_ISGID) || ctx->gid == a.gid)
 		return false;
-	snprintf(path, sizeof(path), "/proc/%ld/status", (long)ctx->pid);
-	f = fopen(path, "re");
-	while (f && getline(&line, &cap, f) > 0) {
-		char *p = line + 7, *end;
-
-		if (!strncmp(line, "CapEff:", 7)) {
-			known = true;
-			keep |= (strtoull(p, NULL, 16) >> 4) & 1;     /* CAP_FSETID is 4 */
-		} else if (!strncmp(line, "Groups:", 7)) {
-			for (unsigned long g = strtoul(p, &end, 10); end != p;
-			     p = end, g = strtoul(p, &end, 10))
-				keep |= g == a.gid;
-		}
-	}
-	free(line);
-	if (f)
-		fclose(f);
-	return known ? !keep : ctx->uid != 0;
+	if (!pmfuse_caller_privs(ctx, a.gid, &fsetid, &in_group))
+		return ctx->uid != 0;
+	return !fsetid && !in_group;
 }
 
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
