@@ -14,7 +14,7 @@
  *
  * Randomized tests print their seed; PMFUSE_SEED=n replays one run.
  */
-#include "harness.h"
+#include "harness_fs.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -30,112 +30,10 @@
 
 /* ---- environment ---------------------------------------------------------------------------- */
 
-struct env {
-	struct pmfuse_pool *pool;
-	struct pmfuse_volume *vol;
-	struct pmfuse_fs *fs;
-	uint32_t bs;
-};
-
-static const struct pmfuse_cred cred_user = { .uid = 1000, .gid = 1000, .pid = 1, .umask = 022 };
-static const struct pmfuse_cred cred_root = { .uid = 0, .gid = 0, .pid = 1, .umask = 022 };
-
-static void env_mount(struct env *e)
-{
-	char msg[256] = "";
-	int rc = pmfuse_volume_open(e->pool, 0, &e->vol, msg, sizeof(msg));
-
-	if (rc)
-		fprintf(stderr, "volume_open: %d %s\n", rc, msg);
-	assert_int_equal(rc, 0);
-	assert_int_equal(pmfuse_fs_open(e->vol, NULL, &e->fs), 0);
-	e->bs = e->vol->block_size;
-}
-
-static void env_umount(struct env *e)
-{
-	pmfuse_fs_close(e->fs);
-	pmfuse_volume_close(e->vol);
-	e->fs = NULL;
-	e->vol = NULL;
-}
-
-static void env_new(struct env *e, size_t size, uint32_t bs, uint64_t log_blocks)
-{
-	struct pmfuse_mkfs_opts opts = { .block_size = bs, .log_blocks = log_blocks };
-
-	memset(e, 0, sizeof(*e));
-	assert_int_equal(pmfuse_pool_fake_new(size, NULL, &e->pool), 0);
-	assert_int_equal(pmfuse_mkfs(e->pool, &opts), 0);
-	env_mount(e);
-}
-
-static void env_free(struct env *e)
-{
-	env_umount(e);
-	pmfuse_pool_close(e->pool);
-}
-
-static void env_reopen(struct env *e)
-{
-	env_umount(e);
-	env_mount(e);
-}
-
-static uint64_t free_blocks(struct env *e)
-{
-	return pmfuse_alloc_free_blocks(e->fs->alloc);
-}
-
-static uint64_t mkfile(struct env *e, const char *name)
-{
-	struct pmfuse_attr a;
-
-	assert_int_equal(pmfuse_fs_mknod(e->fs, PMFUSE_ROOT_INO, name, S_IFREG | 0644, 0,
-					 &cred_user, &a), 0);
-	return a.ino;
-}
-
-static void rmfile(struct env *e, const char *name, uint64_t ino)
-{
-	assert_int_equal(pmfuse_fs_unlink(e->fs, PMFUSE_ROOT_INO, name), 0);
-	pmfuse_fs_forget(e->fs, ino, 1);
-}
-
-static struct pmfuse_attr getattr(struct env *e, uint64_t ino)
-{
-	struct pmfuse_attr a;
-
-	assert_int_equal(pmfuse_fs_getattr(e->fs, ino, &a), 0);
-	return a;
-}
-
-static int set_size(struct env *e, uint64_t ino, uint64_t size)
-{
-	struct pmfuse_setattr sa = { .size = size };
-	struct pmfuse_attr a;
-
-	return pmfuse_fs_setattr(e->fs, ino, &sa, PMFUSE_SET_SIZE, &cred_user, &a);
-}
-
-static void fill_random(struct th_rng *r, uint8_t *buf, size_t len)
-{
-	size_t i = 0;
-
-	for (; i + 8 <= len; i += 8) {
-		uint64_t v = th_rng_next(r);
-		memcpy(buf + i, &v, 8);
-	}
-	if (i < len) {
-		uint64_t v = th_rng_next(r);
-		memcpy(buf + i, &v, len - i);
-	}
-}
-
 /* ---- space accounting ----------------------------------------------------------------------- */
 
 struct marks {
-	struct env *e;
+	struct th_env *e;
 	uint8_t *used;         /* one byte per pool block */
 	uint64_t nblocks, count;
 };
@@ -169,7 +67,7 @@ static void check_tree(struct marks *m, const struct pmfuse_btree *bt)
 }
 
 /* Every block of the filesystem accounted for exactly once; returns the data blocks of files. */
-static uint64_t check_space(struct env *e)
+static uint64_t check_space(struct th_env *e)
 {
 	const struct pmfuse_sb *sb = &e->vol->sb;
 	struct pmfuse_fs *fs = e->fs;
@@ -224,7 +122,7 @@ static uint64_t check_space(struct env *e)
 	assert_int_equal(rc, -ENOENT);
 
 	/* what the allocator says is used is exactly what the trees use */
-	assert_int_equal(m.count, sb2 - data_start - free_blocks(e));
+	assert_int_equal(m.count, sb2 - data_start - th_free_blocks(e));
 	for (uint64_t b = data_start; b < sb2; b++)
 		if (m.used[b])
 			assert_int_equal(pmfuse_alloc_is_used(fs->alloc, b), 1);
@@ -244,11 +142,11 @@ struct mfile {
 	uint64_t cap, nblk;
 };
 
-static void mfile_init(struct env *e, struct mfile *mf, const char *name, uint64_t cap)
+static void mfile_init(struct th_env *e, struct mfile *mf, const char *name, uint64_t cap)
 {
 	memset(mf, 0, sizeof(*mf));
 	snprintf(mf->name, sizeof(mf->name), "%s", name);
-	mf->ino = mkfile(e, name);
+	mf->ino = th_mkfile(e, name);
 	mf->cap = cap;
 	mf->nblk = cap / e->bs + 1;
 	mf->data = calloc(cap, 1);
@@ -313,7 +211,7 @@ static int64_t m_seek(const struct mfile *mf, uint32_t bs, uint64_t off, int whe
 	return (int64_t)PMFUSE_MIN(mf->size, PMFUSE_MAX(off, b * bs));
 }
 
-static void compare_range(struct env *e, const struct mfile *mf, uint64_t off, uint64_t len,
+static void compare_range(struct th_env *e, const struct mfile *mf, uint64_t off, uint64_t len,
 			  uint8_t *tmp)
 {
 	uint64_t want = off >= mf->size ? 0 : PMFUSE_MIN(len, mf->size - off);
@@ -333,9 +231,9 @@ static void compare_range(struct env *e, const struct mfile *mf, uint64_t off, u
 }
 
 /* Full check of one file: attributes, every byte, block count, lseek at block edges. */
-static void check_file(struct env *e, const struct mfile *mf, uint8_t *tmp)
+static void check_file(struct th_env *e, const struct mfile *mf, uint8_t *tmp)
 {
-	struct pmfuse_attr a = getattr(e, mf->ino);
+	struct pmfuse_attr a = th_getattr(e, mf->ino);
 
 	assert_int_equal(a.size, mf->size);
 	assert_int_equal(a.blocks512, m_mapped_blocks(mf) * (e->bs / 512));
@@ -353,7 +251,7 @@ static void check_file(struct env *e, const struct mfile *mf, uint8_t *tmp)
 /* ---- one random operation ------------------------------------------------------------------- */
 
 struct run {
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	struct mfile *files;
 	int nfiles;
@@ -404,7 +302,7 @@ static void clip(const struct mfile *mf, uint64_t *off, uint64_t *len)
 }
 
 struct gather {
-	struct env *e;
+	struct th_env *e;
 	uint8_t *out;
 	size_t len;
 	int cnt;
@@ -444,7 +342,7 @@ static void op_readv(struct run *r, struct mfile *mf, uint64_t off, uint64_t len
 
 static void random_op(struct run *r)
 {
-	struct env *e = &r->e;
+	struct th_env *e = &r->e;
 	struct mfile *mf = &r->files[rnd(r, (uint64_t)r->nfiles)];
 	uint32_t bs = e->bs;
 	uint64_t off = rand_off(r, mf), len = rand_len(r), end;
@@ -455,9 +353,9 @@ static void random_op(struct run *r)
 	clip(mf, &off, &len);
 	end = off + len;
 	if (kind < 35) {                                            /* write */
-		const struct pmfuse_cred *c = rnd(r, 2) ? &cred_user : &cred_root;
+		const struct pmfuse_cred *c = rnd(r, 2) ? &th_cred_user : &th_cred_root;
 
-		fill_random(&r->rng, r->buf, len);
+		th_fill_random(&r->rng, r->buf, len);
 		n = pmfuse_fs_write(e->fs, mf->ino, r->buf, len, off, false, c);
 		assert_int_equal(n, len);
 		m_write(mf, bs, r->buf, off, len);
@@ -466,15 +364,15 @@ static void random_op(struct run *r)
 		len = PMFUSE_MIN(len, mf->cap - mf->size);
 		if (!len)
 			return;
-		fill_random(&r->rng, r->buf, len);
-		n = pmfuse_fs_write(e->fs, mf->ino, r->buf, len, rnd(r, 1000), true, &cred_user);
+		th_fill_random(&r->rng, r->buf, len);
+		n = pmfuse_fs_write(e->fs, mf->ino, r->buf, len, rnd(r, 1000), true, &th_cred_user);
 		assert_int_equal(n, len);
 		m_write(mf, bs, r->buf, mf->size, len);
 		r->ops[OP_APPEND]++;
 	} else if (kind < 55) {                                     /* truncate */
 		uint64_t size = rnd(r, 3) ? rnd(r, mf->size + 1) : off;
 
-		assert_int_equal(set_size(e, mf->ino, size), 0);
+		assert_int_equal(th_set_size(e, mf->ino, size), 0);
 		m_truncate(mf, bs, size);
 		r->ops[OP_TRUNC]++;
 	} else if (kind < 62) {                                     /* punch */
@@ -522,7 +420,7 @@ static void random_op(struct run *r)
 	}
 
 	/* after every operation: the size, and one random range */
-	assert_int_equal(getattr(e, mf->ino).size, mf->size);
+	assert_int_equal(th_getattr(e, mf->ino).size, mf->size);
 	off = rnd(r, mf->size + 2);
 	compare_range(e, mf, off, 1 + rnd(r, 20000), r->tmp);
 }
@@ -555,10 +453,10 @@ static void run_model(uint64_t seed_mix, size_t pool_size, uint32_t bs, uint64_t
 
 	memset(&r, 0, sizeof(r));
 	th_rng_init(&r.rng, th_seed() ^ seed_mix);
-	env_new(&r.e, pool_size, bs, log_blocks);
+	th_env_new(&r.e, pool_size, bs, log_blocks);
 	if (verify)
 		pmfuse_txm_set_verify(r.e.vol->txm, true);
-	start_free = free_blocks(&r.e);
+	start_free = th_free_blocks(&r.e);
 	r.nfiles = nfiles;
 	r.files = calloc((size_t)nfiles, sizeof(*r.files));
 	r.buf = malloc(cap + bs);
@@ -576,7 +474,7 @@ static void run_model(uint64_t seed_mix, size_t pool_size, uint32_t bs, uint64_t
 		if (i % check_every == 0)
 			check_all(&r);
 		if (reopen_every && i % reopen_every == 0) {
-			env_reopen(&r.e);
+			th_env_reopen(&r.e);
 			if (verify)
 				pmfuse_txm_set_verify(r.e.vol->txm, true);
 			check_all(&r);
@@ -590,17 +488,17 @@ static void run_model(uint64_t seed_mix, size_t pool_size, uint32_t bs, uint64_t
 	       ULL(r.ops[OP_PREAD]), ULL(r.ops[OP_SEEK]), ULL(r.ops[OP_READV]));
 
 	for (int i = 0; i < nfiles; i++) {
-		rmfile(&r.e, r.files[i].name, r.files[i].ino);
+		th_rmfile(&r.e, r.files[i].name, r.files[i].ino);
 		mfile_free(&r.files[i]);
 	}
 	check_space(&r.e);
-	assert_int_equal(free_blocks(&r.e), start_free);
-	env_reopen(&r.e);
-	assert_int_equal(free_blocks(&r.e), start_free);
+	assert_int_equal(th_free_blocks(&r.e), start_free);
+	th_env_reopen(&r.e);
+	assert_int_equal(th_free_blocks(&r.e), start_free);
 	free(r.files);
 	free(r.buf);
 	free(r.tmp);
-	env_free(&r.e);
+	th_env_free(&r.e);
 }
 
 static void test_model_4k(void **state)
@@ -634,7 +532,7 @@ static void test_model_verified(void **state)
 
 static void test_basics(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct pmfuse_attr a, d;
 	struct pmfuse_setattr sa = { 0 };
 	uint8_t buf[64], out[64];
@@ -642,22 +540,22 @@ static void test_basics(void **state)
 	char link[16];
 	(void)state;
 
-	env_new(&e, 8u << 20, 4096, 0);
-	ino = mkfile(&e, "a");
+	th_env_new(&e, 8u << 20, 4096, 0);
+	ino = th_mkfile(&e, "a");
 	memset(buf, 'x', sizeof(buf));
 
 	/* empty file */
 	assert_int_equal(pmfuse_fs_pread(e.fs, ino, out, sizeof(out), 0), 0);
 	assert_int_equal(pmfuse_fs_lseek(e.fs, ino, 0, SEEK_DATA), -ENXIO);
 	assert_int_equal(pmfuse_fs_lseek(e.fs, ino, 0, SEEK_HOLE), -ENXIO);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 0, 100, false, &cred_user), 0);
-	assert_int_equal(getattr(&e, ino).size, 0);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 0, 100, false, &th_cred_user), 0);
+	assert_int_equal(th_getattr(&e, ino).size, 0);
 
 	/* wrong types and arguments */
-	assert_int_equal(pmfuse_fs_write(e.fs, PMFUSE_ROOT_INO, buf, 1, 0, false, &cred_user),
+	assert_int_equal(pmfuse_fs_write(e.fs, PMFUSE_ROOT_INO, buf, 1, 0, false, &th_cred_user),
 			 -EISDIR);
 	assert_int_equal(pmfuse_fs_pread(e.fs, PMFUSE_ROOT_INO, out, 1, 0), -EISDIR);
-	assert_int_equal(pmfuse_fs_write(e.fs, 9999, buf, 1, 0, false, &cred_user), -ENOENT);
+	assert_int_equal(pmfuse_fs_write(e.fs, 9999, buf, 1, 0, false, &th_cred_user), -ENOENT);
 	assert_int_equal(pmfuse_fs_lseek(e.fs, ino, 0, SEEK_SET), -EINVAL);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE, 0, 10),
 			 -EOPNOTSUPP);
@@ -671,10 +569,10 @@ static void test_basics(void **state)
 
 	/* the size limit: 2^63 - 1 bytes; a write reaching past it is cut short */
 	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 1, (uint64_t)INT64_MAX, false,
-					 &cred_user), -EFBIG);
+					 &th_cred_user), -EFBIG);
 	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 10, (uint64_t)INT64_MAX - 4, false,
-					 &cred_user), 4);
-	a = getattr(&e, ino);
+					 &th_cred_user), 4);
+	a = th_getattr(&e, ino);
 	assert_int_equal(a.size, (uint64_t)INT64_MAX);
 	assert_int_equal(a.blocks512, 8);
 	assert_int_equal(pmfuse_fs_pread(e.fs, ino, out, 10, (uint64_t)INT64_MAX - 4), 4);
@@ -683,17 +581,17 @@ static void test_basics(void **state)
 			 (int64_t)((uint64_t)INT64_MAX / 4096 * 4096));
 	assert_int_equal(pmfuse_fs_lseek(e.fs, ino, 5, SEEK_HOLE), 5);
 	sa.size = (uint64_t)INT64_MAX + 1;
-	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_SIZE, &cred_user, &a),
+	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_SIZE, &th_cred_user, &a),
 			 -EFBIG);
-	assert_int_equal(set_size(&e, ino, 0), 0);
-	assert_int_equal(getattr(&e, ino).blocks512, 0);
+	assert_int_equal(th_set_size(&e, ino, 0), 0);
+	assert_int_equal(th_getattr(&e, ino).blocks512, 0);
 
 	/* append ignores the offset; times move */
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, "hello", 5, 0, false, &cred_user), 5);
-	a = getattr(&e, ino);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "hello", 5, 0, false, &th_cred_user), 5);
+	a = th_getattr(&e, ino);
 	usleep(2000);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, " world", 6, 1, true, &cred_user), 6);
-	d = getattr(&e, ino);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, " world", 6, 1, true, &th_cred_user), 6);
+	d = th_getattr(&e, ino);
 	assert_int_equal(d.size, 11);
 	assert_int_equal(pmfuse_fs_pread(e.fs, ino, out, sizeof(out), 0), 11);
 	assert_memory_equal(out, "hello world", 11);
@@ -704,20 +602,20 @@ static void test_basics(void **state)
 
 	/* setuid/setgid: a write by a non-root caller clears them (setgid only with g+x) */
 	sa.mode = 06755;
-	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_MODE, &cred_root, &a), 0);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &cred_root), 1);
-	assert_int_equal(getattr(&e, ino).mode & 07777, 06755);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &cred_user), 1);
-	assert_int_equal(getattr(&e, ino).mode & 07777, 0755);
+	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_MODE, &th_cred_root, &a), 0);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &th_cred_root), 1);
+	assert_int_equal(th_getattr(&e, ino).mode & 07777, 06755);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &th_cred_user), 1);
+	assert_int_equal(th_getattr(&e, ino).mode & 07777, 0755);
 	sa.mode = 06745;
-	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_MODE, &cred_root, &a), 0);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &cred_user), 1);
-	assert_int_equal(getattr(&e, ino).mode & 07777, 02745);
+	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_MODE, &th_cred_root, &a), 0);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &th_cred_user), 1);
+	assert_int_equal(th_getattr(&e, ino).mode & 07777, 02745);
 
 	/* truncate up is a hole; the old tail stays zero after truncate down and up again */
-	assert_int_equal(set_size(&e, ino, 3), 0);
-	assert_int_equal(set_size(&e, ino, 20000), 0);
-	a = getattr(&e, ino);
+	assert_int_equal(th_set_size(&e, ino, 3), 0);
+	assert_int_equal(th_set_size(&e, ino, 20000), 0);
+	a = th_getattr(&e, ino);
 	assert_int_equal(a.blocks512, 8);
 	assert_int_equal(pmfuse_fs_pread(e.fs, ino, out, sizeof(out), 0), sizeof(out));
 	assert_memory_equal(out, "!el", 3);
@@ -732,33 +630,33 @@ static void test_basics(void **state)
 	/* KEEP_SIZE preallocation past EOF: counted in st_blocks, not in the size, reads zeros
 	 * when the size grows over it, and goes on a shrinking truncate */
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, 40960, 8192), 0);
-	a = getattr(&e, ino);
+	a = th_getattr(&e, ino);
 	assert_int_equal(a.size, 20000);
 	assert_int_equal(a.blocks512, 3 * 8);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, "z", 1, 49151, false, &cred_user), 1);
-	assert_int_equal(getattr(&e, ino).blocks512, 3 * 8);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "z", 1, 49151, false, &th_cred_user), 1);
+	assert_int_equal(th_getattr(&e, ino).blocks512, 3 * 8);
 	assert_int_equal(pmfuse_fs_pread(e.fs, ino, out, 4, 40960), 4);
 	assert_memory_equal(out, "\0\0\0\0", 4);
-	assert_int_equal(set_size(&e, ino, 4096), 0);
-	assert_int_equal(getattr(&e, ino).blocks512, 8);
+	assert_int_equal(th_set_size(&e, ino, 4096), 0);
+	assert_int_equal(th_getattr(&e, ino).blocks512, 8);
 
 	/* symlinks: the namespace code stores targets through the _locked calls */
-	assert_int_equal(pmfuse_fs_symlink(e.fs, PMFUSE_ROOT_INO, "l", "target/x", &cred_user,
+	assert_int_equal(pmfuse_fs_symlink(e.fs, PMFUSE_ROOT_INO, "l", "target/x", &th_cred_user,
 					   &a), 0);
 	assert_int_equal(pmfuse_fs_readlink(e.fs, a.ino, link, sizeof(link)), 8);
 	assert_string_equal(link, "target/x");
 	assert_int_equal(pmfuse_fs_pread(e.fs, a.ino, out, 1, 0), -EINVAL);
-	assert_int_equal(pmfuse_fs_write(e.fs, a.ino, buf, 1, 0, false, &cred_user), -EINVAL);
+	assert_int_equal(pmfuse_fs_write(e.fs, a.ino, buf, 1, 0, false, &th_cred_user), -EINVAL);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, a.ino, 0, 0, 1), -ENODEV);
 
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 }
 
 /* Reads hand out pool addresses and the zero buffer, merged where extents continue. */
 static void test_read_iov(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct gather g = { .e = &e };
 	uint8_t *buf = malloc(4u << 20), *out = malloc(8u << 20);
 	uint64_t ino;
@@ -766,12 +664,12 @@ static void test_read_iov(void **state)
 
 	assert_non_null(buf);
 	assert_non_null(out);
-	env_new(&e, 32u << 20, 4096, 0);
-	ino = mkfile(&e, "r");
+	th_env_new(&e, 32u << 20, 4096, 0);
+	ino = th_mkfile(&e, "r");
 	for (size_t i = 0; i < (4u << 20); i++)
 		buf[i] = (uint8_t)(i * 7 + 3);
 	/* one large write: one extent, so one vector */
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 1u << 20, 0, false, &cred_user),
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 1u << 20, 0, false, &th_cred_user),
 			 1u << 20);
 	g.out = out;
 	assert_int_equal(pmfuse_fs_read(e.fs, ino, 1000, 500000, gather, &g), 7);
@@ -781,7 +679,7 @@ static void test_read_iov(void **state)
 
 	/* a 3.5 MiB hole between two data ranges: the zero buffer, in <= 1 MiB vectors */
 	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 4096, (7u << 19) + (1u << 20), false,
-					 &cred_user), 4096);
+					 &th_cred_user), 4096);
 	g.len = 0;
 	assert_int_equal(pmfuse_fs_read(e.fs, ino, 0, 8u << 20, gather, &g), 7);
 	assert_int_equal(g.len, (7u << 19) + (1u << 20) + 4096);
@@ -798,7 +696,7 @@ static void test_read_iov(void **state)
 	assert_int_equal(pmfuse_fs_read(e.fs, ino, 100u << 20, 10, gather, &g), 7);
 	assert_int_equal(g.cnt, 0);
 	assert_int_equal(pmfuse_fs_read(e.fs, 9999, 0, 10, gather, &g), -ENOENT);
-	env_free(&e);
+	th_env_free(&e);
 	free(buf);
 	free(out);
 }
@@ -806,18 +704,18 @@ static void test_read_iov(void **state)
 /* A file with data 1 GiB in costs a block of data and a node of extent map. */
 static void test_sparse(void **state)
 {
-	struct env e;
+	struct th_env e;
 	uint64_t ino, before;
 	uint8_t out[4096];
 	(void)state;
 
-	env_new(&e, 16u << 20, 4096, 0);
-	ino = mkfile(&e, "sparse");
-	before = free_blocks(&e);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, "end", 3, 1ull << 30, false, &cred_user), 3);
-	assert_int_equal(getattr(&e, ino).size, (1ull << 30) + 3);
-	assert_int_equal(getattr(&e, ino).blocks512, 8);
-	assert_true(before - free_blocks(&e) <= 2);
+	th_env_new(&e, 16u << 20, 4096, 0);
+	ino = th_mkfile(&e, "sparse");
+	before = th_free_blocks(&e);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "end", 3, 1ull << 30, false, &th_cred_user), 3);
+	assert_int_equal(th_getattr(&e, ino).size, (1ull << 30) + 3);
+	assert_int_equal(th_getattr(&e, ino).blocks512, 8);
+	assert_true(before - th_free_blocks(&e) <= 2);
 	assert_int_equal(pmfuse_fs_pread(e.fs, ino, out, sizeof(out), 12345678), sizeof(out));
 	for (size_t i = 0; i < sizeof(out); i++)
 		assert_int_equal(out[i], 0);
@@ -828,18 +726,18 @@ static void test_sparse(void **state)
 	/* a 1 TiB hole punched and zero-ranged costs nothing either */
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 					     0, 1ull << 30), 0);
-	assert_int_equal(set_size(&e, ino, 1ull << 40), 0);
-	assert_int_equal(getattr(&e, ino).blocks512, 8);
+	assert_int_equal(th_set_size(&e, ino, 1ull << 40), 0);
+	assert_int_equal(th_getattr(&e, ino).blocks512, 8);
 	check_space(&e);
-	assert_int_equal(set_size(&e, ino, 0), 0);
-	assert_int_equal(free_blocks(&e), before);
-	env_free(&e);
+	assert_int_equal(th_set_size(&e, ino, 0), 0);
+	assert_int_equal(th_free_blocks(&e), before);
+	th_env_free(&e);
 }
 
 /* Fill a small pool: short writes, then -ENOSPC; contents and accounting stay right. */
 static void test_enospc_write(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	struct mfile f[2];
 	uint8_t *buf = malloc(1u << 20), *tmp = malloc(8u << 20);
@@ -850,8 +748,8 @@ static void test_enospc_write(void **state)
 	assert_non_null(buf);
 	assert_non_null(tmp);
 	th_rng_init(&rng, th_seed() ^ 11);
-	env_new(&e, 2u << 20, 4096, 0);
-	start_free = free_blocks(&e);
+	th_env_new(&e, 2u << 20, 4096, 0);
+	start_free = th_free_blocks(&e);
 	mfile_init(&e, &f[0], "a", 4u << 20);
 	mfile_init(&e, &f[1], "b", 4u << 20);
 	for (int i = 0; i < 2000 && enospc < 20; i++) {
@@ -863,8 +761,8 @@ static void test_enospc_write(void **state)
 
 		if (off + len > mf->cap)
 			continue;
-		fill_random(&rng, buf, len);
-		n = pmfuse_fs_write(e.fs, mf->ino, buf, len, off, false, &cred_user);
+		th_fill_random(&rng, buf, len);
+		n = pmfuse_fs_write(e.fs, mf->ino, buf, len, off, false, &th_cred_user);
 		if (n == -ENOSPC) {
 			enospc++;
 			continue;
@@ -873,33 +771,33 @@ static void test_enospc_write(void **state)
 		if ((uint64_t)n < len)
 			short_writes++;
 		m_write(mf, e.bs, buf, off, (uint64_t)n);
-		assert_int_equal(getattr(&e, mf->ino).size, mf->size);
+		assert_int_equal(th_getattr(&e, mf->ino).size, mf->size);
 	}
 	printf("# ENOSPC: %d short writes, %d refusals, %llu blocks free (reserve %llu)\n",
-	       short_writes, enospc, ULL(free_blocks(&e)), ULL(pmfuse_data_reserve(e.fs)));
+	       short_writes, enospc, ULL(th_free_blocks(&e)), ULL(pmfuse_data_reserve(e.fs)));
 	assert_true(enospc > 0);
 	assert_true(short_writes > 0);
 	for (int i = 0; i < 2; i++)
 		check_file(&e, &f[i], tmp);
 	check_space(&e);
-	env_reopen(&e);
+	th_env_reopen(&e);
 	for (int i = 0; i < 2; i++)
 		check_file(&e, &f[i], tmp);
 	check_space(&e);
 
 	/* a full pool still truncates, and then writes again */
-	assert_int_equal(set_size(&e, f[0].ino, 100), 0);
+	assert_int_equal(th_set_size(&e, f[0].ino, 100), 0);
 	m_truncate(&f[0], e.bs, 100);
-	assert_int_equal(pmfuse_fs_write(e.fs, f[1].ino, buf, 5000, 0, false, &cred_user), 5000);
+	assert_int_equal(pmfuse_fs_write(e.fs, f[1].ino, buf, 5000, 0, false, &th_cred_user), 5000);
 	m_write(&f[1], e.bs, buf, 0, 5000);
 	for (int i = 0; i < 2; i++) {
 		check_file(&e, &f[i], tmp);
-		rmfile(&e, f[i].name, f[i].ino);
+		th_rmfile(&e, f[i].name, f[i].ino);
 		mfile_free(&f[i]);
 	}
 	check_space(&e);
-	assert_int_equal(free_blocks(&e), start_free);
-	env_free(&e);
+	assert_int_equal(th_free_blocks(&e), start_free);
+	th_env_free(&e);
 	free(buf);
 	free(tmp);
 }
@@ -911,17 +809,17 @@ struct snap {
 	uint64_t free;
 };
 
-static void snap_take(struct env *e, uint64_t ino, struct snap *s, size_t cap)
+static void snap_take(struct th_env *e, uint64_t ino, struct snap *s, size_t cap)
 {
-	s->a = getattr(e, ino);
+	s->a = th_getattr(e, ino);
 	s->data = malloc(cap);
 	assert_non_null(s->data);
 	s->n = pmfuse_fs_pread(e->fs, ino, s->data, cap, 0);
 	assert_true(s->n >= 0);
-	s->free = free_blocks(e);
+	s->free = th_free_blocks(e);
 }
 
-static void snap_same(struct env *e, uint64_t ino, const struct snap *s, size_t cap)
+static void snap_same(struct th_env *e, uint64_t ino, const struct snap *s, size_t cap)
 {
 	struct snap now;
 
@@ -938,23 +836,23 @@ static void snap_same(struct env *e, uint64_t ino, const struct snap *s, size_t 
  * early refusal and a failure midway (the holes fit, the map's new nodes do not). */
 static void test_enospc_fallocate(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct snap s;
 	uint64_t frag, filler, holes = 0, fb, off;
 	uint8_t blk[4096];
 	int rc;
 	(void)state;
 
-	env_new(&e, 2u << 20, 4096, 0);
-	frag = mkfile(&e, "frag");
-	filler = mkfile(&e, "filler");
+	th_env_new(&e, 2u << 20, 4096, 0);
+	frag = th_mkfile(&e, "frag");
+	filler = th_mkfile(&e, "filler");
 	/* the filler's map gets its leaf now: later it grows one block (one merge) at a time */
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, filler, FALLOC_FL_KEEP_SIZE, 0, 4096), 0);
 	memset(blk, 0xab, sizeof(blk));
 	/* every other block: one extent record per block */
 	for (fb = 0; fb < 2 * 150; fb += 2)
 		assert_int_equal(pmfuse_fs_write(e.fs, frag, blk, 4096, fb * 4096, false,
-						 &cred_user), 4096);
+						 &th_cred_user), 4096);
 	holes = 150;
 	/* the early refusal */
 	snap_take(&e, frag, &s, 4u << 20);
@@ -966,11 +864,11 @@ static void test_enospc_fallocate(void **state)
 
 	/* leave exactly as many blocks beyond the reserve as the holes need: the holes fit, but
 	 * their records (one per hole: nothing merges) need a new leaf, which takes a block */
-	for (off = 4096; free_blocks(&e) > holes + pmfuse_data_reserve(e.fs); off += 4096) {
+	for (off = 4096; th_free_blocks(&e) > holes + pmfuse_data_reserve(e.fs); off += 4096) {
 		rc = pmfuse_fs_fallocate(e.fs, filler, FALLOC_FL_KEEP_SIZE, off, 4096);
 		assert_int_equal(rc, 0);
 	}
-	assert_int_equal(free_blocks(&e), holes + pmfuse_data_reserve(e.fs));
+	assert_int_equal(th_free_blocks(&e), holes + pmfuse_data_reserve(e.fs));
 	check_space(&e);
 	snap_take(&e, frag, &s, 4u << 20);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, 0, 0, 2 * 150 * 4096), -ENOSPC);
@@ -982,15 +880,15 @@ static void test_enospc_fallocate(void **state)
 	check_space(&e);
 
 	/* deleting everything gives every block back */
-	rmfile(&e, "filler", filler);
-	rmfile(&e, "frag", frag);
+	th_rmfile(&e, "filler", filler);
+	th_rmfile(&e, "frag", frag);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 }
 
 /* Consumes free blocks down to `left` behind the data reserve's back, as the metadata of other
  * operations would: raw extents appended to a file's map (contents irrelevant). */
-static void eat_blocks(struct env *e, uint64_t ino, uint64_t left)
+static void eat_blocks(struct th_env *e, uint64_t ino, uint64_t left)
 {
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *ip;
@@ -998,9 +896,9 @@ static void eat_blocks(struct env *e, uint64_t ino, uint64_t left)
 	struct pmfuse_iext x;
 	uint64_t fb = 1ull << 30;
 
-	while (free_blocks(e) > left) {
+	while (th_free_blocks(e) > left) {
 		struct pmfuse_tx *tx = pmfuse_tx_begin(e->vol->txm);
-		uint64_t want = free_blocks(e) - left;
+		uint64_t want = th_free_blocks(e) - left;
 		int rc;
 
 		assert_int_equal(pmfuse_inode_locate(e->fs, ino, &ip, &leaf), 0);
@@ -1029,7 +927,7 @@ static void eat_blocks(struct env *e, uint64_t ino, uint64_t left)
  */
 static void test_full_pool(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	uint64_t frag, filler, off, nrec = 60;
 	uint8_t *buf = malloc(4096), *tmp = malloc(1u << 20);
@@ -1038,13 +936,13 @@ static void test_full_pool(void **state)
 	assert_non_null(buf);
 	assert_non_null(tmp);
 	th_rng_init(&rng, th_seed() ^ 21);
-	fill_random(&rng, buf, 4096);
-	env_new(&e, 2u << 20, 4096, 0);
-	filler = mkfile(&e, "filler");
-	frag = mkfile(&e, "frag");
+	th_fill_random(&rng, buf, 4096);
+	th_env_new(&e, 2u << 20, 4096, 0);
+	filler = th_mkfile(&e, "filler");
+	frag = th_mkfile(&e, "frag");
 	for (uint64_t i = 0; i < nrec; i++)
 		assert_int_equal(pmfuse_fs_write(e.fs, frag, buf, 4096, 2 * i * 4096, false,
-						 &cred_user), 4096);
+						 &th_cred_user), 4096);
 	for (off = 0;; off += 4096) {
 		int rc = pmfuse_fs_fallocate(e.fs, filler, FALLOC_FL_KEEP_SIZE, off, 4096);
 
@@ -1053,31 +951,31 @@ static void test_full_pool(void **state)
 		assert_int_equal(rc, 0);
 	}
 	/* full for data: the reserve is what is left */
-	assert_true(free_blocks(&e) > 0 && free_blocks(&e) <= pmfuse_data_reserve(e.fs));
-	assert_int_equal(pmfuse_fs_write(e.fs, frag, buf, 1, 1 * 4096, false, &cred_user),
+	assert_true(th_free_blocks(&e) > 0 && th_free_blocks(&e) <= pmfuse_data_reserve(e.fs));
+	assert_int_equal(pmfuse_fs_write(e.fs, frag, buf, 1, 1 * 4096, false, &th_cred_user),
 			 -ENOSPC);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, FALLOC_FL_ZERO_RANGE, 4096, 4096),
 			 -ENOSPC);
-	assert_int_equal(pmfuse_fs_write(e.fs, frag, "ok", 2, 10, false, &cred_user), 2);
+	assert_int_equal(pmfuse_fs_write(e.fs, frag, "ok", 2, 10, false, &th_cred_user), 2);
 	memcpy(buf + 10, "ok", 2);
 	check_space(&e);
 
 	/* and full to the last block */
 	eat_blocks(&e, filler, 0);
-	assert_int_equal(free_blocks(&e), 0);
-	assert_int_equal(set_size(&e, frag, 4096 + 100), 0);
-	assert_int_equal(getattr(&e, frag).size, 4096 + 100);
-	assert_int_equal(getattr(&e, frag).blocks512, 8);
+	assert_int_equal(th_free_blocks(&e), 0);
+	assert_int_equal(th_set_size(&e, frag, 4096 + 100), 0);
+	assert_int_equal(th_getattr(&e, frag).size, 4096 + 100);
+	assert_int_equal(th_getattr(&e, frag).blocks512, 8);
 	assert_int_equal(pmfuse_btree_count(&e.fs->orphans), 0);
 	assert_int_equal(pmfuse_fs_pread(e.fs, frag, tmp, 1u << 20, 0), 4096 + 100);
 	assert_memory_equal(tmp, buf, 4096);
 	for (size_t i = 4096; i < 4096 + 100; i++)
 		assert_int_equal(tmp[i], 0);
 	check_space(&e);
-	rmfile(&e, "filler", filler);
-	rmfile(&e, "frag", frag);
+	th_rmfile(&e, "filler", filler);
+	th_rmfile(&e, "frag", frag);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 	free(buf);
 	free(tmp);
 }
@@ -1089,7 +987,7 @@ static void test_full_pool(void **state)
  */
 static void test_log_full(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct snap s;
 	uint64_t ino, i;
 	uint8_t buf[3 * 4096];
@@ -1097,13 +995,13 @@ static void test_log_full(void **state)
 	(void)state;
 
 	memset(buf, 0x61, sizeof(buf));
-	env_new(&e, 8u << 20, 4096, 3);
-	ino = mkfile(&e, "f");
+	th_env_new(&e, 8u << 20, 4096, 3);
+	ino = th_mkfile(&e, "f");
 	pmfuse_log_set_target(PMFUSE_LOG_QUIET);
 	/* three-block records one block apart, until a leaf of the two-level map is full */
 	for (i = 0; i < 1000; i++) {
 		snap_take(&e, ino, &s, 16u << 20);
-		n = pmfuse_fs_write(e.fs, ino, buf, sizeof(buf), i * 4 * 4096, false, &cred_user);
+		n = pmfuse_fs_write(e.fs, ino, buf, sizeof(buf), i * 4 * 4096, false, &th_cred_user);
 		if (n < 0)
 			break;
 		assert_int_equal(n, sizeof(buf));
@@ -1122,7 +1020,7 @@ static void test_log_full(void **state)
 	free(s.data);
 	pmfuse_log_set_target(PMFUSE_LOG_STDERR);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 }
 
 /* With a 3-block log one transaction may allocate or free 16384 blocks: a 72 MiB
@@ -1130,24 +1028,24 @@ static void test_log_full(void **state)
  * (the orphan route, since it does not fit one transaction). */
 static void test_budget_split_extent(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct pmfuse_extent_budget b;
 	uint64_t ino, start_free, len = 72ull << 20;
 	uint8_t out[4096];
 	(void)state;
 
-	env_new(&e, 80u << 20, 4096, 3);
+	th_env_new(&e, 80u << 20, 4096, 3);
 	pmfuse_extent_budget_init(e.fs, &b);
 	assert_true(b.blocks < len / 4096);
-	start_free = free_blocks(&e);
-	ino = mkfile(&e, "big");
+	start_free = th_free_blocks(&e);
+	ino = th_mkfile(&e, "big");
 	/* the map's first leaf goes right after the first extent: let that be a small one, so
 	 * that the preallocation's two transactions give one merged extent past the budget */
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, "\0", 1, 0, false, &cred_user), 1);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "\0", 1, 0, false, &th_cred_user), 1);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, len), 0);
-	assert_int_equal(getattr(&e, ino).size, len);
-	assert_int_equal(getattr(&e, ino).blocks512, len / 512);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, "tail", 4, len - 4, false, &cred_user), 4);
+	assert_int_equal(th_getattr(&e, ino).size, len);
+	assert_int_equal(th_getattr(&e, ino).blocks512, len / 512);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "tail", 4, len - 4, false, &th_cred_user), 4);
 	assert_int_equal(pmfuse_fs_pread(e.fs, ino, out, sizeof(out), len - sizeof(out)),
 			 sizeof(out));
 	assert_memory_equal(out + sizeof(out) - 4, "tail", 4);
@@ -1165,22 +1063,22 @@ static void test_budget_split_extent(void **state)
 		assert_true(x.len > b.blocks);
 	}
 	check_space(&e);
-	assert_int_equal(set_size(&e, ino, 4096 + 1), 0);
-	assert_int_equal(getattr(&e, ino).blocks512, 2 * 8);
+	assert_int_equal(th_set_size(&e, ino, 4096 + 1), 0);
+	assert_int_equal(th_getattr(&e, ino).blocks512, 2 * 8);
 	assert_int_equal(pmfuse_btree_count(&e.fs->orphans), 0);
 	check_space(&e);
-	assert_int_equal(set_size(&e, ino, 0), 0);
-	assert_int_equal(getattr(&e, ino).blocks512, 0);
+	assert_int_equal(th_set_size(&e, ino, 0), 0);
+	assert_int_equal(th_getattr(&e, ino).blocks512, 0);
 	/* (a 3-block log is too small for the namespace's delete: the accounting must do) */
-	assert_true(start_free - free_blocks(&e) <= 2);
+	assert_true(start_free - th_free_blocks(&e) <= 2);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 }
 
 /* Damaged extent records are -EUCLEAN on every path, never an address outside the pool. */
 static void test_corruption(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct pmfuse_blk_hdr *leaf, *node;
 	struct pmfuse_inode *ip;
 	struct pmfuse_extmap m;
@@ -1193,12 +1091,12 @@ static void test_corruption(void **state)
 
 	g.out = out;
 	memset(buf, 7, sizeof(buf));
-	env_new(&e, 8u << 20, 4096, 0);
-	ino = mkfile(&e, "bad");
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 4096, 0, false, &cred_user), 4096);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 4096, 3 * 4096, false, &cred_user),
+	th_env_new(&e, 8u << 20, 4096, 0);
+	ino = th_mkfile(&e, "bad");
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 4096, 0, false, &th_cred_user), 4096);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 4096, 3 * 4096, false, &th_cred_user),
 			 4096);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 4096, 6 * 4096, false, &cred_user),
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 4096, 6 * 4096, false, &th_cred_user),
 			 4096);
 	assert_int_equal(pmfuse_inode_locate(e.fs, ino, &ip, &leaf), 0);
 	pmfuse_extmap_open(&m, e.fs, ip, leaf);
@@ -1222,9 +1120,9 @@ static void test_corruption(void **state)
 		assert_int_equal(pmfuse_fs_read(e.fs, ino, 0, sizeof(out), gather, &g), -EUCLEAN);
 		assert_int_equal(pmfuse_fs_lseek(e.fs, ino, 0, SEEK_HOLE), -EUCLEAN);
 		if (i != PMFUSE_ARRAY_SIZE(bad_pblock)) {
-			assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 10, 0, false, &cred_user),
+			assert_int_equal(pmfuse_fs_write(e.fs, ino, buf, 10, 0, false, &th_cred_user),
 					 -EUCLEAN);
-			assert_int_equal(set_size(&e, ino, 0), -EUCLEAN);
+			assert_int_equal(th_set_size(&e, ino, 0), -EUCLEAN);
 		}
 	}
 	/* repaired, everything works again */
@@ -1233,43 +1131,43 @@ static void test_corruption(void **state)
 	pmfuse_log_set_target(PMFUSE_LOG_STDERR);
 	assert_int_equal(pmfuse_fs_pread(e.fs, ino, out, sizeof(out), 0), sizeof(out));
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 }
 
 /* A shrinking truncate of a file with more extents than one transaction may change goes the
  * orphan route and ends with the orphan list empty; so does a delete of such a file. */
 static void test_truncate_many_extents(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct pmfuse_extent_budget b;
 	uint64_t ino, start_free, n;
 	uint8_t blk[4096];
 	(void)state;
 
-	env_new(&e, 16u << 20, 4096, 8);
+	th_env_new(&e, 16u << 20, 4096, 8);
 	pmfuse_extent_budget_init(e.fs, &b);
-	start_free = free_blocks(&e);
-	ino = mkfile(&e, "many");
+	start_free = th_free_blocks(&e);
+	ino = th_mkfile(&e, "many");
 	memset(blk, 0x5a, sizeof(blk));
 	n = 4 * b.recs + 50;
 	for (uint64_t i = 0; i < n; i++)
 		assert_int_equal(pmfuse_fs_write(e.fs, ino, blk, 100, i * 2 * 4096, false,
-						 &cred_user), 100);
-	assert_int_equal(getattr(&e, ino).blocks512, n * 8);
+						 &th_cred_user), 100);
+	assert_int_equal(th_getattr(&e, ino).blocks512, n * 8);
 	check_space(&e);
-	assert_int_equal(set_size(&e, ino, 4096 + 10), 0);
-	assert_int_equal(getattr(&e, ino).blocks512, 8);
+	assert_int_equal(th_set_size(&e, ino, 4096 + 10), 0);
+	assert_int_equal(th_getattr(&e, ino).blocks512, 8);
 	assert_int_equal(pmfuse_btree_count(&e.fs->orphans), 0);
 	check_space(&e);
 	for (uint64_t i = 0; i < n; i++)
 		assert_int_equal(pmfuse_fs_write(e.fs, ino, blk, 4096, i * 2 * 4096 + 4096,
-						 false, &cred_user), 4096);
+						 false, &th_cred_user), 4096);
 	check_space(&e);
-	rmfile(&e, "many", ino);
+	th_rmfile(&e, "many", ino);
 	assert_int_equal(pmfuse_btree_count(&e.fs->orphans), 0);
 	check_space(&e);
-	assert_int_equal(free_blocks(&e), start_free);
-	env_free(&e);
+	assert_int_equal(th_free_blocks(&e), start_free);
+	th_env_free(&e);
 }
 
 /* ---- crashes -------------------------------------------------------------------------------- */
@@ -1280,7 +1178,7 @@ static void test_truncate_many_extents(void **state)
  * list, and must show the file in its old or its new state with consistent space accounting.
  */
 struct crash {
-	struct env *live;
+	struct th_env *live;
 	uint64_t ino;
 	const uint8_t *old_data, *new_data;
 	uint64_t old_size, new_size;
@@ -1293,14 +1191,14 @@ struct crash {
 
 static void crash_check(struct crash *c)
 {
-	struct env e = { 0 };
+	struct th_env e = { 0 };
 	struct pmfuse_attr a;
 	ssize_t n;
 
 	assert_int_equal(pmfuse_pool_fake_new(pmfuse_pool_size(c->live->pool), c->image,
 					      &e.pool), 0);
-	env_mount(&e);
-	a = getattr(&e, c->ino);
+	th_env_mount(&e);
+	a = th_getattr(&e, c->ino);
 	n = pmfuse_fs_pread(e.fs, c->ino, c->tmp, a.size + 1, 0);
 	assert_int_equal(n, a.size);
 	if (c->append) {
@@ -1324,7 +1222,7 @@ static void crash_check(struct crash *c)
 	}
 	assert_int_equal(pmfuse_btree_count(&e.fs->orphans), 0);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 }
 
 static void crash_hook(void *arg, struct pmfuse_pool *pool, uint64_t barrier)
@@ -1338,7 +1236,7 @@ static void crash_hook(void *arg, struct pmfuse_pool *pool, uint64_t barrier)
 	crash_check(c);
 }
 
-static void with_crashes(struct env *e, struct crash *c, void (*op)(struct env *e, void *arg),
+static void with_crashes(struct th_env *e, struct crash *c, void (*op)(struct th_env *e, void *arg),
 			 void *arg)
 {
 	struct pmfuse_pool_fake_hook hook = { .barrier = crash_hook, .arg = c };
@@ -1364,11 +1262,11 @@ struct trunc_arg {
 	uint64_t ino, size;
 };
 
-static void op_truncate(struct env *e, void *arg)
+static void op_truncate(struct th_env *e, void *arg)
 {
 	struct trunc_arg *t = arg;
 
-	assert_int_equal(set_size(e, t->ino, t->size), 0);
+	assert_int_equal(th_set_size(e, t->ino, t->size), 0);
 }
 
 struct append_arg {
@@ -1377,17 +1275,17 @@ struct append_arg {
 	size_t len;
 };
 
-static void op_append(struct env *e, void *arg)
+static void op_append(struct th_env *e, void *arg)
 {
 	struct append_arg *w = arg;
 
-	assert_int_equal(pmfuse_fs_write(e->fs, w->ino, w->buf, w->len, 0, true, &cred_user),
+	assert_int_equal(pmfuse_fs_write(e->fs, w->ino, w->buf, w->len, 0, true, &th_cred_user),
 			 w->len);
 }
 
 static void test_crash_truncate_and_append(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct crash c = { 0 };
 	struct trunc_arg t;
 	struct append_arg w;
@@ -1398,15 +1296,15 @@ static void test_crash_truncate_and_append(void **state)
 
 	assert_non_null(data);
 	assert_non_null(next);
-	env_new(&e, 8u << 20, 4096, 8);
+	th_env_new(&e, 8u << 20, 4096, 8);
 	pmfuse_extent_budget_init(e.fs, &b);
-	ino = mkfile(&e, "c");
+	ino = th_mkfile(&e, "c");
 	/* many extents (two blocks per record, gaps between): the orphan route */
 	n = 3 * b.recs + 5;
 	for (uint64_t i = 0; i < n; i++) {
 		memset(data + i * 3 * 4096, (int)(i + 1), 2 * 4096);
 		assert_int_equal(pmfuse_fs_write(e.fs, ino, data + i * 3 * 4096, 2 * 4096,
-						 i * 3 * 4096, false, &cred_user), 2 * 4096);
+						 i * 3 * 4096, false, &th_cred_user), 2 * 4096);
 	}
 	size = (n - 1) * 3 * 4096 + 2 * 4096;
 	memcpy(next, data, size);
@@ -1426,15 +1324,15 @@ static void test_crash_truncate_and_append(void **state)
 	/* scatter the free space (two files written in turns until the pool is almost full, then
 	 * one deleted), so that an append takes one-block extents, three per transaction (the
 	 * small log's budget): many transactions, each a consistent prefix */
-	x = mkfile(&e, "x");
-	y = mkfile(&e, "y");
-	for (uint64_t i = 0; free_blocks(&e) > pmfuse_data_reserve(e.fs) + 4; i++) {
-		assert_int_equal(pmfuse_fs_write(e.fs, x, data, 4096, i * 4096, false, &cred_user),
+	x = th_mkfile(&e, "x");
+	y = th_mkfile(&e, "y");
+	for (uint64_t i = 0; th_free_blocks(&e) > pmfuse_data_reserve(e.fs) + 4; i++) {
+		assert_int_equal(pmfuse_fs_write(e.fs, x, data, 4096, i * 4096, false, &th_cred_user),
 				 4096);
-		assert_int_equal(pmfuse_fs_write(e.fs, y, data, 4096, i * 4096, false, &cred_user),
+		assert_int_equal(pmfuse_fs_write(e.fs, y, data, 4096, i * 4096, false, &th_cred_user),
 				 4096);
 	}
-	rmfile(&e, "y", y);
+	th_rmfile(&e, "y", y);
 	memcpy(data, next, t.size);
 	for (size_t i = t.size; i < (1u << 20); i++)
 		next[i] = (uint8_t)(i * 13 + 1);
@@ -1453,7 +1351,7 @@ static void test_crash_truncate_and_append(void **state)
 	printf("# append: %u crash images, %u old, %u partial, %u new\n", c.images, c.saw_old,
 	       c.saw_mid, c.saw_new);
 	assert_true(c.saw_old > 0 && c.saw_mid > 10 && c.saw_new > 0);
-	env_free(&e);
+	th_env_free(&e);
 	free(data);
 	free(next);
 }

@@ -14,7 +14,7 @@
  * broke a random run: PMFUSE_CHECK_EVERY=1 (a full check after every operation) and
  * PMFUSE_TRACE=1 (prints each operation).
  */
-#include "harness.h"
+#include "harness_fs.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -32,114 +32,13 @@
 
 /* ---- environment ---------------------------------------------------------------------------- */
 
-struct env {
-	struct pmfuse_pool *pool;
-	struct pmfuse_volume *vol;
-	struct pmfuse_fs *fs;
-	uint32_t bs;
-};
-
-static const struct pmfuse_cred cred_user = { .uid = 1000, .gid = 1000, .pid = 1, .umask = 022 };
-
-static void env_mount(struct env *e)
+static ssize_t wr(struct th_env *e, uint64_t ino, const void *buf, size_t len, uint64_t off)
 {
-	char msg[256] = "";
-	int rc = pmfuse_volume_open(e->pool, 0, &e->vol, msg, sizeof(msg));
-
-	if (rc)
-		fprintf(stderr, "volume_open: %d %s\n", rc, msg);
-	assert_int_equal(rc, 0);
-	assert_int_equal(pmfuse_fs_open(e->vol, NULL, &e->fs), 0);
-	e->bs = e->vol->block_size;
-}
-
-static void env_umount(struct env *e)
-{
-	pmfuse_fs_close(e->fs);
-	pmfuse_volume_close(e->vol);
-	e->fs = NULL;
-	e->vol = NULL;
-}
-
-static void env_new(struct env *e, size_t size, uint32_t bs, uint64_t log_blocks)
-{
-	struct pmfuse_mkfs_opts opts = { .block_size = bs, .log_blocks = log_blocks };
-
-	memset(e, 0, sizeof(*e));
-	assert_int_equal(pmfuse_pool_fake_new(size, NULL, &e->pool), 0);
-	assert_int_equal(pmfuse_mkfs(e->pool, &opts), 0);
-	env_mount(e);
-}
-
-static void env_free(struct env *e)
-{
-	env_umount(e);
-	pmfuse_pool_close(e->pool);
-}
-
-static void env_reopen(struct env *e)
-{
-	env_umount(e);
-	env_mount(e);
-}
-
-static uint64_t free_blocks(struct env *e)
-{
-	return pmfuse_alloc_free_blocks(e->fs->alloc);
-}
-
-static uint64_t mkfile(struct env *e, const char *name)
-{
-	struct pmfuse_attr a;
-
-	assert_int_equal(pmfuse_fs_mknod(e->fs, PMFUSE_ROOT_INO, name, S_IFREG | 0644, 0,
-					 &cred_user, &a), 0);
-	return a.ino;
-}
-
-static void rmfile(struct env *e, const char *name, uint64_t ino)
-{
-	assert_int_equal(pmfuse_fs_unlink(e->fs, PMFUSE_ROOT_INO, name), 0);
-	pmfuse_fs_forget(e->fs, ino, 1);
-}
-
-static struct pmfuse_attr getattr(struct env *e, uint64_t ino)
-{
-	struct pmfuse_attr a;
-
-	assert_int_equal(pmfuse_fs_getattr(e->fs, ino, &a), 0);
-	return a;
-}
-
-static int set_size(struct env *e, uint64_t ino, uint64_t size)
-{
-	struct pmfuse_setattr sa = { .size = size };
-	struct pmfuse_attr a;
-
-	return pmfuse_fs_setattr(e->fs, ino, &sa, PMFUSE_SET_SIZE, &cred_user, &a);
-}
-
-static void fill_random(struct th_rng *r, uint8_t *buf, size_t len)
-{
-	size_t i = 0;
-
-	for (; i + 8 <= len; i += 8) {
-		uint64_t v = th_rng_next(r);
-		memcpy(buf + i, &v, 8);
-	}
-	if (i < len) {
-		uint64_t v = th_rng_next(r);
-		memcpy(buf + i, &v, len - i);
-	}
-}
-
-static ssize_t wr(struct env *e, uint64_t ino, const void *buf, size_t len, uint64_t off)
-{
-	return pmfuse_fs_write(e->fs, ino, buf, len, off, false, &cred_user);
+	return pmfuse_fs_write(e->fs, ino, buf, len, off, false, &th_cred_user);
 }
 
 /* The whole-filesystem space check; returns its report. */
-static struct pmfuse_space_report check_space(struct env *e)
+static struct pmfuse_space_report check_space(struct th_env *e)
 {
 	struct pmfuse_space_report rep;
 	char msg[256] = "";
@@ -157,7 +56,7 @@ struct xlist {
 	unsigned n;
 };
 
-static struct xlist extents(struct env *e, uint64_t ino, unsigned page)
+static struct xlist extents(struct th_env *e, uint64_t ino, unsigned page)
 {
 	struct xlist l = { NULL, 0 };
 	uint64_t start = 0, next;
@@ -183,7 +82,7 @@ static struct xlist extents(struct env *e, uint64_t ino, unsigned page)
 }
 
 /* Blocks of the file whose refcount is > 1 (from the extent report). */
-static uint64_t shared_blocks(struct env *e, uint64_t ino)
+static uint64_t shared_blocks(struct th_env *e, uint64_t ino)
 {
 	struct xlist l = extents(e, ino, 64);
 	uint64_t n = 0;
@@ -206,11 +105,11 @@ struct mfile {
 	uint64_t cap, nblk;
 };
 
-static void mfile_init(struct env *e, struct mfile *mf, const char *name, uint64_t cap)
+static void mfile_init(struct th_env *e, struct mfile *mf, const char *name, uint64_t cap)
 {
 	memset(mf, 0, sizeof(*mf));
 	snprintf(mf->name, sizeof(mf->name), "%s", name);
-	mf->ino = mkfile(e, name);
+	mf->ino = th_mkfile(e, name);
 	mf->cap = cap;
 	mf->nblk = cap / e->bs + 1;
 	mf->data = calloc(cap, 1);
@@ -319,7 +218,7 @@ static void m_clone(const struct mfile *s, struct mfile *d, uint32_t bs, uint64_
 		d->size = dof + cnt;
 }
 
-static void compare_range(struct env *e, const struct mfile *mf, uint64_t off, uint64_t len,
+static void compare_range(struct th_env *e, const struct mfile *mf, uint64_t off, uint64_t len,
 			  uint8_t *tmp)
 {
 	uint64_t want = off >= mf->size ? 0 : PMFUSE_MIN(len, mf->size - off);
@@ -339,9 +238,9 @@ static void compare_range(struct env *e, const struct mfile *mf, uint64_t off, u
 }
 
 /* Attributes, every byte, lseek at block edges, and the extent report against the mapping. */
-static void check_file(struct env *e, const struct mfile *mf, uint8_t *tmp)
+static void check_file(struct th_env *e, const struct mfile *mf, uint8_t *tmp)
 {
-	struct pmfuse_attr a = getattr(e, mf->ino);
+	struct pmfuse_attr a = th_getattr(e, mf->ino);
 	struct xlist l = extents(e, mf->ino, 5);
 	uint64_t sum = 0, prev_end = 0;
 
@@ -392,7 +291,7 @@ static const char *const op_names[OP_COUNT] = {
 };
 
 struct run {
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	struct mfile *files;
 	int nfiles;
@@ -513,7 +412,7 @@ static void op_copy(struct run *r, struct mfile *s, struct mfile *d)
 		dof = rand_off(r, d);
 	if (so >= s->size) {
 		assert_int_equal(pmfuse_fs_copy_range(r->e.fs, s->ino, so, d->ino, dof, len,
-						      &cred_user), 0);
+						      &th_cred_user), 0);
 		return;
 	}
 	len = PMFUSE_MIN(len, s->size - so);
@@ -521,13 +420,13 @@ static void op_copy(struct run *r, struct mfile *s, struct mfile *d)
 		return;
 	if (s == d && so < dof + len && dof < so + len) {
 		assert_int_equal(pmfuse_fs_copy_range(r->e.fs, s->ino, so, d->ino, dof, len,
-						      &cred_user), -EINVAL);
+						      &th_cred_user), -EINVAL);
 		return;
 	}
 	snprintf(r->last + strlen(r->last), sizeof(r->last) - strlen(r->last),
 		 " copy %llu -> %llu len %llu (sizes %llu %llu)", ULL(so), ULL(dof), ULL(len),
 		 ULL(s->size), ULL(d->size));
-	n = pmfuse_fs_copy_range(r->e.fs, s->ino, so, d->ino, dof, len, &cred_user);
+	n = pmfuse_fs_copy_range(r->e.fs, s->ino, so, d->ino, dof, len, &th_cred_user);
 	if (n != (ssize_t)len)
 		fprintf(stderr, "copy %s %llu -> %s %llu, %llu bytes (sizes %llu %llu): %zd\n",
 			s->name, ULL(so), d->name, ULL(dof), ULL(len), ULL(s->size), ULL(d->size), n);
@@ -552,7 +451,7 @@ static void op_copy(struct run *r, struct mfile *s, struct mfile *d)
 
 static void random_op(struct run *r)
 {
-	struct env *e = &r->e;
+	struct th_env *e = &r->e;
 	struct mfile *mf = &r->files[rnd(r, (uint64_t)r->nfiles)];
 	struct mfile *other = &r->files[rnd(r, (uint64_t)r->nfiles)];
 	uint32_t bs = e->bs;
@@ -565,7 +464,7 @@ static void random_op(struct run *r)
 	snprintf(r->last, sizeof(r->last), "kind %u on %s (other %s) off %llu len %llu size %llu",
 		 kind, mf->name, other->name, ULL(off), ULL(len), ULL(mf->size));
 	if (kind < 22) {                                            /* write */
-		fill_random(&r->rng, r->buf, len);
+		th_fill_random(&r->rng, r->buf, len);
 		assert_int_equal(wr(e, mf->ino, r->buf, len, off), len);
 		m_write(mf, bs, r->buf, off, len);
 		r->ops[OP_WRITE]++;
@@ -594,7 +493,7 @@ static void random_op(struct run *r)
 		if (!rnd(r, 4))
 			size = rnd(r, 3) ? rnd(r, mf->size + 1) : off;
 
-		assert_int_equal(set_size(e, mf->ino, size), 0);
+		assert_int_equal(th_set_size(e, mf->ino, size), 0);
 		snprintf(r->last + strlen(r->last), sizeof(r->last) - strlen(r->last),
 			 " -> size %llu", ULL(size));
 		m_truncate(mf, bs, size);
@@ -632,7 +531,7 @@ static void random_op(struct run *r)
 	} else if (kind < 84) {                                     /* unlink, new file */
 		char name[32];
 
-		rmfile(e, mf->name, mf->ino);
+		th_rmfile(e, mf->name, mf->ino);
 		snprintf(name, sizeof(name), "r%llu", ULL(++r->recreated));
 		mfile_free(mf);
 		mfile_init(e, mf, name, r->files[0].cap);
@@ -651,7 +550,7 @@ static void random_op(struct run *r)
 	}
 
 	/* after every operation: the size, and one random range */
-	assert_int_equal(getattr(e, mf->ino).size, mf->size);
+	assert_int_equal(th_getattr(e, mf->ino).size, mf->size);
 	off = rnd(r, mf->size + 2);
 	compare_range(e, mf, off, 1 + rnd(r, 20000), r->tmp);
 }
@@ -693,10 +592,10 @@ static void run_model(uint64_t seed_mix, size_t pool_size, uint32_t bs, uint64_t
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	memset(&r, 0, sizeof(r));
 	th_rng_init(&r.rng, th_seed() ^ seed_mix);
-	env_new(&r.e, pool_size, bs, log_blocks);
+	th_env_new(&r.e, pool_size, bs, log_blocks);
 	if (verify)
 		pmfuse_txm_set_verify(r.e.vol->txm, true);
-	start_free = free_blocks(&r.e);
+	start_free = th_free_blocks(&r.e);
 	r.nfiles = nfiles;
 	r.files = calloc((size_t)nfiles, sizeof(*r.files));
 	r.buf = malloc(cap + bs);
@@ -709,7 +608,7 @@ static void run_model(uint64_t seed_mix, size_t pool_size, uint32_t bs, uint64_t
 
 		snprintf(name, sizeof(name), "f%d", i);
 		mfile_init(&r.e, &r.files[i], name, cap);
-		fill_random(&r.rng, r.buf, n);
+		th_fill_random(&r.rng, r.buf, n);
 		assert_int_equal(wr(&r.e, r.files[i].ino, r.buf, n, 0), n);
 		m_write(&r.files[i], bs, r.buf, 0, n);
 	}
@@ -723,7 +622,7 @@ static void run_model(uint64_t seed_mix, size_t pool_size, uint32_t bs, uint64_t
 		if (i % check_every == 0)
 			check_all(&r);
 		if (reopen_every && i % reopen_every == 0) {
-			env_reopen(&r.e);
+			th_env_reopen(&r.e);
 			if (verify)
 				pmfuse_txm_set_verify(r.e.vol->txm, true);
 			check_all(&r);
@@ -742,19 +641,19 @@ static void run_model(uint64_t seed_mix, size_t pool_size, uint32_t bs, uint64_t
 	       ULL(r.shared_max), ULL(r.recs_max));
 
 	for (int i = 0; i < nfiles; i++) {
-		rmfile(&r.e, r.files[i].name, r.files[i].ino);
+		th_rmfile(&r.e, r.files[i].name, r.files[i].ino);
 		mfile_free(&r.files[i]);
 		check_space(&r.e);
 	}
-	assert_int_equal(free_blocks(&r.e), start_free);
+	assert_int_equal(th_free_blocks(&r.e), start_free);
 	pmfuse_refcount_tree(r.e.vol, &rt);
 	assert_int_equal(pmfuse_btree_count(&rt), 0);
-	env_reopen(&r.e);
-	assert_int_equal(free_blocks(&r.e), start_free);
+	th_env_reopen(&r.e);
+	assert_int_equal(th_free_blocks(&r.e), start_free);
 	free(r.files);
 	free(r.buf);
 	free(r.tmp);
-	env_free(&r.e);
+	th_env_free(&r.e);
 }
 
 static void test_model_4k(void **state)
@@ -799,7 +698,7 @@ static double now_ms(void)
 static void test_clone_big(void **state)
 {
 	const uint64_t size = 64u << 20, chunk = 1u << 20;
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	uint8_t *data = malloc(size), *tmp = malloc(size);
 	uint64_t a, b, c, f0, f1, f2, f3;
@@ -810,31 +709,31 @@ static void test_clone_big(void **state)
 	assert_non_null(data);
 	assert_non_null(tmp);
 	th_rng_init(&rng, th_seed() ^ 11);
-	env_new(&e, 200u << 20, 4096, 0);
-	f0 = free_blocks(&e);
-	a = mkfile(&e, "a");
-	fill_random(&rng, data, size);
+	th_env_new(&e, 200u << 20, 4096, 0);
+	f0 = th_free_blocks(&e);
+	a = th_mkfile(&e, "a");
+	th_fill_random(&rng, data, size);
 	for (uint64_t off = 0; off < size; off += chunk)
 		assert_int_equal(wr(&e, a, data + off, chunk, off), chunk);
-	f1 = free_blocks(&e);
+	f1 = th_free_blocks(&e);
 
 	/* FICLONE-like: whole file */
-	b = mkfile(&e, "b");
+	b = th_mkfile(&e, "b");
 	t = now_ms();
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, a, 0, 0, b, 0), 0);
 	t = now_ms() - t;
-	f2 = free_blocks(&e);
+	f2 = th_free_blocks(&e);
 	printf("# clone of 64 MiB: %.2f ms, %llu new blocks\n", t, ULL(f1 - f2));
 	assert_true(f1 - f2 <= 4);
-	assert_int_equal(getattr(&e, b).size, size);
-	assert_int_equal(getattr(&e, b).blocks512, size / 512);
+	assert_int_equal(th_getattr(&e, b).size, size);
+	assert_int_equal(th_getattr(&e, b).blocks512, size / 512);
 
 	/* cp through copy_file_range */
-	c = mkfile(&e, "c");
+	c = th_mkfile(&e, "c");
 	t = now_ms();
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, a, 0, c, 0, size + 12345, &cred_user), size);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, a, 0, c, 0, size + 12345, &th_cred_user), size);
 	t = now_ms() - t;
-	f3 = free_blocks(&e);
+	f3 = th_free_blocks(&e);
 	printf("# copy_file_range of 64 MiB: %.2f ms, %llu new blocks\n", t, ULL(f2 - f3));
 	assert_true(f2 - f3 <= 4);
 	assert_int_equal(pmfuse_fs_pread(e.fs, c, tmp, size, 0), size);
@@ -845,7 +744,7 @@ static void test_clone_big(void **state)
 
 	/* one byte into the copy: one CoW extent (the default hint, 32 blocks) */
 	assert_int_equal(wr(&e, b, "X", 1, 12345678), 1);
-	assert_int_equal(f3 - free_blocks(&e), PMFUSE_COWEXTSIZE_DEFAULT);
+	assert_int_equal(f3 - th_free_blocks(&e), PMFUSE_COWEXTSIZE_DEFAULT);
 	assert_int_equal(check_space(&e).data_blocks, rep.data_blocks + PMFUSE_COWEXTSIZE_DEFAULT);
 	assert_int_equal(pmfuse_fs_pread(e.fs, a, tmp, size, 0), size);
 	assert_memory_equal(tmp, data, size);
@@ -857,15 +756,15 @@ static void test_clone_big(void **state)
 	check_space(&e);
 
 	/* and back */
-	rmfile(&e, "a", a);
+	th_rmfile(&e, "a", a);
 	check_space(&e);
 	assert_int_equal(pmfuse_fs_pread(e.fs, c, tmp, size, 0), size);
 	assert_memory_equal(tmp, data, size);
-	rmfile(&e, "c", c);
-	rmfile(&e, "b", b);
-	assert_int_equal(free_blocks(&e), f0);
+	th_rmfile(&e, "c", c);
+	th_rmfile(&e, "b", b);
+	assert_int_equal(th_free_blocks(&e), f0);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 	free(data);
 	free(tmp);
 }
@@ -873,15 +772,15 @@ static void test_clone_big(void **state)
 /* A source of many extents: cloning costs in proportion to extents, and the budget splits it. */
 static void test_clone_many_extents(void **state)
 {
-	struct env e;
+	struct th_env e;
 	uint8_t blk[4096];
 	uint64_t a, b, n = 3000, f1;
 	double t;
 	(void)state;
 
-	env_new(&e, 64u << 20, 4096, 8);
-	a = mkfile(&e, "a");
-	b = mkfile(&e, "b");
+	th_env_new(&e, 64u << 20, 4096, 8);
+	a = th_mkfile(&e, "a");
+	b = th_mkfile(&e, "b");
 	for (uint64_t i = 0; i < n; i++) {
 		memset(blk, (int)(i * 7 + 1), sizeof(blk));
 		assert_int_equal(wr(&e, a, blk, 4096, i * 2 * 4096), 4096);
@@ -891,24 +790,24 @@ static void test_clone_many_extents(void **state)
 		memset(blk, 0xee, sizeof(blk));
 		assert_int_equal(wr(&e, b, blk, 4096, i * 4096 + 4096), 4096);
 	}
-	f1 = free_blocks(&e);
+	f1 = th_free_blocks(&e);
 	t = now_ms();
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, a, 0, 0, b, 0), 0);
 	t = now_ms() - t;
 	printf("# clone of %llu extents (8-block log): %.1f ms\n", ULL(n), t);
-	assert_true(free_blocks(&e) >= f1);   /* b's own blocks went back */
-	assert_int_equal(getattr(&e, b).blocks512, n * 8);
+	assert_true(th_free_blocks(&e) >= f1);   /* b's own blocks went back */
+	assert_int_equal(th_getattr(&e, b).blocks512, n * 8);
 	for (uint64_t i = 0; i < 2 * n; i += 97) {
 		assert_int_equal(pmfuse_fs_pread(e.fs, b, blk, 4096, i * 4096), 4096);
 		for (unsigned j = 0; j < 4096; j += 511)
 			assert_int_equal(blk[j], i % 2 ? 0 : (uint8_t)(i / 2 * 7 + 1));
 	}
 	check_space(&e);
-	rmfile(&e, "a", a);
+	th_rmfile(&e, "a", a);
 	check_space(&e);
-	rmfile(&e, "b", b);
+	th_rmfile(&e, "b", b);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 }
 
 /* A -> B -> C, deleted in every order: contents of the survivors intact, all space back. */
@@ -918,30 +817,30 @@ static void test_clone_chains(void **state)
 		{ 0, 1, 2 }, { 0, 2, 1 }, { 1, 0, 2 }, { 1, 2, 0 }, { 2, 0, 1 }, { 2, 1, 0 },
 	};
 	static const char *const names[3] = { "A", "B", "C" };
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	uint8_t *d[3], *tmp;
 	uint64_t size = 300 * 4096 + 777, f0;
 	(void)state;
 
 	th_rng_init(&rng, th_seed() ^ 12);
-	env_new(&e, 16u << 20, 4096, 0);
-	f0 = free_blocks(&e);
+	th_env_new(&e, 16u << 20, 4096, 0);
+	f0 = th_free_blocks(&e);
 	for (int i = 0; i < 3; i++)
 		d[i] = malloc(size);
 	tmp = malloc(size);
 	for (int o = 0; o < 6; o++) {
 		uint64_t ino[3];
 
-		ino[0] = mkfile(&e, "A");
-		fill_random(&rng, d[0], size);
+		ino[0] = th_mkfile(&e, "A");
+		th_fill_random(&rng, d[0], size);
 		memset(d[0] + 100 * 4096, 0, 50 * 4096);   /* a hole in the middle */
 		assert_int_equal(wr(&e, ino[0], d[0], 100 * 4096, 0), 100 * 4096);
 		assert_int_equal(wr(&e, ino[0], d[0] + 150 * 4096, size - 150 * 4096, 150 * 4096),
 				 size - 150 * 4096);
-		ino[1] = mkfile(&e, "B");
+		ino[1] = th_mkfile(&e, "B");
 		assert_int_equal(pmfuse_fs_clone_range(e.fs, ino[0], 0, 0, ino[1], 0), 0);
-		ino[2] = mkfile(&e, "C");
+		ino[2] = th_mkfile(&e, "C");
 		assert_int_equal(pmfuse_fs_clone_range(e.fs, ino[1], 0, 0, ino[2], 0), 0);
 		memcpy(d[1], d[0], size);
 		memcpy(d[2], d[0], size);
@@ -949,14 +848,14 @@ static void test_clone_chains(void **state)
 		for (int i = 0; i < 3; i++) {
 			uint64_t off = (uint64_t)(i + 1) * 40 * 4096 + 100;
 
-			fill_random(&rng, d[i] + off, 5000);
+			th_fill_random(&rng, d[i] + off, 5000);
 			assert_int_equal(wr(&e, ino[i], d[i] + off, 5000, off), 5000);
 		}
 		check_space(&e);
 		for (int k = 0; k < 3; k++) {
 			int victim = orders[o][k];
 
-			rmfile(&e, names[victim], ino[victim]);
+			th_rmfile(&e, names[victim], ino[victim]);
 			check_space(&e);
 			for (int j = k + 1; j < 3; j++) {
 				int s = orders[o][j];
@@ -965,30 +864,30 @@ static void test_clone_chains(void **state)
 				assert_memory_equal(tmp, d[s], size);
 			}
 		}
-		assert_int_equal(free_blocks(&e), f0);
+		assert_int_equal(th_free_blocks(&e), f0);
 	}
-	env_reopen(&e);
-	assert_int_equal(free_blocks(&e), f0);
+	th_env_reopen(&e);
+	assert_int_equal(th_free_blocks(&e), f0);
 	check_space(&e);
 	for (int i = 0; i < 3; i++)
 		free(d[i]);
 	free(tmp);
-	env_free(&e);
+	th_env_free(&e);
 }
 
 /* Clones inside one file, then writes into both copies. */
 static void test_same_file(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	uint8_t *m = calloc(1, 1u << 20), *tmp = malloc(1u << 20);
 	uint64_t f, bs = 4096;
 	(void)state;
 
 	th_rng_init(&rng, th_seed() ^ 13);
-	env_new(&e, 16u << 20, 4096, 0);
-	f = mkfile(&e, "f");
-	fill_random(&rng, m, 16 * bs);
+	th_env_new(&e, 16u << 20, 4096, 0);
+	f = th_mkfile(&e, "f");
+	th_fill_random(&rng, m, 16 * bs);
 	assert_int_equal(wr(&e, f, m, 16 * bs, 0), 16 * bs);
 	/* overlapping ranges: refused */
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, f, 0, 8 * bs, f, 4 * bs), -EINVAL);
@@ -999,27 +898,27 @@ static void test_same_file(void **state)
 	memcpy(m + 8 * bs, m, 8 * bs);
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, f, 0, 16 * bs, f, 32 * bs), 0);
 	memcpy(m + 32 * bs, m, 16 * bs);
-	assert_int_equal(getattr(&e, f).size, 48 * bs);
+	assert_int_equal(th_getattr(&e, f).size, 48 * bs);
 	check_space(&e);
 	assert_int_equal(shared_blocks(&e, f), 48 - 16);   /* blocks 16..31 are a hole */
 	/* writes into each copy */
 	for (uint64_t off = 100; off < 48 * bs; off += 5 * bs + 333) {
-		fill_random(&rng, m + off, 1000);
+		th_fill_random(&rng, m + off, 1000);
 		assert_int_equal(wr(&e, f, m + off, 1000, off), 1000);
 	}
 	assert_int_equal(pmfuse_fs_pread(e.fs, f, tmp, 1u << 20, 0), 48 * bs);
 	assert_memory_equal(tmp, m, 48 * bs);
 	check_space(&e);
 	/* truncating into a shared block keeps the other copies */
-	assert_int_equal(set_size(&e, f, 40 * bs + 5), 0);
+	assert_int_equal(th_set_size(&e, f, 40 * bs + 5), 0);
 	memset(m + 40 * bs + 5, 0, 8 * bs - 5);
-	assert_int_equal(set_size(&e, f, 48 * bs), 0);
+	assert_int_equal(th_set_size(&e, f, 48 * bs), 0);
 	assert_int_equal(pmfuse_fs_pread(e.fs, f, tmp, 1u << 20, 0), 48 * bs);
 	assert_memory_equal(tmp, m, 48 * bs);
 	check_space(&e);
-	rmfile(&e, "f", f);
+	th_rmfile(&e, "f", f);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 	free(m);
 	free(tmp);
 }
@@ -1027,20 +926,20 @@ static void test_same_file(void **state)
 /* Holes in the source become holes in the destination, whatever it held there. */
 static void test_sparse_clone(void **state)
 {
-	struct env e;
+	struct th_env e;
 	uint8_t buf[4096], tmp[4096];
 	uint64_t s, d, bs = 4096;
 	struct xlist l;
 	(void)state;
 
-	env_new(&e, 16u << 20, 4096, 0);
-	s = mkfile(&e, "s");
-	d = mkfile(&e, "d");
+	th_env_new(&e, 16u << 20, 4096, 0);
+	s = th_mkfile(&e, "s");
+	d = th_mkfile(&e, "d");
 	memset(buf, 0x11, sizeof(buf));
 	assert_int_equal(wr(&e, s, buf, bs, 0), bs);
 	assert_int_equal(wr(&e, s, buf, bs, 5 * bs), bs);
 	assert_int_equal(wr(&e, s, buf, 100, 9 * bs), 100);
-	assert_int_equal(set_size(&e, s, 12 * bs + 100), 0);
+	assert_int_equal(th_set_size(&e, s, 12 * bs + 100), 0);
 	memset(buf, 0x22, sizeof(buf));
 	for (uint64_t i = 0; i < 20; i++)
 		assert_int_equal(wr(&e, d, buf, bs, i * bs), bs);
@@ -1048,8 +947,8 @@ static void test_sparse_clone(void **state)
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 0, 0, d, 0), -EINVAL);
 	/* block-aligned part only */
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 0, 12 * bs, d, 0), 0);
-	assert_int_equal(getattr(&e, d).size, 20 * bs);
-	assert_int_equal(getattr(&e, d).blocks512, (3 + 8) * 8);
+	assert_int_equal(th_getattr(&e, d).size, 20 * bs);
+	assert_int_equal(th_getattr(&e, d).blocks512, (3 + 8) * 8);
 	assert_int_equal(pmfuse_fs_lseek(e.fs, d, 0, SEEK_HOLE), (int64_t)bs);
 	assert_int_equal(pmfuse_fs_lseek(e.fs, d, (int64_t)bs, SEEK_DATA), (int64_t)(5 * bs));
 	assert_int_equal(pmfuse_fs_lseek(e.fs, d, 10 * bs, SEEK_DATA), (int64_t)(12 * bs));
@@ -1067,34 +966,34 @@ static void test_sparse_clone(void **state)
 	free(l.v);
 	check_space(&e);
 	/* the whole source, to its EOF, into an empty file */
-	rmfile(&e, "d", d);
-	d = mkfile(&e, "d2");
+	th_rmfile(&e, "d", d);
+	d = th_mkfile(&e, "d2");
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 0, 0, d, 0), 0);
-	assert_int_equal(getattr(&e, d).size, 12 * bs + 100);
-	assert_int_equal(getattr(&e, d).blocks512, 3 * 8);
+	assert_int_equal(th_getattr(&e, d).size, 12 * bs + 100);
+	assert_int_equal(th_getattr(&e, d).blocks512, 3 * 8);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 }
 
 static void test_einval(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct pmfuse_attr a;
 	uint8_t buf[8192];
 	uint64_t s, d, bs = 4096, dir, fifo;
 	(void)state;
 
-	env_new(&e, 8u << 20, 4096, 0);
-	s = mkfile(&e, "s");
-	d = mkfile(&e, "d");
+	th_env_new(&e, 8u << 20, 4096, 0);
+	s = th_mkfile(&e, "s");
+	d = th_mkfile(&e, "d");
 	memset(buf, 1, sizeof(buf));
 	assert_int_equal(wr(&e, s, buf, sizeof(buf), 0), sizeof(buf));
 	assert_int_equal(wr(&e, s, buf, 100, 2 * bs), 100);   /* size 2 blocks + 100 */
 	assert_int_equal(wr(&e, d, buf, sizeof(buf), 0), sizeof(buf));
-	assert_int_equal(pmfuse_fs_mkdir(e.fs, PMFUSE_ROOT_INO, "dir", 0755, &cred_user, &a), 0);
+	assert_int_equal(pmfuse_fs_mkdir(e.fs, PMFUSE_ROOT_INO, "dir", 0755, &th_cred_user, &a), 0);
 	dir = a.ino;
 	assert_int_equal(pmfuse_fs_mknod(e.fs, PMFUSE_ROOT_INO, "fifo", S_IFIFO | 0644, 0,
-					 &cred_user, &a), 0);
+					 &th_cred_user, &a), 0);
 	fifo = a.ino;
 
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 1, bs, d, 0), -EINVAL);       /* src_off */
@@ -1109,7 +1008,7 @@ static void test_einval(void **state)
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 2 * bs, 0, d, bs), -EINVAL);
 	/* ... but fine where it ends it */
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 2 * bs, 0, d, 2 * bs), 0);
-	assert_int_equal(getattr(&e, d).size, 2 * bs + 100);
+	assert_int_equal(th_getattr(&e, d).size, 2 * bs + 100);
 	/* wrapping, too large */
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 0, UINT64_MAX - bs + 1, d, 2 * bs),
 			 -EINVAL);
@@ -1122,25 +1021,25 @@ static void test_einval(void **state)
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 0, 0, dir, 0), -EISDIR);
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, fifo, 0, 0, d, 0), -EINVAL);
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 0, 0, 99999, 0), -ENOENT);
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, dir, 0, d, 0, 10, &cred_user), -EISDIR);
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 0, fifo, 0, 10, &cred_user), -EINVAL);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, dir, 0, d, 0, 10, &th_cred_user), -EISDIR);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 0, fifo, 0, 10, &th_cred_user), -EINVAL);
 	assert_int_equal(pmfuse_fs_unshare(e.fs, dir, 0, 0), -EISDIR);
 	assert_int_equal(pmfuse_fs_get_extents(e.fs, dir, 0, NULL, 0, &s), -EISDIR);
 	/* copy_range: overlap in one file, nothing past EOF */
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 0, d, 100, 200, &cred_user), -EINVAL);
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 10 * bs, d, 0, 200, &cred_user), 0);
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 0, d, 8 * bs, 0, &cred_user), 0);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 0, d, 100, 200, &th_cred_user), -EINVAL);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 10 * bs, d, 0, 200, &th_cred_user), 0);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 0, d, 8 * bs, 0, &th_cred_user), 0);
 	/* CoW hint */
 	assert_int_equal(pmfuse_fs_set_cowextsize(e.fs, d, PMFUSE_COWEXTSIZE_MAX + 1), -EINVAL);
 	assert_int_equal(pmfuse_fs_set_cowextsize(e.fs, fifo, 4), -EINVAL);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 }
 
 /* Pool nearly full: CoW fails with ENOSPC (or is short) and leaves both copies as they were. */
 static void test_enospc_cow(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	uint64_t bs = 4096, a, b, c, size = 200 * 4096, i;
 	uint8_t *da = malloc(size), *tmp = malloc(size), blk[4096];
@@ -1148,14 +1047,14 @@ static void test_enospc_cow(void **state)
 	(void)state;
 
 	th_rng_init(&rng, th_seed() ^ 14);
-	env_new(&e, 4u << 20, 4096, 0);
-	a = mkfile(&e, "a");
-	fill_random(&rng, da, size);
+	th_env_new(&e, 4u << 20, 4096, 0);
+	a = th_mkfile(&e, "a");
+	th_fill_random(&rng, da, size);
 	assert_int_equal(wr(&e, a, da, size, 0), size);
-	b = mkfile(&e, "b");
+	b = th_mkfile(&e, "b");
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, a, 0, 0, b, 0), 0);
 	/* fill the rest */
-	c = mkfile(&e, "c");
+	c = th_mkfile(&e, "c");
 	memset(blk, 0x33, sizeof(blk));
 	for (i = 0; wr(&e, c, blk, bs, i * bs) == (ssize_t)bs; i++)
 		;
@@ -1169,11 +1068,11 @@ static void test_enospc_cow(void **state)
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 					     100, 2 * bs), -ENOSPC);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, FALLOC_FL_ZERO_RANGE, 0, 10 * bs), -ENOSPC);
-	assert_int_equal(set_size(&e, b, 50 * bs + 3), -ENOSPC);
+	assert_int_equal(th_set_size(&e, b, 50 * bs + 3), -ENOSPC);
 	for (int k = 0; k < 2; k++) {
 		uint64_t ino = k ? b : a;
 
-		assert_int_equal(getattr(&e, ino).size, size);
+		assert_int_equal(th_getattr(&e, ino).size, size);
 		assert_int_equal(pmfuse_fs_pread(e.fs, ino, tmp, size, 0), size);
 		assert_memory_equal(tmp, da, size);
 	}
@@ -1181,13 +1080,13 @@ static void test_enospc_cow(void **state)
 	check_space(&e);
 
 	/* room for a few blocks: a write over several shared blocks is short, not torn */
-	assert_int_equal(set_size(&e, c, (i - 3) * bs), 0);
+	assert_int_equal(th_set_size(&e, c, (i - 3) * bs), 0);
 	{
 		uint64_t room = pmfuse_data_avail(e.fs);
 		uint8_t *w = malloc(10 * bs);
 
 		assert_true(room >= 1 && room < 10);
-		fill_random(&rng, w, 10 * bs);
+		th_fill_random(&rng, w, 10 * bs);
 		n = wr(&e, b, w, 10 * bs, 20 * bs);
 		assert_int_equal(n, room * bs);
 		memcpy(tmp, da, size);
@@ -1199,12 +1098,12 @@ static void test_enospc_cow(void **state)
 		free(w);
 	}
 	check_space(&e);
-	rmfile(&e, "c", c);
+	th_rmfile(&e, "c", c);
 	assert_int_equal(pmfuse_fs_unshare(e.fs, b, 0, 0), 0);
 	assert_int_equal(shared_blocks(&e, b), 0);
 	assert_int_equal(shared_blocks(&e, a), 0);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 	free(da);
 	free(tmp);
 }
@@ -1212,7 +1111,7 @@ static void test_enospc_cow(void **state)
 /* Random small writes into a clone: the CoW blocks of a window end up contiguous. */
 static void test_cow_hint(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	uint64_t bs = 4096, a, b, nblk = 256, order[256];
 	uint8_t *m = malloc(nblk * 4096);
@@ -1221,11 +1120,11 @@ static void test_cow_hint(void **state)
 	(void)state;
 
 	th_rng_init(&rng, th_seed() ^ 15);
-	env_new(&e, 16u << 20, 4096, 0);
-	a = mkfile(&e, "a");
-	fill_random(&rng, m, nblk * bs);
+	th_env_new(&e, 16u << 20, 4096, 0);
+	a = th_mkfile(&e, "a");
+	th_fill_random(&rng, m, nblk * bs);
 	assert_int_equal(wr(&e, a, m, nblk * bs, 0), nblk * bs);
-	b = mkfile(&e, "b");
+	b = th_mkfile(&e, "b");
 	assert_int_equal(pmfuse_fs_get_cowextsize(e.fs, b, &hint), 0);
 	assert_int_equal(hint, 0);
 	assert_int_equal(pmfuse_fs_set_cowextsize(e.fs, b, 64), 0);
@@ -1255,39 +1154,39 @@ static void test_cow_hint(void **state)
 	assert_true(l.n <= nblk / 64 + 2);
 	free(l.v);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 	free(m);
 }
 
 /* copy_file_range: congruent with head and tail, incongruent, tail shared at EOF. */
 static void test_copy_range(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	uint64_t bs = 4096, s, d, size = 20 * 4096 + 1234, d1;
 	uint8_t *m = malloc(64 * 4096), *tmp = malloc(64 * 4096), *dm = calloc(1, 64 * 4096);
 	(void)state;
 
 	th_rng_init(&rng, th_seed() ^ 16);
-	env_new(&e, 16u << 20, 4096, 0);
-	s = mkfile(&e, "s");
-	d = mkfile(&e, "d");
-	fill_random(&rng, m, size);
+	th_env_new(&e, 16u << 20, 4096, 0);
+	s = th_mkfile(&e, "s");
+	d = th_mkfile(&e, "d");
+	th_fill_random(&rng, m, size);
 	assert_int_equal(wr(&e, s, m, size, 0), size);
 
 	/* a small file (one partial block) shares its block */
 	{
-		uint64_t x = mkfile(&e, "x"), y = mkfile(&e, "y");
+		uint64_t x = th_mkfile(&e, "x"), y = th_mkfile(&e, "y");
 
 		assert_int_equal(wr(&e, x, m, 100, 0), 100);
 		d1 = check_space(&e).data_blocks;
-		assert_int_equal(pmfuse_fs_copy_range(e.fs, x, 0, y, 0, 1u << 20, &cred_user), 100);
+		assert_int_equal(pmfuse_fs_copy_range(e.fs, x, 0, y, 0, 1u << 20, &th_cred_user), 100);
 		assert_int_equal(check_space(&e).data_blocks, d1);
 		assert_int_equal(shared_blocks(&e, y), 1);
 	}
 	/* congruent, unaligned start: head copied, 19 blocks shared, tail shared at EOF */
 	d1 = check_space(&e).data_blocks;
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 100, d, 100, UINT64_MAX / 2, &cred_user),
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 100, d, 100, UINT64_MAX / 2, &th_cred_user),
 			 size - 100);
 	memcpy(dm + 100, m + 100, size - 100);
 	assert_int_equal(check_space(&e).data_blocks, d1 + 1);
@@ -1296,21 +1195,21 @@ static void test_copy_range(void **state)
 	assert_memory_equal(tmp, dm, size);
 	/* congruent into the middle: the tail is copied */
 	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 2 * bs + 5, d, 30 * bs + 5, 3 * bs,
-					      &cred_user), 3 * bs);
+					      &th_cred_user), 3 * bs);
 	memcpy(dm + 30 * bs + 5, m + 2 * bs + 5, 3 * bs);
 	/* incongruent */
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 7, d, 40 * bs, 5 * bs, &cred_user),
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 7, d, 40 * bs, 5 * bs, &th_cred_user),
 			 5 * bs);
 	memcpy(dm + 40 * bs, m + 7, 5 * bs);
 	/* clipped at the source's EOF */
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, size - 10, d, 50 * bs, 1000, &cred_user),
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, size - 10, d, 50 * bs, 1000, &th_cred_user),
 			 10);
 	memcpy(dm + 50 * bs, m + size - 10, 10);
-	assert_int_equal(getattr(&e, d).size, 50 * bs + 10);
+	assert_int_equal(th_getattr(&e, d).size, 50 * bs + 10);
 	assert_int_equal(pmfuse_fs_pread(e.fs, d, tmp, 64 * bs, 0), 50 * bs + 10);
 	assert_memory_equal(tmp, dm, 50 * bs + 10);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 	free(m);
 	free(tmp);
 	free(dm);
@@ -1319,26 +1218,26 @@ static void test_copy_range(void **state)
 /* Writes that cover whole shared blocks copy nothing old; partial ones copy head and tail. */
 static void test_cow_partial(void **state)
 {
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	uint64_t bs = 4096, a, b, size = 64 * 4096;
 	uint8_t *m = malloc(size), *mb = malloc(size), *tmp = malloc(size);
 	(void)state;
 
 	th_rng_init(&rng, th_seed() ^ 17);
-	env_new(&e, 16u << 20, 4096, 0);
-	a = mkfile(&e, "a");
-	fill_random(&rng, m, size);
+	th_env_new(&e, 16u << 20, 4096, 0);
+	a = th_mkfile(&e, "a");
+	th_fill_random(&rng, m, size);
 	assert_int_equal(wr(&e, a, m, size, 0), size);
-	b = mkfile(&e, "b");
+	b = th_mkfile(&e, "b");
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, a, 0, 0, b, 0), 0);
 	memcpy(mb, m, size);
 	/* a write straddling three blocks, a whole-block write, one at EOF growing the file */
-	fill_random(&rng, mb + bs - 10, bs + 20);
+	th_fill_random(&rng, mb + bs - 10, bs + 20);
 	assert_int_equal(wr(&e, b, mb + bs - 10, bs + 20, bs - 10), bs + 20);
-	fill_random(&rng, mb + 10 * bs, 4 * bs);
+	th_fill_random(&rng, mb + 10 * bs, 4 * bs);
 	assert_int_equal(wr(&e, b, mb + 10 * bs, 4 * bs, 10 * bs), 4 * bs);
-	assert_int_equal(set_size(&e, b, size - 100), 0);
+	assert_int_equal(th_set_size(&e, b, size - 100), 0);
 	memset(mb + size - 100, 0, 100);
 	/* the first write took its whole CoW window (blocks 0-31), the truncate one block */
 	assert_int_equal(shared_blocks(&e, b), 64 - 32 - 1);
@@ -1359,16 +1258,16 @@ static void test_cow_partial(void **state)
 	assert_memory_equal(tmp, mb, size - 100);
 	check_space(&e);
 	/* and the other way round: the original written, the clone intact */
-	fill_random(&rng, m + 40 * bs + 3, 100);
+	th_fill_random(&rng, m + 40 * bs + 3, 100);
 	assert_int_equal(wr(&e, a, m + 40 * bs + 3, 100, 40 * bs + 3), 100);
 	assert_int_equal(pmfuse_fs_pread(e.fs, b, tmp, size, 0), size - 100);
 	assert_memory_equal(tmp, mb, size - 100);
 	assert_int_equal(pmfuse_fs_pread(e.fs, a, tmp, size, 0), size);
 	assert_memory_equal(tmp, m, size);
 	check_space(&e);
-	env_reopen(&e);
+	th_env_reopen(&e);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 	free(m);
 	free(mb);
 	free(tmp);
@@ -1378,7 +1277,7 @@ static void test_cow_partial(void **state)
 static void test_cow_speed(void **state)
 {
 	const uint64_t size = 64u << 20, nw = th_scaled(2000);
-	struct env e;
+	struct th_env e;
 	struct th_rng rng;
 	uint8_t *buf = malloc(1u << 20);
 	uint64_t a, b, hint[] = { 0, 1 };
@@ -1386,16 +1285,16 @@ static void test_cow_speed(void **state)
 	(void)state;
 
 	th_rng_init(&rng, th_seed() ^ 18);
-	env_new(&e, 256u << 20, 4096, 0);
-	a = mkfile(&e, "a");
-	fill_random(&rng, buf, 1u << 20);
+	th_env_new(&e, 256u << 20, 4096, 0);
+	a = th_mkfile(&e, "a");
+	th_fill_random(&rng, buf, 1u << 20);
 	for (uint64_t off = 0; off < size; off += 1u << 20)
 		assert_int_equal(wr(&e, a, buf, 1u << 20, off), 1u << 20);
 	for (int h = 0; h < 2; h++) {
 		char name[8];
 
 		snprintf(name, sizeof(name), "b%d", h);
-		b = mkfile(&e, name);
+		b = th_mkfile(&e, name);
 		assert_int_equal(pmfuse_fs_set_cowextsize(e.fs, b, (uint32_t)hint[h]), 0);
 		assert_int_equal(pmfuse_fs_clone_range(e.fs, a, 0, 0, b, 0), 0);
 		t_cow[h] = now_ms();
@@ -1403,7 +1302,7 @@ static void test_cow_speed(void **state)
 			assert_int_equal(wr(&e, b, buf + th_rng_below(&rng, 256) * 4096, 4096,
 					    th_rng_below(&rng, size / 4096) * 4096), 4096);
 		t_cow[h] = (now_ms() - t_cow[h]) * 1e3 / (double)nw;
-		rmfile(&e, name, b);
+		th_rmfile(&e, name, b);
 	}
 	t_plain = now_ms();
 	for (uint64_t i = 0; i < nw; i++)
@@ -1413,7 +1312,7 @@ static void test_cow_speed(void **state)
 	printf("# 4 KiB random overwrites (fs API, no FUSE): unshared %.1f us, fresh clone %.1f us "
 	       "(hint 32 blocks), %.1f us (hint 1)\n", t_plain, t_cow[0], t_cow[1]);
 	check_space(&e);
-	env_free(&e);
+	th_env_free(&e);
 	free(buf);
 }
 
