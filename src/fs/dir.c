@@ -207,34 +207,32 @@ struct dfind {
 	struct pmfuse_dirent de;    /* the entry, when found */
 };
 
-/* Looks name up in a directory tree; also finds the key a new entry of that name would get. */
-static int dir_find(const struct pmfuse_btree *bt, const char *name, size_t len,
-		    struct dfind *f)
+int pmfuse_name_find(const struct pmfuse_btree *bt, const char *name, size_t len,
+		     void (*name_of)(const void *rec, const uint8_t **name, size_t *len),
+		     const void **rec, uint64_t *key)
 {
 	uint64_t hash = pmfuse_name_hash48(name, len), want = 0, gap = UINT64_MAX;
 	struct pmfuse_btree_cursor cur;
 	struct pmfuse_le64 k;
 	int rc;
 
-	f->found = false;
 	pmfuse_set_le64(&k, hash << 16);
 	rc = pmfuse_btree_seek(&cur, bt, &k, PMFUSE_SEEK_GE);
 	while (!rc) {
-		const struct pmfuse_dirent *de = pmfuse_btree_cursor_rec(&cur);
-		uint64_t key = pmfuse_le64(de->key), seq = key & SEQ_MAX;
+		const void *r = pmfuse_btree_cursor_rec(&cur);
+		uint64_t rkey = le64_at(r), seq = rkey & SEQ_MAX;
+		const uint8_t *rname;
+		size_t rlen;
 
-		if (key >> 16 != hash)
+		if (rkey >> 16 != hash)
 			break;
 		if (gap == UINT64_MAX && seq != want)
 			gap = want;
 		want = seq + 1;
-		if (de->namelen == len && !memcmp(de->name, name, len)) {
-			rc = dirent_check_rec(de);
-			if (rc)
-				return rc;
-			f->found = true;
-			f->key = key;
-			memcpy(&f->de, de, sizeof(f->de));
+		name_of(r, &rname, &rlen);
+		if (rlen == len && !memcmp(rname, name, len)) {
+			*rec = r;
+			*key = rkey;
 			return 0;
 		}
 		rc = pmfuse_btree_next(&cur);
@@ -244,11 +242,38 @@ static int dir_find(const struct pmfuse_btree *bt, const char *name, size_t len,
 	if (gap == UINT64_MAX)
 		gap = want;
 	if (gap > SEQ_MAX) {
-		pmfuse_log(PMFUSE_LOG_ERR, "directory (owner %llu): 65536 names share hash %llx",
-			   (unsigned long long)bt->owner, (unsigned long long)hash);
+		pmfuse_log(PMFUSE_LOG_ERR, "%s tree (owner %llu): 65536 names share hash %llx",
+			   bt->ops->name, (unsigned long long)bt->owner, (unsigned long long)hash);
 		return -ENOSPC;
 	}
-	f->key = hash << 16 | gap;
+	*key = hash << 16 | gap;
+	return -ENOENT;
+}
+
+static void dirent_name(const void *rec, const uint8_t **name, size_t *len)
+{
+	const struct pmfuse_dirent *de = rec;
+
+	*name = de->name;
+	*len = de->namelen;
+}
+
+/* Looks name up in a directory tree; also finds the key a new entry of that name would get. */
+static int dir_find(const struct pmfuse_btree *bt, const char *name, size_t len,
+		    struct dfind *f)
+{
+	const void *rec;
+	int rc = pmfuse_name_find(bt, name, len, dirent_name, &rec, &f->key);
+
+	f->found = false;
+	if (rc == -ENOENT)
+		return 0;
+	if (!rc)
+		rc = dirent_check_rec(rec);
+	if (rc)
+		return rc;
+	f->found = true;
+	memcpy(&f->de, rec, sizeof(f->de));
 	return 0;
 }
 

@@ -326,4 +326,15 @@ void pmfuse_acl_inherit_done(struct pmfuse_acl_inherit *inh);
 /* 48-bit name hash for directory and xattr keys, never 0. */
 uint64_t pmfuse_name_hash48(const char *name, size_t len);
 
+/*
+ * Trees of names (directories, xattrs) key their records by a leading le64
+ * pmfuse_name_hash48(name) << 16 | seq, seq telling apart names of equal hash (the lowest free
+ * value at insertion). Finds name: 0 with *rec pointing at the record in the pool (valid until
+ * the tree changes; the caller checks it) and *key its key; -ENOENT with *key the key a new
+ * record of that name gets; -ENOSPC when all 65536 seqs of the hash are taken; -EUCLEAN.
+ */
+int pmfuse_name_find(const struct pmfuse_btree *bt, const char *name, size_t len,
+		     void (*name_of)(const void *rec, const uint8_t **name, size_t *len),
+		     const void **rec, uint64_t *key);
+
 #endif /* PMFUSE_FS_INTERNAL_H */

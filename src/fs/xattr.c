@@ -31,7 +31,6 @@
 #include "pool/pool.h"
 #include "util/util.h"
 
-#define SEQ_MAX 0xffffu
 #define XATTR_BLOCKS_MAX (PMFUSE_XATTR_VALUE_MAX / PMFUSE_BLOCK_SIZE_MIN)
 
 static uint64_t le64_at(const void *p)
@@ -141,45 +140,30 @@ struct xfind {
 	struct pmfuse_xattr x;    /* the record, when found */
 };
 
+static void xattr_name(const void *rec, const uint8_t **name, size_t *len)
+{
+	const struct pmfuse_xattr *x = rec;
+
+	*name = x->name;
+	*len = x->name_len;
+}
+
 static int xattr_find(const struct pmfuse_btree *bt, const char *name, size_t len,
 		      struct xfind *f)
 {
-	uint64_t hash = pmfuse_name_hash48(name, len), want = 0, gap = UINT64_MAX;
-	struct pmfuse_btree_cursor cur;
-	struct pmfuse_le64 k;
-	int rc;
+	const void *rec;
+	int rc = pmfuse_name_find(bt, name, len, xattr_name, &rec, &f->key);
 
 	f->found = false;
-	pmfuse_set_le64(&k, hash << 16);
-	rc = pmfuse_btree_seek(&cur, bt, &k, PMFUSE_SEEK_GE);
-	while (!rc) {
-		const struct pmfuse_xattr *x = pmfuse_btree_cursor_rec(&cur);
-		uint64_t key = pmfuse_le64(x->key), seq = key & SEQ_MAX;
-
-		if (key >> 16 != hash)
-			break;
-		if (gap == UINT64_MAX && seq != want)
-			gap = want;
-		want = seq + 1;
-		if (x->name_len == len && !memcmp(x->name, name, len)) {
-			/* what is used below must be sane: lengths, where the value lives */
-			rc = xattr_check_rec(x);
-			if (rc)
-				return rc;
-			f->found = true;
-			f->key = key;
-			memcpy(&f->x, x, sizeof(f->x));
-			return 0;
-		}
-		rc = pmfuse_btree_next(&cur);
-	}
-	if (rc && rc != -ENOENT)
+	if (rc == -ENOENT)
+		return 0;
+	/* what is used below must be sane: lengths, where the value lives */
+	if (!rc)
+		rc = xattr_check_rec(rec);
+	if (rc)
 		return rc;
-	if (gap == UINT64_MAX)
-		gap = want;
-	if (gap > SEQ_MAX)
-		return -ENOSPC;
-	f->key = hash << 16 | gap;
+	f->found = true;
+	memcpy(&f->x, rec, sizeof(f->x));
 	return 0;
 }
 
