@@ -99,18 +99,6 @@ uint64_t pmfuse_name_hash48(const char *name, size_t len)
 
 /* ---- dirent tree ops ------------------------------------------------------------------------ */
 
-static void dirent_key_from_rec(void *key, const void *rec)
-{
-	memcpy(key, rec, 8);
-}
-
-static int dirent_cmp_key(const void *a, const void *b)
-{
-	uint64_t x = le64_at(a), y = le64_at(b);
-
-	return x < y ? -1 : x > y;
-}
-
 static bool dt_known(unsigned type)
 {
 	switch (type) {
@@ -158,8 +146,8 @@ const struct pmfuse_btree_ops pmfuse_dirent_ops = {
 	.name = "dirents",
 	.key_len = 8,
 	.rec_len = sizeof(struct pmfuse_dirent),
-	.key_from_rec = dirent_key_from_rec,
-	.cmp_key = dirent_cmp_key,
+	.key_from_rec = pmfuse_btree_key64_from_rec,
+	.cmp_key = pmfuse_btree_cmp_key64,
 	.check_rec = dirent_check_rec,
 };
 

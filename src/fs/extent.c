@@ -71,26 +71,6 @@
 
 /* ---- b+tree ops ----------------------------------------------------------------------------- */
 
-static uint64_t le64_at(const void *p)
-{
-	struct pmfuse_le64 v;
-
-	memcpy(&v, p, sizeof(v));
-	return pmfuse_le64(v);
-}
-
-static void extent_key_from_rec(void *key, const void *rec)
-{
-	memcpy(key, rec, 8);
-}
-
-static int extent_cmp_key(const void *a, const void *b)
-{
-	uint64_t x = le64_at(a), y = le64_at(b);
-
-	return x < y ? -1 : x > y;
-}
-
 /* E1 and E2 as far as one record can tell without knowing the pool. */
 static int extent_check_rec(const void *rec)
 {
@@ -109,8 +89,8 @@ const struct pmfuse_btree_ops pmfuse_extent_ops = {
 	.name = "extents",
 	.key_len = 8,
 	.rec_len = sizeof(struct pmfuse_extent),
-	.key_from_rec = extent_key_from_rec,
-	.cmp_key = extent_cmp_key,
+	.key_from_rec = pmfuse_btree_key64_from_rec,
+	.cmp_key = pmfuse_btree_cmp_key64,
 	.check_rec = extent_check_rec,
 };
 

@@ -49,18 +49,6 @@ static uint64_t le64_at(const void *p)
 	return pmfuse_le64(v);
 }
 
-static void orphan_key_from_rec(void *key, const void *rec)
-{
-	memcpy(key, rec, 8);
-}
-
-static int orphan_cmp_key(const void *a, const void *b)
-{
-	uint64_t x = le64_at(a), y = le64_at(b);
-
-	return x < y ? -1 : x > y;
-}
-
 static int orphan_check_rec(const void *rec)
 {
 	const struct pmfuse_orphan *o = rec;
@@ -76,8 +64,8 @@ const struct pmfuse_btree_ops pmfuse_orphan_ops = {
 	.name = "orphans",
 	.key_len = 8,
 	.rec_len = sizeof(struct pmfuse_orphan),
-	.key_from_rec = orphan_key_from_rec,
-	.cmp_key = orphan_cmp_key,
+	.key_from_rec = pmfuse_btree_key64_from_rec,
+	.cmp_key = pmfuse_btree_cmp_key64,
 	.check_rec = orphan_check_rec,
 };
 

@@ -46,18 +46,6 @@ static uint64_t le64_at(const void *p)
 	return pmfuse_le64(v);
 }
 
-static void inode_key_from_rec(void *key, const void *rec)
-{
-	memcpy(key, rec, 8);
-}
-
-static int inode_cmp_key(const void *a, const void *b)
-{
-	uint64_t x = le64_at(a), y = le64_at(b);
-
-	return x < y ? -1 : x > y;
-}
-
 static bool type_known(uint32_t mode)
 {
 	switch (mode & S_IFMT) {
@@ -113,8 +101,8 @@ const struct pmfuse_btree_ops pmfuse_inode_ops = {
 	.name = "inodes",
 	.key_len = 8,
 	.rec_len = sizeof(struct pmfuse_inode),
-	.key_from_rec = inode_key_from_rec,
-	.cmp_key = inode_cmp_key,
+	.key_from_rec = pmfuse_btree_key64_from_rec,
+	.cmp_key = pmfuse_btree_cmp_key64,
 	.check_rec = inode_check_rec,
 };
 

@@ -33,27 +33,7 @@
 
 #define XATTR_BLOCKS_MAX (PMFUSE_XATTR_VALUE_MAX / PMFUSE_BLOCK_SIZE_MIN)
 
-static uint64_t le64_at(const void *p)
-{
-	struct pmfuse_le64 v;
-
-	memcpy(&v, p, sizeof(v));
-	return pmfuse_le64(v);
-}
-
 /* ---- tree ops ------------------------------------------------------------------------------- */
-
-static void xattr_key_from_rec(void *key, const void *rec)
-{
-	memcpy(key, rec, 8);
-}
-
-static int xattr_cmp_key(const void *a, const void *b)
-{
-	uint64_t x = le64_at(a), y = le64_at(b);
-
-	return x < y ? -1 : x > y;
-}
 
 static bool zero(const uint8_t *p, size_t len)
 {
@@ -96,8 +76,8 @@ const struct pmfuse_btree_ops pmfuse_xattr_ops = {
 	.name = "xattrs",
 	.key_len = 8,
 	.rec_len = sizeof(struct pmfuse_xattr),
-	.key_from_rec = xattr_key_from_rec,
-	.cmp_key = xattr_cmp_key,
+	.key_from_rec = pmfuse_btree_key64_from_rec,
+	.cmp_key = pmfuse_btree_cmp_key64,
 	.check_rec = xattr_check_rec,
 };
 

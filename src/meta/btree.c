@@ -1205,3 +1205,17 @@ int pmfuse_btree_check(const struct pmfuse_btree *bt,
 			    (unsigned long long)count, (unsigned long long)c.recs);
 	return 0;
 }
+
+void pmfuse_btree_key64_from_rec(void *key, const void *rec)
+{
+	memcpy(key, rec, sizeof(struct pmfuse_le64));
+}
+
+int pmfuse_btree_cmp_key64(const void *a, const void *b)
+{
+	struct pmfuse_le64 x, y;
+
+	memcpy(&x, a, sizeof(x));
+	memcpy(&y, b, sizeof(y));
+	return pmfuse_le64(x) < pmfuse_le64(y) ? -1 : pmfuse_le64(x) > pmfuse_le64(y);
+}

@@ -42,6 +42,10 @@ struct pmfuse_btree_ops {
 	int (*check_rec)(const void *rec);
 };
 
+/* key_from_rec / cmp_key for the common case: the key is the record's leading le64. */
+void pmfuse_btree_key64_from_rec(void *key, const void *rec);
+int pmfuse_btree_cmp_key64(const void *a, const void *b);
+
 struct pmfuse_btree {
 	struct pmfuse_pool *pool;
 	struct pmfuse_alloc *alloc;            /* where nodes come from and go back to */

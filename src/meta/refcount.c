@@ -81,22 +81,6 @@ static uint64_t irec_end(const struct rc_irec *r)
 
 /* ---- b+tree ops ------------------------------------------------------------------------------ */
 
-static void rc_key_from_rec(void *key, const void *rec)
-{
-	memcpy(key, rec, sizeof(struct pmfuse_le64));
-}
-
-static int rc_cmp_key(const void *a, const void *b)
-{
-	struct pmfuse_le64 x, y;
-
-	memcpy(&x, a, sizeof(x));
-	memcpy(&y, b, sizeof(y));
-	if (pmfuse_le64(x) != pmfuse_le64(y))
-		return pmfuse_le64(x) < pmfuse_le64(y) ? -1 : 1;
-	return 0;
-}
-
 static int rc_check_rec(const void *rec)
 {
 	struct pmfuse_refcount_rec r;
@@ -123,8 +107,8 @@ const struct pmfuse_btree_ops pmfuse_refcount_ops = {
 	.name = "refcount",
 	.key_len = sizeof(struct pmfuse_le64),
 	.rec_len = sizeof(struct pmfuse_refcount_rec),
-	.key_from_rec = rc_key_from_rec,
-	.cmp_key = rc_cmp_key,
+	.key_from_rec = pmfuse_btree_key64_from_rec,
+	.cmp_key = pmfuse_btree_cmp_key64,
 	.check_rec = rc_check_rec,
 };
 
