@@ -31,6 +31,9 @@
  * (until the first reply tells the kernel there is no FLUSH) sends FLUSH: requests to this
  * daemon, which a handler must not wait for.
  *
+ * Invalidating only the attributes (offset -1) takes no page lock, so a handler may do that
+ * itself (pmfuse_notifier_inval_attr) and reply, and queue only the close.
+ *
  * copy_file_range needs none of this: after FUSE_COPY_FILE_RANGE succeeds the kernel itself
  * truncates the destination's pages over the copied range and updates its size, under the
  * inode lock (fs/fuse/file.c, __fuse_copy_file_range), and it wrote back the dirty pages of
@@ -83,7 +86,9 @@ static void run(struct pmfuse_notifier *n, struct pmfuse_deferred *job)
 			pmfuse_log(PMFUSE_LOG_DEBUG, "invalidating inode %llu: %s",
 				   (unsigned long long)job->ino, strerror(-rc));
 	}
-	if (job->err)
+	if (!job->req)
+		;                            /* replied by the handler */
+	else if (job->err)
 		fuse_reply_err(job->req, job->err);
 	else
 		fuse_reply_ioctl(job->req, 0, NULL, 0);
@@ -154,6 +159,15 @@ void pmfuse_notifier_submit(struct pmfuse_notifier *n, struct pmfuse_deferred *j
 	n->tail = &job->next;
 	pthread_cond_signal(&n->cond);
 	pthread_mutex_unlock(&n->lock);
+}
+
+void pmfuse_notifier_inval_attr(struct pmfuse_notifier *n, uint64_t ino)
+{
+	int rc = fuse_lowlevel_notify_inval_inode(n->se, ino, -1, 0);
+
+	if (rc && rc != -ENOENT)
+		pmfuse_log(PMFUSE_LOG_DEBUG, "invalidating the attributes of inode %llu: %s",
+			   (unsigned long long)ino, strerror(-rc));
 }
 
 void pmfuse_notifier_stop(struct pmfuse_notifier *n, const char *mountpoint)

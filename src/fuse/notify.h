@@ -16,7 +16,7 @@ struct pmfuse_notifier;
 
 /* What the notifier does for one request, in this order: invalidate, reply, close fd. */
 struct pmfuse_deferred {
-	fuse_req_t req;
+	fuse_req_t req;              /* NULL: already replied; only close fd */
 	int err;                     /* 0: fuse_reply_ioctl(req, 0, NULL, 0); else reply err */
 	uint64_t ino;                /* 0: nothing to invalidate (also done when err is set:
 					  a failed clone may have changed part of the range) */
@@ -37,6 +37,12 @@ struct pmfuse_deferred *pmfuse_deferred_new(fuse_req_t req);
 
 /* Queues the job (never blocks on the kernel); the notifier owns and frees it. */
 void pmfuse_notifier_submit(struct pmfuse_notifier *n, struct pmfuse_deferred *job);
+
+/*
+ * Invalidates the kernel's cached attributes of ino (not its pages): this takes no page lock
+ * and may be called from a request handler. -ENOENT (not cached) is not an error.
+ */
+void pmfuse_notifier_inval_attr(struct pmfuse_notifier *n, uint64_t ino);
 
 /*
  * Called once the session loop has ended: finishes the queued jobs and joins the thread. If

@@ -253,8 +253,10 @@ def clone_into_cached_file_is_seen(m):
     clone_range(dfd, sfd, 256 * 1024, 512 * 1024, 128 * 1024)
     exp = bytearray(ddata)
     exp[128 * 1024:640 * 1024] = sdata[256 * 1024:768 * 1024]
-    eq(pread_all(dfd, size), bytes(exp), "read(2) of the cached destination after a clone")
+    # the mapping first: a read(2) would revalidate the attributes, and the changed mtime
+    # alone makes the kernel drop the pages (auto_inval_data); the mapping has no such check
     eq(mm[:], bytes(exp), "mapping of the destination after a clone")
+    eq(pread_all(dfd, size), bytes(exp), "read(2) of the cached destination after a clone")
     # unshare while mapped: contents stay; then a write through the mapping stays private
     unshare(dfd, 0, 0)
     eq(mm[:], bytes(exp), "mapping after unshare")
@@ -270,6 +272,53 @@ def clone_into_cached_file_is_seen(m):
     m.remount()
     same_file(src, sdata, "source after remount")
     same_file(dst, exp, "destination after remount")
+
+
+@test(size="128M")
+def clone_beyond_cached_pages_is_seen(m):
+    """Clones the daemon answers without dropping pages (into an empty file, or at least 2 MiB
+    past the last cached folio of a file): the size the kernel had cached is dropped at once,
+    and read(2), a mapping and st_blocks show the clone, also after a truncation that may leave
+    a folio straddling the end."""
+    size = MiB
+    src, dst, empty = m.path("src"), m.path("dst"), m.path("empty")
+    sdata = make_data(size, m.rng, stamp=34)
+    ddata = make_data(size, m.rng, stamp=35)
+    write_big(src, sdata)
+    write_big(dst, ddata)
+    sfd = os.open(src, os.O_RDONLY)
+    # an empty file whose size 0 the kernel has cached
+    efd = os.open(empty, os.O_RDWR | os.O_CREAT, 0o644)
+    eq(os.fstat(efd).st_size, 0, "size of the new file")
+    clone_range(efd, sfd, 0, 0, 0)
+    eq(os.fstat(efd).st_size, size, "size right after a clone into an empty file")
+    check(os.fstat(efd).st_blocks * 512 >= size, "st_blocks right after a clone into an empty "
+          f"file: {os.fstat(efd).st_blocks}")
+    eq(pread_all(efd, size), bytes(sdata), "read(2) right after a clone into an empty file")
+    # a cached, mapped file; the clone lands 4 MiB in, past its last folio
+    dfd = os.open(dst, os.O_RDWR)
+    eq(pread_all(dfd, size), bytes(ddata), "destination read before the clone (now cached)")
+    eq(os.fstat(dfd).st_size, size, "destination size before the clone")
+    clone_range(dfd, sfd, 0, 0, 4 * MiB)
+    exp = bytearray(ddata) + bytes(3 * MiB) + sdata
+    eq(os.fstat(dfd).st_size, 5 * MiB, "size right after a clone past the end")
+    eq(pread_all(dfd, 5 * MiB), bytes(exp), "read(2) right after a clone past the end")
+    mm = mmap.mmap(dfd, 5 * MiB)
+    eq(mm[:], bytes(exp), "mapping right after a clone past the end")
+    mm.close()
+    # truncate into the middle of a cached range, then clone at the next 2 MiB boundary
+    os.ftruncate(dfd, 100 * 1024)
+    eq(pread_all(dfd, 100 * 1024), bytes(exp[:100 * 1024]), "read after truncation")
+    clone_range(dfd, sfd, 0, 0, 2 * MiB)
+    exp = bytearray(exp[:100 * 1024]) + bytes(2 * MiB - 100 * 1024) + sdata
+    eq(os.fstat(dfd).st_size, 3 * MiB, "size after a clone past a truncated end")
+    eq(pread_all(dfd, 3 * MiB), bytes(exp), "read(2) after a clone past a truncated end")
+    for fd in (sfd, efd, dfd):
+        os.close(fd)
+    m.remount()
+    same_file(empty, sdata, "clone into an empty file after remount")
+    same_file(dst, exp, "clone past the end after remount")
+    check_mount_sharing(m, "after clones past the end")
 
 
 @test(size="128M")
