@@ -42,6 +42,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <linux/fs.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -123,6 +124,67 @@ static bool range_ok(uint64_t off, uint64_t len)
 }
 
 /*
+ * pidfds of recent callers, so that a series of clones from one thread (cp of many files, a
+ * file built block by block) opens and closes one pidfd, not one per call: that pair was two
+ * thirds of the cost of fetching the caller's descriptor. A pidfd stays bound to its task: once
+ * the thread has exited, pidfd_getfd() fails with ESRCH even if its number was reused, and the
+ * entry is replaced. The lock is held across pidfd_getfd() so that no entry is closed (and its
+ * number reused) while in use.
+ */
+#define PIDFD_CACHE 8
+
+static struct {
+	pthread_mutex_t lock;
+	struct { pid_t tid; int pidfd; } e[PIDFD_CACHE];
+	unsigned next;                  /* the entry to replace next */
+} pidfds = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static int pidfd_open_thread(pid_t tid)
+{
+	int pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+
+	if (pidfd < 0 && errno == EINVAL)    /* before 6.9: only a thread group leader */
+		pidfd = (int)syscall(SYS_pidfd_open, tid, 0);
+	return pidfd < 0 ? -errno : pidfd;
+}
+
+/* pidfd_getfd(caller tid, fd) through the cache: a descriptor or -errno. */
+static int caller_getfd(pid_t tid, int fd)
+{
+	int slot = -1, f, err;
+
+	pthread_mutex_lock(&pidfds.lock);
+	for (int i = 0; i < PIDFD_CACHE; i++)
+		if (pidfds.e[i].pidfd > 0 && pidfds.e[i].tid == tid)
+			slot = i;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (slot < 0) {
+			int pidfd = pidfd_open_thread(tid);
+
+			if (pidfd < 0) {
+				pthread_mutex_unlock(&pidfds.lock);
+				return pidfd;
+			}
+			slot = (int)(pidfds.next++ % PIDFD_CACHE);
+			if (pidfds.e[slot].pidfd > 0)
+				close(pidfds.e[slot].pidfd);
+			pidfds.e[slot].tid = tid;
+			pidfds.e[slot].pidfd = pidfd;
+		}
+		f = (int)syscall(SYS_pidfd_getfd, pidfds.e[slot].pidfd, fd, 0);
+		err = errno;
+		if (f >= 0 || err != ESRCH || attempt)
+			break;
+		/* the cached thread is gone: a new one may have its number */
+		close(pidfds.e[slot].pidfd);
+		pidfds.e[slot].pidfd = 0;
+		slot = -1;
+	}
+	pthread_mutex_unlock(&pidfds.lock);
+	return f < 0 ? -err : f;
+}
+
+/*
  * Copies the caller's descriptor fd into the daemon (*dup_fd, which the caller of this hands
  * to the notifier to close) and checks it: open for reading, on this file system, a regular
  * file. Returns its inode number in *ino.
@@ -132,7 +194,7 @@ static int caller_file(fuse_req_t req, int64_t fd, uint64_t *ino, int *dup_fd)
 	const struct pmfuse_daemon *d = daemon_of(req);
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct statx stx;
-	int pidfd, f, fl, err;
+	int f, fl;
 
 	if (fd < 0 || fd > INT_MAX)
 		return -EBADF;
@@ -141,16 +203,9 @@ static int caller_file(fuse_req_t req, int64_t fd, uint64_t *ino, int *dup_fd)
 	/* pid 0: the caller is outside the daemon's pid namespace and cannot be reached */
 	if (ctx->pid <= 0)
 		return -EPERM;
-	pidfd = (int)syscall(SYS_pidfd_open, ctx->pid, PIDFD_THREAD);
-	if (pidfd < 0 && errno == EINVAL)    /* before 6.9: only a thread group leader */
-		pidfd = (int)syscall(SYS_pidfd_open, ctx->pid, 0);
-	if (pidfd < 0)
-		return -errno;
-	f = (int)syscall(SYS_pidfd_getfd, pidfd, (int)fd, 0);
-	err = errno;
-	close(pidfd);
+	f = caller_getfd(ctx->pid, (int)fd);
 	if (f < 0)
-		return -err;                 /* EBADF: no such descriptor; EPERM: cannot trace */
+		return f;                    /* EBADF: no such descriptor; EPERM: cannot trace */
 	*dup_fd = f;
 
 	if (statx(f, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &stx))
