@@ -202,6 +202,21 @@ ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t sr
 			     uint64_t dst_ino, uint64_t dst_off, uint64_t len,
 			     const struct pmfuse_cred *cred);
 
+/*
+ * FIDEDUPERANGE semantics with one destination: if the bytes of [src_off, src_off + len) of src
+ * equal those at dst_off of dst (compared in the pool), dst's blocks there are replaced by src's,
+ * shared; dst's contents, size, times and mode stay. Offsets must be block-aligned and both
+ * ranges inside their files (-EINVAL); len is shortened to whole blocks unless both ranges end
+ * at their files' EOF, and to at most PMFUSE_DEDUPE_MAX bytes, so that one call does not hold
+ * the filesystem lock for long (callers loop). Same file allowed when the ranges do not overlap.
+ * Returns 0 with *deduped the bytes done (0: nothing to do), -EBADE when some byte differs
+ * (nothing changed), -ENOSPC (part of the range may be shared already: the same bytes), or
+ * another -errno.
+ */
+#define PMFUSE_DEDUPE_MAX (16ull << 20)
+int pmfuse_fs_dedupe_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			   uint64_t len, uint64_t dst_ino, uint64_t dst_off, uint64_t *deduped);
+
 /* FALLOC_FL_UNSHARE_RANGE: gives the file private copies of its shared blocks in the range
  * (len 0: to EOF). Holes stay holes. */
 int pmfuse_fs_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t len);

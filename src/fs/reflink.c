@@ -122,6 +122,7 @@ struct clone {
 	uint64_t top;                     /* blocks [s0, s0 + top) are still to do */
 	uint64_t size;                    /* the destination's size when done (if it grows) */
 	const struct pmfuse_cred *cred;   /* clears setuid/setgid like a write; may be NULL */
+	bool dedupe;                      /* contents stay: no size, times or setuid change */
 };
 
 /* Pool blocks whose count goes up in this transaction: consecutive pieces whose blocks touch
@@ -273,7 +274,7 @@ static int clone_run(struct clone *c)
 			return -ENOSPC;
 		tx = pmfuse_tx_begin(c->fs->txm);
 		rc = clone_pieces(tx, c, &top, &b);
-		if (!rc)
+		if (!rc && !c->dedupe)
 			rc = clone_inode(tx, c);
 		if (!rc) {
 			pmfuse_tx_commit(tx);
@@ -484,6 +485,200 @@ ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t sr
 	n = copy_range_locked(fs, src_ino, src_off, dst_ino, dst_off, len, cred);
 	pthread_rwlock_unlock(&fs->lock);
 	return n;
+}
+
+/* ---- dedupe --------------------------------------------------------------------------------- */
+
+/*
+ * Dedupe (FIDEDUPERANGE semantics, fs.h) compares the two ranges in the pool under the writer
+ * lock and, only if every byte is equal, remaps the destination's blocks to the source's with
+ * the clone machinery (clone_run with c->dedupe: the destination's size, times and mode stay,
+ * since its contents do). Blocks the two already share are neither compared nor remapped; a
+ * hole compares as zeros, so zero blocks of the destination over a hole of the source become a
+ * hole. Nothing is changed when any byte differs. A crash part way leaves some of the range
+ * remapped and the rest as it was: the same bytes either way, every block counted.
+ */
+
+/* The run of file blocks from fb (below end) that is one extent's or one hole's. */
+struct brun {
+	bool hole;
+	uint64_t pblock;             /* first pool block (not for a hole) */
+	uint64_t len;                /* blocks */
+};
+
+static int brun_at(const struct rfile *f, uint64_t fb, uint64_t end, struct brun *r)
+{
+	struct pmfuse_iext e;
+	int rc = pmfuse_extent_find(&f->map, fb, &e);
+
+	if (rc && rc != -ENOENT)
+		return rc;
+	if (rc == -ENOENT || e.fblock > fb) {
+		r->hole = true;
+		r->pblock = 0;
+		r->len = (rc == -ENOENT ? end : PMFUSE_MIN(e.fblock, end)) - fb;
+		return 0;
+	}
+	r->hole = false;
+	r->pblock = e.pblock + (fb - e.fblock);
+	r->len = PMFUSE_MIN(e.fblock + e.len, end) - fb;
+	return 0;
+}
+
+static const uint8_t *brun_bytes(struct pmfuse_fs *fs, const struct brun *r, uint64_t skip)
+{
+	return r->hole ? fs->zeroes : pmfuse_volume_block(fs->vol, r->pblock + skip);
+}
+
+/*
+ * Calls fn(arg, block offset, blocks, same) for each run of blocks of [0, n) over which both
+ * files are one extent or hole each; same: the two already map the same pool blocks. Returns 0
+ * or what fn or a lookup returned.
+ */
+static int dedupe_runs(struct clone *c, uint64_t n,
+		       int (*fn)(struct clone *c, uint64_t b, uint64_t k, bool same, void *arg),
+		       void *arg)
+{
+	for (uint64_t b = 0; b < n;) {
+		struct brun sr, dr;
+		uint64_t k;
+		int rc;
+
+		rc = brun_at(c->src, c->s0 + b, c->s0 + n, &sr);
+		if (!rc)
+			rc = brun_at(c->dst, c->d0 + b, c->d0 + n, &dr);
+		if (rc)
+			return rc;
+		k = PMFUSE_MIN(sr.len, dr.len);
+		rc = fn(c, b, k, !sr.hole && !dr.hole && sr.pblock == dr.pblock, arg);
+		if (rc)
+			return rc;
+		b += k;
+	}
+	return 0;
+}
+
+struct dd_cmp {
+	uint64_t bytes;              /* of the range: only these bytes of the last block count */
+};
+
+static int dd_compare(struct clone *c, uint64_t b, uint64_t k, bool same, void *arg)
+{
+	const struct dd_cmp *dc = arg;
+	struct pmfuse_fs *fs = c->fs;
+	uint64_t bs = fs->bs;
+
+	if (same)
+		return 0;
+	for (uint64_t i = 0; i < k;) {
+		struct brun sr, dr;
+		uint64_t blocks, len;
+		int rc;
+
+		/* one extent or hole each, in pieces the zero buffer covers */
+		rc = brun_at(c->src, c->s0 + b + i, c->s0 + b + k, &sr);
+		if (!rc)
+			rc = brun_at(c->dst, c->d0 + b + i, c->d0 + b + k, &dr);
+		if (rc)
+			return rc;
+		blocks = PMFUSE_MIN(PMFUSE_MIN(sr.len, dr.len), PMFUSE_ZERO_BUF / bs);
+		len = PMFUSE_MIN(blocks * bs, dc->bytes - (b + i) * bs);
+		if (!(sr.hole && dr.hole) &&
+		    memcmp(brun_bytes(fs, &sr, 0), brun_bytes(fs, &dr, 0), (size_t)len))
+			return -EBADE;
+		i += blocks;
+	}
+	return 0;
+}
+
+static int dd_remap(struct clone *c, uint64_t b, uint64_t k, bool same, void *arg)
+{
+	struct clone run = *c;
+
+	(void)arg;
+	if (same)
+		return 0;
+	run.s0 = c->s0 + b;
+	run.d0 = c->d0 + b;
+	run.top = k;
+	return clone_run(&run);
+}
+
+/*
+ * FIDEDUPERANGE's checks (generic_remap_checks with REMAP_FILE_DEDUP | REMAP_FILE_CAN_SHORTEN):
+ * 1 with *len 0 when there is nothing to do, 0 with *len the bytes to dedupe, or -errno.
+ */
+static int dedupe_prep(struct pmfuse_fs *fs, struct rfile *src, uint64_t src_off, uint64_t *len,
+		       struct rfile *dst, uint64_t dst_off, struct clone *c)
+{
+	uint64_t bs = fs->bs, ssize = rsize(src), dsize = rsize(dst), n = *len, blen;
+
+	if (src_off % bs || dst_off % bs)
+		return -EINVAL;
+	if (!n) {
+		*len = 0;
+		return 1;
+	}
+	if (src_off > UINT64_MAX - n || dst_off > UINT64_MAX - n)
+		return -EINVAL;
+	/* both ranges inside their files */
+	if (src_off >= ssize || src_off + n > ssize || dst_off >= dsize || dst_off + n > dsize)
+		return -EINVAL;
+	if (n > PMFUSE_DEDUPE_MAX)
+		n = PMFUSE_DEDUPE_MAX;
+	if (src_off + n == ssize && dst_off + n == dsize) {
+		blen = PMFUSE_ALIGN_UP(n, bs);   /* both end at EOF: the last blocks go whole */
+	} else {
+		n = n / bs * bs;                 /* shortened to whole blocks */
+		if (!n) {
+			*len = 0;
+			return 1;
+		}
+		blen = n;
+	}
+	if (src->ino == dst->ino && ranges_overlap(src_off, blen, dst_off, blen))
+		return -EINVAL;
+	memset(c, 0, sizeof(*c));
+	c->fs = fs;
+	c->src = src;
+	c->dst = dst;
+	c->s0 = src_off / bs;
+	c->d0 = dst_off / bs;
+	c->top = blen / bs;
+	c->size = dsize;
+	c->dedupe = true;
+	*len = n;
+	return 0;
+}
+
+int pmfuse_fs_dedupe_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			   uint64_t len, uint64_t dst_ino, uint64_t dst_off, uint64_t *deduped)
+{
+	struct rfile s, d, *dp;
+	struct dd_cmp dc;
+	struct clone c;
+	uint64_t n = len;
+	int rc;
+
+	*deduped = 0;
+	if (fs->readonly)
+		return -EROFS;
+	pthread_rwlock_wrlock(&fs->lock);
+	rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
+	if (!rc)
+		rc = dedupe_prep(fs, &s, src_off, &n, dp, dst_off, &c);
+	if (!rc) {
+		uint64_t blocks = c.top;
+
+		dc.bytes = n;
+		rc = dedupe_runs(&c, blocks, dd_compare, &dc);
+		if (!rc)
+			rc = dedupe_runs(&c, blocks, dd_remap, NULL);
+		if (!rc)
+			*deduped = n;
+	}
+	pthread_rwlock_unlock(&fs->lock);
+	return rc < 0 ? rc : 0;
 }
 
 /* ---- unshare -------------------------------------------------------------------------------- */

@@ -186,10 +186,10 @@ static int caller_getfd(pid_t tid, int fd)
 
 /*
  * Copies the caller's descriptor fd into the daemon (*dup_fd, which the caller of this hands
- * to the notifier to close) and checks it: open for reading, on this file system, a regular
- * file. Returns its inode number in *ino.
+ * to the notifier to close) and checks it: not O_PATH, on this file system, a regular file.
+ * Returns its inode number in *ino and its open flags in *flags.
  */
-static int caller_file(fuse_req_t req, int64_t fd, uint64_t *ino, int *dup_fd)
+static int caller_file(fuse_req_t req, int64_t fd, uint64_t *ino, int *flags, int *dup_fd)
 {
 	const struct pmfuse_daemon *d = daemon_of(req);
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
@@ -217,9 +217,10 @@ static int caller_file(fuse_req_t req, int64_t fd, uint64_t *ino, int *dup_fd)
 	if (!S_ISREG(stx.stx_mode))
 		return -EINVAL;
 	fl = fcntl(f, F_GETFL);
-	if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) == O_WRONLY)
+	if (fl < 0 || (fl & O_PATH))
 		return -EBADF;
 	*ino = stx.stx_ino;
+	*flags = fl;
 	return 0;
 }
 
@@ -227,13 +228,14 @@ static int caller_file(fuse_req_t req, int64_t fd, uint64_t *ino, int *dup_fd)
  * Whether the calling thread has CAP_FSETID (bit 4 of CapEff in /proc/TID/status), which lets
  * it change a setuid file without the bit being cleared. Unreadable: only root has it.
  */
-static bool caller_fsetid(const struct fuse_ctx *ctx)
+static bool caller_has(const struct fuse_ctx *ctx, int cap)
 {
-	bool fsetid, in_group;
+	uint64_t caps;
+	bool in_group;
 
-	if (!pmfuse_caller_privs(ctx, ctx->gid, &fsetid, &in_group))
+	if (!pmfuse_caller_privs(ctx, ctx->gid, &caps, &in_group))
 		return ctx->uid == 0;
-	return fsetid;
+	return caps & PMFUSE_CAP(cap);
 }
 
 /*
@@ -256,7 +258,7 @@ static int remove_privs(fuse_req_t req, uint64_t ino, uint64_t *size)
 	*size = a.size;
 	if (!(a.mode & S_ISUID) && (a.mode & (S_ISGID | S_IXGRP)) != (S_ISGID | S_IXGRP))
 		return 0;
-	if (caller_fsetid(ctx))
+	if (caller_has(ctx, CAP_FSETID))
 		return 0;
 	memset(&sa, 0, sizeof(sa));
 	return pmfuse_fs_setattr(fs_of(req), ino, &sa, PMFUSE_SET_KILL_SUID, &cred, &a);
@@ -291,7 +293,7 @@ static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	struct pmfuse_ioc_clone_range a;
 	struct pmfuse_deferred *job;
 	uint64_t src_ino = 0, old_size = 0;
-	int rc;
+	int src_flags = 0, rc;
 
 	memcpy(&a, in_buf, sizeof(a));
 	if (!fh_writable(fi) || fh_append(fi)) {
@@ -307,7 +309,9 @@ static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	rc = caller_file(req, a.src_fd, &src_ino, &job->fd);
+	rc = caller_file(req, a.src_fd, &src_ino, &src_flags, &job->fd);
+	if (!rc && (src_flags & O_ACCMODE) == O_WRONLY)
+		rc = -EBADF;
 	if (!rc)
 		rc = remove_privs(req, ino, &old_size);
 	if (!rc) {
@@ -328,6 +332,57 @@ static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		}
 	}
 	job->err = -rc;
+	pmfuse_notifier_submit(n, job);
+}
+
+/*
+ * Dedupe, issued on the source (FIDEDUPERANGE with one destination). As there, what concerns
+ * the destination is reported in its status, not as the ioctl's error: a bad descriptor, a
+ * file elsewhere (-EXDEV), a directory, no right to change it (-EPERM: it must be open for
+ * writing, or the caller own it or have CAP_SYS_ADMIN; the kernel's further case, write
+ * permission without a writable descriptor, is not evaluated here). The contents do not change,
+ * so no page is dropped; the attributes are (st_blocks may shrink), from this handler.
+ */
+static void ioc_dedupe(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+		       const void *in_buf)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct pmfuse_notifier *n = daemon_of(req)->notifier;
+	struct pmfuse_ioc_dedupe_range a;
+	struct pmfuse_deferred *job;
+	struct pmfuse_attr da;
+	uint64_t dst_ino = 0, done = 0;
+	int dst_flags = 0, rc;
+
+	memcpy(&a, in_buf, sizeof(a));
+	if (!fh_recorded(fi) || (fi->fh & O_ACCMODE) == O_WRONLY) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	if (!range_ok(a.src_offset, a.src_length) || !range_ok(a.dest_offset, a.src_length)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	job = pmfuse_deferred_new(req);
+	if (!job) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	job->req = NULL;                     /* replied here; the notifier only closes */
+	rc = a.reserved ? -EINVAL : caller_file(req, a.dest_fd, &dst_ino, &dst_flags, &job->fd);
+	if (!rc)
+		rc = pmfuse_fs_getattr(fs_of(req), dst_ino, &da);
+	if (!rc && (dst_flags & O_ACCMODE) == O_RDONLY && ctx->uid != da.uid &&
+	    !caller_has(ctx, CAP_SYS_ADMIN))
+		rc = -EPERM;
+	if (!rc) {
+		rc = pmfuse_fs_dedupe_range(fs_of(req), ino, a.src_offset, a.src_length, dst_ino,
+					    a.dest_offset, &done);
+		pmfuse_notifier_inval_attr(n, dst_ino);
+	}
+	a.bytes_deduped = rc ? 0 : done;
+	a.status = rc == -EBADE ? PMFUSE_DEDUPE_DIFFERS : rc ? rc : PMFUSE_DEDUPE_SAME;
+	fuse_reply_ioctl(req, 0, &a, sizeof(a));
 	pmfuse_notifier_submit(n, job);
 }
 
@@ -547,8 +602,7 @@ void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
 		ioc_unshare(req, ino, fi, in_buf);
 		break;
 	case PMFUSE_IOC_DEDUPE_RANGE:
-		/* not in fs.h yet: the daemon knows the command, the file system cannot do it */
-		fuse_reply_err(req, EOPNOTSUPP);
+		ioc_dedupe(req, ino, fi, in_buf);
 		break;
 	case PMFUSE_IOC_GET_EXTENTS:
 		ioc_get_extents(req, ino, in_buf);

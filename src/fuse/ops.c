@@ -754,14 +754,15 @@ static bool is_acl(const char *name)
 				!strcmp(name, "system.posix_acl_default"));
 }
 
-bool pmfuse_caller_privs(const struct fuse_ctx *ctx, gid_t gid, bool *fsetid, bool *in_group)
+bool pmfuse_caller_privs(const struct fuse_ctx *ctx, gid_t gid, uint64_t *caps, bool *in_group)
 {
 	char path[64], *line = NULL;
 	bool known = false;
 	size_t cap = 0;
 	FILE *f;
 
-	*fsetid = *in_group = false;
+	*caps = 0;
+	*in_group = false;
 	snprintf(path, sizeof(path), "/proc/%ld/status", (long)ctx->pid);
 	f = ctx->pid > 0 ? fopen(path, "re") : NULL;
 	while (f && getline(&line, &cap, f) > 0) {
@@ -769,7 +770,7 @@ bool pmfuse_caller_privs(const struct fuse_ctx *ctx, gid_t gid, bool *fsetid, bo
 
 		if (!strncmp(line, "CapEff:", 7)) {
 			known = true;
-			*fsetid = (strtoull(p, NULL, 16) >> 4) & 1;     /* CAP_FSETID is 4 */
+			*caps = strtoull(p, NULL, 16);
 		} else if (!strncmp(line, "Groups:", 7)) {
 			for (unsigned long g = strtoul(p, &end, 10); end != p;
 			     p = end, g = strtoul(p, &end, 10))
@@ -795,13 +796,14 @@ static bool acl_kills_sgid(fuse_req_t req, fuse_ino_t ino)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct pmfuse_attr a;
-	bool fsetid, in_group;
+	uint64_t caps;
+	bool in_group;
 
 	if (pmfuse_fs_getattr(fs_of(req), ino, &a) || !(a.mode & S_ISGID) || ctx->gid == a.gid)
 		return false;
-	if (!pmfuse_caller_privs(ctx, a.gid, &fsetid, &in_group))
+	if (!pmfuse_caller_privs(ctx, a.gid, &caps, &in_group))
 		return ctx->uid != 0;
-	return !fsetid && !in_group;
+	return !(caps & PMFUSE_CAP(CAP_FSETID)) && !in_group;
 }
 
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,

@@ -51,11 +51,19 @@ void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
 		     size_t in_bufsz, size_t out_bufsz);
 
 /*
- * What the kernel knows of the calling thread and the request does not carry: whether it has
- * CAP_FSETID, and whether gid is among its supplementary groups (from /proc/TID/status, as
- * fuse_req_getgroups reads it). Returns false when the thread is gone (status unreadable).
+ * What the kernel knows of the calling thread and the request does not carry: its effective
+ * capabilities (*caps, a mask of PMFUSE_CAP(CAP_...)), and whether gid is among its
+ * supplementary groups (from /proc/TID/status, as fuse_req_getgroups reads it). Returns false
+ * when the thread is gone (status unreadable).
  */
-bool pmfuse_caller_privs(const struct fuse_ctx *ctx, gid_t gid, bool *fsetid, bool *in_group);
+#define PMFUSE_CAP(c) (1ull << (c))
+#ifndef CAP_FSETID
+#define CAP_FSETID 4                 /* linux/capability.h */
+#endif
+#ifndef CAP_SYS_ADMIN
+#define CAP_SYS_ADMIN 21
+#endif
+bool pmfuse_caller_privs(const struct fuse_ctx *ctx, gid_t gid, uint64_t *caps, bool *in_group);
 
 /* Whether the fs answers lookups of "." and ".." (what FUSE_CAP_EXPORT_SUPPORT asks for). */
 bool pmfuse_ops_probe_export(struct pmfuse_fs *fs);

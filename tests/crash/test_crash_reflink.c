@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * Crash test of reflink: clone (many transactions per call), copy-on-write writes, truncate,
- * punch and zero-range into shared blocks, copy_file_range, unshare and deleting shared files,
+ * punch and zero-range into shared blocks, copy_file_range, unshare, dedupe (of a range just
+ * overwritten with the source's bytes) and deleting shared files,
  * on fake media, stopped at every persistence barrier.
  *
  * For each operation:
@@ -109,9 +110,10 @@ static uint64_t ino_of(struct pmfuse_fs *fs, int i)
 /* ---- the operations ------------------------------------------------------------------------- */
 
 enum op_kind { OP_CLONE, OP_WRITE, OP_COPY, OP_UNSHARE, OP_TRUNC, OP_PUNCH, OP_ZERO,
-	       OP_UNLINK, OP_CREATE, OP_KINDS };
+	       OP_UNLINK, OP_CREATE, OP_DEDUPE, OP_KINDS };
 static const char *const op_names[OP_KINDS] = {
 	"clone", "write", "copy", "unshare", "truncate", "punch", "zero", "unlink", "create",
+	"dedupe",
 };
 
 struct op {
@@ -184,6 +186,20 @@ static void run_op(struct pmfuse_fs *fs, const struct op *op)
 			assert_int_equal(pmfuse_fs_clone_range(fs, ino_of(fs, op->src), 0, 0, a.ino,
 							       0), 0);
 		break;
+	case OP_DEDUPE: {
+		/* the source's bytes written over the destination's, then deduped: shared again */
+		uint64_t n = 0;
+
+		s = ino_of(fs, op->src);
+		d = ino_of(fs, op->dst);
+		assert_int_equal(pmfuse_fs_pread(fs, s, buf, op->len, op->off), op->len);
+		assert_int_equal(pmfuse_fs_write(fs, d, buf, op->len, op->doff, false, &cred),
+				 op->len);
+		assert_int_equal(pmfuse_fs_dedupe_range(fs, s, op->off, op->len, d, op->doff, &n),
+				 0);
+		assert_int_equal(n, op->len);
+		break;
+	}
 	default:
 		fail();
 	}
@@ -415,6 +431,19 @@ static bool pick_op(struct th_rng *r, const struct state *s, struct op *op)
 			return false;
 		return true;
 	}
+	case OP_DEDUPE: {
+		uint64_t n = s->size[op->src] / BS;
+
+		if (!n)
+			return false;
+		op->off = th_rng_below(r, n) * BS;
+		op->len = (1 + th_rng_below(r, PMFUSE_MIN(n - op->off / BS, 40u))) * BS;
+		op->doff = th_rng_below(r, (CAP - op->len) / BS + 1) * BS;
+		if (op->src == op->dst && op->off < op->doff + op->len &&
+		    op->doff < op->off + op->len)
+			return false;
+		return true;
+	}
 	case OP_WRITE:
 		op->off = th_rng_below(r, PMFUSE_MIN(CAP - 1, s->size[op->dst] + 8 * BS));
 		op->len = 1 + th_rng_below(r, th_rng_below(r, 2) ? 300 : 40 * BS);
@@ -503,6 +532,8 @@ static void test_crash_reflink(void **state)
 			{ .kind = OP_PUNCH, .dst = 2, .off = 70 * BS + 11, .len = 20 * BS },
 			{ .kind = OP_COPY, .src = 0, .dst = 2, .off = 3 * BS + 5, .doff = 130 * BS + 5,
 			  .len = 20 * BS },
+			{ .kind = OP_DEDUPE, .src = 1, .dst = 2, .off = 10 * BS, .len = 30 * BS,
+			  .doff = 20 * BS },
 			{ .kind = OP_UNLINK, .dst = 0 },
 		};
 		uint64_t nfirst = PMFUSE_ARRAY_SIZE(first);

@@ -284,10 +284,11 @@ static void check_file(struct th_env *e, const struct mfile *mf, uint8_t *tmp)
 /* ---- one random operation ------------------------------------------------------------------- */
 
 enum { OP_WRITE, OP_CLONE, OP_CLONE_ERR, OP_COPY, OP_UNSHARE, OP_TRUNC, OP_PUNCH, OP_ZERO,
-       OP_FALLOC, OP_UNLINK, OP_READ, OP_HINT, OP_COUNT };
+       OP_FALLOC, OP_UNLINK, OP_READ, OP_HINT, OP_DEDUPE, OP_DEDUPE_DIFF, OP_DEDUPE_ERR,
+       OP_COUNT };
 static const char *const op_names[OP_COUNT] = {
 	"write", "clone", "clone-err", "copy", "unshare", "trunc", "punch", "zero", "falloc",
-	"unlink", "read", "hint",
+	"unlink", "read", "hint", "dedupe", "dedupe-differs", "dedupe-err",
 };
 
 struct run {
@@ -398,6 +399,106 @@ static void op_clone(struct run *r, struct mfile *s, struct mfile *d)
 	}
 }
 
+/*
+ * FIDEDUPERANGE's rules (fs.h) on the model: 0 with the bytes to compare (*cnt) and the blocks
+ * to share (*nblk), 1 for nothing to do, or the -errno the fs must return.
+ */
+static int m_dedupe_prep(const struct mfile *s, const struct mfile *d, uint32_t bs, uint64_t so,
+			 uint64_t len, uint64_t dof, uint64_t *cnt, uint64_t *nblk)
+{
+	uint64_t blen;
+
+	if (so % bs || dof % bs)
+		return -EINVAL;
+	if (!len)
+		return 1;
+	if (so >= s->size || len > s->size - so || dof >= d->size || len > d->size - dof)
+		return -EINVAL;
+	len = PMFUSE_MIN(len, PMFUSE_DEDUPE_MAX);
+	if (so + len == s->size && dof + len == d->size) {
+		blen = (len + bs - 1) / bs * bs;
+	} else {
+		len = len / bs * bs;
+		if (!len)
+			return 1;
+		blen = len;
+	}
+	if (s == d && so < dof + blen && dof < so + blen)
+		return -EINVAL;
+	*cnt = len;
+	*nblk = blen / bs;
+	return 0;
+}
+
+/* The pool byte address of file block fb, or UINT64_MAX for a hole. */
+static uint64_t phys_of(struct th_env *e, uint64_t ino, uint64_t fb)
+{
+	struct pmfuse_extent_info x;
+	uint64_t next;
+	int n = pmfuse_fs_get_extents(e->fs, ino, fb * e->bs, &x, 1, &next);
+
+	assert_true(n >= 0);
+	if (n == 0 || x.logical > fb * e->bs)
+		return UINT64_MAX;
+	return x.physical + (fb * e->bs - x.logical);
+}
+
+/*
+ * Dedupe of random ranges: half the time the destination range is first made equal by a write
+ * of the source's bytes, sometimes with one byte changed (the compare must see it, the last
+ * byte of the range included). Equal ranges end up sharing every mapped block, and holes of
+ * the source become holes of the destination; contents never change.
+ */
+static void op_dedupe(struct run *r, struct mfile *s, struct mfile *d)
+{
+	uint64_t bs = r->e.bs, so, dof, len, room, cnt = 0, nblk = 0, done = 7;
+	bool sloppy = !rnd(r, 10);
+	int want, rc;
+
+	so = rand_block_off(r, s->size ? (s->size - 1) / bs * bs : 0, !sloppy);
+	dof = rand_block_off(r, d->size ? (d->size - 1) / bs * bs : 0, !sloppy);
+	room = PMFUSE_MIN(s->size - PMFUSE_MIN(so, s->size), d->size - PMFUSE_MIN(dof, d->size));
+	switch (rnd(r, 4)) {
+	case 0: len = room; break;                                     /* as far as both go */
+	case 1: len = (1 + rnd(r, 8)) * bs; break;
+	default: len = (1 + rnd(r, 96)) * bs + (rnd(r, 3) ? 0 : rnd(r, bs)); break;
+	}
+	if (!sloppy)
+		len = PMFUSE_MIN(len, room);
+	want = m_dedupe_prep(s, d, (uint32_t)bs, so, len, dof, &cnt, &nblk);
+	if (!want && rnd(r, 2) && !(s == d && so < dof + cnt && dof < so + cnt)) {
+		/* make the destination's bytes equal (unshared), maybe but for one byte */
+		memcpy(r->buf, s->data + so, cnt);
+		if (!rnd(r, 4))
+			r->buf[rnd(r, 3) ? rnd(r, cnt) : cnt - 1] ^= 0x5a;
+		assert_int_equal(wr(&r->e, d->ino, r->buf, cnt, dof), cnt);
+		m_write(d, (uint32_t)bs, r->buf, dof, cnt);
+	}
+	snprintf(r->last + strlen(r->last), sizeof(r->last) - strlen(r->last),
+		 " dedupe %s %llu -> %s %llu len %llu (sizes %llu %llu)", s->name, ULL(so),
+		 d->name, ULL(dof), ULL(len), ULL(s->size), ULL(d->size));
+	rc = pmfuse_fs_dedupe_range(r->e.fs, s->ino, so, len, d->ino, dof, &done);
+	if (want) {
+		assert_int_equal(rc, want == 1 ? 0 : want);
+		assert_int_equal(done, 0);
+		r->ops[want == 1 ? OP_DEDUPE : OP_DEDUPE_ERR]++;
+		return;
+	}
+	if (memcmp(s->data + so, d->data + dof, cnt)) {
+		assert_int_equal(rc, -EBADE);
+		assert_int_equal(done, 0);
+		r->ops[OP_DEDUPE_DIFF]++;
+		return;
+	}
+	assert_int_equal(rc, 0);
+	assert_int_equal(done, cnt);
+	memmove(d->mapped + dof / bs, s->mapped + so / bs, nblk);
+	for (uint64_t b = 0; b < nblk; b++)
+		assert_true(phys_of(&r->e, d->ino, dof / bs + b) ==
+			    phys_of(&r->e, s->ino, so / bs + b));
+	r->ops[OP_DEDUPE]++;
+}
+
 /* copy_file_range on the model: what the fs does (fs.h, reflink.c), mapped flags included. */
 static void op_copy(struct run *r, struct mfile *s, struct mfile *d)
 {
@@ -468,8 +569,10 @@ static void random_op(struct run *r)
 		assert_int_equal(wr(e, mf->ino, r->buf, len, off), len);
 		m_write(mf, bs, r->buf, off, len);
 		r->ops[OP_WRITE]++;
-	} else if (kind < 46) {                                     /* clone */
+	} else if (kind < 40) {                                     /* clone */
 		op_clone(r, other, mf);
+	} else if (kind < 46) {                                     /* dedupe */
+		op_dedupe(r, other, mf);
 	} else if (kind < 58) {                                     /* copy_file_range */
 		op_copy(r, other, mf);
 	} else if (kind < 61) {                                     /* unshare */
