@@ -52,13 +52,16 @@
 struct cli {
 	char *pool;                  /* first non-option argument */
 	bool ro;
+	bool noacl;
 };
 
-enum { KEY_RO, KEY_RW };
+enum { KEY_RO, KEY_RW, KEY_ACL, KEY_NOACL };
 
 static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("ro", KEY_RO),
 	FUSE_OPT_KEY("rw", KEY_RW),
+	FUSE_OPT_KEY("acl", KEY_ACL),
+	FUSE_OPT_KEY("noacl", KEY_NOACL),
 	FUSE_OPT_END
 };
 
@@ -74,6 +77,10 @@ static int cli_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	case KEY_RW:
 		cli->ro = false;
 		return 1;
+	case KEY_ACL:
+	case KEY_NOACL:
+		cli->noacl = key == KEY_NOACL;
+		return 0;            /* ours: the kernel would refuse it */
 	case FUSE_OPT_KEY_NONOPT:
 		if (cli->pool)
 			return 1;    /* the mount point, for fuse_parse_cmdline() */
@@ -93,6 +100,8 @@ static void usage(FILE *f)
 		"pmfuse options:\n"
 		"    -o ro                  mount read-only (the pool is not written at all)\n"
 		"    -o allow_other         let users other than the mounting one in\n"
+		"    -o noacl               no POSIX ACLs: permissions from the mode bits alone,\n"
+		"                           and path walks through the root cost no ACL lookup\n"
 		"pmfuse always uses -o default_permissions,fsname=POOL,subtype=pmfuse.\n"
 		"\n");
 }
@@ -345,6 +354,7 @@ int main(int argc, char *argv[])
 	}
 
 	/* The session first: it checks the mount options before the pool is touched. */
+	daemon.acl = !cli.noacl;
 	se = fuse_session_new(&args, &pmfuse_ops, sizeof(pmfuse_ops), &daemon);
 	if (!se)
 		goto out;            /* libfuse said why (an unknown option, most likely) */

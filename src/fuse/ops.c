@@ -28,7 +28,8 @@
  *   the access ACL in step on chmod and setxattr and applies default-ACL inheritance on create
  *   (the kernel does neither for FUSE), and applies the umask itself (ctx->umask), which with
  *   DONT_MASK the kernel leaves unapplied because a default ACL replaces it. Without POSIX_ACL
- *   (an old kernel) ACLs are refused (EOPNOTSUPP) rather than stored unenforced. Cost: the
+ *   (an old kernel, or -o noacl) ACLs are refused (EOPNOTSUPP) rather than stored unenforced,
+ *   and the kernel applies the umask (applying it again here changes nothing). Cost: the
  *   root inode predates INIT and never caches its ACL, so a walk through the root by a user
  *   other than its owner costs a GETXATTR (doc/design.md);
  * - no splice. SPLICE_WRITE (replies through a pipe) cost the daemon 50% more CPU per GiB
@@ -163,7 +164,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 				  FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
 				  FUSE_CAP_SPLICE_MOVE);
 	want(conn, FUSE_CAP_CACHE_SYMLINKS);
-	if (conn->capable & FUSE_CAP_POSIX_ACL) {
+	if (d->acl && (conn->capable & FUSE_CAP_POSIX_ACL)) {
 		want(conn, FUSE_CAP_POSIX_ACL);
 		want(conn, FUSE_CAP_DONT_MASK);
 		acl_enabled = true;

@@ -326,6 +326,42 @@ def errors_as_linux(m):
     eq(os.getxattr(f, ACCESS), acl(*many), "the ACL after a refused larger one")
 
 
+@test(opts=("noacl",))
+def noacl_mount_uses_mode_bits(m):
+    """-o noacl: ACL xattrs are refused, permissions come from the mode bits (group bits too),
+    the umask is still applied, and an ACL stored by an earlier mount is not enforced."""
+    p = secret(m)
+    a = acl((USER_OBJ, R | W), (USER, R, U1), (GROUP_OBJ, 0), (MASK, R), (OTHER, 0))
+    for name in (ACCESS, DEFAULT):
+        try:
+            os.setxattr(p if name == ACCESS else m.mnt, name, a)
+        except OSError as e:
+            eq(e.errno, errno.EOPNOTSUPP, f"setxattr {name} with -o noacl")
+        else:
+            check(False, f"setxattr {name} succeeded with -o noacl")
+    expect_errno_as(U1, G1, errno.EACCES, can_read, p)
+    os.chown(p, 0, G1)
+    os.chmod(p, 0o640)
+    eq(run_as(U1, G1, can_read, p), b"secret data\n", "group member reads a 0640 file")
+    expect_errno_as(U2, G2, errno.EACCES, can_read, p)
+    base = m.path("u")
+    os.mkdir(base, 0o777)
+    os.chmod(base, 0o777)
+    eq(run_as(U1, G1, create_with_umask, os.path.join(base, "f"), 0o666, 0o027), 0o640,
+       "mode of a file made with umask 027")
+    # an ACL set by a mount with ACLs grants nothing here
+    q = secret(m, "stored")
+    m.unmount()
+    m.opts = [o for o in m.opts if o != "noacl"]
+    m.mount()
+    os.setxattr(q, ACCESS, a)
+    eq(run_as(U1, G1, can_read, q), b"secret data\n", "the ACL grants read with ACLs on")
+    m.unmount()
+    m.opts.append("noacl")
+    m.mount()
+    expect_errno_as(U1, G1, errno.EACCES, can_read, q)
+
+
 @test()
 def acls_survive_remount(m):
     p = secret(m)
