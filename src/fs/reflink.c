@@ -291,6 +291,26 @@ static int clone_run(struct clone *c)
 }
 
 /*
+ * Fills *c for blen bytes (whole blocks) from src_off of src to dst_off of dst, after the check
+ * both clone and dedupe make: ranges in one file must not overlap (-EINVAL).
+ */
+static int clone_init(struct clone *c, struct pmfuse_fs *fs, struct rfile *src, uint64_t src_off,
+		      struct rfile *dst, uint64_t dst_off, uint64_t blen, uint64_t size)
+{
+	if (src->ino == dst->ino && ranges_overlap(src_off, blen, dst_off, blen))
+		return -EINVAL;
+	memset(c, 0, sizeof(*c));
+	c->fs = fs;
+	c->src = src;
+	c->dst = dst;
+	c->s0 = src_off / fs->bs;
+	c->d0 = dst_off / fs->bs;
+	c->top = blen / fs->bs;
+	c->size = size;
+	return 0;
+}
+
+/*
  * Checks a clone request as FICLONERANGE does (generic_remap_checks) and fills *c. Returns 1
  * when there is nothing to do (len 0 at EOF), 0 to go on, or -errno.
  */
@@ -325,17 +345,7 @@ static int clone_prep(struct pmfuse_fs *fs, struct rfile *src, uint64_t src_off,
 	}
 	if (dst_off > PMFUSE_FILE_SIZE_MAX || len > PMFUSE_FILE_SIZE_MAX - dst_off)
 		return -EFBIG;
-	if (src->ino == dst->ino && ranges_overlap(src_off, blen, dst_off, blen))
-		return -EINVAL;
-	memset(c, 0, sizeof(*c));
-	c->fs = fs;
-	c->src = src;
-	c->dst = dst;
-	c->s0 = src_off / bs;
-	c->d0 = dst_off / bs;
-	c->top = blen / bs;
-	c->size = dst_off + len;
-	return 0;
+	return clone_init(c, fs, src, src_off, dst, dst_off, blen, dst_off + len);
 }
 
 /* Locates both files (one object when they are the same). */
@@ -612,6 +622,7 @@ static int dedupe_prep(struct pmfuse_fs *fs, struct rfile *src, uint64_t src_off
 		       struct rfile *dst, uint64_t dst_off, struct clone *c)
 {
 	uint64_t bs = fs->bs, ssize = rsize(src), dsize = rsize(dst), n = *len, blen;
+	int rc;
 
 	if (src_off % bs || dst_off % bs)
 		return -EINVAL;
@@ -636,19 +647,10 @@ static int dedupe_prep(struct pmfuse_fs *fs, struct rfile *src, uint64_t src_off
 		}
 		blen = n;
 	}
-	if (src->ino == dst->ino && ranges_overlap(src_off, blen, dst_off, blen))
-		return -EINVAL;
-	memset(c, 0, sizeof(*c));
-	c->fs = fs;
-	c->src = src;
-	c->dst = dst;
-	c->s0 = src_off / bs;
-	c->d0 = dst_off / bs;
-	c->top = blen / bs;
-	c->size = dsize;
+	rc = clone_init(c, fs, src, src_off, dst, dst_off, blen, dsize);
 	c->dedupe = true;
 	*len = n;
-	return 0;
+	return rc;
 }
 
 int pmfuse_fs_dedupe_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,

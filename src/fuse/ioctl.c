@@ -280,6 +280,26 @@ static bool beyond_cache(uint64_t size, uint64_t off)
 /* ---- the pmfuse ioctls ---------------------------------------------------------------------- */
 
 /*
+ * What every pmfuse ioctl that takes a second file starts with: both ranges must fit a loff_t
+ * (EINVAL), and the job that closes the copied descriptor (and may reply) is allocated before
+ * anything changes (ENOMEM). NULL when the request was answered.
+ */
+static struct pmfuse_deferred *remap_job(fuse_req_t req, uint64_t src_off, uint64_t len,
+					 uint64_t dst_off)
+{
+	struct pmfuse_deferred *job;
+
+	if (!range_ok(src_off, len) || !range_ok(dst_off, len)) {
+		fuse_reply_err(req, EINVAL);
+		return NULL;
+	}
+	job = pmfuse_deferred_new(req);
+	if (!job)
+		fuse_reply_err(req, ENOMEM);
+	return job;
+}
+
+/*
  * A clone into the part of a file no page of the cache can cover (the usual case: a new,
  * empty file, as cp makes) needs no page invalidation, only of the attributes, which takes no
  * page lock and so is done here: the reply then goes out from this thread, without the trip
@@ -300,15 +320,9 @@ static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		fuse_reply_err(req, EBADF);
 		return;
 	}
-	if (!range_ok(a.src_offset, a.src_length) || !range_ok(a.dest_offset, a.src_length)) {
-		fuse_reply_err(req, EINVAL);
+	job = remap_job(req, a.src_offset, a.src_length, a.dest_offset);
+	if (!job)
 		return;
-	}
-	job = pmfuse_deferred_new(req);
-	if (!job) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
 	rc = caller_file(req, a.src_fd, &src_ino, &src_flags, &job->fd);
 	if (!rc && (src_flags & O_ACCMODE) == O_WRONLY)
 		rc = -EBADF;
@@ -359,15 +373,9 @@ static void ioc_dedupe(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, EBADF);
 		return;
 	}
-	if (!range_ok(a.src_offset, a.src_length) || !range_ok(a.dest_offset, a.src_length)) {
-		fuse_reply_err(req, EINVAL);
+	job = remap_job(req, a.src_offset, a.src_length, a.dest_offset);
+	if (!job)
 		return;
-	}
-	job = pmfuse_deferred_new(req);
-	if (!job) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
 	job->req = NULL;                     /* replied here; the notifier only closes */
 	rc = a.reserved ? -EINVAL : caller_file(req, a.dest_fd, &dst_ino, &dst_flags, &job->fd);
 	if (!rc)
