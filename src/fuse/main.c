@@ -38,6 +38,7 @@
 
 #include "fs/fs.h"
 #include "fuse/detach.h"
+#include "fuse/initx.h"
 #include "fuse/notify.h"
 #include "fuse/ops.h"
 #include "meta/volume.h"
@@ -295,6 +296,7 @@ int main(int argc, char *argv[])
 		.attr_timeout = ATTR_TIMEOUT,
 	};
 	struct mount m = { .ro_lock_fd = -1 };
+	static struct pmfuse_initx initx;
 	struct pmfuse_statfs sfs;
 	struct fuse_session *se = NULL;
 	struct cli cli = { 0 };
@@ -377,6 +379,10 @@ int main(int argc, char *argv[])
 	if (fuse_session_mount(se, opts.mountpoint))
 		goto out;
 	mounted = true;
+	if ((rc = pmfuse_initx_install(se, &initx)) < 0) {
+		pmfuse_log(PMFUSE_LOG_ERR, "cannot hook the FUSE session's I/O: %s", strerror(-rc));
+		goto out;
+	}
 	find_mount_dev(&daemon, opts.mountpoint);
 	if ((rc = pmfuse_notifier_start(se, &daemon.notifier))) {
 		pmfuse_log(PMFUSE_LOG_ERR, "cannot start the notifier thread: %s", strerror(-rc));

@@ -19,8 +19,11 @@
  *
  * Capabilities (op_init) and why:
  * - no writeback cache: a write is acknowledged only when it is durable on the pool;
- * - no HANDLE_KILLPRIV: the kernel clears setuid/setgid on write, truncate and chown with a
- *   SETATTR of the mode, because only it knows whether the caller has CAP_FSETID;
+ * - HANDLE_KILLPRIV_V2 (added to the INIT reply by initx.c; libfuse 3.14 has no bit for it):
+ *   the kernel stops asking for security.capability before every write; a truncation (and a
+ *   chown) then comes with FATTR_KILL_SUIDGID, set only when the caller lacks CAP_FSETID,
+ *   and the fs clears the bits (PMFUSE_SET_KILL_SUID). Not HANDLE_KILLPRIV (v1), with which
+ *   the kernel would tell nothing about the caller's CAP_FSETID;
  * - no ATOMIC_O_TRUNC: with it the kernel skips the SETATTR of open(O_TRUNC) entirely, which
  *   would lose that setuid/setgid clearing; without it the kernel sends a SETATTR (size 0,
  *   mtime and ctime now, mode if privileges are dropped) with the open file's handle;
@@ -287,7 +290,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *st, int to_s
 		valid |= PMFUSE_SET_CTIME;
 		sa.ctime = st->st_ctim;
 	}
-	/* Sent by the kernel only with HANDLE_KILLPRIV_V2, which is not negotiated; mapped anyway. */
+	/* FATTR_KILL_SUIDGID (HANDLE_KILLPRIV_V2): truncate by a caller without CAP_FSETID, chown */
 	if (to_set & (FUSE_SET_ATTR_KILL_SUID | FUSE_SET_ATTR_KILL_SGID))
 		valid |= PMFUSE_SET_KILL_SUID;
 

@@ -9,6 +9,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 import subprocess
 import time
 
@@ -167,6 +168,50 @@ def write_clears_setid(m):
     run_as(U2, G2, truncate_some, p)
     eq(mode_of(p), 0o777, "setuid+setgid after truncate by a non-owner")
     eq(os.stat(p).st_size, 10, "size after the non-owner's truncate")
+
+
+def file_caps():
+    """A valid security.capability value (VFS_CAP_REVISION_2, CAP_NET_BIND_SERVICE)."""
+    return struct.pack("<IIIII", 0x02000000, 1 << 10, 0, 0, 0)
+
+
+@test()
+def privileges_dropped_after_many_writes(m):
+    """Writes, truncation and chown drop setuid/setgid and file capabilities also when the
+    file was written before: the kernel then skips its per-write privilege check (S_NOSEC,
+    with HANDLE_KILLPRIV_V2) until a mode change or a security xattr makes it look again."""
+    p = user_file(m, "f", U1, G1, 0o777, b"data")
+    for _ in range(5):                    # writes that need no check; the inode goes S_NOSEC
+        run_as(U2, G2, write_some, p)
+    os.chmod(p, 0o6777)
+    run_as(U2, G2, write_some, p)
+    eq(mode_of(p), 0o777, "setuid+setgid after chmod, then a write by a non-owner")
+    for what, act, who in (("write as root", write_some, None),
+                           ("write as a non-owner", write_some, (U2, G2)),
+                           ("truncate as root", truncate_some, None),
+                           ("truncate as a non-owner", truncate_some, (U2, G2))):
+        for _ in range(3):
+            write_some(p)                 # no privileges: nothing to check from here on
+        os.setxattr(p, "security.capability", file_caps())
+        eq(os.getxattr(p, "security.capability"), file_caps(), "capabilities stored")
+        if who:
+            run_as(who[0], who[1], act, p)
+        else:
+            act(p)
+        check("security.capability" not in os.listxattr(p),
+              f"file capabilities still there after a {what}")
+    os.setxattr(p, "security.capability", file_caps())
+    os.chown(p, U2, G2)
+    check("security.capability" not in os.listxattr(p), "file capabilities after chown")
+    # root keeps setuid/setgid on write and truncate (CAP_FSETID), also after earlier writes
+    os.chmod(p, 0o6777)
+    write_some(p)
+    truncate_some(p)
+    eq(mode_of(p), 0o6777, "setuid+setgid after a write and a truncate by root")
+    m.remount()
+    eq(mode_of(p), 0o6777, "mode after remount")
+    run_as(U2, G2, truncate_some, p)
+    eq(mode_of(p), 0o777, "setuid+setgid after a truncate by the owner after remount")
 
 
 @test()

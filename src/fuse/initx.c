@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 has no capability bit for.
+ *
+ * Why it matters. Without it, the kernel checks before every write whether the file carries
+ * privileges to drop (file_remove_privs): a GETXATTR of security.capability, one more round
+ * trip to this daemon per write(2), copy_file_range and fallocate. With KILLPRIV_V2 the
+ * superblock is SB_NOSEC: once a check found nothing to drop, the inode is marked S_NOSEC and
+ * later writes skip it until its attributes are refreshed or a security xattr is set.
+ *
+ * What the server takes on (kernel 6.18, fs/fuse/dir.c fuse_setattr): a truncation by a caller
+ * without CAP_FSETID arrives with FATTR_KILL_SUIDGID instead of a new mode, and the daemon
+ * clears setuid (and setgid when group-executable) itself; libfuse 3.14 passes the bit on as
+ * FUSE_SET_ATTR_KILL_SUID, which op_setattr maps to PMFUSE_SET_KILL_SUID. Everything else
+ * stays with the kernel: for write and chown it still sends the new mode, and it still removes
+ * security.capability (setattr_prepare) whenever a check runs. FUSE_OPEN_KILL_SUIDGID comes
+ * only with ATOMIC_O_TRUNC, which pmfuse does not ask for; FUSE_WRITE_KILL_SUIDGID is dropped
+ * by libfuse, and the kernel has sent the new mode by then.
+ *
+ * How. libfuse builds the INIT reply's flags from its own capability bits only, so the reply
+ * is patched as it is written: the session's I/O goes through fuse_session_custom_io() hooks
+ * that note the unique id of the INIT request (and the kernel's offer) when it is read, and set
+ * the flag in the matching reply. All other messages pass unchanged.
+ */
+#include "fuse/initx.h"
+
+#include <errno.h>
+#include <linux/fuse.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "util/util.h"
+
+static struct pmfuse_initx *initx;   /* one session per process */
+
+static ssize_t initx_read(int fd, void *buf, size_t len, void *userdata)
+{
+	ssize_t n = read(fd, buf, len);
+
+	(void)userdata;
+	if (n >= (ssize_t)(sizeof(struct fuse_in_header) + offsetof(struct fuse_init_in, flags) +
+			   sizeof(uint32_t))) {
+		const struct fuse_in_header *in = buf;
+
+		if (in->opcode == FUSE_INIT) {
+			const struct fuse_init_in *arg = (const void *)(in + 1);
+
+			initx->init_unique = in->unique;
+			initx->offered = arg->flags;
+		}
+	}
+	return n;
+}
+
+static ssize_t initx_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+	const size_t flags_end = offsetof(struct fuse_init_out, flags) + sizeof(uint32_t);
+	struct fuse_init_out out;
+	struct iovec copy[2];
+
+	(void)userdata;
+	if (initx->init_unique && count == 2 &&
+	    iov[0].iov_len == sizeof(struct fuse_out_header) && iov[1].iov_len >= flags_end &&
+	    iov[1].iov_len <= sizeof(out)) {
+		const struct fuse_out_header *oh = iov[0].iov_base;
+
+		if (oh->unique == initx->init_unique) {
+			initx->init_unique = 0;
+			if (oh->error == 0 && (initx->offered & FUSE_HANDLE_KILLPRIV_V2)) {
+				memcpy(&out, iov[1].iov_base, iov[1].iov_len);
+				out.flags |= FUSE_HANDLE_KILLPRIV_V2;
+				copy[0] = iov[0];
+				copy[1].iov_base = &out;
+				copy[1].iov_len = iov[1].iov_len;
+				initx->killpriv_v2 = true;
+				pmfuse_log(PMFUSE_LOG_DEBUG, "FUSE_HANDLE_KILLPRIV_V2 granted: writes "
+					   "skip the security.capability lookup");
+				return writev(fd, copy, 2);
+			}
+		}
+	}
+	return writev(fd, iov, count);
+}
+
+int pmfuse_initx_install(struct fuse_session *se, struct pmfuse_initx *x)
+{
+	static const struct fuse_custom_io io = {
+		.read = initx_read,
+		.writev = initx_writev,
+	};
+
+	memset(x, 0, sizeof(*x));
+	initx = x;
+	return fuse_session_custom_io(se, &io, fuse_session_fd(se));
+}
