@@ -455,7 +455,8 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 	fs->txm = vol->txm;
 	fs->alloc = vol->alloc;
 	fs->bs = vol->block_size;
-	fs->readonly = (opts && opts->readonly) || vol->readonly || !vol->txm || !vol->alloc;
+	fs->readonly = (opts && (opts->readonly || opts->check)) || vol->readonly || !vol->txm ||
+		       !vol->alloc;
 	pthread_rwlock_init(&fs->lock, NULL);
 	pthread_mutex_init(&fs->lookup_lock, NULL);
 	fs->nlookups = 1024;
@@ -491,6 +492,8 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 		else if (!rc && !S_ISDIR(pmfuse_le32(ip->mode)))
 			rc = PMFUSE_CORRUPT("root inode is not a directory (mode 0%o)",
 					    pmfuse_le32(ip->mode));
+		if (rc == -EUCLEAN && opts && opts->check)
+			rc = 0;   /* the namespace check says what is wrong with it */
 		if (rc)
 			goto fail;
 	}
@@ -517,6 +520,11 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 
 	if (!fs)
 		return;
+	if (fs->check_alloc) {
+		/* a read-only index loaded by pmfuse_fs_check_bitmap; nothing was allocated */
+		fs->alloc = NULL;
+		pmfuse_alloc_close(fs->check_alloc);
+	}
 	pthread_rwlock_wrlock(&fs->lock);
 	if (!fs->readonly) {
 		/* the session's references end here: every orphan goes */

@@ -87,6 +87,9 @@ struct pmfuse_statfs {
 
 struct pmfuse_fs_opts {
 	bool readonly;
+	/* For a consistency check (fs/check.h): read-only, and a missing or damaged root
+	 * directory does not fail the open; the check reports it. */
+	bool check;
 };
 
 /*

@@ -11,6 +11,7 @@
  *   extent.c  per-file extent maps: map, insert, remove ranges (releasing blocks)
  *   data.c    read, write, truncate, fallocate, lseek, copy-on-write of shared blocks
  *   reflink.c clone_range, copy_range, unshare, extent reports, CoW hint, space check
+ *   check.c   consistency checks for fsck (fs/check.h): trees, records, namespace
  *
  * Inode records live in the leaves of the inode table. pmfuse_inode_locate() returns a pointer to
  * the record in the pool and the leaf block that holds it; fields are changed in place after
@@ -57,6 +58,9 @@ struct pmfuse_fs {
 	struct pmfuse_lookup_entry *lookups;  /* open-addressing table, 0 = empty slot */
 	size_t nlookups, lookups_used;
 	const void *zeroes;                   /* PMFUSE_ZERO_BUF bytes of zeros, for holes */
+	struct pmfuse_alloc *check_alloc;     /* check.c: an index of the bitmap loaded for a
+						 check of a read-only fs (then also fs->alloc);
+						 freed at close */
 };
 
 #define PMFUSE_ZERO_BUF (1u << 20)

@@ -1139,7 +1139,8 @@ static int check_node(struct check *c, const struct place *at, const void *lo, c
 			key = slot(bt, h, at->level, i);
 		} else {
 			if (ops->check_rec && ops->check_rec(slot(bt, h, 0, i)))
-				return FAIL(c, at, "record %u is malformed", i);
+				return FAIL(c, at, "record %u is malformed (%s)", i,
+					    pmfuse_corrupt_last());
 			ops->key_from_rec(kbuf[i & 1], slot(bt, h, 0, i));
 			key = kbuf[i & 1];
 		}

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <syslog.h>
 
 static enum pmfuse_log_target log_target = PMFUSE_LOG_STDERR;
@@ -40,11 +41,23 @@ void pmfuse_log(enum pmfuse_log_level level, const char *fmt, ...)
 	va_end(ap);
 }
 
+static __thread char corrupt_last[512];
+
+const char *pmfuse_corrupt_last(void)
+{
+	return corrupt_last;
+}
+
 int pmfuse_corrupt(const char *file, int line, const char *fmt, ...)
 {
-	char prefix[256];
+	char prefix[256], what[sizeof(corrupt_last)];
 	va_list ap;
 
+	/* through a copy: an argument may be corrupt_last itself */
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	memcpy(corrupt_last, what, sizeof(what));
 	snprintf(prefix, sizeof(prefix), "corruption detected at %s:%d: ", file, line);
 	va_start(ap, fmt);
 	vlog(PMFUSE_LOG_ERR, prefix, fmt, ap);

@@ -39,6 +39,10 @@ void pmfuse_log(enum pmfuse_log_level level, const char *fmt, ...)
 #define PMFUSE_CORRUPT(...) pmfuse_corrupt(__FILE__, __LINE__, __VA_ARGS__)
 int pmfuse_corrupt(const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+/* What the calling thread's last PMFUSE_CORRUPT said (without file and line; "" if nothing yet),
+ * whatever the log target: lets a caller that only got -EUCLEAN back say what was wrong (fsck).
+ * Read it right after the failing call: any later corruption report replaces it. */
+const char *pmfuse_corrupt_last(void);
 
 /* Parses "123", "64K", "512M", "1G", "2T" (powers of 1024) into bytes. -EINVAL on junk/overflow. */
 int pmfuse_parse_size(const char *s, uint64_t *out);

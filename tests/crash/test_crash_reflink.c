@@ -24,6 +24,7 @@
  * run; PMFUSE_TEST_SCALE shortens it.
  */
 #include "harness.h"
+#include "harness_fs.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -303,6 +304,7 @@ static void check_image(struct crash *c, const char *variant, uint64_t grain)
 			op_names[c->op->kind], msg);
 		fail();
 	}
+	th_fsck_clean(m.fs);     /* and fsck's checks find nothing after recovery */
 	assert_int_equal(pmfuse_btree_count(&m.fs->orphans), 0);
 	read_state(m.fs, c->got);
 	for (int i = 0; i < NFILES; i++) {

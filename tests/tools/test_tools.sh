@@ -1,8 +1,11 @@
 #!/bin/bash
 # SPDX-License-Identifier: BSD-3-Clause
 #
-# The command-line tools on real pool files: mkfs.pmfuse and pmfusectl info.
+# The command-line tools on real pool files: mkfs.pmfuse, pmfusectl info and fsck.pmfuse.
 # Usage: test_tools.sh PATH/TO/mkfs.pmfuse PATH/TO/pmfusectl
+# fsck.pmfuse is taken from the directory of mkfs.pmfuse, the daemon (for pools populated
+# through a real mount; those checks are skipped without root, /dev/fuse or the daemon) from
+# ../src/fuse/pmfuse next to it.
 # Pools live in a temporary directory under /dev/shm (or $TMPDIR if /dev/shm is missing).
 # Output: one "ok N - ..." or "not ok N - ..." line per check, then "N passed, M failed".
 # Exit status: 0 when every check passed, 1 otherwise, 77 (skip) without the programs.
@@ -19,7 +22,22 @@ fi
 base=/dev/shm
 [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
 DIR=$(mktemp -d "$base/pmfuse-tools.XXXXXX") || exit 1
-trap 'rm -rf "$DIR"' EXIT INT TERM
+daemon_pid=
+# Mounts under $DIR go first (lazily, whatever state their daemon is in), then the daemon,
+# then the files.
+cleanup() {
+	local m
+	for m in $(awk -v d="$DIR/" 'index($2, d) == 1 { print $2 }' /proc/mounts 2>/dev/null); do
+		fusermount3 -uz "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+	done
+	if [ -n "$daemon_pid" ]; then
+		kill -9 "$daemon_pid" 2>/dev/null
+		wait "$daemon_pid" 2>/dev/null
+	fi
+	rm -rf "$DIR"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
 
 pass=0
 fail=0
@@ -273,6 +291,369 @@ if command -v flock >/dev/null 2>&1; then
 	wait "$holder" 2>/dev/null
 else
 	echo "# flock(1) not found: in-use checks skipped"
+fi
+
+# ---- fsck.pmfuse ------------------------------------------------------------------------------
+FSCK=$(dirname "$MKFS")/fsck.pmfuse
+DAEMON=$(dirname "$MKFS")/../src/fuse/pmfuse
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3 || echo python3)
+
+# The helper that damages pools precisely: finds tree nodes and records through the state
+# block (doc/format.md), changes a field, and reseals the block's crc32c, so that what fsck sees
+# is the semantic damage alone.
+POKE=$DIR/pmpoke.py
+cat >"$POKE" <<'EOF'
+"""pmpoke.py POOL COMMAND ARGS: edits a pmfuse pool in place; prints the block it changed.
+  root TREE                     top node of state root TREE (0 inodes, 1 refcount, 2 orphans)
+  set-inode INO OFF FMT VALUE   struct-packs VALUE at byte OFF of inode INO's record, reseals
+  dirent DIR NAME OFF FMT VALUE the same for the entry NAME of directory DIR
+  bitmap BLOCK 0|1              sets the bitmap bit of BLOCK, reseals
+  log-entry                     appends a valid log entry whose pre-image is what is there now
+Exits 1 when what it looks for is not there."""
+import struct
+import sys
+
+T = []
+for i in range(256):
+    c = i
+    for _ in range(8):
+        c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    T.append(c)
+
+
+def crc32c(crc, data):
+    """pmfuse_crc32c(crc, data): standard CRC-32C, continuing crc."""
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = T[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+class Pool:
+    def __init__(self, path):
+        self.f = open(path, 'r+b')
+        self.sb = self.read(0, 512)
+        self.bs = struct.unpack_from('<I', self.sb, 12)[0]
+
+    def read(self, off, n):
+        self.f.seek(off)
+        return self.f.read(n)
+
+    def block(self, blk):
+        return bytearray(self.read(blk * self.bs, self.bs))
+
+    def reseal(self, blk, b):
+        b[4:8] = bytes(4)
+        b[4:8] = struct.pack('<I', crc32c(0, bytes(b)))
+        self.f.seek(blk * self.bs)
+        self.f.write(bytes(b))
+        print(blk)
+
+    def root(self, tree):
+        return struct.unpack_from('<Q', self.block(1), 32 + 32 * tree)[0]
+
+    def records(self, blk, rec_len):
+        """(block, bytes, offset) of every record below node blk, in key order."""
+        b = self.block(blk)
+        level, n = struct.unpack_from('<HH', b, 24)
+        for i in range(n):
+            if level:
+                yield from self.records(struct.unpack_from('<Q', b, 40 + 16 * i)[0], rec_len)
+            else:
+                yield blk, b, 32 + rec_len * i
+
+    def inode(self, ino):
+        for r in self.records(self.root(0), 256):
+            if struct.unpack_from('<Q', r[1], r[2])[0] == ino:
+                return r
+        sys.exit(1)
+
+
+def main():
+    p, cmd, a = Pool(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    if cmd == 'root':
+        print(p.root(int(a[0])))
+    elif cmd == 'set-inode':
+        blk, b, off = p.inode(int(a[0]))
+        struct.pack_into(a[2], b, off + int(a[1]), int(a[3], 0))
+        p.reseal(blk, b)
+    elif cmd == 'dirent':
+        _, ib, ioff = p.inode(int(a[0]))
+        name = a[1].encode()
+        for blk, b, off in p.records(struct.unpack_from('<Q', ib, ioff + 128)[0], 280):
+            if b[off + 17] == len(name) and b[off + 24:off + 24 + len(name)] == name:
+                struct.pack_into(a[3], b, off + int(a[2]), int(a[4], 0))
+                p.reseal(blk, b)
+                return
+        sys.exit(1)
+    elif cmd == 'bitmap':
+        blk, bits = int(a[0]), (p.bs - 64) * 8
+        bm = struct.unpack_from('<Q', p.sb, 152)[0] + blk // bits
+        b = p.block(bm)
+        byte, mask = 64 + blk % bits // 8, 1 << (blk % 8)
+        b[byte] = b[byte] | mask if a[1] == '1' else b[byte] & ~mask
+        p.reseal(bm, b)
+    elif cmd == 'log-entry':
+        log = struct.unpack_from('<Q', p.sb, 136)[0]
+        gen = struct.unpack_from('<Q', p.block(log), 32)[0]
+        off = p.bs + 312                # state block padding: its rollback changes nothing
+        data = p.read(off, 8)
+        head = struct.pack('<QQI', gen, off, len(data))
+        p.f.seek((log + 1) * p.bs)
+        p.f.write(head + struct.pack('<I', crc32c(crc32c(0, head), data)) + data)
+        print(log + 1)
+    else:
+        sys.exit('unknown command ' + cmd)
+
+
+main()
+EOF
+poke() { "$PY" "$POKE" "$@"; }
+
+# fsck_run POOL ARGS...: runs fsck.pmfuse ARGS POOL as run does; $fsck_same is 1 when the
+# pool's bytes are the same afterwards.
+fsck_run() {
+	local pool=$1
+	shift
+	local b
+	b=$(sum "$pool")
+	run "$FSCK" "$@" "$pool"
+	fsck_same=0
+	[ "$(sum "$pool")" = "$b" ] && fsck_same=1
+}
+
+if [ ! -x "$FSCK" ]; then
+	not_ok "fsck.pmfuse is built next to mkfs.pmfuse ($FSCK)"
+else
+	run "$FSCK" --help
+	check "fsck.pmfuse --help exits 0 and names the options" \
+		eval '[ $rc -eq 0 ] && has "$OUT" "^Usage: fsck.pmfuse" && has "$OUT" "--force"'
+	run "$FSCK" --version
+	check "fsck.pmfuse --version exits 0 with a version" \
+		eval '[ $rc -eq 0 ] && has "$OUT" "[0-9]+\.[0-9]+"'
+	run "$FSCK"
+	check "fsck.pmfuse without POOL exits 16 with usage" \
+		eval '[ $rc -eq 16 ] && has "$ERR" "Usage"'
+	run "$FSCK" -Z "$POOL"
+	check "fsck.pmfuse with a bad option exits 16" [ $rc -eq 16 ]
+	run "$FSCK" -n -y "$POOL"
+	check "fsck.pmfuse -n -y exits 16 (one mode at most, as e2fsck)" [ $rc -eq 16 ]
+	run "$FSCK" "$POOL" "$POOL"
+	check "fsck.pmfuse with two pools exits 16" [ $rc -eq 16 ]
+	run "$FSCK" "$DIR/nonexistent"
+	check "fsck.pmfuse on a missing file exits 8" \
+		eval '[ $rc -eq 8 ] && has "$ERR" "cannot open"'
+	run "$FSCK" "$DIR/zero"
+	check "fsck.pmfuse on a file that is no pool exits 8 and says so" \
+		eval '[ $rc -eq 8 ] && has "$ERR" "no pmfuse superblock"'
+	run "$FSCK" "$DIR/empty"
+	check "fsck.pmfuse on an empty file exits 8" [ $rc -eq 8 ]
+
+	# a fresh pool
+	F=$DIR/fsck-fresh
+	"$MKFS" -q -s 64M "$F"
+	fsck_run "$F"
+	check "fresh pool: exit 0, clean, with a summary line" \
+		eval '[ $rc -eq 0 ] && has "$OUT" "^$F: clean, 0 inodes, [0-9]+/16384 blocks"'
+	fsck_run "$F" -f
+	check "fresh pool, -f: exit 0, three phases, summary with counts" \
+		eval '[ $rc -eq 0 ] && has "$OUT" "^Phase 1: " && has "$OUT" "^Phase 2: " && has "$OUT" "^Phase 3: " && has "$OUT" "^$F: 0 files, 0 directories, [0-9]+/16384 blocks, 0 shared"'
+	check "fsck does not change a fresh pool" [ $fsck_same = 1 ]
+	fsck_run "$F" -f -q
+	check "fresh pool, -f -q: exit 0 and prints nothing" eval '[ $rc -eq 0 ] && [ ! -s "$OUT" ]'
+	fsck_run "$F" -f -y
+	check "-y: repair not implemented, said on stderr; the check runs read-only" \
+		eval '[ $rc -eq 0 ] && has "$ERR" "repair is not implemented" && [ $fsck_same = 1 ]'
+
+	# a damaged secondary superblock: a problem (a mount would rewrite it)
+	G=$DIR/fsck-sb2
+	cp "$F" "$G"
+	put "$G" $((16383 * 4096 + 200)) '\377'
+	fsck_run "$G"
+	check "damaged secondary superblock: exit 4, named" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "^secondary superblock \(block 16383\) is damaged: checksum mismatch" && has "$OUT" "1 problem found"'
+	check "fsck does not change a damaged pool" [ $fsck_same = 1 ]
+
+	# interrupted: stdout is a pipe kept full, so fsck blocks in its first write; SIGINT
+	mkfifo "$DIR/fifo"
+	exec 3<>"$DIR/fifo"
+	dd if=/dev/zero of=/dev/fd/3 bs=4096 count=64 oflag=nonblock status=none 2>/dev/null
+	"$FSCK" -f "$F" >&3 2>"$ERR" &
+	fpid=$!
+	for _ in $(seq 50); do
+		grep -q pipe_write "/proc/$fpid/wchan" 2>/dev/null && break
+		sleep 0.1
+	done
+	kill -INT "$fpid"
+	wait "$fpid"
+	rc=$?
+	exec 3>&-
+	: >"$OUT"
+	check "SIGINT: exit 32, says nothing was changed" \
+		eval '[ $rc -eq 32 ] && has "$ERR" "interrupted; nothing was changed"'
+
+	if command -v flock >/dev/null 2>&1; then
+		( exec 9<"$F"; flock -x 9; exec sleep 30 ) >/dev/null 2>&1 &
+		holder=$!
+		for _ in $(seq 50); do
+			flock -n "$F" true 2>/dev/null || break
+			sleep 0.1
+		done
+		run "$FSCK" "$F"
+		# (/proc/locks names flock(1), which took the lock and exited: no name to check)
+		check "a pool locked by another process: exit 8, in use" \
+			eval '[ $rc -eq 8 ] && has "$ERR" "in use by process [0-9]+"'
+		kill "$holder" 2>/dev/null
+		wait "$holder" 2>/dev/null
+	fi
+fi
+
+# ---- fsck.pmfuse on a pool populated through a real mount -------------------------------------
+why=
+if [ ! -x "$FSCK" ]; then why="fsck.pmfuse is not built"
+elif [ ! -x "$DAEMON" ]; then why="the daemon is not built ($DAEMON)"
+elif [ "$(id -u)" != 0 ]; then why="not root"
+elif [ ! -c /dev/fuse ]; then why="no /dev/fuse"
+elif ! command -v fusermount3 >/dev/null 2>&1; then why="no fusermount3"
+elif ! "$PY" -c 'import os; os.setxattr' 2>/dev/null; then why="no python3 with os.setxattr"
+fi
+
+# mount POOL MNT: starts the daemon in the foreground (its pid in $daemon_pid) and waits for
+# the mount. unmount MNT: a clean unmount, then waits for the daemon to exit.
+mount_pool() {
+	mkdir -p "$2"
+	"$DAEMON" -f "$1" "$2" 2>>"$DIR/daemon.log" &
+	daemon_pid=$!
+	for _ in $(seq 100); do
+		mountpoint -q "$2" && return 0
+		kill -0 "$daemon_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	return 1
+}
+unmount_pool() {
+	fusermount3 -u "$1"
+	wait "$daemon_pid"
+	daemon_pid=
+}
+
+M=$DIR/mnt
+P=$DIR/fsck-pop
+if [ -n "$why" ]; then
+	echo "# fsck.pmfuse on a mounted-and-populated pool skipped: $why"
+elif ! "$MKFS" -q -s 64M "$P" || ! mount_pool "$P" "$M"; then
+	not_ok "the daemon mounts a fresh pool"
+	sed 's/^/#   daemon: /' "$DIR/daemon.log" | tail -20
+else
+	# 5 directories (root, a, a/b, a/b/c, d); 5 other inodes: a/f1 (also d/hl), a/big,
+	# d/copy (a reflinked copy of a/big: cp uses copy_file_range), d/sl, fifo
+	mkdir -p "$M/a/b/c" "$M/d" && echo hello >"$M/a/f1" &&
+		dd if=/dev/urandom of="$M/a/big" bs=1M count=3 status=none &&
+		ln "$M/a/f1" "$M/d/hl" && ln -s ../a/f1 "$M/d/sl" && cp "$M/a/big" "$M/d/copy" &&
+		mkfifo "$M/fifo" &&
+		"$PY" - "$M" <<'EOF'
+import os, struct, sys
+m = sys.argv[1]
+os.setxattr(m + '/a/big', 'user.small', b'x' * 100)
+os.setxattr(m + '/a/big', 'user.large', b'y' * 3000)       # a value block of its own
+# an access ACL: user::rw- user:1000:rw- group::r-- mask::rw- other::r--
+acl = struct.pack('<I', 2) + b''.join(struct.pack('<HHI', t, p, i) for t, p, i in
+    [(1, 6, 0xffffffff), (2, 6, 1000), (4, 4, 0xffffffff), (0x10, 6, 0xffffffff),
+     (0x20, 4, 0xffffffff)])
+os.setxattr(m + '/a/f1', 'system.posix_acl_access', acl)
+EOF
+	check "populating the mount" [ $? -eq 0 ]
+	ino_f1=$(stat -c %i "$M/a/f1")
+	ino_big=$(stat -c %i "$M/a/big")
+	run "$FSCK" -f "$P"
+	check "a mounted pool: exit 8, the daemon named as the holder" \
+		eval '[ $rc -eq 8 ] && has "$ERR" "in use by process $daemon_pid \(pmfuse\)"'
+	unmount_pool "$M"
+
+	fsck_run "$P"
+	check "populated, unmounted pool: exit 0, clean" eval '[ $rc -eq 0 ] && has "$OUT" ": clean, 10 inodes"'
+	fsck_run "$P" -f -v
+	check "populated pool, -f: exit 0 with no problem" eval '[ $rc -eq 0 ] && ! has "$OUT" "problem"'
+	check "populated pool: the summary counts what was created" \
+		has "$OUT" "^$P: 5 files, 5 directories, [0-9]+/16384 blocks, [1-9][0-9]* shared$"
+	check "populated pool, -v: types, hard links and shared blocks counted" \
+		eval 'has "$OUT" "^ +3 regular files$" && has "$OUT" "^ +1 symbolic links$" && has "$OUT" "^ +1 fifos$" && has "$OUT" "^ +1 links beyond the first" && has "$OUT" "^ +768 shared data blocks"'
+	check "fsck does not change a populated pool" [ $fsck_same = 1 ]
+
+	# damage, one kind per copy of the pool
+	Q=$DIR/fsck-dmg
+	cp "$P" "$Q"
+	blk=$(poke "$Q" root 0)
+	put "$Q" $((blk * 4096 + 1000)) '\125'
+	fsck_run "$Q" -f
+	check "a flipped byte in the inode table's node: exit 4, node and checksum named" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "^inode table: inodes tree \(owner 2\): node $blk .*checksum mismatch"'
+	check "fsck leaves the damaged pool as it was" [ $fsck_same = 1 ]
+	fsck_run "$Q" -f -q
+	check "-q prints the problem and nothing else" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "checksum mismatch" && [ "$(wc -l <"$OUT")" = 1 ]'
+
+	cp "$P" "$Q"
+	poke "$Q" set-inode "$ino_f1" 16 '<I' 0o170644 >/dev/null
+	fsck_run "$Q" -f
+	check "a damaged inode (resealed, impossible type): exit 4, the inode named" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "record [0-9]+ is malformed \(inode $ino_f1: unknown file type in mode 0170644\)"'
+
+	cp "$P" "$Q"
+	poke "$Q" set-inode "$ino_f1" 28 '<I' 5 >/dev/null
+	fsck_run "$Q" -f
+	check "a wrong link count (resealed): exit 4, count and names given" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "^inode $ino_f1 \(regular file\): link count 5, but 2 entries name it$" && has "$OUT" "1 problem found"'
+	check "fsck leaves that pool as it was" [ $fsck_same = 1 ]
+
+	cp "$P" "$Q"
+	poke "$Q" dirent 1 fifo 8 '<Q' 999999 >/dev/null
+	fsck_run "$Q" -f
+	check "a dangling entry (resealed): exit 4, entry and inode named" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "^directory 1: entry \"fifo\" names inode 999999, which does not exist$" && has "$OUT" "\(fifo\): link count 1, but 0 entries name it"'
+
+	cp "$P" "$Q"
+	poke "$Q" dirent 1 a 16 '<B' 8 >/dev/null
+	fsck_run "$Q" -f
+	check "an entry of the wrong type (resealed): exit 4, named" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "entry \"a\" has type regular file, but inode [0-9]+ is a directory"'
+
+	cp "$P" "$Q"
+	poke "$Q" set-inode "$ino_big" 40 '<Q' 5 >/dev/null
+	fsck_run "$Q" -f
+	check "a block count that is not the extents' (resealed): exit 4, both counts named" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "^inode $ino_big \(regular file\): its extents map 768 blocks, the inode says 5$"'
+
+	cp "$P" "$Q"
+	poke "$Q" bitmap 16382 1 >/dev/null
+	fsck_run "$Q" -f
+	check "a leaked block (bitmap bit set, resealed): exit 4, block accounting says so" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "^block accounting: [0-9]+ blocks in use, [0-9]+ metadata \+ [0-9]+ data found"'
+
+	cp "$P" "$Q"
+	poke "$Q" log-entry >/dev/null
+	fsck_run "$Q"
+	check "a pending transaction: needs log recovery, not an error (exit 0), checked anyway" \
+		eval '[ $rc -eq 0 ] && has "$OUT" "needs log recovery \(mount once to replay it\)" && has "$OUT" "^Phase 3" && has "$OUT" "^$Q: 5 files, 5 directories"'
+	check "fsck leaves the pending transaction in the log" [ $fsck_same = 1 ]
+
+	# an orphan: a file removed while open when the daemon dies
+	if mount_pool "$P" "$M"; then
+		echo data >"$M/doomed"
+		exec 4<"$M/doomed"
+		rm "$M/doomed"
+		kill -9 "$daemon_pid"
+		wait "$daemon_pid" 2>/dev/null
+		daemon_pid=
+		exec 4<&-
+		fusermount3 -uz "$M" 2>/dev/null || umount -l "$M"
+		fsck_run "$P" -v
+		check "an orphan after a crash: not clean, checked, exit 0, on the orphan list" \
+			eval '[ $rc -eq 0 ] && has "$OUT" "not cleanly unmounted" && has "$OUT" "^ +1 orphans"'
+	else
+		not_ok "the daemon mounts the populated pool again"
+	fi
 fi
 
 echo "$pass passed, $fail failed"

@@ -2,12 +2,14 @@
 /* A filesystem on a fake pool for the fs-layer unit tests (data, reflink): see harness_fs.h. */
 #include "harness_fs.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "meta/alloc.h"
 #include "fs/fs_internal.h"
+#include "util/util.h"
 
 const struct pmfuse_cred th_cred_user = { .uid = 1000, .gid = 1000, .pid = 1, .umask = 022 };
 const struct pmfuse_cred th_cred_root = { .uid = 0, .gid = 0, .pid = 1, .umask = 022 };
@@ -102,4 +104,50 @@ void th_fill_random(struct th_rng *r, uint8_t *buf, size_t len)
 		uint64_t v = th_rng_next(r);
 		memcpy(buf + i, &v, len - i);
 	}
+}
+
+static void fsck_problem(void *arg, const char *msg)
+{
+	struct th_fsck *f = arg;
+
+	if (f->kept < TH_FSCK_KEEP)
+		snprintf(f->lines[f->kept++], sizeof(f->lines[0]), "%s", msg);
+	f->problems++;
+}
+
+void th_fsck_run(struct pmfuse_fs *fs, struct th_fsck *out)
+{
+	struct pmfuse_check_ops ops = { .problem = fsck_problem, .arg = out };
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = pmfuse_fs_check_bitmap(fs, &ops, &out->res);
+	assert_true(rc == 0 || rc == -EUCLEAN);
+	rc = pmfuse_fs_check_trees(fs, &ops, &out->res);
+	assert_true(rc == 0 || rc == -EUCLEAN);
+	rc = pmfuse_fs_check_blocks(fs, &ops, &out->res);
+	assert_true(rc == 0 || rc == -EUCLEAN || rc == -EAGAIN);
+	rc = pmfuse_fs_check_namespace(fs, &ops, &out->res);
+	assert_true(rc == 0 || rc == -EUCLEAN || rc == -EAGAIN);
+	assert_int_equal(out->problems, out->res.problems);
+}
+
+bool th_fsck_has(const struct th_fsck *f, const char *needle)
+{
+	for (unsigned i = 0; i < f->kept; i++)
+		if (strstr(f->lines[i], needle))
+			return true;
+	return false;
+}
+
+void th_fsck_clean(struct pmfuse_fs *fs)
+{
+	static struct th_fsck f;
+
+	th_fsck_run(fs, &f);
+	for (unsigned i = 0; i < f.kept; i++)
+		fprintf(stderr, "fsck: %s\n", f.lines[i]);
+	assert_int_equal(f.problems, 0);
+	assert_true(f.res.bitmap_ok && f.res.trees_ok && f.res.blocks_checked);
+	assert_true(f.res.namespace_checked || f.res.no_root);
 }

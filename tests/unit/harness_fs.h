@@ -8,6 +8,7 @@
 #define PMFUSE_TEST_HARNESS_FS_H
 
 #include "harness.h"
+#include "fs/check.h"
 #include "fs/fs.h"
 
 struct th_env {
@@ -34,5 +35,21 @@ void th_rmfile(struct th_env *e, const char *name, uint64_t ino);
 struct pmfuse_attr th_getattr(struct th_env *e, uint64_t ino);
 int th_set_size(struct th_env *e, uint64_t ino, uint64_t size);
 void th_fill_random(struct th_rng *r, uint8_t *buf, size_t len);
+
+/* fsck's checks (fs/check.h) over a whole filesystem, in fsck's order (bitmap, trees, block
+ * accounting when those passed, namespace when the inode table can be walked): the problem
+ * lines they reported (the first TH_FSCK_KEEP of them) and how many. */
+#define TH_FSCK_KEEP 16
+struct th_fsck {
+	char lines[TH_FSCK_KEEP][512];
+	unsigned kept;
+	uint64_t problems;
+	struct pmfuse_check_result res;
+};
+void th_fsck_run(struct pmfuse_fs *fs, struct th_fsck *out);
+/* Whether some kept line contains needle. */
+bool th_fsck_has(const struct th_fsck *f, const char *needle);
+/* Fails the test, printing the lines, when the checks find any problem. */
+void th_fsck_clean(struct pmfuse_fs *fs);
 
 #endif

@@ -20,11 +20,14 @@
  *   the next open; the free block count comes back;
  * - a directory of 100,000 entries (timed, printed); readdir stability under concurrent
  *   changes; names with equal 48-bit hashes (collision chains); xattrs (flags, ERANGE, E2BIG,
- *   namespaces, large values, block accounting); ENOSPC on a tiny pool changes nothing.
+ *   namespaces, large values, block accounting); ENOSPC on a tiny pool changes nothing;
+ * - fsck's checks (fs/check.h): every full comparison also runs them and wants no problem, and
+ *   purpose-made damage (resealed) to every namespace and record rule is reported by name.
  *
  * Every randomized test prints its seed (PMFUSE_SEED replays it).
  */
 #include "harness.h"
+#include "harness_fs.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -851,6 +854,7 @@ static void check_space(struct tctx *t)
 	assert_int_equal(pmfuse_fs_statfs(t->fs, &st), 0);
 	assert_int_equal(st.blocks - st.blocks_free, bc.n);
 	assert_int_equal(st.files - st.files_free, n);
+	th_fsck_clean(t->fs);
 }
 
 static void verify_model(struct wl *w)
@@ -2530,6 +2534,284 @@ static void test_corruption(void **state)
 	t_destroy(&t);
 }
 
+/* ---- fsck's checks (fs/check.h) --------------------------------------------------------------- */
+
+/* The entry name of directory dir, with its leaf, for tampering. */
+static struct pmfuse_dirent *entry_of(struct tctx *t, uint64_t dir, const char *name,
+				      struct pmfuse_blk_hdr **leaf)
+{
+	struct pmfuse_btree_cursor cur;
+	struct pmfuse_blk_hdr *dleaf;
+	struct pmfuse_inode *dp;
+	struct pmfuse_btree bt;
+
+	assert_int_equal(pmfuse_inode_locate(t->fs, dir, &dp, &dleaf), 0);
+	pmfuse_inode_tree(t->fs, dp, dleaf, &dp->map, &pmfuse_dirent_ops, &bt);
+	for (int rc = pmfuse_btree_first(&cur, &bt); !rc; rc = pmfuse_btree_next(&cur)) {
+		struct pmfuse_dirent *de = (struct pmfuse_dirent *)pmfuse_btree_cursor_rec(&cur);
+
+		if (de->namelen == strlen(name) && !memcmp(de->name, name, de->namelen)) {
+			*leaf = pmfuse_volume_block(t->vol, cur.path[0].blk);
+			return de;
+		}
+	}
+	fail();
+	return NULL;
+}
+
+static struct pmfuse_inode *inode_of(struct tctx *t, uint64_t ino, struct pmfuse_blk_hdr **leaf)
+{
+	struct pmfuse_inode *ip;
+
+	assert_int_equal(pmfuse_inode_locate(t->fs, ino, &ip, leaf), 0);
+	return ip;
+}
+
+/* Runs the checks and fails unless some line holds want; prints them all when it fails. */
+static void expect_fsck(struct tctx *t, const char *want)
+{
+	static struct th_fsck f;
+
+	th_fsck_run(t->fs, &f);
+	if (getenv("PMFUSE_TEST_VERBOSE"))         /* what each kind of damage looks like */
+		for (unsigned i = 0; i < f.kept; i++)
+			fprintf(stderr, "# fsck: %s\n", f.lines[i]);
+	if (!th_fsck_has(&f, want)) {
+		fprintf(stderr, "fsck should report \"%s\"; it reported %llu problems:\n", want,
+			(unsigned long long)f.problems);
+		for (unsigned i = 0; i < f.kept; i++)
+			fprintf(stderr, "  %s\n", f.lines[i]);
+		fail();
+	}
+}
+
+/*
+ * Every rule of the namespace and record checks on purpose-made damage (resealed, so that only
+ * the semantic damage is there), each undone before the next; and a tree with orphans (a file
+ * and a directory removed while referenced) that passes.
+ */
+static void test_fsck_checks(void **state)
+{
+	static const uint8_t acl[] = {
+		2, 0, 0, 0,
+		0x01, 0, 6, 0, 0xff, 0xff, 0xff, 0xff,    /* user::rw- */
+		0x02, 0, 6, 0, 0xe8, 0x03, 0, 0,          /* user:1000:rw- */
+		0x04, 0, 4, 0, 0xff, 0xff, 0xff, 0xff,    /* group::r-- */
+		0x10, 0, 6, 0, 0xff, 0xff, 0xff, 0xff,    /* mask::rw- */
+		0x20, 0, 4, 0, 0xff, 0xff, 0xff, 0xff,    /* other::r-- */
+	};
+	struct pmfuse_extent_info xi;
+	struct pmfuse_attr a;
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_dirent *de, dsaved;
+	struct pmfuse_inode *ip, saved;
+	struct pmfuse_state *st;
+	struct th_fsck f;
+	struct tctx t;
+	char want[200], big[1000];
+	uint64_t d, sub, x, fl, sl, p, g, rd, next;
+	uint8_t *b;
+
+	(void)state;
+	memset(big, 'b', sizeof(big));
+	t_new(&t, 16 * MIB);
+	d = mk(&t, 1, "d", S_IFDIR | 0755);
+	sub = mk(&t, d, "sub", S_IFDIR | 0755);
+	x = mk(&t, sub, "x", S_IFDIR | 0755);
+	fl = mk(&t, d, "f", S_IFREG | 0644);
+	p = mk(&t, 1, "p", S_IFIFO | 0644);
+	assert_int_equal(pmfuse_fs_link(t.fs, fl, 1, "f2", &a), 0);
+	pmfuse_fs_forget(t.fs, fl, 1);
+	assert_int_equal(pmfuse_fs_write(t.fs, fl, "hello", 5, 0, false, &root_cred), 5);
+	assert_int_equal(pmfuse_fs_setxattr(t.fs, fl, "user.big", big, sizeof(big), 0), 0);
+	assert_int_equal(pmfuse_fs_setxattr(t.fs, fl, PMFUSE_XATTR_ACL_ACCESS, acl, sizeof(acl), 0),
+			 0);
+	assert_int_equal(pmfuse_fs_symlink(t.fs, 1, "s", "target", &root_cred, &a), 0);
+	sl = a.ino;
+	pmfuse_fs_forget(t.fs, sl, 1);
+	/* removed while referenced (a lookup reference kept): orphans */
+	g = mk(&t, 1, "g", S_IFREG | 0644);
+	assert_int_equal(pmfuse_fs_lookup(t.fs, 1, "g", &a), 0);
+	assert_int_equal(pmfuse_fs_unlink(t.fs, 1, "g"), 0);
+	rd = mk(&t, 1, "rd", S_IFDIR | 0755);
+	assert_int_equal(pmfuse_fs_lookup(t.fs, 1, "rd", &a), 0);
+	assert_int_equal(pmfuse_fs_rmdir(t.fs, 1, "rd"), 0);
+	th_fsck_run(t.fs, &f);
+	assert_int_equal(f.problems, 0);
+	assert_int_equal(f.res.orphans, 2);
+	assert_int_equal(f.res.directories, 5);      /* root, d, sub, x, rd */
+	assert_int_equal(f.res.regular, 2);          /* f, g */
+	assert_int_equal(f.res.hard_links, 1);
+	assert_int_equal(f.res.symlinks, 1);
+	assert_int_equal(f.res.fifos, 1);
+	pmfuse_log_set_target(PMFUSE_LOG_QUIET);
+
+	/* N2: link counts of a file and of a directory */
+	ip = inode_of(&t, fl, &leaf);
+	saved = *ip;
+	pmfuse_set_le32(&ip->nlink, 5);
+	reseal(&t, leaf);
+	snprintf(want, sizeof(want), "inode %llu (regular file): link count 5, but 2 entries name it",
+		 (unsigned long long)fl);
+	expect_fsck(&t, want);
+	*ip = saved;
+	reseal(&t, leaf);
+	ip = inode_of(&t, d, &leaf);
+	saved = *ip;
+	pmfuse_set_le32(&ip->nlink, 9);
+	reseal(&t, leaf);
+	snprintf(want, sizeof(want), "directory %llu: link count 9, but 2 + 1 subdirectories = 3",
+		 (unsigned long long)d);
+	expect_fsck(&t, want);
+	*ip = saved;
+	reseal(&t, leaf);
+	/* N4: a directory's size */
+	pmfuse_set_le64(&ip->size, 7);
+	reseal(&t, leaf);
+	snprintf(want, sizeof(want), "directory %llu: size says 7 entries, it holds 2",
+		 (unsigned long long)d);
+	expect_fsck(&t, want);
+	*ip = saved;
+	reseal(&t, leaf);
+	th_fsck_clean(t.fs);
+
+	/* N5: nlink 0 without an orphan entry */
+	ip = inode_of(&t, p, &leaf);
+	saved = *ip;
+	pmfuse_set_le32(&ip->nlink, 0);
+	reseal(&t, leaf);
+	expect_fsck(&t, "(fifo): link count 0 and not on the orphan list");
+	*ip = saved;
+	reseal(&t, leaf);
+
+	/* N1: a dangling entry, an entry of the wrong type, an entry naming the root */
+	de = entry_of(&t, d, "f", &leaf);
+	dsaved = *de;
+	pmfuse_set_le64(&de->ino, 999999);
+	reseal(&t, leaf);
+	snprintf(want, sizeof(want), "directory %llu: entry \"f\" names inode 999999, which does "
+		 "not exist", (unsigned long long)d);
+	expect_fsck(&t, want);
+	*de = dsaved;
+	de->type = DT_DIR;
+	reseal(&t, leaf);
+	expect_fsck(&t, "entry \"f\" has type directory, but inode");
+	*de = dsaved;
+	reseal(&t, leaf);
+	de = entry_of(&t, 1, "d", &leaf);
+	dsaved = *de;
+	pmfuse_set_le64(&de->ino, 1);
+	reseal(&t, leaf);
+	expect_fsck(&t, "directory 1: entry \"d\" names the root directory");
+	*de = dsaved;
+	reseal(&t, leaf);
+	th_fsck_clean(t.fs);
+
+	/* N3: a wrong "..", a directory named twice */
+	ip = inode_of(&t, sub, &leaf);
+	saved = *ip;
+	pmfuse_set_le64(&ip->parent, 1);
+	reseal(&t, leaf);
+	snprintf(want, sizeof(want), "directory %llu: its \"..\" (parent field) is 1, but it is "
+		 "named in directory %llu", (unsigned long long)sub, (unsigned long long)d);
+	expect_fsck(&t, want);
+	*ip = saved;
+	reseal(&t, leaf);
+	de = entry_of(&t, 1, "p", &leaf);
+	dsaved = *de;
+	pmfuse_set_le64(&de->ino, x);
+	de->type = DT_DIR;
+	reseal(&t, leaf);
+	snprintf(want, sizeof(want), "directory %llu has a second name", (unsigned long long)x);
+	expect_fsck(&t, want);
+	*de = dsaved;
+	reseal(&t, leaf);
+
+	/* N6: d and sub name each other, and the root's "d" names x: a loop the root misses */
+	struct pmfuse_blk_hdr *l2;
+	struct pmfuse_dirent *de2 = entry_of(&t, sub, "x", &l2), d2saved = *de2;
+	pmfuse_set_le64(&de2->ino, d);
+	reseal(&t, l2);
+	de = entry_of(&t, 1, "d", &leaf);
+	dsaved = *de;
+	pmfuse_set_le64(&de->ino, x);
+	reseal(&t, leaf);
+	expect_fsck(&t, "in a loop of directories that does not reach the root");
+	*de = dsaved;
+	reseal(&t, leaf);
+	de2 = entry_of(&t, sub, "x", &l2);    /* an insert-free tree: same place */
+	*de2 = d2saved;
+	reseal(&t, l2);
+	th_fsck_clean(t.fs);
+
+	/* records: a block count, bytes past EOF, a symlink target, an ACL, an xattr value */
+	ip = inode_of(&t, fl, &leaf);
+	saved = *ip;
+	pmfuse_set_le64(&ip->blocks, 3);
+	reseal(&t, leaf);
+	expect_fsck(&t, "its extents map 1 blocks, the inode says 3");
+	*ip = saved;
+	reseal(&t, leaf);
+	pmfuse_set_le32(&ip->mode, (pmfuse_le32(ip->mode) & ~0070u) | 0070u);
+	reseal(&t, leaf);
+	expect_fsck(&t, "access ACL and mode disagree");
+	*ip = saved;
+	reseal(&t, leaf);
+	assert_int_equal(pmfuse_fs_get_extents(t.fs, fl, 0, &xi, 1, &next), 1);
+	b = pmfuse_pool_at(t.pool, xi.physical);
+	b[100] = 'X';
+	expect_fsck(&t, "bytes past end of file (5) in its last block");
+	b[100] = 0;
+	{
+		struct pmfuse_btree bt;
+		struct pmfuse_blk_hdr *eleaf;
+		struct pmfuse_extent *e;
+
+		ip = inode_of(&t, sl, &leaf);
+		pmfuse_inode_tree(t.fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
+		e = first_rec(&t, &bt, &eleaf);
+		b = pmfuse_volume_block(t.vol, pmfuse_le64(e->pblock));
+	}
+	b[2] = 0;
+	expect_fsck(&t, "symlink target holds a NUL byte");
+	b[2] = 'r';
+	ip = inode_of(&t, fl, &leaf);
+	{
+		struct pmfuse_btree bt;
+		struct pmfuse_blk_hdr *xleaf;
+		struct pmfuse_xattr *xa;
+
+		pmfuse_inode_tree(t.fs, ip, leaf, &ip->xattrs, &pmfuse_xattr_ops, &bt);
+		xa = first_rec(&t, &bt, &xleaf);
+		if (!pmfuse_le64(xa->value_blk)) {   /* the ACL came first: the next one */
+			struct pmfuse_btree_cursor cur;
+
+			assert_int_equal(pmfuse_btree_first(&cur, &bt), 0);
+			assert_int_equal(pmfuse_btree_next(&cur), 0);
+			xa = (struct pmfuse_xattr *)pmfuse_btree_cursor_rec(&cur);
+		}
+		b = pmfuse_volume_block(t.vol, pmfuse_le64(xa->value_blk));
+		b[sizeof(big) + 1] = 1;
+		expect_fsck(&t, "xattr \"user.big\": bytes after the value are not zero");
+		b[sizeof(big) + 1] = 0;
+	}
+
+	/* the state block's reserved roots */
+	st = t.vol->state;
+	pmfuse_set_le64(&st->roots[5].nrecs, 1);
+	pmfuse_blk_seal(&st->hdr, t.fs->bs);
+	expect_fsck(&t, "state block: reserved root 5 is not empty");
+	pmfuse_set_le64(&st->roots[5].nrecs, 0);
+	pmfuse_blk_seal(&st->hdr, t.fs->bs);
+
+	pmfuse_log_set_target(PMFUSE_LOG_STDERR);
+	th_fsck_clean(t.fs);
+	pmfuse_fs_forget(t.fs, g, 1);
+	pmfuse_fs_forget(t.fs, rd, 1);
+	th_fsck_clean(t.fs);
+	t_destroy(&t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2541,6 +2823,7 @@ int main(void)
 		cmocka_unit_test(test_orphans),
 		cmocka_unit_test(test_readonly),
 		cmocka_unit_test(test_corruption),
+		cmocka_unit_test(test_fsck_checks),
 		cmocka_unit_test(test_threads),
 		cmocka_unit_test(test_readdir_stability),
 		cmocka_unit_test(test_random_namespace),

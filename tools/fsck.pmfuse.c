@@ -1,0 +1,609 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * fsck.pmfuse: check a pmfuse pool, read only, with e2fsck's conventions (options, phases, a
+ * summary line, exit codes). Repair is not implemented: -p, -a and -y are accepted, said to be
+ * unsupported, and the check runs read only as with -n.
+ *
+ * Order of work:
+ *   1. parse (usage errors exit 16);
+ *   2. map the pool read-only (PMFUSE_POOL_RDONLY: the mapping cannot be written, so nothing in
+ *      this program can change the pool), then take a SHARED flock on it: a mounted pool (the
+ *      daemon holds the exclusive lock) is refused, naming the holder, and while the check runs
+ *      no daemon or mkfs can take the pool;
+ *   3. phase 1, superblocks and log: both copies probed, the volume opened read-only. A
+ *      transaction left in the log is reported as needing recovery (mounting replays it); the
+ *      volume then shows the metadata as it is before the rollback, which the later phases
+ *      check as it is, and the summary says so. Like e2fsck, a pool marked clean with both
+ *      superblocks current and an empty log is not checked further without -f;
+ *   4. phase 2, allocator and b+trees: the bitmap, every tree's structure and records, then
+ *      refcounts and exact block accounting (fs/check.h);
+ *   5. phase 3, namespace: entries, link counts, "..", reachability, the orphan list;
+ *   6. the summary; exit 0 (no problem) or 4 (problems left uncorrected).
+ * Every problem is one line on stdout as it is found. Operational errors (cannot open, in use,
+ * out of memory) go to stderr and exit 8; SIGINT and SIGTERM exit 32 at once (nothing to undo:
+ * nothing was written). As e2fsck's, the status is a sum: 4 is added to 8 or 32 when problems
+ * had been found before.
+ *
+ * The checking itself lives in src/fs/check.c; this file parses, opens, prints and counts.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs/check.h"
+#include "fs/fs.h"
+#include "meta/alloc.h"
+#include "meta/volume.h"
+#include "pool/pool.h"
+#include "util/util.h"
+
+/* Exit codes of fsck(8). */
+#define FSCK_OK          0
+#define FSCK_UNCORRECTED 4
+#define FSCK_ERROR       8
+#define FSCK_USAGE       16
+#define FSCK_CANCELED    32
+
+#define ULL(x) ((unsigned long long)(x))
+
+static const char *prog = "fsck.pmfuse";
+
+struct args {
+	const char *path;
+	bool force, verbose, quiet;
+	char repair;            /* 'p' (also -a), 'y', or 0 */
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: %s [-n] [-f] [-v] [-q] POOL\n"
+		"Check the pmfuse filesystem in POOL (a /dev/dax device or a pool file) without\n"
+		"changing it.\n"
+		"\n"
+		"  -n                check read-only, changing nothing (the only mode there is)\n"
+		"  -p, -a, -y        accepted for fsck(8), but repair is not implemented: the\n"
+		"                    check runs read-only as with -n\n"
+		"  -f, --force       check even a pool marked clean\n"
+		"  -v, --verbose     also print the library's diagnostics and detailed counts\n"
+		"  -q, --quiet       print nothing but problems\n"
+		"  -h, --help        show this help and exit\n"
+		"  -V, --version     show the version and exit\n"
+		"\n"
+		"Exit status: 0 no problems, 4 problems found and left uncorrected, 8 operational\n"
+		"error (cannot open, in use, out of memory), 16 usage error, 32 interrupted.\n",
+		prog);
+}
+
+__attribute__((format(printf, 1, 2)))
+static void err(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "%s: ", prog);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+/* ---- output: phases, progress, problems ------------------------------------------------------ */
+
+/* A problem was reported: an interrupted run's status adds 4 (e2fsck sums its conditions). */
+static volatile sig_atomic_t found_problems;
+
+struct out {
+	const char *path;
+	bool quiet;
+	bool tty;                  /* stdout is a terminal (and not -q): progress is shown */
+	const char *phase;         /* the phase line, redrawn under a progress figure */
+	bool line_open;            /* the terminal's cursor is on the phase line */
+	struct timespec last;      /* last progress drawn */
+	uint64_t problems;
+};
+
+static void phase_end(struct out *o)
+{
+	if (o->line_open) {
+		printf("\r%s\033[K\n", o->phase);
+		o->line_open = false;
+	}
+	o->phase = NULL;
+	fflush(stdout);
+}
+
+static void phase_begin(struct out *o, const char *name)
+{
+	phase_end(o);
+	if (o->quiet)
+		return;
+	o->phase = name;
+	if (o->tty) {
+		fputs(name, stdout);
+		o->line_open = true;
+	} else {
+		puts(name);
+	}
+	fflush(stdout);
+}
+
+/* A line of its own while a phase line may be open on the terminal. */
+static void out_line(struct out *o, const char *prefix, const char *msg)
+{
+	if (o->line_open)
+		fputs("\r\033[K", stdout);
+	printf("%s%s\n", prefix, msg);
+	if (o->line_open)
+		fputs(o->phase, stdout);
+	fflush(stdout);
+}
+
+static void on_problem(void *arg, const char *msg)
+{
+	struct out *o = arg;
+
+	o->problems++;
+	found_problems = 1;
+	out_line(o, "", msg);
+}
+
+static void on_note(void *arg, const char *msg)
+{
+	struct out *o = arg;
+
+	if (!o->quiet)
+		out_line(o, "note: ", msg);
+}
+
+__attribute__((format(printf, 2, 3)))
+static void problem(struct out *o, const char *fmt, ...)
+{
+	char buf[1200];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	on_problem(o, buf);
+}
+
+__attribute__((format(printf, 2, 3)))
+static void note(struct out *o, const char *fmt, ...)
+{
+	char buf[1200];
+	va_list ap;
+
+	if (o->quiet)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	out_line(o, "note: ", buf);
+}
+
+/* "Phase 3: namespace  52% (520000 of 1000000 inodes)", at most four times a second. */
+static int on_progress(void *arg, uint64_t done, uint64_t total, const char *unit)
+{
+	struct out *o = arg;
+	struct timespec now;
+	int pct;
+
+	if (!o->tty || !o->phase)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (done < total && (now.tv_sec - o->last.tv_sec) * 1000000000L +
+	    (now.tv_nsec - o->last.tv_nsec) < 250000000L)
+		return 0;
+	o->last = now;
+	pct = total ? (int)(done * 100 / total) : 100;
+	printf("\r%s  %3d%% (%llu of %llu %s)\033[K", o->phase, pct, ULL(done), ULL(total), unit);
+	o->line_open = true;
+	fflush(stdout);
+	return 0;
+}
+
+/* ---- signals -------------------------------------------------------------------------------- */
+
+static volatile sig_atomic_t stdout_tty;
+
+/* Nothing was written, so nothing to undo: say so and go (async-signal-safe calls only). */
+static void on_signal(int sig)
+{
+	static const char clear[] = "\r\033[K";
+	static const char msg[] = "fsck.pmfuse: interrupted; nothing was changed\n";
+	ssize_t r;
+
+	(void)sig;
+	if (stdout_tty)
+		r = write(STDOUT_FILENO, clear, sizeof(clear) - 1);
+	r = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+	(void)r;
+	_exit(FSCK_CANCELED | (found_problems ? FSCK_UNCORRECTED : 0));
+}
+
+static void catch_signals(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+}
+
+/* ---- arguments ------------------------------------------------------------------------------ */
+
+static int parse(int argc, char **argv, struct args *a)
+{
+	static const struct option opts[] = {
+		{ "force", no_argument, NULL, 'f' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	char mode = 0;   /* the -n / -p / -y choice, as e2fsck: one of them at most */
+	int c;
+
+	memset(a, 0, sizeof(*a));
+	while ((c = getopt_long(argc, argv, "nfvqpayhV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'n':
+		case 'p':
+		case 'a':
+		case 'y':
+			if (c == 'a')
+				c = 'p';
+			if (mode && mode != c) {
+				err("only one of the options -p/-a, -n or -y may be given");
+				return FSCK_USAGE;
+			}
+			mode = (char)c;
+			break;
+		case 'f': a->force = true; break;
+		case 'v': a->verbose = true; break;
+		case 'q': a->quiet = true; break;
+		case 'h':
+			usage(stdout);
+			exit(FSCK_OK);
+		case 'V':
+			printf("%s (pmfuse) %s, on-media format version %u\n", prog, PMFUSE_VERSION,
+			       PMFUSE_FORMAT_VERSION);
+			exit(FSCK_OK);
+		default:
+			usage(stderr);
+			return FSCK_USAGE;
+		}
+	}
+	if (optind != argc - 1) {
+		err(optind >= argc ? "no POOL given" : "too many arguments");
+		usage(stderr);
+		return FSCK_USAGE;
+	}
+	a->path = argv[optind];
+	a->repair = mode == 'n' ? 0 : mode;
+	return 0;
+}
+
+/* ---- opening -------------------------------------------------------------------------------- */
+
+/*
+ * Takes a shared flock on path (kept open in *fd until exit): fails while the daemon (or mkfs)
+ * holds the exclusive one, and keeps them out while the check runs. 0, or FSCK_ERROR with the
+ * message printed.
+ */
+static int lock_shared(const char *path, int *fd)
+{
+	char who[128];
+
+	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (*fd < 0) {
+		err("%s: cannot open: %s", path, strerror(errno));
+		return FSCK_ERROR;
+	}
+	if (!flock(*fd, LOCK_SH | LOCK_NB))
+		return 0;
+	if (errno == EWOULDBLOCK) {
+		pmfuse_pool_lock_holder(path, who, sizeof(who));
+		err("%s: in use by %s (mounted?); unmount it before checking", path, who);
+	} else {
+		err("%s: cannot lock: %s", path, strerror(errno));
+	}
+	close(*fd);
+	*fd = -1;
+	return FSCK_ERROR;
+}
+
+static int open_pool(const char *path, struct pmfuse_pool **pool)
+{
+	int rc = pmfuse_pool_open(path, PMFUSE_POOL_RDONLY, pool);
+
+	if (rc == -EINVAL)
+		err("%s: not a usable pool (empty, or neither a regular file nor a dax device)",
+		    path);
+	else if (rc)
+		err("%s: cannot open: %s", path, strerror(-rc));
+	return rc ? FSCK_ERROR : 0;
+}
+
+/* ---- phase 1 -------------------------------------------------------------------------------- */
+
+/*
+ * What the volume layer tolerated on a read-only open with a pending log, from its notes: a
+ * state block that fails its checks (possibly half changed by the unfinished transaction). It
+ * comes last in the notes; the others (superblock copies, the log) phase 1 has said already.
+ */
+static void volume_notes(struct out *o, const char *msg)
+{
+	const char *state = strstr(msg, "state block ");
+
+	if (state)
+		note(o, "%s", state);
+}
+
+/*
+ * Superblocks and log. Returns 0 to go on (*vol opened), FSCK_UNCORRECTED when the pool cannot
+ * be checked further because of damage (reported), FSCK_ERROR on operational errors.
+ */
+static int phase1(struct out *o, struct pmfuse_pool *pool, struct pmfuse_sb_probe *probe,
+		  struct pmfuse_volume **vol)
+{
+	static const char *const name[2] = { "primary", "secondary" };
+	char msg[1024];
+	int rc;
+
+	rc = pmfuse_sb_probe(pool, probe);
+	if (rc && !strncmp(probe->why[0], "bad magic", 9) && !probe->blk[1]) {
+		err("%s: no pmfuse superblock in the first or the last block (not a pmfuse pool, or "
+		    "both copies overwritten)", o->path);
+		return FSCK_ERROR;
+	}
+	for (int c = 0; c < 2; c++) {
+		if (c && !probe->blk[1] && !probe->valid[1])
+			problem(o, "secondary superblock not found: %s", probe->why[1]);
+		else if (!probe->valid[c])
+			problem(o, "%s superblock (block %llu) is damaged: %s", name[c],
+				ULL(probe->blk[c]), probe->why[c]);
+		else if (probe->copy >= 0 && probe->seq[c] < probe->seq[probe->copy])
+			note(o, "%s superblock (block %llu) is older than the other copy (seq %llu, "
+			     "current %llu), as a cut between the two writes leaves it; a mount "
+			     "rewrites it", name[c], ULL(probe->blk[c]), ULL(probe->seq[c]),
+			     ULL(probe->seq[probe->copy]));
+	}
+	if (rc)
+		return FSCK_UNCORRECTED;   /* no valid copy: nothing else can be read */
+
+	rc = pmfuse_volume_open(pool, PMFUSE_VOL_RDONLY, vol, msg, sizeof(msg));
+	if (rc == -EUCLEAN) {
+		problem(o, "%s", msg);
+		return FSCK_UNCORRECTED;
+	}
+	if (rc == -EOPNOTSUPP || rc == -EROFS) {
+		err("%s: %s", o->path, msg);
+		return FSCK_ERROR;
+	}
+	if (rc) {
+		err("%s: cannot open the volume: %s%s%s", o->path, strerror(-rc), msg[0] ? ": " : "",
+		    msg);
+		return FSCK_ERROR;
+	}
+	if ((*vol)->log_pending) {
+		note(o, "the log holds an unfinished transaction: the pool needs log recovery "
+		     "(mount once to replay it); checking the metadata as it is now, before the "
+		     "rollback");
+		volume_notes(o, msg);
+	} else if (!(*vol)->was_clean) {
+		note(o, "not cleanly unmounted (the daemon stopped without unmounting)");
+	}
+	return 0;
+}
+
+/* A clean pool is not checked without -f (as e2fsck): prints the short summary. */
+static bool skip_clean(struct out *o, const struct args *a, const struct pmfuse_sb_probe *probe,
+		       struct pmfuse_volume *vol)
+{
+	const struct pmfuse_sb *sb = &vol->sb;
+	struct pmfuse_alloc_geom g = {
+		.block_size = vol->block_size,
+		.block_count = pmfuse_le64(sb->block_count),
+		.bitmap_start = pmfuse_le64(sb->bitmap_start),
+		.bitmap_blocks = pmfuse_le64(sb->bitmap_blocks),
+		.data_start = pmfuse_le64(sb->data_start),
+		.sb2_block = pmfuse_le64(sb->sb2_block),
+	};
+	uint64_t free_blocks;
+
+	if (a->force || !vol->was_clean || vol->log_pending || o->problems ||
+	    !probe->valid[0] || !probe->valid[1] || probe->seq[0] != probe->seq[1] ||
+	    pmfuse_alloc_count_free(vol->pool, &g, &free_blocks))
+		return false;
+	phase_end(o);
+	if (!a->quiet)
+		printf("%s: clean, %llu inodes, %llu/%llu blocks (-f checks it anyway)\n", o->path,
+		       ULL(pmfuse_le64(vol->state->roots[PMFUSE_ROOT_INODES].nrecs)),
+		       ULL(g.block_count - free_blocks), ULL(g.block_count));
+	return true;
+}
+
+/* ---- the summary ---------------------------------------------------------------------------- */
+
+static void summary(struct out *o, const struct args *a, const struct pmfuse_check_result *r,
+		    const struct pmfuse_volume *vol, bool checked)
+{
+	char files[160], blocks[96], shared[48] = "";
+
+	phase_end(o);
+	if (a->quiet)
+		return;
+	if (o->problems)
+		printf("%s: %llu problem%s found and left uncorrected (fsck.pmfuse does not "
+		       "repair)\n", o->path, ULL(o->problems), o->problems == 1 ? "" : "s");
+	if (vol && vol->log_pending && o->problems)
+		printf("%s: the log holds an unfinished transaction: the problems may be its "
+		       "half-done changes; mount once to replay it, then check again\n", o->path);
+	if (!checked) {
+		printf("%s: not checked beyond phase 1\n", o->path);
+		return;
+	}
+	if (r->namespace_checked || r->no_root)
+		snprintf(files, sizeof(files), "%llu files, %llu directories",
+			 ULL(r->regular + r->symlinks + r->chrdevs + r->blkdevs + r->fifos +
+			     r->sockets), ULL(r->directories));
+	else if (r->inodes)
+		snprintf(files, sizeof(files), "%llu inodes", ULL(r->inodes));
+	else
+		snprintf(files, sizeof(files), "inodes not counted");
+	if (r->bitmap_ok)
+		snprintf(blocks, sizeof(blocks), ", %llu/%llu blocks",
+			 ULL(r->block_count - r->free_blocks), ULL(r->block_count));
+	else
+		blocks[0] = '\0';
+	if (r->blocks_checked)
+		snprintf(shared, sizeof(shared), ", %llu shared", ULL(r->shared_blocks));
+	printf("%s: %s%s%s%s\n", o->path, files, blocks, shared,
+	       r->no_root ? " (never mounted: no root directory yet)" : "");
+	if (!a->verbose)
+		return;
+	printf("\n%12llu inodes\n", ULL(r->inodes));
+	printf("%12llu regular files\n", ULL(r->regular));
+	printf("%12llu directories\n", ULL(r->directories));
+	printf("%12llu symbolic links\n", ULL(r->symlinks));
+	printf("%12llu character devices\n", ULL(r->chrdevs));
+	printf("%12llu block devices\n", ULL(r->blkdevs));
+	printf("%12llu fifos\n", ULL(r->fifos));
+	printf("%12llu sockets\n", ULL(r->sockets));
+	printf("%12llu links beyond the first (hard links)\n", ULL(r->hard_links));
+	printf("%12llu directory entries\n", ULL(r->entries));
+	printf("%12llu orphans (removed while open, or truncating)\n", ULL(r->orphans));
+	printf("%12llu b+tree nodes\n", ULL(r->tree_nodes));
+	if (r->blocks_checked) {
+		printf("%12llu metadata blocks (b+tree nodes, xattr values)\n",
+		       ULL(r->meta_blocks));
+		printf("%12llu data blocks\n", ULL(r->data_blocks));
+		printf("%12llu shared data blocks (%llu refcount records)\n",
+		       ULL(r->shared_blocks), ULL(r->refcount_recs));
+		printf("%12llu file blocks mapped (%llu extents)\n", ULL(r->mapped_blocks),
+		       ULL(r->extents));
+	}
+	if (r->bitmap_ok)
+		printf("%12llu blocks used of %llu (%.1f%%), %llu free\n",
+		       ULL(r->block_count - r->free_blocks), ULL(r->block_count),
+		       r->block_count ? 100.0 * (double)(r->block_count - r->free_blocks) /
+		       (double)r->block_count : 0.0, ULL(r->free_blocks));
+}
+
+/* ---- main ----------------------------------------------------------------------------------- */
+
+/* Maps a check's -errno to what main does: 0 go on (problems are counted as reported). */
+static int check_rc(struct out *o, int rc, const char *what)
+{
+	if (rc == -ENOMEM) {
+		phase_end(o);
+		err("%s: out of memory during the %s", o->path, what);
+		return FSCK_ERROR;
+	}
+	if (rc == -EINTR)
+		return FSCK_CANCELED;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct pmfuse_check_ops ops = {
+		.problem = on_problem, .note = on_note, .progress = on_progress,
+	};
+	struct pmfuse_check_result res;
+	struct pmfuse_fs_opts fo = { .check = true };
+	struct pmfuse_pool *pool = NULL;
+	struct pmfuse_volume *vol = NULL;
+	struct pmfuse_fs *fs = NULL;
+	struct pmfuse_sb_probe probe;
+	struct out o;
+	struct args a;
+	int lockfd = -1, status, rc;
+
+	catch_signals();
+	status = parse(argc, argv, &a);
+	if (status)
+		return status;
+	pmfuse_log_set_target(a.verbose ? PMFUSE_LOG_STDERR : PMFUSE_LOG_QUIET);
+	memset(&o, 0, sizeof(o));
+	memset(&res, 0, sizeof(res));
+	o.path = a.path;
+	o.quiet = a.quiet;
+	o.tty = !a.quiet && isatty(STDOUT_FILENO);
+	stdout_tty = o.tty;
+	ops.arg = &o;
+	if (a.repair)
+		err("-%c: repair is not implemented; checking read-only, as with -n", a.repair);
+
+	status = open_pool(a.path, &pool);
+	if (!status)
+		status = lock_shared(a.path, &lockfd);
+	if (status)
+		goto out;
+
+	phase_begin(&o, "Phase 1: superblocks and log");
+	status = phase1(&o, pool, &probe, &vol);
+	if (status == FSCK_UNCORRECTED)
+		goto report;
+	if (status)
+		goto out;
+	if (skip_clean(&o, &a, &probe, vol))
+		goto out;
+	rc = pmfuse_fs_open(vol, &fo, &fs);
+	if (rc == -ENOMEM) {
+		status = check_rc(&o, rc, "filesystem open");
+		goto out;
+	}
+	if (rc) {
+		problem(&o, "the filesystem does not open: %s", rc == -EUCLEAN ?
+			pmfuse_corrupt_last() : strerror(-rc));
+		goto report;
+	}
+
+	phase_begin(&o, "Phase 2: allocator, b+trees, refcounts and block accounting");
+	if ((status = check_rc(&o, pmfuse_fs_check_bitmap(fs, &ops, &res), "bitmap check")) ||
+	    (status = check_rc(&o, pmfuse_fs_check_trees(fs, &ops, &res), "tree check")))
+		goto out;
+	if (!res.bitmap_ok || !res.trees_ok)
+		note(&o, "refcounts and block accounting not checked: %s",
+		     res.bitmap_ok ? "some tree is damaged" : "the bitmap is damaged");
+	else if ((status = check_rc(&o, pmfuse_fs_check_blocks(fs, &ops, &res), "block check")))
+		goto out;
+
+	phase_begin(&o, "Phase 3: namespace");
+	if (!res.inode_table_ok)
+		note(&o, "namespace not checked: the inode table or the orphan list is damaged");
+	else if ((status = check_rc(&o, pmfuse_fs_check_namespace(fs, &ops, &res),
+				    "namespace check")))
+		goto out;
+
+report:
+	summary(&o, &a, &res, vol, fs != NULL);
+	status = o.problems ? FSCK_UNCORRECTED : FSCK_OK;
+out:
+	/* as e2fsck, the status is a sum: problems found before an operational error count */
+	if (o.problems && (status == FSCK_ERROR || status == FSCK_CANCELED))
+		status |= FSCK_UNCORRECTED;
+	phase_end(&o);
+	pmfuse_fs_close(fs);
+	pmfuse_volume_close(vol);
+	pmfuse_pool_close(pool);
+	if (lockfd >= 0)
+		close(lockfd);
+	if (status == FSCK_CANCELED)
+		err("%s: interrupted; nothing was changed", a.path);
+	return status;
+}
