@@ -917,6 +917,53 @@ static int write_final(struct wctx *w)
 	return 0;
 }
 
+/*
+ * Stores [w->done, to) into mapped, unshared blocks in place. Bytes below EOF are simply
+ * overwritten (the inode update follows, *pending). Bytes at or past EOF (the rest of a partly
+ * filled last block, or blocks preallocated past EOF) must still read as zeros after a crash
+ * that keeps the old size (E5; a later growing truncate would show them), so they are written
+ * inside the transaction that moves EOF past them, declared in it: if it does not commit, the
+ * undo log puts the zeros back. Pieces of at most a quarter of the log (and 16 blocks), each
+ * one transaction, so a crash shows a prefix of what was appended.
+ */
+static int write_in_place(struct wctx *w, const struct pmfuse_iext *e, uint64_t to,
+			  unsigned flags, bool *pending)
+{
+	struct file *f = &w->f;
+	uint64_t eof = file_size(f), bs = f->bs;
+	uint64_t log_blocks = pmfuse_le64(f->fs->vol->sb.log_blocks);
+	uint64_t piece = PMFUSE_MAX(PMFUSE_MIN(16u, (log_blocks > 1 ? log_blocks - 1 : 1) / 4), 1u) *
+			 bs;
+
+	if (w->done < eof) {
+		uint64_t below = PMFUSE_MIN(to, eof);
+
+		pmfuse_pool_memcpy(f->fs->pool, ext_addr(f, e, w->done),
+				   w->buf + (w->done - w->off), below - w->done, flags);
+		w->done = below;
+		*pending = true;
+	}
+	while (w->done < to) {
+		uint64_t from = w->done, end = PMFUSE_MIN(to, from / bs * bs + piece);
+		struct pmfuse_tx *tx = pmfuse_tx_begin(f->fs->txm);
+		int rc = pmfuse_tx_add(tx, ext_addr(f, e, from), end - from);
+
+		if (!rc) {
+			pmfuse_pool_memcpy(f->fs->pool, ext_addr(f, e, from),
+					   w->buf + (from - w->off), end - from, flags);
+			rc = write_inode(tx, w, end);
+		}
+		if (rc) {
+			pmfuse_tx_abort(tx);   /* the zeros are back */
+			return rc;
+		}
+		pmfuse_tx_commit(tx);
+		w->done = end;
+		*pending = false;
+	}
+	return 0;
+}
+
 /* Writes what it can of [w->done, w->end); w->done tells how far it got, also on error. */
 static int write_range(struct wctx *w)
 {
@@ -952,10 +999,9 @@ static int write_range(struct wctx *w)
 				continue;
 			}
 			to = PMFUSE_MIN(w->end, (fb + run) * f->bs);
-			pmfuse_pool_memcpy(f->fs->pool, ext_addr(f, &e, w->done),
-					   w->buf + (w->done - w->off), to - w->done, flags);
-			w->done = to;
-			pending = true;
+			rc = write_in_place(w, &e, to, flags, &pending);
+			if (rc)
+				break;
 			continue;
 		}
 		rc = fill_hole(f, fb, hole_end - fb, goal, &w->budget, &fl, write_hole_done, w,
