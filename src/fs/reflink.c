@@ -256,8 +256,8 @@ static int clone_inode(struct pmfuse_tx *tx, struct clone *c)
  * Runs the clone in as many transactions as it needs. A transaction that finds the log (or the
  * pool) full aborts and is retried with half the budget, down to one record; the smaller budget
  * is kept for the rest. -ENOSPC when the pool has no block for metadata (beyond the data
- * reserve, which is kept for the operations that give space back); the blocks done so far stay
- * done, every block counted.
+ * reserve, which is kept for the operations that give space back, dedupe among them); the
+ * blocks done so far stay done, every block counted.
  */
 static int clone_run(struct clone *c)
 {
@@ -270,8 +270,8 @@ static int clone_run(struct clone *c)
 		uint64_t top = c->top;
 		struct pmfuse_tx *tx;
 
-		if (!pmfuse_data_avail(c->fs))
-			return -ENOSPC;
+		if (!c->dedupe && !pmfuse_data_avail(c->fs))
+			return -ENOSPC;   /* a dedupe gives space back: it may use the reserve */
 		tx = pmfuse_tx_begin(c->fs->txm);
 		rc = clone_pieces(tx, c, &top, &b);
 		if (!rc && !c->dedupe)

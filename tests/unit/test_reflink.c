@@ -47,6 +47,7 @@ static struct pmfuse_space_report check_space(struct th_env *e)
 	if (rc)
 		fprintf(stderr, "space check: %d %s\n", rc, msg);
 	assert_int_equal(rc, 0);
+	th_fsck_clean(e->fs);
 	return rep;
 }
 
@@ -1140,6 +1141,41 @@ static void test_einval(void **state)
 }
 
 /* Pool nearly full: CoW fails with ENOSPC (or is short) and leaves both copies as they were. */
+/* Dedupe gives space back, so it works on a pool whose data space is used up (the reserve). */
+static void test_dedupe_full_pool(void **state)
+{
+	struct th_env e;
+	struct th_rng rng;
+	uint64_t bs = 4096, a, b, c, size = 64 * 4096, i, done = 0, free0;
+	uint8_t *da = malloc(size), *tmp = malloc(size), blk[4096];
+	(void)state;
+
+	th_rng_init(&rng, th_seed() ^ 15);
+	th_env_new(&e, 4u << 20, 4096, 0);
+	th_fill_random(&rng, da, size);
+	a = th_mkfile(&e, "a");
+	b = th_mkfile(&e, "b");
+	assert_int_equal(wr(&e, a, da, size, 0), size);
+	assert_int_equal(wr(&e, b, da, size, 0), size);
+	c = th_mkfile(&e, "c");
+	memset(blk, 0x33, sizeof(blk));
+	for (i = 0; wr(&e, c, blk, bs, i * bs) == (ssize_t)bs; i++)
+		;
+	assert_int_equal(pmfuse_data_avail(e.fs), 0);
+	assert_int_equal(pmfuse_fs_clone_range(e.fs, a, 0, 0, c, 0), -ENOSPC);
+	free0 = th_free_blocks(&e);
+	assert_int_equal(pmfuse_fs_dedupe_range(e.fs, a, 0, size, b, 0, &done), 0);
+	assert_int_equal(done, size);
+	assert_true(th_free_blocks(&e) >= free0 + 64 - 4);   /* b's blocks, less new metadata */
+	assert_int_equal(shared_blocks(&e, b), 64);
+	assert_int_equal(pmfuse_fs_pread(e.fs, b, tmp, size, 0), size);
+	assert_memory_equal(tmp, da, size);
+	check_space(&e);
+	th_env_free(&e);
+	free(da);
+	free(tmp);
+}
+
 static void test_enospc_cow(void **state)
 {
 	struct th_env e;
@@ -1429,6 +1465,7 @@ int main(void)
 		cmocka_unit_test(test_cow_partial),
 		cmocka_unit_test(test_cow_hint),
 		cmocka_unit_test(test_enospc_cow),
+		cmocka_unit_test(test_dedupe_full_pool),
 		cmocka_unit_test(test_clone_chains),
 		cmocka_unit_test(test_clone_many_extents),
 		cmocka_unit_test(test_clone_big),
