@@ -190,6 +190,27 @@ def pmfuse_build(build=None):
     return paths
 
 
+def add_granularity_arg(ap):
+    """--granularity: how the daemon persists. cache_line (the default) flushes and fences as on
+    persistent memory; a pool file on /dev/shm would otherwise get libpmem2's page granularity,
+    an msync(2) per barrier that persistent memory does not have."""
+    ap.add_argument("--granularity", choices=["cache_line", "page", "byte", "default"],
+                    default="cache_line",
+                    help="PMEM2_FORCE_GRANULARITY for the daemon (cache_line: as on pmem; "
+                         "default: what libpmem2 picks)")
+
+
+def apply_granularity(args):
+    """Sets PMEM2_FORCE_GRANULARITY for the daemons started from now on; returns a line saying
+    which persistence they use."""
+    if args.granularity == "default":
+        os.environ.pop("PMEM2_FORCE_GRANULARITY", None)
+    else:
+        os.environ["PMEM2_FORCE_GRANULARITY"] = args.granularity.upper()
+    return ("pmfuse persistence: PMEM2_FORCE_GRANULARITY="
+            f"{os.environ.get('PMEM2_FORCE_GRANULARITY', '(unset: libpmem2 picks; msync on /dev/shm)')}")
+
+
 def bench_meta_binary(paths, workdir):
     """bench_meta from the build, or compiled alone from bench/meta.c."""
     if os.access(paths.get("meta", ""), os.X_OK):
