@@ -1002,7 +1002,8 @@ static int check_sweep(struct check *k, const struct pmfuse_btree *rt)
 	struct pmfuse_alloc *al = k->fs->alloc;
 	int64_t data = 0, meta = 0;
 
-	qsort(k->v, k->n, sizeof(*k->v), span_cmp);
+	if (k->n)   /* an empty pool has no spans (and k->v is NULL, which qsort may not get) */
+		qsort(k->v, k->n, sizeof(*k->v), span_cmp);
 	for (size_t i = 0; i < k->n; i++) {
 		uint64_t a = k->v[i].pos, b;
 
