@@ -14,6 +14,7 @@ import os
 import re
 import struct
 import subprocess
+import time
 
 import pmfs
 from pmfs import check, Failure
@@ -197,6 +198,19 @@ def all_files(root):
 def check_mount_sharing(m, what):
     """check_sharing over every regular file of the mount."""
     return check_sharing(all_files(m.mnt), what)
+
+
+def check_mount_sharing_after_unlink(m, what, timeout=10):
+    """check_mount_sharing once the daemon has let go of unlinked files: their blocks count
+    until the kernel's FORGET for the inode arrives, which it sends asynchronously."""
+    end = time.time() + timeout
+    while True:
+        try:
+            return check_mount_sharing(m, what)
+        except Failure:
+            if time.time() > end:
+                raise
+            time.sleep(0.05)
 
 
 # ---- space
