@@ -46,6 +46,8 @@
 #include "pool/pool.h"
 #include "util/util.h"
 
+#include "cli.h"
+
 /* Exit codes of fsck(8). */
 #define FSCK_OK          0
 #define FSCK_UNCORRECTED 4
@@ -84,17 +86,6 @@ static void usage(FILE *f)
 		prog);
 }
 
-__attribute__((format(printf, 1, 2)))
-static void err(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "%s: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
 
 /* ---- output: phases, progress, problems ------------------------------------------------------ */
 
@@ -266,7 +257,7 @@ static int parse(int argc, char **argv, struct args *a)
 			if (c == 'a')
 				c = 'p';
 			if (mode && mode != c) {
-				err("only one of the options -p/-a, -n or -y may be given");
+				cli_err("only one of the options -p/-a, -n or -y may be given");
 				return FSCK_USAGE;
 			}
 			mode = (char)c;
@@ -287,7 +278,7 @@ static int parse(int argc, char **argv, struct args *a)
 		}
 	}
 	if (optind != argc - 1) {
-		err(optind >= argc ? "no POOL given" : "too many arguments");
+		cli_err(optind >= argc ? "no POOL given" : "too many arguments");
 		usage(stderr);
 		return FSCK_USAGE;
 	}
@@ -309,16 +300,16 @@ static int lock_shared(const char *path, int *fd)
 
 	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (*fd < 0) {
-		err("%s: cannot open: %s", path, strerror(errno));
+		cli_err("%s: cannot open: %s", path, strerror(errno));
 		return FSCK_ERROR;
 	}
 	if (!flock(*fd, LOCK_SH | LOCK_NB))
 		return 0;
 	if (errno == EWOULDBLOCK) {
 		pmfuse_pool_lock_holder(path, who, sizeof(who));
-		err("%s: in use by %s (mounted?); unmount it before checking", path, who);
+		cli_err("%s: in use by %s (mounted?); unmount it before checking", path, who);
 	} else {
-		err("%s: cannot lock: %s", path, strerror(errno));
+		cli_err("%s: cannot lock: %s", path, strerror(errno));
 	}
 	close(*fd);
 	*fd = -1;
@@ -330,10 +321,10 @@ static int open_pool(const char *path, struct pmfuse_pool **pool)
 	int rc = pmfuse_pool_open(path, PMFUSE_POOL_RDONLY, pool);
 
 	if (rc == -EINVAL)
-		err("%s: not a usable pool (empty, or neither a regular file nor a dax device)",
+		cli_err("%s: not a usable pool (empty, or neither a regular file nor a dax device)",
 		    path);
 	else if (rc)
-		err("%s: cannot open: %s", path, strerror(-rc));
+		cli_err("%s: cannot open: %s", path, strerror(-rc));
 	return rc ? FSCK_ERROR : 0;
 }
 
@@ -365,7 +356,7 @@ static int phase1(struct out *o, struct pmfuse_pool *pool, struct pmfuse_sb_prob
 
 	rc = pmfuse_sb_probe(pool, probe);
 	if (rc && !strncmp(probe->why[0], "bad magic", 9) && !probe->blk[1]) {
-		err("%s: no pmfuse superblock in the first or the last block (not a pmfuse pool, or "
+		cli_err("%s: no pmfuse superblock in the first or the last block (not a pmfuse pool, or "
 		    "both copies overwritten)", o->path);
 		return FSCK_ERROR;
 	}
@@ -390,11 +381,11 @@ static int phase1(struct out *o, struct pmfuse_pool *pool, struct pmfuse_sb_prob
 		return FSCK_UNCORRECTED;
 	}
 	if (rc == -EOPNOTSUPP || rc == -EROFS) {
-		err("%s: %s", o->path, msg);
+		cli_err("%s: %s", o->path, msg);
 		return FSCK_ERROR;
 	}
 	if (rc) {
-		err("%s: cannot open the volume: %s%s%s", o->path, strerror(-rc), msg[0] ? ": " : "",
+		cli_err("%s: cannot open the volume: %s%s%s", o->path, strerror(-rc), msg[0] ? ": " : "",
 		    msg);
 		return FSCK_ERROR;
 	}
@@ -510,7 +501,7 @@ static int check_rc(struct out *o, int rc, const char *what)
 {
 	if (rc == -ENOMEM) {
 		phase_end(o);
-		err("%s: out of memory during the %s", o->path, what);
+		cli_err("%s: out of memory during the %s", o->path, what);
 		return FSCK_ERROR;
 	}
 	if (rc == -EINTR)
@@ -533,6 +524,7 @@ int main(int argc, char **argv)
 	struct args a;
 	int lockfd = -1, status, rc;
 
+	cli_prog = prog;
 	catch_signals();
 	status = parse(argc, argv, &a);
 	if (status)
@@ -546,7 +538,7 @@ int main(int argc, char **argv)
 	stdout_tty = o.tty;
 	ops.arg = &o;
 	if (a.repair)
-		err("-%c: repair is not implemented; checking read-only, as with -n", a.repair);
+		cli_err("-%c: repair is not implemented; checking read-only, as with -n", a.repair);
 
 	status = open_pool(a.path, &pool);
 	if (!status)
@@ -604,6 +596,6 @@ out:
 	if (lockfd >= 0)
 		close(lockfd);
 	if (status == FSCK_CANCELED)
-		err("%s: interrupted; nothing was changed", a.path);
+		cli_err("%s: interrupted; nothing was changed", a.path);
 	return status;
 }

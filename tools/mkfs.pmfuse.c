@@ -29,6 +29,8 @@
 #include "pool/pool.h"
 #include "util/util.h"
 
+#include "cli.h"
+
 static const char *prog = "mkfs.pmfuse";
 
 struct args {
@@ -57,16 +59,6 @@ static void usage(FILE *f)
 		prog, PMFUSE_LABEL_MAX);
 }
 
-__attribute__((format(printf, 1, 2)))
-static void err(const char *fmt, ...)
-{
-	va_list ap;
-	fprintf(stderr, "%s: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
 
 /* "1.5 GiB": for people; exact byte counts are printed next to it where they matter. */
 /* ---- signatures --------------------------------------------------------------------------- */
@@ -156,7 +148,7 @@ static int report(struct pmfuse_pool *pool, const char *path)
 	int rc = pmfuse_volume_open(pool, PMFUSE_VOL_RDONLY, &vol, msg, sizeof(msg));
 
 	if (rc) {
-		err("%s: the new filesystem does not open: %s (%s)", path, msg, strerror(-rc));
+		cli_err("%s: the new filesystem does not open: %s (%s)", path, msg, strerror(-rc));
 		return rc;
 	}
 	const struct pmfuse_sb *sb = &vol->sb;
@@ -214,7 +206,7 @@ static int parse(int argc, char **argv, struct args *a)
 		switch (c) {
 		case 's':
 			if (pmfuse_parse_size(optarg, &v) || v == 0) {
-				err("invalid size '%s' (examples: 1073741824, 512M, 4G)", optarg);
+				cli_err("invalid size '%s' (examples: 1073741824, 512M, 4G)", optarg);
 				return 1;
 			}
 			a->size = v;
@@ -222,7 +214,7 @@ static int parse(int argc, char **argv, struct args *a)
 		case 'b':
 			if (pmfuse_parse_size(optarg, &v) || v < PMFUSE_BLOCK_SIZE_MIN ||
 			    v > PMFUSE_BLOCK_SIZE_MAX || (v & (v - 1))) {
-				err("invalid block size '%s': a power of two from %u to %u", optarg,
+				cli_err("invalid block size '%s': a power of two from %u to %u", optarg,
 				    PMFUSE_BLOCK_SIZE_MIN, PMFUSE_BLOCK_SIZE_MAX);
 				return 1;
 			}
@@ -230,12 +222,12 @@ static int parse(int argc, char **argv, struct args *a)
 			break;
 		case 'L':
 			if (strlen(optarg) > PMFUSE_LABEL_MAX) {
-				err("label is %zu bytes long; at most %d", strlen(optarg),
+				cli_err("label is %zu bytes long; at most %d", strlen(optarg),
 				    PMFUSE_LABEL_MAX);
 				return 1;
 			}
 			if (!pmfuse_label_valid(optarg)) {
-				err("label must be UTF-8 text without control characters");
+				cli_err("label must be UTF-8 text without control characters");
 				return 1;
 			}
 			a->label = optarg;
@@ -256,7 +248,7 @@ static int parse(int argc, char **argv, struct args *a)
 		}
 	}
 	if (optind != argc - 1) {
-		err(optind >= argc ? "no POOL given" : "too many arguments");
+		cli_err(optind >= argc ? "no POOL given" : "too many arguments");
 		usage(stderr);
 		return 1;
 	}
@@ -271,7 +263,7 @@ static int too_small(const struct args *a, uint64_t size)
 
 	if (size >= min)
 		return 0;
-	err("%s: %llu bytes (%s) is too small: with %u-byte blocks a pool needs at least %llu "
+	cli_err("%s: %llu bytes (%s) is too small: with %u-byte blocks a pool needs at least %llu "
 	    "bytes (%s)", a->path, (unsigned long long)size, pmfuse_human_size(size, h1, sizeof(h1)),
 	    a->block_size, (unsigned long long)min, pmfuse_human_size(min, h2, sizeof(h2)));
 	return 1;
@@ -284,12 +276,12 @@ static int open_pool(const struct args *a, struct pmfuse_pool **pool)
 
 	if (rc == -EBUSY) {
 		pmfuse_pool_lock_holder(a->path, who, sizeof(who));
-		err("%s: in use by %s (mounted?); not formatting it", a->path, who);
+		cli_err("%s: in use by %s (mounted?); not formatting it", a->path, who);
 	} else if (rc == -EINVAL) {
-		err("%s: not a usable pool (empty, or neither a regular file nor a dax device)",
+		cli_err("%s: not a usable pool (empty, or neither a regular file nor a dax device)",
 		    a->path);
 	} else if (rc) {
-		err("%s: cannot open: %s", a->path, strerror(-rc));
+		cli_err("%s: cannot open: %s", a->path, strerror(-rc));
 	}
 	return rc;
 }
@@ -304,6 +296,7 @@ int main(int argc, char **argv)
 	char what[160];
 	int rc;
 
+	cli_prog = prog;
 	if (parse(argc, argv, &a))
 		return 1;
 	pmfuse_log_set_target(a.verbose ? PMFUSE_LOG_STDERR : PMFUSE_LOG_QUIET);
@@ -311,25 +304,25 @@ int main(int argc, char **argv)
 	/* 1. What POOL is, and whether SIZE fits it. */
 	if (stat(a.path, &st)) {
 		if (errno != ENOENT) {
-			err("%s: %s", a.path, strerror(errno));
+			cli_err("%s: %s", a.path, strerror(errno));
 			return 1;
 		}
 		if (!a.size) {
-			err("%s does not exist; give -s SIZE to create it", a.path);
+			cli_err("%s does not exist; give -s SIZE to create it", a.path);
 			return 1;
 		}
 		if (too_small(&a, a.size))
 			return 1;
 		rc = pmfuse_pool_create_file(a.path, a.size);
 		if (rc) {
-			err("%s: cannot create a file of %llu bytes: %s", a.path,
+			cli_err("%s: cannot create a file of %llu bytes: %s", a.path,
 			    (unsigned long long)a.size, strerror(-rc));
 			return 1;
 		}
 		created = true;
 	} else if (S_ISREG(st.st_mode)) {
 		if (a.size && a.size < (uint64_t)st.st_size) {
-			err("%s is %lld bytes, larger than -s %llu; pmfuse uses the whole file "
+			cli_err("%s is %lld bytes, larger than -s %llu; pmfuse uses the whole file "
 			    "(truncate it first, or leave out -s)", a.path, (long long)st.st_size,
 			    (unsigned long long)a.size);
 			return 1;
@@ -339,11 +332,11 @@ int main(int argc, char **argv)
 			return 1;
 	} else if (S_ISCHR(st.st_mode)) {
 		if (a.size) {
-			err("%s is a device: -s cannot resize it", a.path);
+			cli_err("%s is a device: -s cannot resize it", a.path);
 			return 1;
 		}
 	} else {
-		err("%s is neither a regular file nor a dax character device", a.path);
+		cli_err("%s is neither a regular file nor a dax character device", a.path);
 		return 1;
 	}
 
@@ -352,7 +345,7 @@ int main(int argc, char **argv)
 		goto fail;
 	if (!created && find_signature(pool, what, sizeof(what))) {
 		if (!a.force) {
-			err("%s contains %s; use -f to overwrite it", a.path, what);
+			cli_err("%s contains %s; use -f to overwrite it", a.path, what);
 			goto fail;
 		}
 		if (!a.quiet)
@@ -363,7 +356,7 @@ int main(int argc, char **argv)
 		pool = NULL;
 		rc = pmfuse_pool_create_file(a.path, a.size);
 		if (rc) {
-			err("%s: cannot grow to %llu bytes: %s", a.path, (unsigned long long)a.size,
+			cli_err("%s: cannot grow to %llu bytes: %s", a.path, (unsigned long long)a.size,
 			    strerror(-rc));
 			goto fail;
 		}
@@ -381,7 +374,7 @@ int main(int argc, char **argv)
 	}
 	rc = pmfuse_mkfs(pool, &o);
 	if (rc) {
-		err("%s: formatting failed: %s", a.path, strerror(-rc));
+		cli_err("%s: formatting failed: %s", a.path, strerror(-rc));
 		goto fail;
 	}
 	if (a.quiet) {
@@ -389,7 +382,7 @@ int main(int argc, char **argv)
 		char msg[512];
 		rc = pmfuse_volume_open(pool, PMFUSE_VOL_RDONLY, &vol, msg, sizeof(msg));
 		if (rc) {
-			err("%s: the new filesystem does not open: %s", a.path, msg);
+			cli_err("%s: the new filesystem does not open: %s", a.path, msg);
 			goto fail;
 		}
 		pmfuse_volume_close(vol);

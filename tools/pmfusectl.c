@@ -41,6 +41,8 @@
 #include "pool/pool.h"
 #include "util/util.h"
 
+#include "cli.h"
+
 #define EXIT_USAGE 1
 #define EXIT_DAMAGED 2
 
@@ -61,7 +63,7 @@ static void usage(FILE *f);
 /*
  * The progress line of a long command on stderr ("\rscanning: 1.2 GiB of 4.0 GiB (30%)"), at
  * most 4 times a second, only when stderr is a terminal and the command wants it (on). A
- * message ends the line first (err() does); the next update starts a new one.
+ * message ends the line first (cli_err() does); the next update starts a new one.
  */
 struct progress {
 	bool on;
@@ -119,6 +121,12 @@ static void progress_break(struct progress *p)
 	p->width = 0;
 }
 
+/* Before an error message: the message starts on a line of its own. */
+static void end_progress_line(void)
+{
+	progress_break(&progress);
+}
+
 /* The phase's last figures, and the end of its line. */
 static void progress_end(struct progress *p)
 {
@@ -127,17 +135,6 @@ static void progress_end(struct progress *p)
 	p->what = NULL;
 }
 
-__attribute__((format(printf, 1, 2)))
-static void err(const char *fmt, ...)
-{
-	va_list ap;
-	progress_break(&progress);
-	fprintf(stderr, "%s: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
 
 static void cmd_usage(const struct command *cmd, FILE *f)
 {
@@ -168,7 +165,7 @@ static int common_opts(const struct command *cmd, int argc, char **argv, int ope
 		return EXIT_USAGE;
 	}
 	if (argc - optind != operands) {
-		err("%s: %s", cmd->name, argc - optind < operands ? "missing operand" :
+		cli_err("%s: %s", cmd->name, argc - optind < operands ? "missing operand" :
 		    "too many operands");
 		cmd_usage(cmd, stderr);
 		return EXIT_USAGE;
@@ -196,9 +193,9 @@ static int open_ro(const char *path, struct pmfuse_pool **pool)
 	int rc = pmfuse_pool_open(path, PMFUSE_POOL_RDONLY, pool);
 
 	if (rc == -EINVAL)
-		err("%s: not a pool (empty, or neither a regular file nor a dax device)", path);
+		cli_err("%s: not a pool (empty, or neither a regular file nor a dax device)", path);
 	else if (rc)
-		err("%s: cannot open: %s", path, strerror(-rc));
+		cli_err("%s: cannot open: %s", path, strerror(-rc));
 	return rc;
 }
 
@@ -297,7 +294,7 @@ static int cmd_info(const struct command *cmd, int argc, char **argv)
 	print_copy(&probe, 1);
 	if (rc) {
 		bool seen = strncmp(probe.why[0], "bad magic", 9) || probe.blk[1];
-		err("%s: damaged: no valid superblock: %s", path, seen ?
+		cli_err("%s: damaged: no valid superblock: %s", path, seen ?
 		    "both copies fail their checks" :
 		    "neither copy found (not a pmfuse pool, or both superblocks overwritten)");
 		pmfuse_pool_close(pool);
@@ -315,12 +312,12 @@ static int cmd_info(const struct command *cmd, int argc, char **argv)
 		usleep(50 * 1000);
 	}
 	if (rc == -EOPNOTSUPP || rc == -EROFS) {
-		err("%s: %s", path, msg);
+		cli_err("%s: %s", path, msg);
 		pmfuse_pool_close(pool);
 		return EXIT_USAGE;
 	}
 	if (rc) {
-		err("%s: %s: %s%s", path, rc == -EUCLEAN ? "damaged" : "cannot open the volume", msg,
+		cli_err("%s: %s: %s%s", path, rc == -EUCLEAN ? "damaged" : "cannot open the volume", msg,
 		    in_use ? " (the pool is in use; this may be a change in flight)" : "");
 		pmfuse_pool_close(pool);
 		return rc == -EUCLEAN ? EXIT_DAMAGED : EXIT_USAGE;
@@ -345,7 +342,7 @@ static int cmd_info(const struct command *cmd, int argc, char **argv)
 		row("free", "unknown: the bitmap is being changed (%s)",
 		    vol->log_pending ? "unfinished transaction" : "the pool is in use");
 	} else if (rc) {
-		err("%s: damaged: free-space bitmap (blocks %llu..%llu) fails its checks%s", path,
+		cli_err("%s: damaged: free-space bitmap (blocks %llu..%llu) fails its checks%s", path,
 		    (unsigned long long)g.bitmap_start,
 		    (unsigned long long)(g.bitmap_start + g.bitmap_blocks - 1),
 		    verbose ? "" : " (-v names the block)");
@@ -362,7 +359,7 @@ static int cmd_info(const struct command *cmd, int argc, char **argv)
 	if (msg[0])
 		printf("note: %s\n", msg);
 	if (status == EXIT_DAMAGED && !rc)
-		err("%s: damaged: %s", path, msg);
+		cli_err("%s: damaged: %s", path, msg);
 	pmfuse_volume_close(vol);
 	pmfuse_pool_close(pool);
 	return status;
@@ -421,7 +418,7 @@ static int file_opts(const struct command *cmd, int argc, char **argv, const cha
 		}
 	}
 	if (argc - optind < min || argc - optind > max) {
-		err("%s: %s", cmd->name, argc - optind < min ? "missing operand" :
+		cli_err("%s: %s", cmd->name, argc - optind < min ? "missing operand" :
 		    "too many operands");
 		cmd_usage(cmd, stderr);
 		return EXIT_USAGE;
@@ -433,9 +430,9 @@ static int file_opts(const struct command *cmd, int argc, char **argv, const cha
 static void ioc_err(const char *path, const char *what, int e)
 {
 	if (e == ENOTTY)
-		err("%s: not on a pmfuse mount", path);
+		cli_err("%s: not on a pmfuse mount", path);
 	else
-		err("%s: %s: %s", path, what, strerror(e));
+		cli_err("%s: %s: %s", path, what, strerror(e));
 }
 
 /* Calls fn for each mapped extent of the file open on fd, in file order. 0 or -errno. */
@@ -488,11 +485,11 @@ static int open_file(const char *path, int flags, int flags2, struct stat *st, u
 	int fd, rc;
 
 	if (stat(path, st)) {
-		err("%s: %s", path, strerror(errno));
+		cli_err("%s: %s", path, strerror(errno));
 		return -1;
 	}
 	if (!S_ISREG(st->st_mode)) {
-		err("%s: %s", path, S_ISDIR(st->st_mode) ? "is a directory" : "not a regular file");
+		cli_err("%s: %s", path, S_ISDIR(st->st_mode) ? "is a directory" : "not a regular file");
 		return -1;
 	}
 	fd = open(path, flags | how);
@@ -500,13 +497,13 @@ static int open_file(const char *path, int flags, int flags2, struct stat *st, u
 				       errno == ETXTBSY))
 		fd = open(path, flags2 | how);
 	if (fd < 0 || fstat(fd, st)) {
-		err("%s: %s", path, strerror(errno));
+		cli_err("%s: %s", path, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		return -1;
 	}
 	if (!S_ISREG(st->st_mode)) {         /* replaced since the stat */
-		err("%s: not a regular file", path);
+		cli_err("%s: not a regular file", path);
 		close(fd);
 		return -1;
 	}
@@ -524,13 +521,13 @@ static int range_opt(const struct command *cmd, int argc, char **argv, uint64_t 
 	static const char *const what[] = { "SRC_OFF", "LEN", "DST_OFF" };
 
 	if (argc - optind < 3) {
-		err("%s: --range needs SRC_OFF LEN DST_OFF", cmd->name);
+		cli_err("%s: --range needs SRC_OFF LEN DST_OFF", cmd->name);
 		cmd_usage(cmd, stderr);
 		return EXIT_USAGE;
 	}
 	for (int i = 0; i < 3; i++) {
 		if (pmfuse_parse_size(argv[optind + i], &r[i])) {
-			err("%s: %s: not a size: '%s'", cmd->name, what[i], argv[optind + i]);
+			cli_err("%s: %s: not a size: '%s'", cmd->name, what[i], argv[optind + i]);
 			return EXIT_USAGE;
 		}
 	}
@@ -559,28 +556,28 @@ static void clone_err(int e, const char *src, const char *dst, uint32_t bs)
 {
 	switch (e) {
 	case ENOTTY:
-		err("%s: not on a pmfuse mount", dst);
+		cli_err("%s: not on a pmfuse mount", dst);
 		break;
 	case EXDEV:
-		err("cannot clone '%s' to '%s': not on the same pmfuse file system", src, dst);
+		cli_err("cannot clone '%s' to '%s': not on the same pmfuse file system", src, dst);
 		break;
 	case EINVAL:
-		err("cannot clone '%s' to '%s': invalid range: offsets and length must be "
+		cli_err("cannot clone '%s' to '%s': invalid range: offsets and length must be "
 		    "multiples of the block size (%u), except a range that ends at the end of the "
 		    "source and at or beyond the end of the destination; ranges in one file must "
 		    "not overlap", src, dst, bs);
 		break;
 	case EOPNOTSUPP:
-		err("cannot clone '%s' to '%s': the pmfuse daemon does not support cloning", src,
+		cli_err("cannot clone '%s' to '%s': the pmfuse daemon does not support cloning", src,
 		    dst);
 		break;
 	case EPERM:
-		err("cannot clone '%s' to '%s': %s (the daemon could not take the source "
+		cli_err("cannot clone '%s' to '%s': %s (the daemon could not take the source "
 		    "descriptor from this process: another pid namespace, or no rights)", src, dst,
 		    strerror(e));
 		break;
 	default:
-		err("cannot clone '%s' to '%s': %s", src, dst, strerror(e));
+		cli_err("cannot clone '%s' to '%s': %s", src, dst, strerror(e));
 	}
 }
 
@@ -627,22 +624,22 @@ static int cmd_clone(const struct command *cmd, int argc, char **argv)
 		const char *base = strrchr(src, '/') ? strrchr(src, '/') + 1 : src;
 
 		if (asprintf(&dst_alloc, "%s/%s", dst, base) < 0) {
-			err("out of memory");
+			cli_err("out of memory");
 			goto out;
 		}
 		dst = dst_alloc;
 	}
 	dfd = open_dst(dst, ss.st_mode & 0777, &created);
 	if (dfd < 0 || fstat(dfd, &ds)) {
-		err("%s: %s", dst, strerror(errno));
+		cli_err("%s: %s", dst, strerror(errno));
 		goto out;
 	}
 	if (!S_ISREG(ds.st_mode)) {
-		err("%s: not a regular file", dst);
+		cli_err("%s: not a regular file", dst);
 		goto out;
 	}
 	if (!clone_ranged && ds.st_dev == ss.st_dev && ds.st_ino == ss.st_ino) {
-		err("'%s' and '%s' are the same file", src, dst);
+		cli_err("'%s' and '%s' are the same file", src, dst);
 		goto out;
 	}
 	if (ds.st_dev != ss.st_dev) {
@@ -656,11 +653,11 @@ static int cmd_clone(const struct command *cmd, int argc, char **argv)
 	}
 	/* Pages a shared mapping dirtied are not on the pool until written back. */
 	if (fsync(sfd) || (clone_ranged && fsync(dfd))) {
-		err("%s: fsync: %s", clone_ranged ? dst : src, strerror(errno));
+		cli_err("%s: fsync: %s", clone_ranged ? dst : src, strerror(errno));
 		goto out;
 	}
 	if (!clone_ranged && ftruncate(dfd, 0)) {
-		err("%s: truncate: %s", dst, strerror(errno));
+		cli_err("%s: truncate: %s", dst, strerror(errno));
 		goto out;
 	}
 	memset(&a, 0, sizeof(a));
@@ -675,13 +672,13 @@ static int cmd_clone(const struct command *cmd, int argc, char **argv)
 
 		clone_err(e, src, dst, bs);
 		if (!created && !clone_ranged && e != ENOTTY)
-			err("%s: was truncated%s", dst, e == ENOSPC ?
+			cli_err("%s: was truncated%s", dst, e == ENOSPC ?
 			    " and may hold part of the source" : "");
 		goto out;
 	}
 	if (close(dfd)) {
 		dfd = -1;
-		err("%s: %s", dst, strerror(errno));
+		cli_err("%s: %s", dst, strerror(errno));
 		goto out;
 	}
 	dfd = -1;
@@ -691,7 +688,7 @@ out:
 	if (dfd >= 0)
 		close(dfd);
 	if (created && unlink(dst))
-		err("%s: cannot remove it again: %s", dst, strerror(errno));
+		cli_err("%s: cannot remove it again: %s", dst, strerror(errno));
 	if (sfd >= 0)
 		close(sfd);
 	free(dst_alloc);
@@ -710,7 +707,7 @@ static int cmd_unshare(const struct command *cmd, int argc, char **argv)
 	if ((rc = file_opts(cmd, argc, argv, "h", NULL, NULL, 1, 3)) >= 0)
 		return rc;
 	if (argc - optind == 2) {
-		err("unshare: give both OFF and LEN, or neither");
+		cli_err("unshare: give both OFF and LEN, or neither");
 		cmd_usage(cmd, stderr);
 		return EXIT_USAGE;
 	}
@@ -718,20 +715,20 @@ static int cmd_unshare(const struct command *cmd, int argc, char **argv)
 	memset(&a, 0, sizeof(a));
 	if (argc - optind == 3 && (pmfuse_parse_size(argv[optind + 1], &a.offset) ||
 				   pmfuse_parse_size(argv[optind + 2], &a.length))) {
-		err("unshare: not a size: '%s'", pmfuse_parse_size(argv[optind + 1], &a.offset) ?
+		cli_err("unshare: not a size: '%s'", pmfuse_parse_size(argv[optind + 1], &a.offset) ?
 		    argv[optind + 1] : argv[optind + 2]);
 		return EXIT_USAGE;
 	}
 	fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0 || fstat(fd, &st)) {
-		err("%s: %s", path, strerror(errno));
+		cli_err("%s: %s", path, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		return EXIT_USAGE;
 	}
 	rc = 0;
 	if (!S_ISREG(st.st_mode)) {
-		err("%s: not a regular file", path);
+		cli_err("%s: not a regular file", path);
 		rc = EXIT_USAGE;
 	} else if (ioctl(fd, PMFUSE_IOC_UNSHARE, &a)) {
 		ioc_err(path, "cannot unshare", errno);
@@ -870,7 +867,7 @@ static void walk_dir(struct walk *w, int fd, const char *path, dev_t dev, void *
 	struct dirent *de;
 
 	if (!d) {
-		err("%s: %s", path, strerror(errno));
+		cli_err("%s: %s", path, strerror(errno));
 		close(fd);
 		w->status = EXIT_USAGE;
 		return;
@@ -882,7 +879,7 @@ static void walk_dir(struct walk *w, int fd, const char *path, dev_t dev, void *
 			continue;
 		if (asprintf(&child, "%s%s%s", path, path[strlen(path) - 1] == '/' ? "" : "/",
 			     de->d_name) < 0) {
-			err("out of memory");
+			cli_err("out of memory");
 			w->status = EXIT_USAGE;
 			break;
 		}
@@ -890,7 +887,7 @@ static void walk_dir(struct walk *w, int fd, const char *path, dev_t dev, void *
 		free(child);
 	}
 	if (errno) {
-		err("%s: %s", path, strerror(errno));
+		cli_err("%s: %s", path, strerror(errno));
 		w->status = EXIT_USAGE;
 	}
 	closedir(d);
@@ -907,7 +904,7 @@ static void walk_path(struct walk *w, int dirfd, const char *name, const char *p
 	int fd;
 
 	if (fstatat(dirfd, name, &st, top ? 0 : AT_SYMLINK_NOFOLLOW)) {
-		err("%s: %s", path, strerror(errno));
+		cli_err("%s: %s", path, strerror(errno));
 		w->status = EXIT_USAGE;
 		return;
 	}
@@ -921,7 +918,7 @@ static void walk_path(struct walk *w, int dirfd, const char *name, const char *p
 	fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK |
 		    (top ? 0 : O_NOFOLLOW) | (S_ISDIR(st.st_mode) ? O_DIRECTORY : 0));
 	if (fd < 0) {
-		err("%s: %s", path, strerror(errno));
+		cli_err("%s: %s", path, strerror(errno));
 		w->status = EXIT_USAGE;
 		return;
 	}
@@ -1048,7 +1045,7 @@ static void du_add(struct walk *w, struct du_sum *sum, struct du_sum *own)
 	sum->total += own->total;
 	sum->excl += own->excl;
 	if (ranges_append(&sum->shared, &own->shared)) {
-		err("out of memory");
+		cli_err("out of memory");
 		w->status = EXIT_USAGE;
 	}
 	free(own->shared.r);
@@ -1326,31 +1323,31 @@ static void dedupe_err(int e, const char *src, const char *dst, uint32_t bs)
 {
 	switch (e) {
 	case ENOTTY:
-		err("%s: not on a pmfuse mount", src);
+		cli_err("%s: not on a pmfuse mount", src);
 		break;
 	case EXDEV:
-		err("cannot dedupe '%s' into '%s': not on the same pmfuse file system", src, dst);
+		cli_err("cannot dedupe '%s' into '%s': not on the same pmfuse file system", src, dst);
 		break;
 	case EINVAL:
-		err("cannot dedupe '%s' into '%s': invalid range: offsets must be multiples of the "
+		cli_err("cannot dedupe '%s' into '%s': invalid range: offsets must be multiples of the "
 		    "block size (%u) and both ranges inside their files (did one change size?); "
 		    "ranges in one file must not overlap", src, dst, bs);
 		break;
 	case EPERM:
-		err("cannot dedupe '%s' into '%s': %s: the caller may not write '%s' and does not "
+		cli_err("cannot dedupe '%s' into '%s': %s: the caller may not write '%s' and does not "
 		    "own it (or the daemon could not take the descriptor from this process)", src,
 		    dst, strerror(e), dst);
 		break;
 	case EOPNOTSUPP:
-		err("cannot dedupe '%s' into '%s': the pmfuse daemon does not support dedupe", src,
+		cli_err("cannot dedupe '%s' into '%s': the pmfuse daemon does not support dedupe", src,
 		    dst);
 		break;
 	case ENOSPC:
-		err("cannot dedupe '%s' into '%s': %s (part of the range may be shared already)",
+		cli_err("cannot dedupe '%s' into '%s': %s (part of the range may be shared already)",
 		    src, dst, strerror(e));
 		break;
 	default:
-		err("cannot dedupe '%s' into '%s': %s", src, dst, strerror(e));
+		cli_err("cannot dedupe '%s' into '%s': %s", src, dst, strerror(e));
 	}
 }
 
@@ -1480,7 +1477,7 @@ static int dd_compare(struct dd *d, struct dd_two *t)
 	sbuf = malloc(DD_CHUNK);
 	dbuf = malloc(DD_CHUNK);
 	if (!sbuf || !dbuf) {
-		err("out of memory");
+		cli_err("out of memory");
 		goto out;
 	}
 	progress_begin(&progress, "comparing", t->len);
@@ -1490,7 +1487,7 @@ static int dd_compare(struct dd *d, struct dd_two *t)
 		ssize_t nd = ns < 0 ? 0 : pread_full(t->dfd, dbuf, want, t->dof + pos);
 
 		if (ns < 0 || nd < 0 || (size_t)ns < want || (size_t)nd < want) {
-			err("%s: %s", ns < 0 || (size_t)ns < want ? t->src : t->dst,
+			cli_err("%s: %s", ns < 0 || (size_t)ns < want ? t->src : t->dst,
 			    ns < 0 || nd < 0 ? strerror((int)-(ns < 0 ? ns : nd)) :
 			    "shorter than when it was opened: changed meanwhile");
 			goto out;
@@ -1552,7 +1549,7 @@ static int dd_src_dst(struct dd *d, const char *src, const char *dst)
 		goto out;
 	}
 	if (!dd_ranged && ds.st_ino == ss.st_ino) {
-		err("'%s' and '%s' are the same file", src, dst);
+		cli_err("'%s' and '%s' are the same file", src, dst);
 		goto out;
 	}
 	ssize = (uint64_t)ss.st_size;
@@ -1563,13 +1560,13 @@ static int dd_src_dst(struct dd *d, const char *src, const char *dst)
 		t.dof = dd_args[2];
 	}
 	if (!t.bs || t.so % t.bs || t.dof % t.bs) {
-		err("dedupe: offsets must be multiples of the block size (%u)", t.bs);
+		cli_err("dedupe: offsets must be multiples of the block size (%u)", t.bs);
 		goto out;
 	}
 	if (t.so > ssize || t.len > ssize - t.so || t.dof > dsize || t.len > dsize - t.dof) {
 		bool s = t.so > ssize || t.len > ssize - t.so;
 
-		err("dedupe: the range is not inside '%s' (%llu bytes)", s ? src : dst,
+		cli_err("dedupe: the range is not inside '%s' (%llu bytes)", s ? src : dst,
 		    (unsigned long long)(s ? ssize : dsize));
 		goto out;
 	}
@@ -1579,12 +1576,12 @@ static int dd_src_dst(struct dd *d, const char *src, const char *dst)
 	if (t.len % t.bs && (t.so + t.len != ssize || t.dof + t.len != dsize))
 		t.len = t.len / t.bs * t.bs;
 	if (ds.st_ino == ss.st_ino && t.so < t.dof + t.len && t.dof < t.so + t.len) {
-		err("dedupe: ranges in one file must not overlap");
+		cli_err("dedupe: ranges in one file must not overlap");
 		goto out;
 	}
 	/* pages a shared mapping dirtied reach the pool, where the daemon compares */
 	if (fsync(t.sfd) || fsync(t.dfd)) {
-		err("fsync: %s", strerror(errno));
+		cli_err("fsync: %s", strerror(errno));
 		goto out;
 	}
 	status = dd_compare(d, &t);
@@ -1623,7 +1620,7 @@ static void dd_found(struct walk *w, int fd, const char *path, const struct stat
 		return;
 	}
 	if ((uint64_t)st->st_size / bs >= UINT32_MAX) {
-		err("%s: too large for --scan (2^32 blocks or more); skipped", path);
+		cli_err("%s: too large for --scan (2^32 blocks or more); skipped", path);
 		w->status = EXIT_USAGE;
 		return;
 	}
@@ -1648,7 +1645,7 @@ static void dd_found(struct walk *w, int fd, const char *path, const struct stat
 	d->nfile++;
 	return;
 oom:
-	err("out of memory");
+	cli_err("out of memory");
 	w->status = EXIT_USAGE;
 }
 
@@ -1676,7 +1673,7 @@ static int dd_reopen(struct dd *d, uint32_t i, int flags, int flags2, struct sta
 	int fd = open_file(f->path, flags, flags2, st, &bs);
 
 	if (fd >= 0 && (st->st_dev != f->dev || st->st_ino != f->ino || bs != f->bs)) {
-		err("%s: replaced meanwhile; skipped", f->path);
+		cli_err("%s: replaced meanwhile; skipped", f->path);
 		close(fd);
 		fd = -1;
 	}
@@ -1718,7 +1715,7 @@ static int dd_read(struct dd *d, uint32_t i, uint8_t *buf)
 		return 0;
 	}
 	if (fsync(fd)) {
-		err("%s: fsync: %s", f->path, strerror(errno));
+		cli_err("%s: fsync: %s", f->path, strerror(errno));
 		goto fail;
 	}
 	if ((rc = extmap_load(fd, &m))) {
@@ -1734,7 +1731,7 @@ static int dd_read(struct dd *d, uint32_t i, uint8_t *buf)
 			ssize_t n = pread_full(fd, buf, want, off);
 
 			if (n < 0) {
-				err("%s: read: %s", f->path, strerror((int)-n));
+				cli_err("%s: read: %s", f->path, strerror((int)-n));
 				goto fail;
 			}
 			for (size_t k = 0; k < (size_t)n; k += bs) {
@@ -1749,7 +1746,7 @@ static int dd_read(struct dd *d, uint32_t i, uint8_t *buf)
 						  e->physical + (off + k - e->logical), i,
 						  (uint32_t)b);
 				if (rc) {
-					err("out of memory");
+					cli_err("out of memory");
 					goto fail;
 				}
 			}
@@ -1963,7 +1960,7 @@ static int dd_scan_paths(struct dd *d, int argc, char **argv)
 		d->blk = malloc(PMFUSE_MAX(blocks, (uint64_t)1) * sizeof(*d->blk));
 	buf = malloc(DD_CHUNK);
 	if (!d->blk || !buf) {
-		err("out of memory");
+		cli_err("out of memory");
 		goto fail;
 	}
 	d->cap_blk = (size_t)blocks;
@@ -2014,12 +2011,12 @@ static int cmd_dedupe(const struct command *cmd, int argc, char **argv)
 	if ((rc = file_opts(cmd, argc, argv, "+hq", extra, dd_opt, 1, INT32_MAX)) >= 0)
 		return rc;
 	if (dd_scan && dd_ranged) {
-		err("dedupe: --range and --scan exclude each other");
+		cli_err("dedupe: --range and --scan exclude each other");
 		cmd_usage(cmd, stderr);
 		return EXIT_USAGE;
 	}
 	if (!dd_scan && argc - optind != 2) {
-		err("dedupe: %s", argc - optind < 2 ? "missing operand" : "too many operands");
+		cli_err("dedupe: %s", argc - optind < 2 ? "missing operand" : "too many operands");
 		cmd_usage(cmd, stderr);
 		return EXIT_USAGE;
 	}
@@ -2047,7 +2044,7 @@ static int cmd_help(const struct command *cmd, int argc, char **argv)
 	if (argc == 2) {
 		const struct command *c = find_command(argv[1]);
 		if (!c) {
-			err("unknown command '%s'", argv[1]);
+			cli_err("unknown command '%s'", argv[1]);
 			return EXIT_USAGE;
 		}
 		cmd_usage(c, stdout);
@@ -2154,6 +2151,8 @@ int main(int argc, char **argv)
 	};
 	int c;
 
+	cli_prog = prog;
+	cli_before_err = end_progress_line;
 	/* Global options end at the command name ('+': no permutation). */
 	while ((c = getopt_long(argc, argv, "+hVv", opts, NULL)) != -1) {
 		switch (c) {
@@ -2173,13 +2172,13 @@ int main(int argc, char **argv)
 		}
 	}
 	if (optind >= argc) {
-		err("no command given");
+		cli_err("no command given");
 		usage(stderr);
 		return EXIT_USAGE;
 	}
 	const struct command *cmd = find_command(argv[optind]);
 	if (!cmd) {
-		err("unknown command '%s'", argv[optind]);
+		cli_err("unknown command '%s'", argv[optind]);
 		usage(stderr);
 		return EXIT_USAGE;
 	}
