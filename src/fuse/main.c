@@ -199,20 +199,21 @@ static int mount_open(struct mount *m)
 	if (rc) {
 		pmfuse_log(PMFUSE_LOG_ERR, "%s: %s", m->path, msg[0] ? msg : strerror(-rc));
 		if (rc == -EUCLEAN)
-			pmfuse_log(PMFUSE_LOG_ERR, "%s: run fsck.pmfuse", m->path);
+			pmfuse_log(PMFUSE_LOG_ERR, "%s: damaged; fsck.pmfuse -f lists what is wrong",
+				   m->path);
 		return rc;
 	}
 	if (msg[0])
 		pmfuse_log(PMFUSE_LOG_WARN, "%s: %s", m->path, msg);
 	if (m->vol->log_pending) {
 		pmfuse_log(PMFUSE_LOG_ERR, "%s: an interrupted transaction waits for recovery; "
-			   "mount read-write once (or run fsck.pmfuse) first", m->path);
+			   "mount read-write once first (that rolls it back)", m->path);
 		return -EROFS;
 	}
 	rc = pmfuse_fs_open(m->vol, &fs_opts, &m->fs);
 	if (rc) {
 		pmfuse_log(PMFUSE_LOG_ERR, "%s: cannot open the filesystem: %s%s", m->path,
-			   strerror(-rc), rc == -EUCLEAN ? " (run fsck.pmfuse)" : "");
+			   strerror(-rc), rc == -EUCLEAN ? " (fsck.pmfuse -f lists what is wrong)" : "");
 		return rc;
 	}
 	return 0;
