@@ -194,6 +194,11 @@ int pmfuse_fs_fsync(struct pmfuse_fs *fs, uint64_t ino);
  */
 int pmfuse_fs_clone_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
 			  uint64_t len, uint64_t dst_ino, uint64_t dst_off);
+/* The same, and dst's size just before the clone, read under the same lock (the daemon decides
+ * from it whether the kernel can have cached pages of the range). */
+int pmfuse_fs_clone_range_sized(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+				uint64_t len, uint64_t dst_ino, uint64_t dst_off,
+				uint64_t *dst_size_before);
 
 /*
  * copy_file_range: copies len bytes (clipped at src EOF), sharing every whole block when

@@ -360,8 +360,9 @@ static int rfiles_get(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t dst_ino, 
 	return rc;
 }
 
-int pmfuse_fs_clone_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
-			  uint64_t len, uint64_t dst_ino, uint64_t dst_off)
+int pmfuse_fs_clone_range_sized(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+				uint64_t len, uint64_t dst_ino, uint64_t dst_off,
+				uint64_t *dst_size_before)
 {
 	struct rfile s, d, *dp;
 	struct clone c;
@@ -371,12 +372,20 @@ int pmfuse_fs_clone_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_o
 		return -EROFS;
 	pthread_rwlock_wrlock(&fs->lock);
 	rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
+	if (!rc && dst_size_before)
+		*dst_size_before = rsize(dp);
 	if (!rc)
 		rc = clone_prep(fs, &s, src_off, len, dp, dst_off, &c);
 	if (!rc)
 		rc = clone_run(&c);
 	pthread_rwlock_unlock(&fs->lock);
 	return rc < 0 ? rc : 0;
+}
+
+int pmfuse_fs_clone_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			  uint64_t len, uint64_t dst_ino, uint64_t dst_off)
+{
+	return pmfuse_fs_clone_range_sized(fs, src_ino, src_off, len, dst_ino, dst_off, NULL);
 }
 
 /* ---- copy_file_range ------------------------------------------------------------------------ */

@@ -238,11 +238,8 @@ static bool caller_has(const struct fuse_ctx *ctx, int cap)
 	return caps & PMFUSE_CAP(cap);
 }
 
-/*
- * Clears setuid/setgid of a file a clone is about to change, as file_remove_privs() does.
- * Returns the file's size before the clone in *size.
- */
-static int remove_privs(fuse_req_t req, uint64_t ino, uint64_t *size)
+/* Clears setuid/setgid of a file a clone is about to change, as file_remove_privs() does. */
+static int remove_privs(fuse_req_t req, uint64_t ino)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct pmfuse_cred cred = {
@@ -255,7 +252,6 @@ static int remove_privs(fuse_req_t req, uint64_t ino, uint64_t *size)
 	rc = pmfuse_fs_getattr(fs_of(req), ino, &a);
 	if (rc)
 		return rc;
-	*size = a.size;
 	if (!(a.mode & S_ISUID) && (a.mode & (S_ISGID | S_IXGRP)) != (S_ISGID | S_IXGRP))
 		return 0;
 	if (caller_has(ctx, CAP_FSETID))
@@ -327,10 +323,12 @@ static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	if (!rc && (src_flags & O_ACCMODE) == O_WRONLY)
 		rc = -EBADF;
 	if (!rc)
-		rc = remove_privs(req, ino, &old_size);
+		rc = remove_privs(req, ino);
 	if (!rc) {
-		rc = pmfuse_fs_clone_range(fs_of(req), src_ino, a.src_offset, a.src_length, ino,
-					   a.dest_offset);
+		/* the size before, under the clone's lock: a concurrent write that extends the
+		 * file is either in it (and its pages dropped) or lands after the clone */
+		rc = pmfuse_fs_clone_range_sized(fs_of(req), src_ino, a.src_offset, a.src_length,
+						 ino, a.dest_offset, &old_size);
 		/* also on failure: -ENOSPC may leave part of the range cloned */
 		if (beyond_cache(old_size, a.dest_offset)) {
 			pmfuse_notifier_inval_attr(n, ino);
