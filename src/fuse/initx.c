@@ -47,8 +47,8 @@ static ssize_t initx_read(int fd, void *buf, size_t len, void *userdata)
 		if (in->opcode == FUSE_INIT) {
 			const struct fuse_init_in *arg = (const void *)(in + 1);
 
-			initx->init_unique = in->unique;
 			initx->offered = arg->flags;
+			__atomic_store_n(&initx->init_unique, in->unique, __ATOMIC_RELEASE);
 		}
 	}
 	return n;
@@ -57,17 +57,19 @@ static ssize_t initx_read(int fd, void *buf, size_t len, void *userdata)
 static ssize_t initx_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	const size_t flags_end = offsetof(struct fuse_init_out, flags) + sizeof(uint32_t);
+	/* every reply passes here, on every worker thread; only INIT's is looked at */
+	uint64_t init_unique = __atomic_load_n(&initx->init_unique, __ATOMIC_ACQUIRE);
 	struct fuse_init_out out;
 	struct iovec copy[2];
 
 	(void)userdata;
-	if (initx->init_unique && count == 2 &&
+	if (init_unique && count == 2 &&
 	    iov[0].iov_len == sizeof(struct fuse_out_header) && iov[1].iov_len >= flags_end &&
 	    iov[1].iov_len <= sizeof(out)) {
 		const struct fuse_out_header *oh = iov[0].iov_base;
 
-		if (oh->unique == initx->init_unique) {
-			initx->init_unique = 0;
+		if (oh->unique == init_unique) {
+			__atomic_store_n(&initx->init_unique, 0, __ATOMIC_RELAXED);
 			if (oh->error == 0 && (initx->offered & FUSE_HANDLE_KILLPRIV_V2)) {
 				memcpy(&out, iov[1].iov_base, iov[1].iov_len);
 				out.flags |= FUSE_HANDLE_KILLPRIV_V2;
