@@ -15,6 +15,7 @@
  * Randomized tests print their seed; PMFUSE_SEED=n replays one run.
  */
 #include "harness_fs.h"
+#include "model_file.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -132,121 +133,6 @@ static uint64_t check_space(struct th_env *e)
 }
 
 /* ---- the model ------------------------------------------------------------------------------ */
-
-struct mfile {
-	uint64_t ino;
-	char name[32];
-	uint8_t *data;     /* cap bytes; zero past size */
-	uint64_t size;
-	uint8_t *mapped;   /* one byte per block */
-	uint64_t cap, nblk;
-};
-
-static void mfile_init(struct th_env *e, struct mfile *mf, const char *name, uint64_t cap)
-{
-	memset(mf, 0, sizeof(*mf));
-	snprintf(mf->name, sizeof(mf->name), "%s", name);
-	mf->ino = th_mkfile(e, name);
-	mf->cap = cap;
-	mf->nblk = cap / e->bs + 1;
-	mf->data = calloc(cap, 1);
-	mf->mapped = calloc(mf->nblk, 1);
-	assert_non_null(mf->data);
-	assert_non_null(mf->mapped);
-}
-
-static void mfile_free(struct mfile *mf)
-{
-	free(mf->data);
-	free(mf->mapped);
-}
-
-static void m_map(struct mfile *mf, uint32_t bs, uint64_t lo, uint64_t hi, uint8_t v)
-{
-	for (uint64_t b = lo / bs; b * bs < hi; b++)
-		mf->mapped[b] = v;
-}
-
-static uint64_t m_mapped_blocks(const struct mfile *mf)
-{
-	uint64_t n = 0;
-
-	for (uint64_t b = 0; b < mf->nblk; b++)
-		n += mf->mapped[b];
-	return n;
-}
-
-static void m_write(struct mfile *mf, uint32_t bs, const uint8_t *buf, uint64_t off, uint64_t n)
-{
-	memcpy(mf->data + off, buf, n);
-	if (off + n > mf->size)
-		mf->size = off + n;
-	m_map(mf, bs, off, off + n, 1);
-}
-
-static void m_truncate(struct mfile *mf, uint32_t bs, uint64_t size)
-{
-	if (size < mf->size) {
-		memset(mf->data + size, 0, mf->size - size);
-		for (uint64_t b = (size + bs - 1) / bs; b < mf->nblk; b++)
-			mf->mapped[b] = 0;
-	}
-	mf->size = size;
-}
-
-/* Expected lseek answers from the model. */
-static int64_t m_seek(const struct mfile *mf, uint32_t bs, uint64_t off, int whence)
-{
-	uint64_t b;
-
-	if (off >= mf->size)
-		return -ENXIO;
-	for (b = off / bs; b < mf->nblk && mf->mapped[b] == (whence == SEEK_HOLE); b++)
-		;
-	if (whence == SEEK_DATA) {
-		if (b >= mf->nblk || b * bs >= mf->size)
-			return -ENXIO;
-		return (int64_t)PMFUSE_MAX(off, b * bs);
-	}
-	return (int64_t)PMFUSE_MIN(mf->size, PMFUSE_MAX(off, b * bs));
-}
-
-static void compare_range(struct th_env *e, const struct mfile *mf, uint64_t off, uint64_t len,
-			  uint8_t *tmp)
-{
-	uint64_t want = off >= mf->size ? 0 : PMFUSE_MIN(len, mf->size - off);
-	ssize_t n = pmfuse_fs_pread(e->fs, mf->ino, tmp, len, off);
-
-	assert_int_equal(n, want);
-	if (want && memcmp(tmp, mf->data + off, want)) {
-		for (uint64_t i = 0; i < want; i++)
-			if (tmp[i] != mf->data[off + i]) {
-				fprintf(stderr, "%s: byte %llu is %02x, model %02x (size %llu)\n",
-					mf->name, ULL(off + i), tmp[i], mf->data[off + i],
-					ULL(mf->size));
-				break;
-			}
-		fail();
-	}
-}
-
-/* Full check of one file: attributes, every byte, block count, lseek at block edges. */
-static void check_file(struct th_env *e, const struct mfile *mf, uint8_t *tmp)
-{
-	struct pmfuse_attr a = th_getattr(e, mf->ino);
-
-	assert_int_equal(a.size, mf->size);
-	assert_int_equal(a.blocks512, m_mapped_blocks(mf) * (e->bs / 512));
-	compare_range(e, mf, 0, mf->size + e->bs, tmp);
-	for (uint64_t b = 0; b * e->bs < mf->size; b += 1 + b / 8) {
-		uint64_t off = b * e->bs + (b % 3 ? 0 : 17);
-
-		assert_int_equal(pmfuse_fs_lseek(e->fs, mf->ino, (int64_t)off, SEEK_DATA),
-				 m_seek(mf, e->bs, off, SEEK_DATA));
-		assert_int_equal(pmfuse_fs_lseek(e->fs, mf->ino, (int64_t)off, SEEK_HOLE),
-				 m_seek(mf, e->bs, off, SEEK_HOLE));
-	}
-}
 
 /* ---- one random operation ------------------------------------------------------------------- */
 
@@ -430,7 +316,7 @@ static void check_all(struct run *r)
 	uint64_t sum = 0, blocks;
 
 	for (int i = 0; i < r->nfiles; i++) {
-		check_file(&r->e, &r->files[i], r->tmp);
+		mfile_check(&r->e, &r->files[i], r->tmp);
 		op_readv(r, &r->files[i], 0, r->files[i].size);
 		sum += m_mapped_blocks(&r->files[i]);
 	}
@@ -778,11 +664,11 @@ static void test_enospc_write(void **state)
 	assert_true(enospc > 0);
 	assert_true(short_writes > 0);
 	for (int i = 0; i < 2; i++)
-		check_file(&e, &f[i], tmp);
+		mfile_check(&e, &f[i], tmp);
 	check_space(&e);
 	th_env_reopen(&e);
 	for (int i = 0; i < 2; i++)
-		check_file(&e, &f[i], tmp);
+		mfile_check(&e, &f[i], tmp);
 	check_space(&e);
 
 	/* a full pool still truncates, and then writes again */
@@ -791,7 +677,7 @@ static void test_enospc_write(void **state)
 	assert_int_equal(pmfuse_fs_write(e.fs, f[1].ino, buf, 5000, 0, false, &th_cred_user), 5000);
 	m_write(&f[1], e.bs, buf, 0, 5000);
 	for (int i = 0; i < 2; i++) {
-		check_file(&e, &f[i], tmp);
+		mfile_check(&e, &f[i], tmp);
 		th_rmfile(&e, f[i].name, f[i].ino);
 		mfile_free(&f[i]);
 	}

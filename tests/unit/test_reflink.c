@@ -15,6 +15,7 @@
  * PMFUSE_TRACE=1 (prints each operation).
  */
 #include "harness_fs.h"
+#include "model_file.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -97,85 +98,6 @@ static uint64_t shared_blocks(struct th_env *e, uint64_t ino)
 
 /* ---- the model ------------------------------------------------------------------------------ */
 
-struct mfile {
-	uint64_t ino;
-	char name[32];
-	uint8_t *data;     /* cap bytes; zero past size */
-	uint64_t size;
-	uint8_t *mapped;   /* one byte per block */
-	uint64_t cap, nblk;
-};
-
-static void mfile_init(struct th_env *e, struct mfile *mf, const char *name, uint64_t cap)
-{
-	memset(mf, 0, sizeof(*mf));
-	snprintf(mf->name, sizeof(mf->name), "%s", name);
-	mf->ino = th_mkfile(e, name);
-	mf->cap = cap;
-	mf->nblk = cap / e->bs + 1;
-	mf->data = calloc(cap, 1);
-	mf->mapped = calloc(mf->nblk, 1);
-	assert_non_null(mf->data);
-	assert_non_null(mf->mapped);
-}
-
-static void mfile_free(struct mfile *mf)
-{
-	free(mf->data);
-	free(mf->mapped);
-}
-
-static void m_map(struct mfile *mf, uint32_t bs, uint64_t lo, uint64_t hi, uint8_t v)
-{
-	for (uint64_t b = lo / bs; b * bs < hi; b++)
-		mf->mapped[b] = v;
-}
-
-static uint64_t m_mapped_blocks(const struct mfile *mf)
-{
-	uint64_t n = 0;
-
-	for (uint64_t b = 0; b < mf->nblk; b++)
-		n += mf->mapped[b];
-	return n;
-}
-
-static void m_write(struct mfile *mf, uint32_t bs, const uint8_t *buf, uint64_t off, uint64_t n)
-{
-	if (!n)
-		return;
-	memmove(mf->data + off, buf, n);
-	if (off + n > mf->size)
-		mf->size = off + n;
-	m_map(mf, bs, off, off + n, 1);
-}
-
-static void m_truncate(struct mfile *mf, uint32_t bs, uint64_t size)
-{
-	if (size < mf->size) {
-		memset(mf->data + size, 0, mf->size - size);
-		for (uint64_t b = (size + bs - 1) / bs; b < mf->nblk; b++)
-			mf->mapped[b] = 0;
-	}
-	mf->size = size;
-}
-
-static int64_t m_seek(const struct mfile *mf, uint32_t bs, uint64_t off, int whence)
-{
-	uint64_t b;
-
-	if (off >= mf->size)
-		return -ENXIO;
-	for (b = off / bs; b < mf->nblk && mf->mapped[b] == (whence == SEEK_HOLE); b++)
-		;
-	if (whence == SEEK_DATA) {
-		if (b >= mf->nblk || b * bs >= mf->size)
-			return -ENXIO;
-		return (int64_t)PMFUSE_MAX(off, b * bs);
-	}
-	return (int64_t)PMFUSE_MIN(mf->size, PMFUSE_MAX(off, b * bs));
-}
-
 /*
  * FICLONERANGE's rules (fs.h) on the model: 0 and the block range to map (*so, *dof, *nblk,
  * *cnt bytes), 1 for nothing to do, or the -errno the fs must return.
@@ -219,25 +141,6 @@ static void m_clone(const struct mfile *s, struct mfile *d, uint32_t bs, uint64_
 		d->size = dof + cnt;
 }
 
-static void compare_range(struct th_env *e, const struct mfile *mf, uint64_t off, uint64_t len,
-			  uint8_t *tmp)
-{
-	uint64_t want = off >= mf->size ? 0 : PMFUSE_MIN(len, mf->size - off);
-	ssize_t n = pmfuse_fs_pread(e->fs, mf->ino, tmp, len, off);
-
-	assert_int_equal(n, want);
-	if (want && memcmp(tmp, mf->data + off, want)) {
-		for (uint64_t i = 0; i < want; i++)
-			if (tmp[i] != mf->data[off + i]) {
-				fprintf(stderr, "%s: byte %llu is %02x, model %02x (size %llu)\n",
-					mf->name, ULL(off + i), tmp[i], mf->data[off + i],
-					ULL(mf->size));
-				break;
-			}
-		fail();
-	}
-}
-
 /* Attributes, every byte, lseek at block edges, and the extent report against the mapping. */
 static void check_file(struct th_env *e, const struct mfile *mf, uint8_t *tmp)
 {
@@ -245,7 +148,6 @@ static void check_file(struct th_env *e, const struct mfile *mf, uint8_t *tmp)
 	struct xlist l = extents(e, mf->ino, 5);
 	uint64_t sum = 0, prev_end = 0;
 
-	assert_int_equal(a.size, mf->size);
 	if (a.blocks512 != m_mapped_blocks(mf) * (e->bs / 512)) {
 		fprintf(stderr, "%s: %llu blocks mapped, model %llu; extents:", mf->name,
 			ULL(a.blocks512 / (e->bs / 512)), ULL(m_mapped_blocks(mf)));
@@ -258,16 +160,7 @@ static void check_file(struct th_env *e, const struct mfile *mf, uint8_t *tmp)
 				fprintf(stderr, " %llu", ULL(b));
 		fprintf(stderr, "\n");
 	}
-	assert_int_equal(a.blocks512, m_mapped_blocks(mf) * (e->bs / 512));
-	compare_range(e, mf, 0, mf->size + e->bs, tmp);
-	for (uint64_t b = 0; b * e->bs < mf->size; b += 1 + b / 8) {
-		uint64_t off = b * e->bs + (b % 3 ? 0 : 17);
-
-		assert_int_equal(pmfuse_fs_lseek(e->fs, mf->ino, (int64_t)off, SEEK_DATA),
-				 m_seek(mf, e->bs, off, SEEK_DATA));
-		assert_int_equal(pmfuse_fs_lseek(e->fs, mf->ino, (int64_t)off, SEEK_HOLE),
-				 m_seek(mf, e->bs, off, SEEK_HOLE));
-	}
+	mfile_check(e, mf, tmp);
 	for (unsigned i = 0; i < l.n; i++) {
 		assert_true(l.v[i].logical >= prev_end);
 		assert_true(l.v[i].length > 0 && l.v[i].length % e->bs == 0);
