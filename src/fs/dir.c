@@ -373,6 +373,24 @@ static int entry_out(struct pmfuse_fs *fs, uint64_t ino, struct pmfuse_attr *att
 	return 0;
 }
 
+/*
+ * Ends the transaction of an operation that made an entry for ino: commits and reports the
+ * entry (entry_out) when rc is 0, else aborts. tx is NULL when the operation failed before it
+ * began one.
+ */
+static int entry_commit(struct pmfuse_fs *fs, struct pmfuse_tx *tx, int rc, uint64_t ino,
+			struct pmfuse_attr *attr)
+{
+	if (!tx)
+		return rc;
+	if (rc) {
+		pmfuse_tx_abort(tx);
+		return rc;
+	}
+	pmfuse_tx_commit(tx);
+	return entry_out(fs, ino, attr);
+}
+
 /* -EINVAL when directory anc is ino itself or one of its ancestors. */
 static int check_not_ancestor(struct pmfuse_fs *fs, uint64_t anc, uint64_t ino)
 {
@@ -552,7 +570,7 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 	struct pmfuse_inode *dp, dcopy;
 	struct pmfuse_tx *tx = NULL;
 	struct dfind f;
-	uint64_t ino;
+	uint64_t ino = 0;
 	size_t len;
 	int rc;
 
@@ -574,14 +592,8 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 		rc = link_new(fs, tx, parent, name, len, &f, ino, mode);
 	if (!rc)
 		rc = pmfuse_acl_inherit_apply(fs, tx, ino, &inh);
-	if (rc)
-		goto out;
-	pmfuse_tx_commit(tx);
-	tx = NULL;
-	rc = entry_out(fs, ino, attr);
 out:
-	if (tx)
-		pmfuse_tx_abort(tx);
+	rc = entry_commit(fs, tx, rc, ino, attr);
 	pthread_rwlock_unlock(&fs->lock);
 	pmfuse_acl_inherit_done(&inh);
 	return rc;
@@ -665,7 +677,7 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	struct pmfuse_tx *tx = NULL;
 	size_t len, tlen;
 	struct dfind f;
-	uint64_t ino;
+	uint64_t ino = 0;
 	int rc;
 
 	_Static_assert(PMFUSE_SYMLINK_MAX < PMFUSE_BLOCK_SIZE_MIN, "a target fits one block");
@@ -688,14 +700,8 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		rc = link_new(fs, tx, parent, name, len, &f, ino, S_IFLNK);
 	if (!rc)
 		rc = symlink_store(fs, tx, ino, target, tlen);
-	if (rc)
-		goto out;
-	pmfuse_tx_commit(tx);
-	tx = NULL;
-	rc = entry_out(fs, ino, attr);
 out:
-	if (tx)
-		pmfuse_tx_abort(tx);
+	rc = entry_commit(fs, tx, rc, ino, attr);
 	pthread_rwlock_unlock(&fs->lock);
 	return rc;
 }
@@ -787,14 +793,8 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 	rc = dir_changed(tx, dleaf, dp, &now, 1, 0);
 	if (!rc)
 		rc = target_changed(tx, leaf, ip, &now, 1);
-	if (rc)
-		goto out;
-	pmfuse_tx_commit(tx);
-	tx = NULL;
-	rc = entry_out(fs, ino, attr);
 out:
-	if (tx)
-		pmfuse_tx_abort(tx);
+	rc = entry_commit(fs, tx, rc, ino, attr);
 	pthread_rwlock_unlock(&fs->lock);
 	return rc;
 }
