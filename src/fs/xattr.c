@@ -287,7 +287,6 @@ int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, con
 		       size_t size, int flags)
 {
 	struct pmfuse_blk_hdr *leaf;
-	struct pmfuse_timestamp now;
 	struct pmfuse_tx *tx = NULL;
 	struct pmfuse_inode *ip;
 	struct pmfuse_btree bt;
@@ -331,13 +330,10 @@ int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, con
 
 	tx = pmfuse_tx_begin(fs->txm);
 	rc = xattr_store(fs, tx, &bt, leaf, name, len, value, size, &f);
+	if (!rc)
+		rc = pmfuse_inode_touch(tx, leaf, ip, PMFUSE_TIME_C);
 	if (rc)
 		goto out;
-	rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
-	if (rc)
-		goto out;
-	pmfuse_timestamp_now(&now);
-	ip->ctime = now;
 	pmfuse_tx_commit(tx);
 	tx = NULL;
 out:
@@ -409,7 +405,6 @@ out:
 int pmfuse_fs_removexattr(struct pmfuse_fs *fs, uint64_t ino, const char *name)
 {
 	struct pmfuse_blk_hdr *leaf;
-	struct pmfuse_timestamp now;
 	struct pmfuse_tx *tx = NULL;
 	struct pmfuse_inode *ip;
 	struct pmfuse_btree bt;
@@ -440,11 +435,9 @@ int pmfuse_fs_removexattr(struct pmfuse_fs *fs, uint64_t ino, const char *name)
 	tx = pmfuse_tx_begin(fs->txm);
 	rc = xattr_delete(fs, tx, &bt, &f);
 	if (!rc)
-		rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
+		rc = pmfuse_inode_touch(tx, leaf, ip, PMFUSE_TIME_C);
 	if (rc)
 		goto out;
-	pmfuse_timestamp_now(&now);
-	ip->ctime = now;
 	pmfuse_tx_commit(tx);
 	tx = NULL;
 out:
