@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # SPDX-License-Identifier: BSD-3-Clause
-# Sourced by run-pjdfstest.sh and run-fsx.sh: formats a fresh pool, mounts it with the pmfuse
-# daemon in the foreground (in its own session), and unmounts and removes everything on exit,
-# whatever happened (error, Ctrl-C, SIGTERM). Nothing here fetches or builds anything.
+# Sourced by run-pjdfstest.sh, run-fsx.sh and run-xfstests.sh: formats a fresh pool, mounts it
+# with the pmfuse daemon in the foreground (in its own session), and unmounts and removes
+# everything on exit, whatever happened (error, Ctrl-C, SIGTERM). Nothing here fetches or builds
+# anything.
 #
 # Environment:
 #   PMFUSE_DAEMON, PMFUSE_MKFS  the binaries (default: the first of build*/ that has them)
@@ -13,6 +14,11 @@
 #
 # After pmfuse_mount: $PMFUSE_MNT is the mount point, $PMFUSE_WORK a private directory outside
 # the mount (for logs), $PMFUSE_LOG the daemon's log.
+#
+# A runner that mounts by other means (xfstests mounts and unmounts its own pools) calls
+# pmfuse_workdir and pmfuse_mkfs instead, and leaves the rest to the cleanup: every mount under
+# $PMFUSE_WORK is unmounted, and every process that still has one of its pools open (their
+# daemons) is waited for, then killed. pmfuse_cleanup_hook, if defined, runs first.
 
 pmfuse_prog=${pmfuse_prog:-pmfuse-external}
 pmfuse_top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -73,6 +79,7 @@ pmfuse_stop_child() {
 pmfuse_cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
+	if declare -F pmfuse_cleanup_hook >/dev/null; then pmfuse_cleanup_hook; fi
 	pmfuse_stop_child
 	cd / || true
 	if [ -n "$PMFUSE_MNT" ] && grep -q " $PMFUSE_MNT " /proc/self/mountinfo; then
@@ -104,6 +111,8 @@ pmfuse_cleanup() {
 		fi
 	fi
 	if [ -n "$PMFUSE_WORK" ]; then
+		pmfuse_umount_under "$PMFUSE_WORK" || rc=1
+		pmfuse_stop_users "$PMFUSE_WORK" || rc=1
 		if [ -n "${PMFUSE_KEEP:-}" ]; then
 			echo "$pmfuse_prog: kept $PMFUSE_WORK (PMFUSE_KEEP)" >&2
 		else
@@ -113,20 +122,75 @@ pmfuse_cleanup() {
 	exit "$rc"
 }
 
-pmfuse_mount() {
-	local base=${PMFUSE_TEST_DIR:-/dev/shm} opts=allow_other
-	[ -n "${PMFUSE_DAEMON_OPTS:-}" ] && opts="$opts,$PMFUSE_DAEMON_OPTS"
+# The mount points under DIR, deepest first (mountinfo escapes blanks as \040; ours have none).
+pmfuse_mounts_under() {
+	awk -v d="$1/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r
+}
+
+# Unmounts everything under DIR: politely for a while, then lazily. Status 1 if it had to be lazy.
+pmfuse_umount_under() {
+	local m st=0
+	for m in $(pmfuse_mounts_under "$1"); do
+		for _ in $(seq 25); do
+			timeout 30 umount "$m" 2>/dev/null && break
+			grep -q " $m " /proc/self/mountinfo || break
+			sleep 0.2
+		done
+		if grep -q " $m " /proc/self/mountinfo; then
+			echo "$pmfuse_prog: $m stayed busy; unmounting lazily" >&2
+			umount -l "$m" || true
+			st=1
+		fi
+	done
+	return $st
+}
+
+# The pids of the processes with a pool of DIR (DIR/pool, DIR/*.pool) open or mapped: daemons.
+pmfuse_users_of() {
+	find /proc/[0-9]*/fd /proc/[0-9]*/map_files -maxdepth 1 \
+		\( -lname "$1/pool" -o -lname "$1/*.pool" \) 2>/dev/null | cut -d/ -f3 | sort -u
+}
+
+# Waits up to 30 s for the processes that still use DIR's pools (daemons finishing after their
+# unmount) and kills those left. Status 1 if any had to be killed.
+pmfuse_stop_users() {
+	local pids
+	for _ in $(seq 150); do
+		pids=$(pmfuse_users_of "$1")
+		[ -z "$pids" ] && return 0
+		sleep 0.2
+	done
+	echo "$pmfuse_prog: killing what still uses $1 after the unmounts:" "$pids" >&2
+	# shellcheck disable=SC2086 # a list of pids
+	kill -9 $pids 2>/dev/null
+	return 1
+}
+
+# Makes $PMFUSE_WORK (a private directory under PMFUSE_TEST_DIR) and arms the cleanup.
+pmfuse_workdir() {
+	local base=${PMFUSE_TEST_DIR:-/dev/shm}
 	PMFUSE_WORK=$(mktemp -d "$base/pmfuse-$pmfuse_prog.XXXXXX") || exit 1
 	trap pmfuse_cleanup EXIT
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
 	chmod 755 "$PMFUSE_WORK"
+}
+
+# Formats a fresh pool file of POOL_SIZE.
+pmfuse_mkfs() { # POOL
+	"$PMFUSE_MKFS" -q -s "${POOL_SIZE:-1G}" "$1" ||
+		{ echo "$pmfuse_prog: mkfs.pmfuse failed" >&2; exit 1; }
+}
+
+pmfuse_mount() {
+	local opts=allow_other
+	[ -n "${PMFUSE_DAEMON_OPTS:-}" ] && opts="$opts,$PMFUSE_DAEMON_OPTS"
+	pmfuse_workdir
 	PMFUSE_MNT=$PMFUSE_WORK/mnt
 	PMFUSE_LOG=$PMFUSE_WORK/daemon.log
 	mkdir "$PMFUSE_MNT"
 	chmod 755 "$PMFUSE_MNT"
-	"$PMFUSE_MKFS" -q -s "${POOL_SIZE:-1G}" "$PMFUSE_WORK/pool" ||
-		{ echo "$pmfuse_prog: mkfs.pmfuse failed" >&2; exit 1; }
+	pmfuse_mkfs "$PMFUSE_WORK/pool"
 	setsid "$PMFUSE_DAEMON" -f -o "$opts" "$PMFUSE_WORK/pool" "$PMFUSE_MNT" \
 		</dev/null >"$PMFUSE_LOG" 2>&1 &
 	pmfuse_daemon_pid=$!
