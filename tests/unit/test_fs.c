@@ -188,6 +188,8 @@ static int collect(void *arg, const char *name, uint64_t ino, unsigned type, uin
 	l->v[l->n].type = type;
 	l->v[l->n].next = next;
 	l->n++;
+	/* a cookie is a file offset: the kernel, lseek and seekdir refuse negative ones */
+	assert_true(next <= INT64_MAX);
 	return 0;
 }
 
@@ -1118,6 +1120,10 @@ static void test_basics(void **state)
 	assert_int_equal(pmfuse_fs_mknod(t.fs, f, "g", S_IFREG, 0, &root_cred, &a), -ENOTDIR);
 	assert_int_equal(pmfuse_fs_mknod(t.fs, 999, "g", S_IFREG, 0, &root_cred, &a), -ENOENT);
 	assert_int_equal(lookup_attr(&t, f, "g", &a), -ENOTDIR);
+	/* "." in a file is the file (how the kernel resolves a file handle); ".." is not */
+	assert_int_equal(lookup_attr(&t, f, ".", &a), 0);
+	assert_int_equal(a.ino, f);
+	assert_int_equal(lookup_attr(&t, f, "..", &a), -ENOTDIR);
 	assert_int_equal(lookup_attr(&t, d, "nope", &a), -ENOENT);
 	assert_int_equal(pmfuse_fs_readdir(t.fs, f, 0, collect, NULL), -ENOTDIR);
 
@@ -1706,8 +1712,8 @@ static void test_hash(void **state)
 	assert_int_equal(a.ino, fb);
 	list_dir(&t, 1, 1, &l);
 	assert_int_equal(l.n, 2);
-	assert_int_equal(l.v[0].next - 1, h << 16 | 0);
-	assert_int_equal(l.v[1].next - 1, h << 16 | 1);
+	assert_int_equal(l.v[0].next - 1, h << 15 | 0);   /* the cookie: key without seq's top bit */
+	assert_int_equal(l.v[1].next - 1, h << 15 | 1);   /* the cookie: key without seq's top bit */
 	assert_string_equal(l.v[0].name, coll_a);
 	free(l.v);
 	/* remove the first of the chain: the second is still found, the first's seq is reused */
@@ -1717,7 +1723,7 @@ static void test_hash(void **state)
 	assert_int_equal(pmfuse_fs_rename(t.fs, 1, coll_b, 1, coll_a, 0), 0);
 	list_dir(&t, 1, 5, &l);
 	assert_int_equal(l.n, 1);
-	assert_int_equal(l.v[0].next - 1, h << 16 | 0);
+	assert_int_equal(l.v[0].next - 1, h << 15 | 0);   /* the cookie: key without seq's top bit */
 	assert_int_equal(l.v[0].ino, fb);
 	free(l.v);
 	fa = mk(&t, 1, coll_b, S_IFREG | 0644);
