@@ -51,6 +51,7 @@ import random
 import select
 import shutil
 import signal
+import re
 import struct
 import subprocess
 import sys
@@ -388,8 +389,8 @@ def skip_reason(cfg):
 
 
 def _unescape(s):
-    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n") \
-        .replace("\\134", "\\")
+    """The octal escapes of /proc/self/mountinfo (space, tab, newline, '#', backslash)."""
+    return re.sub(r"\\([0-7]{3})", lambda mo: chr(int(mo.group(1), 8)), s)
 
 
 def mountinfo():
