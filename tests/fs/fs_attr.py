@@ -639,5 +639,25 @@ def statfs_counts(m):
                       f"{used_inodes0})") from None
 
 
+@test(size="256M")
+def fallocate_what_df_shows(m):
+    # df's available space is what a file can take (xfstests generic/103): preallocating all
+    # of it but 512 KiB (for the file's metadata) must fit
+    s = m.statfs()
+    check(s.f_bavail < s.f_bfree, f"f_bavail {s.f_bavail} leaves nothing for metadata "
+          f"(f_bfree {s.f_bfree})")
+    want = (s.f_bavail - 128) * s.f_frsize
+    fd = os.open(m.path("big"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        pmfs.fallocate(fd, 0, 0, want)
+    finally:
+        os.close(fd)
+    eq(os.stat(m.path("big")).st_size, want, "size after preallocating what df showed")
+    # metadata still has room: names and small attributes can be made
+    for i in range(16):
+        touch(m.path(f"after-{i}"))
+        os.setxattr(m.path(f"after-{i}"), "user.x", b"y" * 64)
+
+
 if __name__ == "__main__":
     raise SystemExit(pmfs.main())
