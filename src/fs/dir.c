@@ -626,6 +626,52 @@ out:
 	return rc;
 }
 
+/*
+ * O_TMPFILE: a regular file with no name, made in one transaction as an unlinked-but-open file
+ * is left by unlink: nlink 0, on the orphan list (so a crash frees it at the next mount), and
+ * referenced by the kernel until its last forget frees it. PMFUSE_INODE_LINKABLE lets linkat
+ * give it its first name (the kernel allows that unless O_EXCL was given).
+ */
+int pmfuse_fs_tmpfile(struct pmfuse_fs *fs, uint64_t parent, uint32_t mode,
+		      const struct pmfuse_cred *cred, struct pmfuse_attr *attr)
+{
+	struct pmfuse_acl_inherit inh = { 0 };
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *dp, *ip, dcopy;
+	struct pmfuse_tx *tx = NULL;
+	uint64_t ino = 0;
+	int rc;
+
+	mode = S_IFREG | (mode & 07777);
+	pthread_rwlock_wrlock(&fs->lock);
+	rc = fs->readonly ? -EROFS : get_dir(fs, parent, true, &dp, &leaf);
+	if (!rc)
+		rc = pmfuse_acl_inherit_prepare(fs, dp, leaf, cred, &mode, &inh);
+	if (rc)
+		goto out;
+	dcopy = *dp;
+	tx = pmfuse_tx_begin(fs->txm);
+	rc = pmfuse_inode_create(fs, tx, mode, 0, cred, &dcopy, &ino);
+	if (!rc)
+		rc = pmfuse_orphan_add(fs, tx, ino);
+	if (!rc)
+		rc = pmfuse_acl_inherit_apply(fs, tx, ino, &inh);
+	if (!rc)
+		rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
+	if (!rc)
+		rc = dirty(tx, leaf, ip);
+	if (!rc) {
+		pmfuse_set_le32(&ip->nlink, 0);
+		pmfuse_set_le32(&ip->flags, pmfuse_le32(ip->flags) | PMFUSE_INODE_LINKABLE);
+		pmfuse_tx_seal(tx);
+	}
+out:
+	rc = entry_commit(fs, tx, rc, ino, attr);
+	pthread_rwlock_unlock(&fs->lock);
+	pmfuse_acl_inherit_done(&inh);
+	return rc;
+}
+
 int pmfuse_fs_mknod(struct pmfuse_fs *fs, uint64_t parent, const char *name, uint32_t mode,
 		    uint64_t rdev, const struct pmfuse_cred *cred, struct pmfuse_attr *attr)
 {
@@ -784,6 +830,7 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 	struct pmfuse_timestamp now;
 	struct pmfuse_tx *tx = NULL;
 	struct pmfuse_btree bt;
+	bool linkable;
 	struct dfind f;
 	size_t len;
 	int rc;
@@ -802,7 +849,9 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 		rc = -EPERM;
 		goto out;
 	}
-	if (!pmfuse_le32(ip->nlink)) {
+	/* an unlinked file stays unlinked; an O_TMPFILE one may get its first name */
+	linkable = pmfuse_le32(ip->flags) & PMFUSE_INODE_LINKABLE;
+	if (!pmfuse_le32(ip->nlink) && !linkable) {
 		rc = -ENOENT;
 		goto out;
 	}
@@ -814,6 +863,19 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 	tx = pmfuse_tx_begin(fs->txm);
 	dir_tree(fs, dp, dleaf, &bt);
 	rc = dirent_insert(tx, &bt, f.key, newname, len, ino, pmfuse_le32(ip->mode));
+	if (!rc && linkable)
+		rc = pmfuse_orphan_del(fs, tx, ino);
+	if (!rc && linkable) {
+		rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);  /* the orphan tree may have moved it */
+		if (!rc)
+			rc = pmfuse_inode_locate(fs, newparent, &dp, &dleaf);
+		if (!rc)
+			rc = dirty(tx, leaf, ip);
+		if (!rc) {
+			pmfuse_set_le32(&ip->flags, pmfuse_le32(ip->flags) & ~PMFUSE_INODE_LINKABLE);
+			pmfuse_tx_seal(tx);
+		}
+	}
 	if (rc)
 		goto out;
 	pmfuse_timestamp_now(&now);

@@ -123,6 +123,10 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		      struct pmfuse_attr *attr);
 /* Copies the target into buf (NUL-terminated); returns its length. -ERANGE if size is too small.*/
 int pmfuse_fs_readlink(struct pmfuse_fs *fs, uint64_t ino, char *buf, size_t size);
+/* An unnamed regular file in directory parent (O_TMPFILE): nlink 0 until pmfuse_fs_link names
+ * it, freed at its last forget otherwise. */
+int pmfuse_fs_tmpfile(struct pmfuse_fs *fs, uint64_t parent, uint32_t mode,
+		      const struct pmfuse_cred *cred, struct pmfuse_attr *attr);
 int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const char *newname,
 		   struct pmfuse_attr *attr);
 int pmfuse_fs_unlink(struct pmfuse_fs *fs, uint64_t parent, const char *name);

@@ -65,6 +65,7 @@
 #include <unistd.h>
 
 #include "fs/fs.h"
+#include "fuse/initx.h"
 #include "fuse/notify.h"
 #include "util/util.h"
 
@@ -415,7 +416,11 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	int rc;
 
 	cred_of(req, &cred);
-	rc = pmfuse_fs_mknod(fs_of(req), parent, name, S_IFREG | (mode & 07777), 0, &cred, &a);
+	if (!strcmp(name, PMFUSE_TMPFILE_NAME))    /* FUSE_TMPFILE, as initx.c passes it on */
+		rc = pmfuse_fs_tmpfile(fs_of(req), parent, mode, &cred, &a);
+	else
+		rc = pmfuse_fs_mknod(fs_of(req), parent, name, S_IFREG | (mode & 07777), 0, &cred,
+				     &a);
 	if (rc < 0) {
 		fuse_reply_err(req, -rc);
 		return;
