@@ -10,6 +10,7 @@ PMFUSE_PACKAGES=(
 	liburcu-dev                          # lock-free inode cache
 	libcmocka-dev                        # unit tests
 	python3                              # tests/fs (standard library only)
+	clang libclang-rt-14-dev             # tests/fuzz: libFuzzer is part of clang's runtime
 )
 
 pmfuse_install_deps() {

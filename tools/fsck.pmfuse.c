@@ -303,13 +303,14 @@ static int lock_shared(const char *path, int *fd)
 		cli_err("%s: cannot open: %s", path, strerror(errno));
 		return FSCK_ERROR;
 	}
-	if (!flock(*fd, LOCK_SH | LOCK_NB))
+	int rc = pmfuse_pool_flock(*fd, path, LOCK_SH);
+	if (!rc)
 		return 0;
-	if (errno == EWOULDBLOCK) {
+	if (rc == -EBUSY) {
 		pmfuse_pool_lock_holder(path, who, sizeof(who));
 		cli_err("%s: in use by %s (mounted?); unmount it before checking", path, who);
 	} else {
-		cli_err("%s: cannot lock: %s", path, strerror(errno));
+		cli_err("%s: cannot lock: %s", path, strerror(-rc));
 	}
 	close(*fd);
 	*fd = -1;

@@ -214,6 +214,11 @@ struct pmfuse_timestamp {
  * directories, the entries (struct pmfuse_dirent records). Per-inode trees are owned by
  * PMFUSE_OWNER_INODE_BASE + ino.
  */
+/* inode flags */
+#define PMFUSE_INODE_LINKABLE (1u << 0)  /* O_TMPFILE, never named yet: nlink 0, an orphan, and
+					    linkat may still give it a name */
+#define PMFUSE_INODE_FLAGS_KNOWN PMFUSE_INODE_LINKABLE
+
 struct pmfuse_inode {
 	struct pmfuse_le64 ino;
 	struct pmfuse_le64 generation;
@@ -236,9 +241,9 @@ struct pmfuse_inode {
 
 /*
  * Directory entry: a record of a directory's map tree. key = hash48(name) << 16 | seq, where seq
- * tells apart names with equal hashes (the lowest free value at insertion). hash48 is never 0, so
- * keys are >= 65536 and readdir offsets 1 and 2 stay free for "." and "..". A key never changes
- * while the entry exists, which makes it a stable readdir cookie.
+ * tells apart names with equal hashes (the lowest free value at insertion, at most 0x7ffe). A key
+ * never changes while the entry exists, which makes hash48 << 15 | seq a stable readdir cookie
+ * below 2^63; hash48 is never 0, so cookies 1 and 2 stay free for "." and "..".
  */
 #define PMFUSE_NAME_MAX 255
 struct pmfuse_dirent {

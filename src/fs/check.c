@@ -425,8 +425,11 @@ static void check_inode(struct ck *k, const struct pmfuse_inode *ip, struct pmfu
 	if (gen >= pmfuse_le64(st->generation))
 		iproblem(&c, "generation %llu is not below the state block's next generation %llu",
 			 ULL(gen), ULL(pmfuse_le64(st->generation)));
-	if (pmfuse_le32(ip->flags))
+	if (pmfuse_le32(ip->flags) & ~PMFUSE_INODE_FLAGS_KNOWN)
 		iproblem(&c, "unknown flags %#x", pmfuse_le32(ip->flags));
+	if ((pmfuse_le32(ip->flags) & PMFUSE_INODE_LINKABLE) &&
+	    (pmfuse_le32(ip->nlink) || !S_ISREG(pmfuse_le32(ip->mode))))
+		iproblem(&c, "linkable (O_TMPFILE) but has links or is not a regular file");
 	if (pmfuse_le32(ip->cowextsize) > PMFUSE_COWEXTSIZE_MAX)
 		iproblem(&c, "CoW extent size hint %u blocks (at most %u)",
 			 pmfuse_le32(ip->cowextsize), PMFUSE_COWEXTSIZE_MAX);

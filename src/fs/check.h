@@ -76,7 +76,7 @@ int pmfuse_fs_check_bitmap(struct pmfuse_fs *fs, const struct pmfuse_check_ops *
  * Every b+tree's structure (pmfuse_btree_check: headers, crcs, order, fill, depth, counts,
  * every record's own check) and what records say beyond themselves: the state block's reserved
  * roots and counters; per inode its number and generation below the state block's counters, no
- * flags, a map tree only for files, symlinks and directories, no blocks but a file's, extents in
+ * unknown flags (LINKABLE only on an unnamed regular file), a map tree only for files, symlinks and directories, no blocks but a file's, extents in
  * order inside the file and the data area adding up to the inode's block count, the bytes past
  * EOF in the last block zero, a symlink's target 1..4095 bytes without NUL, xattr values in
  * blocks of the data area with zeros after them, ACLs valid, in step with the mode, default

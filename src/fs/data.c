@@ -860,6 +860,7 @@ struct wctx {
 	uint64_t off, end;            /* the bytes being written */
 	uint64_t done;                /* [off, done) is written */
 	const struct pmfuse_cred *cred;
+	bool privs_dropped;           /* the write cleared setuid or setgid */
 	struct pmfuse_extent_budget budget;
 };
 
@@ -878,14 +879,21 @@ uint32_t pmfuse_data_kill_suid(uint32_t mode, const struct pmfuse_cred *cred)
 static int write_inode(struct pmfuse_tx *tx, struct wctx *w, uint64_t to)
 {
 	struct pmfuse_inode *ip = w->f.ip;
+	uint32_t mode, kept;
 	int rc;
 
 	rc = pmfuse_inode_change(tx, w->f.leaf, ip, sizeof(*ip));
 	if (rc)
 		return rc;
+	mode = pmfuse_le32(ip->mode);
+	kept = pmfuse_data_kill_suid(mode, w->cred);
+
 	if (to > pmfuse_le64(ip->size))
 		pmfuse_set_le64(&ip->size, to);
-	pmfuse_set_le32(&ip->mode, pmfuse_data_kill_suid(pmfuse_le32(ip->mode), w->cred));
+	if (kept != mode) {
+		pmfuse_set_le32(&ip->mode, kept);
+		w->privs_dropped = true;
+	}
 	return pmfuse_inode_touch(tx, w->f.leaf, ip, PMFUSE_TIME_M | PMFUSE_TIME_C);
 }
 
@@ -1026,7 +1034,8 @@ static int write_range(struct wctx *w)
 }
 
 static ssize_t write_core(struct pmfuse_fs *fs, uint64_t ino, bool lnk, const void *buf,
-			  size_t len, uint64_t off, bool append, const struct pmfuse_cred *cred)
+			  size_t len, uint64_t off, bool append, const struct pmfuse_cred *cred,
+			  bool *privs_dropped)
 {
 	struct wctx w = { .buf = buf, .cred = cred };
 	int rc;
@@ -1049,6 +1058,8 @@ static ssize_t write_core(struct pmfuse_fs *fs, uint64_t ino, bool lnk, const vo
 	w.end = off + len;
 	pmfuse_extent_budget_init(fs, &w.budget);
 	rc = write_range(&w);
+	if (privs_dropped)
+		*privs_dropped = w.privs_dropped;
 	if (w.done > off)
 		return (ssize_t)(w.done - off);
 	return rc;
@@ -1057,24 +1068,34 @@ static ssize_t write_core(struct pmfuse_fs *fs, uint64_t ino, bool lnk, const vo
 ssize_t pmfuse_data_write_locked(struct pmfuse_fs *fs, uint64_t ino, const void *buf,
 				 size_t len, uint64_t off)
 {
-	return write_core(fs, ino, true, buf, len, off, false, NULL);
+	return write_core(fs, ino, true, buf, len, off, false, NULL, NULL);
 }
 
 ssize_t pmfuse_data_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
 			  uint64_t off, const struct pmfuse_cred *cred)
 {
-	return write_core(fs, ino, false, buf, len, off, false, cred);
+	return write_core(fs, ino, false, buf, len, off, false, cred, NULL);
+}
+
+ssize_t pmfuse_fs_write_priv(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
+			     uint64_t off, bool append, const struct pmfuse_cred *cred,
+			     bool *privs_dropped)
+{
+	ssize_t n;
+
+	*privs_dropped = false;
+	pthread_rwlock_wrlock(&fs->lock);
+	n = write_core(fs, ino, false, buf, len, off, append, cred, privs_dropped);
+	pthread_rwlock_unlock(&fs->lock);
+	return n;
 }
 
 ssize_t pmfuse_fs_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
 			uint64_t off, bool append, const struct pmfuse_cred *cred)
 {
-	ssize_t n;
+	bool dropped;
 
-	pthread_rwlock_wrlock(&fs->lock);
-	n = write_core(fs, ino, false, buf, len, off, append, cred);
-	pthread_rwlock_unlock(&fs->lock);
-	return n;
+	return pmfuse_fs_write_priv(fs, ino, buf, len, off, append, cred, &dropped);
 }
 
 /* ---- truncate ------------------------------------------------------------------------------- */

@@ -15,10 +15,14 @@
  *   D2 a directory record's size counts its entries; its nlink is 2 + its subdirectories
  *      (0 once removed); every subdirectory's parent field names it;
  *   D3 a key never changes while its entry exists (a rename over an existing name rewrites the
- *      entry in place), which is what makes keys readdir cookies: the entry with key K is
- *      returned with next cookie K + 1 and a listing resumes at the first key >= cookie. Keys
- *      are >= 65536 (hash48 is never 0), so cookies 1 and 2 belong to "." and "..". An entry
- *      present during a whole listing is returned exactly once, whatever else changes.
+ *      entry in place), which is what makes keys readdir cookies. A cookie must be a valid
+ *      file offset (below 2^63: lseek and seekdir refuse negative ones), so it is the key with
+ *      seq's top bit squeezed out, hash48 << 15 | seq (seq <= SEQ_MAX = 0x7ffe, so even the
+ *      next cookie of the largest key stays below 2^63): the entry with key K is returned with
+ *      next cookie cookie(K) + 1, and a listing resumes at the first key >= key(cookie), both
+ *      maps being monotonic. Cookies are >= 32768 (hash48 is never 0), so cookies 1 and 2
+ *      belong to "." and "..". An entry present during a whole listing is returned exactly
+ *      once, whatever else changes.
  *
  * The name hash is part of the on-media format and must never change: the name is read as
  * little-endian 64-bit words (the last one zero-padded), h = C0 ^ len, h = mix(h ^ w) + C1 for
@@ -50,7 +54,8 @@
 
 #define PMFUSE_LINK_MAX 65000u
 #define PMFUSE_SYMLINK_MAX 4095u
-#define SEQ_MAX 0xffffu
+#define SEQ_MAX 0x7ffeu              /* see D3: keeps readdir cookies below 2^63 */
+#define SEQ_MASK 0xffffu
 #define MASK48 ((1ull << 48) - 1)
 #define WALK_MAX (1u << 20)        /* parent-chain steps before calling it a loop */
 
@@ -129,7 +134,7 @@ static int dirent_check_rec(const void *rec)
 		if (de->name[i])
 			return PMFUSE_CORRUPT("dirent %llx: bytes after the name",
 					      (unsigned long long)key);
-	if (key >> 16 != pmfuse_name_hash48(name, len))
+	if (key >> 16 != pmfuse_name_hash48(name, len) || (key & SEQ_MASK) > SEQ_MAX)
 		return PMFUSE_CORRUPT("dirent %llx: key does not match the name's hash",
 				      (unsigned long long)key);
 	if (!pmfuse_le64(de->ino) || !dt_known(de->type))
@@ -208,7 +213,7 @@ int pmfuse_name_find(const struct pmfuse_btree *bt, const char *name, size_t len
 	rc = pmfuse_btree_seek(&cur, bt, &k, PMFUSE_SEEK_GE);
 	while (!rc) {
 		const void *r = pmfuse_btree_cursor_rec(&cur);
-		uint64_t rkey = le64_at(r), seq = rkey & SEQ_MAX;
+		uint64_t rkey = le64_at(r), seq = rkey & SEQ_MASK;
 		const uint8_t *rname;
 		size_t rlen;
 
@@ -230,8 +235,9 @@ int pmfuse_name_find(const struct pmfuse_btree *bt, const char *name, size_t len
 	if (gap == UINT64_MAX)
 		gap = want;
 	if (gap > SEQ_MAX) {
-		pmfuse_log(PMFUSE_LOG_ERR, "%s tree (owner %llu): 65536 names share hash %llx",
-			   bt->ops->name, (unsigned long long)bt->owner, (unsigned long long)hash);
+		pmfuse_log(PMFUSE_LOG_ERR, "%s tree (owner %llu): %u names share hash %llx",
+			   bt->ops->name, (unsigned long long)bt->owner, SEQ_MAX + 1,
+			   (unsigned long long)hash);
 		return -ENOSPC;
 	}
 	*key = hash << 16 | gap;
@@ -437,6 +443,15 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		return rc;
 	pthread_rwlock_rdlock(&fs->lock);
 	rc = get_dir(fs, parent, false, &dp, &leaf);
+	if (rc == -ENOTDIR && len == 1 && name[0] == '.') {
+		/*
+		 * "." in a non-directory: the kernel asks exactly this to turn a file handle
+		 * (open_by_handle_at, NFS export) into an inode it no longer caches. The inode is
+		 * itself, also when unlinked but still open.
+		 */
+		ino = parent;
+		goto found;
+	}
 	if (rc)
 		goto out;
 	if (is_dot(name, len)) {
@@ -454,6 +469,7 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 			goto out;
 		ino = pmfuse_le64(f.de.ino);
 	}
+found:
 	rc = entry_out(fs, ino, attr);
 	if (rc == -ENOENT)
 		rc = PMFUSE_CORRUPT("directory %llu: entry \"%s\" names missing inode %llu",
@@ -461,6 +477,17 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 out:
 	pthread_rwlock_unlock(&fs->lock);
 	return rc;
+}
+
+/* Readdir cookies from keys and back (D3). */
+static uint64_t key_cookie(uint64_t key)
+{
+	return (key >> 16) << 15 | (key & SEQ_MASK);
+}
+
+static uint64_t cookie_key(uint64_t cookie)
+{
+	return (cookie >> 15) << 16 | (cookie & 0x7fffu);
 }
 
 int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfuse_dirent_fn emit,
@@ -485,7 +512,7 @@ int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfus
 	if (cookie <= 1 && emit(arg, "..", pmfuse_le64(dp->parent), DT_DIR, 2))
 		goto out;
 	dir_tree(fs, dp, leaf, &bt);
-	pmfuse_set_le64(&k, cookie < 2 ? 2 : cookie);
+	pmfuse_set_le64(&k, cookie <= 2 ? 0 : cookie_key(cookie));
 	rc = pmfuse_btree_seek(&cur, &bt, &k, PMFUSE_SEEK_GE);
 	while (!rc) {
 		const struct pmfuse_dirent *de = pmfuse_btree_cursor_rec(&cur);
@@ -496,7 +523,7 @@ int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfus
 			break;
 		memcpy(name, de->name, de->namelen);
 		name[de->namelen] = '\0';
-		if (emit(arg, name, pmfuse_le64(de->ino), de->type, key + 1))
+		if (emit(arg, name, pmfuse_le64(de->ino), de->type, key_cookie(key) + 1))
 			break;
 		rc = pmfuse_btree_next(&cur);
 	}
@@ -592,6 +619,52 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 		rc = link_new(fs, tx, parent, name, len, &f, ino, mode);
 	if (!rc)
 		rc = pmfuse_acl_inherit_apply(fs, tx, ino, &inh);
+out:
+	rc = entry_commit(fs, tx, rc, ino, attr);
+	pthread_rwlock_unlock(&fs->lock);
+	pmfuse_acl_inherit_done(&inh);
+	return rc;
+}
+
+/*
+ * O_TMPFILE: a regular file with no name, made in one transaction as an unlinked-but-open file
+ * is left by unlink: nlink 0, on the orphan list (so a crash frees it at the next mount), and
+ * referenced by the kernel until its last forget frees it. PMFUSE_INODE_LINKABLE lets linkat
+ * give it its first name (the kernel allows that unless O_EXCL was given).
+ */
+int pmfuse_fs_tmpfile(struct pmfuse_fs *fs, uint64_t parent, uint32_t mode,
+		      const struct pmfuse_cred *cred, struct pmfuse_attr *attr)
+{
+	struct pmfuse_acl_inherit inh = { 0 };
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *dp, *ip, dcopy;
+	struct pmfuse_tx *tx = NULL;
+	uint64_t ino = 0;
+	int rc;
+
+	mode = S_IFREG | (mode & 07777);
+	pthread_rwlock_wrlock(&fs->lock);
+	rc = fs->readonly ? -EROFS : get_dir(fs, parent, true, &dp, &leaf);
+	if (!rc)
+		rc = pmfuse_acl_inherit_prepare(fs, dp, leaf, cred, &mode, &inh);
+	if (rc)
+		goto out;
+	dcopy = *dp;
+	tx = pmfuse_tx_begin(fs->txm);
+	rc = pmfuse_inode_create(fs, tx, mode, 0, cred, &dcopy, &ino);
+	if (!rc)
+		rc = pmfuse_orphan_add(fs, tx, ino);
+	if (!rc)
+		rc = pmfuse_acl_inherit_apply(fs, tx, ino, &inh);
+	if (!rc)
+		rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
+	if (!rc)
+		rc = dirty(tx, leaf, ip);
+	if (!rc) {
+		pmfuse_set_le32(&ip->nlink, 0);
+		pmfuse_set_le32(&ip->flags, pmfuse_le32(ip->flags) | PMFUSE_INODE_LINKABLE);
+		pmfuse_tx_seal(tx);
+	}
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
 	pthread_rwlock_unlock(&fs->lock);
@@ -757,6 +830,7 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 	struct pmfuse_timestamp now;
 	struct pmfuse_tx *tx = NULL;
 	struct pmfuse_btree bt;
+	bool linkable;
 	struct dfind f;
 	size_t len;
 	int rc;
@@ -775,7 +849,9 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 		rc = -EPERM;
 		goto out;
 	}
-	if (!pmfuse_le32(ip->nlink)) {
+	/* an unlinked file stays unlinked; an O_TMPFILE one may get its first name */
+	linkable = pmfuse_le32(ip->flags) & PMFUSE_INODE_LINKABLE;
+	if (!pmfuse_le32(ip->nlink) && !linkable) {
 		rc = -ENOENT;
 		goto out;
 	}
@@ -787,6 +863,19 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 	tx = pmfuse_tx_begin(fs->txm);
 	dir_tree(fs, dp, dleaf, &bt);
 	rc = dirent_insert(tx, &bt, f.key, newname, len, ino, pmfuse_le32(ip->mode));
+	if (!rc && linkable)
+		rc = pmfuse_orphan_del(fs, tx, ino);
+	if (!rc && linkable) {
+		rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);  /* the orphan tree may have moved it */
+		if (!rc)
+			rc = pmfuse_inode_locate(fs, newparent, &dp, &dleaf);
+		if (!rc)
+			rc = dirty(tx, leaf, ip);
+		if (!rc) {
+			pmfuse_set_le32(&ip->flags, pmfuse_le32(ip->flags) & ~PMFUSE_INODE_LINKABLE);
+			pmfuse_tx_seal(tx);
+		}
+	}
 	if (rc)
 		goto out;
 	pmfuse_timestamp_now(&now);

@@ -556,7 +556,7 @@ int pmfuse_fs_statfs(struct pmfuse_fs *fs, struct pmfuse_statfs *st)
 {
 	const struct pmfuse_sb *sb = &fs->vol->sb;
 	uint64_t data_start = pmfuse_le64(sb->data_start), count = pmfuse_le64(sb->block_count);
-	uint64_t free_blocks = 0, per_leaf;
+	uint64_t free_blocks = 0, per_leaf, reserve;
 
 	memset(st, 0, sizeof(*st));
 	pthread_rwlock_rdlock(&fs->lock);
@@ -579,7 +579,10 @@ int pmfuse_fs_statfs(struct pmfuse_fs *fs, struct pmfuse_statfs *st)
 	/* what the allocator can hand out: the data area without the secondary superblock */
 	st->blocks = count > data_start + 1 ? count - data_start - 1 : 0;
 	st->blocks_free = free_blocks;
-	st->blocks_avail = free_blocks;
+	/* file data never takes the reserve (data.c), so it is free but not available: a
+	 * fallocate of what df shows as available must fit (xfstests generic/103) */
+	reserve = pmfuse_data_reserve(fs);
+	st->blocks_avail = free_blocks > reserve ? free_blocks - reserve : 0;
 	/* a leaf of the inode table holds per_leaf inodes: free blocks bound the inodes to come */
 	st->files_free = free_blocks * per_leaf;
 	st->files = pmfuse_btree_count(&fs->inodes) + st->files_free;

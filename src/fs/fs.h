@@ -123,6 +123,10 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		      struct pmfuse_attr *attr);
 /* Copies the target into buf (NUL-terminated); returns its length. -ERANGE if size is too small.*/
 int pmfuse_fs_readlink(struct pmfuse_fs *fs, uint64_t ino, char *buf, size_t size);
+/* An unnamed regular file in directory parent (O_TMPFILE): nlink 0 until pmfuse_fs_link names
+ * it, freed at its last forget otherwise. */
+int pmfuse_fs_tmpfile(struct pmfuse_fs *fs, uint64_t parent, uint32_t mode,
+		      const struct pmfuse_cred *cred, struct pmfuse_attr *attr);
 int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const char *newname,
 		   struct pmfuse_attr *attr);
 int pmfuse_fs_unlink(struct pmfuse_fs *fs, uint64_t parent, const char *name);
@@ -165,6 +169,11 @@ ssize_t pmfuse_fs_pread(struct pmfuse_fs *fs, uint64_t ino, void *buf, size_t le
  * POSIX requires for writes by a non-owner. Durable on return. */
 ssize_t pmfuse_fs_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
 			uint64_t off, bool append, const struct pmfuse_cred *cred);
+/* The same, also telling whether it cleared setuid or setgid: a cache of the mode (the
+ * kernel's) is stale then. */
+ssize_t pmfuse_fs_write_priv(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
+			     uint64_t off, bool append, const struct pmfuse_cred *cred,
+			     bool *privs_dropped);
 
 /* mode: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE
  * [| FALLOC_FL_KEEP_SIZE]; others -EOPNOTSUPP. */

@@ -17,6 +17,12 @@
  * only with ATOMIC_O_TRUNC, which pmfuse does not ask for; FUSE_WRITE_KILL_SUIDGID is dropped
  * by libfuse, and the kernel has sent the new mode by then.
  *
+ * FUSE_TMPFILE (O_TMPFILE, kernel 6.1 on) has no handler in libfuse 3.14, which answers it with
+ * ENOSYS, and the kernel then fails every O_TMPFILE open with EOPNOTSUPP. The kernel builds it
+ * exactly as a CREATE (fuse_create_open: struct fuse_create_in and the dentry name, "/" for a
+ * tmpfile) and reads the same reply, so the read hook turns its opcode into FUSE_CREATE and the
+ * create handler knows it by the name (PMFUSE_TMPFILE_NAME).
+ *
  * How. libfuse builds the INIT reply's flags from its own capability bits only, so the reply
  * is patched as it is written: the session's I/O goes through fuse_session_custom_io() hooks
  * that note the unique id of the INIT request (and the kernel's offer) when it is read, and set
@@ -40,6 +46,11 @@ static ssize_t initx_read(int fd, void *buf, size_t len, void *userdata)
 	ssize_t n = read(fd, buf, len);
 
 	(void)userdata;
+	if (n >= (ssize_t)sizeof(struct fuse_in_header) &&
+	    ((struct fuse_in_header *)buf)->opcode == FUSE_TMPFILE) {
+		((struct fuse_in_header *)buf)->opcode = FUSE_CREATE;
+		return n;
+	}
 	if (n >= (ssize_t)(sizeof(struct fuse_in_header) + offsetof(struct fuse_init_in, flags) +
 			   sizeof(uint32_t))) {
 		const struct fuse_in_header *in = buf;

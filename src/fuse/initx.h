@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
- * FUSE_INIT flags that libfuse 3.14 cannot ask for, added to its INIT reply on the way out.
+ * What the kernel speaks and libfuse 3.14 does not: FUSE_INIT flags it cannot ask for, added to
+ * its INIT reply on the way out, and FUSE_TMPFILE, passed on as a CREATE of a name no real
+ * CREATE can carry.
  */
 #ifndef PMFUSE_FUSE_INITX_H
 #define PMFUSE_FUSE_INITX_H
@@ -17,8 +19,17 @@ struct pmfuse_initx {
 };
 
 /*
+ * The name a FUSE_TMPFILE request (O_TMPFILE) arrives with at the create handler: the kernel
+ * sends the request as a CREATE of the dentry "/", which no real name can be, and initx
+ * changes only its opcode (the two requests carry the same arguments and expect the same
+ * reply: an entry and an open file).
+ */
+#define PMFUSE_TMPFILE_NAME "/"
+
+/*
  * Routes the session's /dev/fuse reads and writes through hooks that watch for INIT and add
- * FUSE_HANDLE_KILLPRIV_V2 to the reply when the kernel offers it. Call after
+ * FUSE_HANDLE_KILLPRIV_V2 to the reply when the kernel offers it, and that turn FUSE_TMPFILE
+ * into FUSE_CREATE. Call after
  * fuse_session_mount() and before the session loop; x must outlive the session. 0 or -errno.
  */
 int pmfuse_initx_install(struct fuse_session *se, struct pmfuse_initx *x);

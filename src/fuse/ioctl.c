@@ -225,42 +225,6 @@ static int caller_file(fuse_req_t req, int64_t fd, uint64_t *ino, int *flags, in
 }
 
 /*
- * Whether the calling thread has CAP_FSETID (bit 4 of CapEff in /proc/TID/status), which lets
- * it change a setuid file without the bit being cleared. Unreadable: only root has it.
- */
-static bool caller_has(const struct fuse_ctx *ctx, int cap)
-{
-	uint64_t caps;
-	bool in_group;
-
-	if (!pmfuse_caller_privs(ctx, ctx->gid, &caps, &in_group))
-		return ctx->uid == 0;
-	return caps & PMFUSE_CAP(cap);
-}
-
-/* Clears setuid/setgid of a file a clone is about to change, as file_remove_privs() does. */
-static int remove_privs(fuse_req_t req, uint64_t ino)
-{
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	struct pmfuse_cred cred = {
-		.uid = ctx->uid, .gid = ctx->gid, .pid = ctx->pid, .umask = ctx->umask,
-	};
-	struct pmfuse_setattr sa;
-	struct pmfuse_attr a;
-	int rc;
-
-	rc = pmfuse_fs_getattr(fs_of(req), ino, &a);
-	if (rc)
-		return rc;
-	if (!(a.mode & S_ISUID) && (a.mode & (S_ISGID | S_IXGRP)) != (S_ISGID | S_IXGRP))
-		return 0;
-	if (caller_has(ctx, CAP_FSETID))
-		return 0;
-	memset(&sa, 0, sizeof(sa));
-	return pmfuse_fs_setattr(fs_of(req), ino, &sa, PMFUSE_SET_KILL_SUID, &cred, &a);
-}
-
-/*
  * Whether the kernel can hold no cached page of a file over [off, ...) given the file's size
  * before a change: the page cache holds folios (at most 2 MiB, naturally aligned) only up to
  * the one that holds the last byte, and one that straddles EOF after a truncation may stay
@@ -323,7 +287,9 @@ static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	if (!rc && (src_flags & O_ACCMODE) == O_WRONLY)
 		rc = -EBADF;
 	if (!rc)
-		rc = remove_privs(req, ino);
+		rc = pmfuse_op_remove_privs(req, ino);
+	if (rc > 0)
+		rc = 0;   /* the clone drops the cached attributes anyway */
 	if (!rc) {
 		/* the size before, under the clone's lock: a concurrent write that extends the
 		 * file is either in it (and its pages dropped) or lands after the clone */
@@ -379,7 +345,7 @@ static void ioc_dedupe(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (!rc)
 		rc = pmfuse_fs_getattr(fs_of(req), dst_ino, &da);
 	if (!rc && (dst_flags & O_ACCMODE) == O_RDONLY && ctx->uid != da.uid &&
-	    !caller_has(ctx, CAP_SYS_ADMIN))
+	    !pmfuse_caller_has(ctx, CAP_SYS_ADMIN))
 		rc = -EPERM;
 	if (!rc) {
 		rc = pmfuse_fs_dedupe_range(fs_of(req), ino, a.src_offset, a.src_length, dst_ino,

@@ -9,7 +9,15 @@
  * max_idle_threads and the mount point, and fuse_session_new() takes the mount options. Options
  * may come after the positionals, as mount.fuse3 puts them ("pmfuse POOL MNT -o opts").
  * pmfuse always adds default_permissions (the kernel checks permissions; the fs relies on it),
- * fsname=POOL and subtype=pmfuse.
+ * fsname=POOL and subtype=pmfuse (the mount's type is "fuse.pmfuse"). -o nosubtype mounts as
+ * plain "fuse" with fsname=pmfuse#POOL instead, as FUSE filesystems were named before subtypes:
+ * tools that compare the type with "fuse" (xfstests' FSTYP=fuse) accept it, and mount.fuse3
+ * still finds the program in the source. POOL may carry that "pmfuse#" prefix.
+ *
+ * "mount -o remount[,ro|rw,...] MNT" reaches pmfuse through mount.fuse3 as a new daemon with
+ * -o remount. The kernel changes a FUSE mount's flags by itself (a FUSE superblock has nothing
+ * to reconfigure in the daemon), so pmfuse makes the same mount(2) call mount(8) would and
+ * exits; it refuses to make writable a mount whose daemon opened the pool read-only.
  *
  * Order of work: parse; fork unless -f (see detach.c); create the session (which rejects bad
  * mount options before anything is opened); open the pool (its flock refuses a pool already in
@@ -30,6 +38,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -50,27 +61,65 @@
 #define ENTRY_TIMEOUT 1.0
 #define ATTR_TIMEOUT 1.0
 
+#define FUSE_SUPER_MAGIC 0x65735546u  /* linux/magic.h */
+
 struct cli {
 	char *pool;                  /* first non-option argument */
+	char *mnt;                   /* second one (for -o remount, which needs no session) */
 	bool ro;
 	bool noacl;
+	bool nosubtype;
+	bool remount;
+	unsigned long remount_flags; /* MS_* from the -o options, for -o remount */
 };
 
-enum { KEY_RO, KEY_RW, KEY_ACL, KEY_NOACL };
+enum { KEY_RO, KEY_RW, KEY_ACL, KEY_NOACL, KEY_NOSUBTYPE, KEY_REMOUNT };
 
 static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("ro", KEY_RO),
 	FUSE_OPT_KEY("rw", KEY_RW),
 	FUSE_OPT_KEY("acl", KEY_ACL),
 	FUSE_OPT_KEY("noacl", KEY_NOACL),
+	FUSE_OPT_KEY("nosubtype", KEY_NOSUBTYPE),
+	FUSE_OPT_KEY("remount", KEY_REMOUNT),
 	FUSE_OPT_END
 };
+
+/* The mount flags a remount may change, as mount(8) spells them; "set" or "clear" each. */
+static const struct {
+	const char *name;
+	unsigned long set, clear;
+} remount_words[] = {
+	{ "ro", MS_RDONLY, 0 },           { "rw", 0, MS_RDONLY },
+	{ "nosuid", MS_NOSUID, 0 },       { "suid", 0, MS_NOSUID },
+	{ "nodev", MS_NODEV, 0 },         { "dev", 0, MS_NODEV },
+	{ "noexec", MS_NOEXEC, 0 },       { "exec", 0, MS_NOEXEC },
+	{ "noatime", MS_NOATIME, 0 },     { "atime", 0, MS_NOATIME },
+	{ "nodiratime", MS_NODIRATIME, 0 }, { "diratime", 0, MS_NODIRATIME },
+	{ "relatime", MS_RELATIME, 0 },   { "norelatime", 0, MS_RELATIME },
+	{ "strictatime", MS_STRICTATIME, 0 },
+	{ "sync", MS_SYNCHRONOUS, 0 },    { "async", 0, MS_SYNCHRONOUS },
+	{ "dirsync", MS_DIRSYNC, 0 },
+	{ "lazytime", MS_LAZYTIME, 0 },   { "nolazytime", 0, MS_LAZYTIME },
+};
+
+static void note_remount_word(struct cli *cli, const char *arg)
+{
+	for (size_t i = 0; i < sizeof(remount_words) / sizeof(remount_words[0]); i++) {
+		if (!strcmp(arg, remount_words[i].name)) {
+			cli->remount_flags |= remount_words[i].set;
+			cli->remount_flags &= ~remount_words[i].clear;
+		}
+	}
+}
 
 static int cli_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
 {
 	struct cli *cli = data;
 
 	(void)outargs;
+	if (key != FUSE_OPT_KEY_NONOPT)
+		note_remount_word(cli, arg);
 	switch (key) {
 	case KEY_RO:
 		cli->ro = true;
@@ -82,9 +131,21 @@ static int cli_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	case KEY_NOACL:
 		cli->noacl = key == KEY_NOACL;
 		return 0;            /* ours: the kernel would refuse it */
+	case KEY_NOSUBTYPE:
+		cli->nosubtype = true;
+		return 0;
+	case KEY_REMOUNT:
+		cli->remount = true;
+		return 0;
 	case FUSE_OPT_KEY_NONOPT:
-		if (cli->pool)
+		if (cli->pool) {
+			if (!cli->mnt && !(cli->mnt = strdup(arg)))
+				return -1;
 			return 1;    /* the mount point, for fuse_parse_cmdline() */
+		}
+		/* "pmfuse#POOL": the source as -o nosubtype names it */
+		if (!strncmp(arg, "pmfuse#", 7))
+			arg += 7;
 		cli->pool = strdup(arg);
 		return cli->pool ? 0 : -1;
 	default:
@@ -103,6 +164,10 @@ static void usage(FILE *f)
 		"    -o allow_other         let users other than the mounting one in\n"
 		"    -o noacl               no POSIX ACLs: permissions from the mode bits alone,\n"
 		"                           and path walks through the root cost no ACL lookup\n"
+		"    -o nosubtype           mount as type \"fuse\" (fsname=pmfuse#POOL), not\n"
+		"                           \"fuse.pmfuse\" (for tools that expect plain fuse)\n"
+		"    -o remount,OPTS        change a mounted pmfuse's flags (ro, rw, nosuid, noexec,\n"
+		"                           ...) as mount -o remount does, then exit\n"
 		"pmfuse always uses -o default_permissions,fsname=POOL,subtype=pmfuse.\n"
 		"\n");
 }
@@ -131,17 +196,17 @@ static int check_mountpoint(const char *mnt)
 }
 
 /* The mount options pmfuse always adds; the last occurrence of fsname/subtype wins. */
-static int add_mount_opts(struct fuse_args *args, const char *pool)
+static int add_mount_opts(struct fuse_args *args, const char *pool, bool nosubtype)
 {
 	char *opts = NULL, *fsname = NULL;
 	int rc = -1;
 
-	if (asprintf(&fsname, "fsname=%s", pool) < 0) {
+	if (asprintf(&fsname, "fsname=%s%s", nosubtype ? "pmfuse#" : "", pool) < 0) {
 		fsname = NULL;
 		goto out;
 	}
 	if (fuse_opt_add_opt(&opts, "default_permissions") ||
-	    fuse_opt_add_opt(&opts, "subtype=pmfuse") ||
+	    (!nosubtype && fuse_opt_add_opt(&opts, "subtype=pmfuse")) ||
 	    fuse_opt_add_opt_escaped(&opts, fsname) ||
 	    fuse_opt_add_arg(args, "-o") || fuse_opt_add_arg(args, opts))
 		goto out;
@@ -150,6 +215,44 @@ out:
 	free(fsname);
 	free(opts);
 	return rc;
+}
+
+/*
+ * -o remount: the mount point must be the root of a FUSE mount (its inode is pmfuse's root).
+ * Making it writable needs a read-write daemon behind it: one holds the pool's exclusive
+ * flock, so a shared one can be had only when the daemon is read-only (or gone). Returns the
+ * exit status.
+ */
+static int remount(const struct cli *cli, const char *mnt)
+{
+	struct statfs sfs;
+	struct stat st;
+	int fd;
+
+	if (statfs(mnt, &sfs) || stat(mnt, &st)) {
+		fprintf(stderr, "pmfuse: %s: %s\n", mnt, strerror(errno));
+		return 1;
+	}
+	if ((uint32_t)sfs.f_type != FUSE_SUPER_MAGIC || st.st_ino != PMFUSE_ROOT_INO) {
+		fprintf(stderr, "pmfuse: %s: not a mounted pmfuse filesystem; nothing to remount\n",
+			mnt);
+		return 1;
+	}
+	if (!(cli->remount_flags & MS_RDONLY) && (sfs.f_flags & ST_RDONLY) && cli->pool &&
+	    (fd = open(cli->pool, O_RDONLY | O_CLOEXEC)) >= 0) {
+		bool ro_daemon = !flock(fd, LOCK_SH | LOCK_NB);
+		close(fd);
+		if (ro_daemon) {
+			fprintf(stderr, "pmfuse: %s: its daemon opened %s read-only; unmount it and "
+				"mount again without -o ro\n", mnt, cli->pool);
+			return 1;
+		}
+	}
+	if (mount(NULL, mnt, NULL, MS_REMOUNT | cli->remount_flags, NULL)) {
+		fprintf(stderr, "pmfuse: %s: remount: %s\n", mnt, strerror(errno));
+		return 1;
+	}
+	return 0;
 }
 
 struct mount {
@@ -171,10 +274,10 @@ static int lock_shared(struct mount *m)
 	m->ro_lock_fd = open(m->path, O_RDONLY | O_CLOEXEC);
 	if (m->ro_lock_fd < 0)
 		return 0;            /* pmfuse_pool_open() will say what is wrong */
-	if (flock(m->ro_lock_fd, LOCK_SH | LOCK_NB)) {
-		int err = errno;
+	int rc = pmfuse_pool_flock(m->ro_lock_fd, m->path, LOCK_SH);
+	if (rc) {
 		pmfuse_log(PMFUSE_LOG_ERR, "%s: pool is in use (mounted read-write?)", m->path);
-		return err == EWOULDBLOCK ? -EBUSY : -err;
+		return rc;
 	}
 	return 0;
 }
@@ -303,11 +406,22 @@ int main(int argc, char *argv[])
 	struct cli cli = { 0 };
 	char pool_path[PATH_MAX];
 	bool signals = false, mounted = false;
-	int rc, status = 1;
+	int rc, status = 1, path_errno = 0;
 
 	memset(&opts, 0, sizeof(opts));
-	if (fuse_opt_parse(&args, &cli, cli_opts, cli_proc) ||
-	    fuse_parse_cmdline(&args, &opts)) {
+	if (fuse_opt_parse(&args, &cli, cli_opts, cli_proc))
+		goto bad_args;
+	/*
+	 * Absolute, as the daemon leaves its working directory and fsname shows in mount(8). The
+	 * mount options go in before fuse_parse_cmdline(), which adds subtype=<program name>
+	 * unless it finds an fsname (so -o nosubtype could not leave the subtype out after it).
+	 */
+	if (cli.pool && !realpath(cli.pool, pool_path))
+		path_errno = errno;
+	else if (cli.pool && add_mount_opts(&args, pool_path, cli.nosubtype))
+		path_errno = ENOMEM;
+	if (fuse_parse_cmdline(&args, &opts)) {
+bad_args:
 		fprintf(stderr, "Try 'pmfuse --help' for more information.\n");
 		goto out;
 	}
@@ -334,15 +448,14 @@ int main(int argc, char *argv[])
 			"Try 'pmfuse --help' for more information.\n");
 		goto out;
 	}
-	if (check_mountpoint(opts.mountpoint))
-		goto out;
-	/* Absolute, as the daemon leaves its working directory and fsname shows in mount(8). */
-	if (!realpath(cli.pool, pool_path)) {
-		fprintf(stderr, "pmfuse: %s: %s\n", cli.pool, strerror(errno));
+	if (cli.remount) {
+		status = remount(&cli, opts.mountpoint);
 		goto out;
 	}
-	if (add_mount_opts(&args, pool_path)) {
-		fprintf(stderr, "pmfuse: out of memory\n");
+	if (check_mountpoint(opts.mountpoint))
+		goto out;
+	if (path_errno) {
+		fprintf(stderr, "pmfuse: %s: %s\n", cli.pool, strerror(path_errno));
 		goto out;
 	}
 	/* Until it detaches, a daemon tells the terminal only what went wrong; syslog gets the rest. */
@@ -425,6 +538,7 @@ out:
 		pmfuse_log(PMFUSE_LOG_INFO, "%s: closed cleanly", pool_path);
 	free(opts.mountpoint);
 	free(cli.pool);
+	free(cli.mnt);
 	fuse_opt_free_args(&args);
 	return status;
 }

@@ -65,6 +65,8 @@
 #include <unistd.h>
 
 #include "fs/fs.h"
+#include "fuse/initx.h"
+#include "fuse/notify.h"
 #include "util/util.h"
 
 _Static_assert(PMFUSE_ROOT_INO == FUSE_ROOT_ID, "the fs root must be the FUSE root node id");
@@ -414,7 +416,11 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	int rc;
 
 	cred_of(req, &cred);
-	rc = pmfuse_fs_mknod(fs_of(req), parent, name, S_IFREG | (mode & 07777), 0, &cred, &a);
+	if (!strcmp(name, PMFUSE_TMPFILE_NAME))    /* FUSE_TMPFILE, as initx.c passes it on */
+		rc = pmfuse_fs_tmpfile(fs_of(req), parent, mode, &cred, &a);
+	else
+		rc = pmfuse_fs_mknod(fs_of(req), parent, name, S_IFREG | (mode & 07777), 0, &cred,
+				     &a);
 	if (rc < 0) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -488,6 +494,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		     struct fuse_file_info *fi)
 {
 	struct pmfuse_cred cred;
+	bool dropped;
 	ssize_t n;
 
 	(void)fi;
@@ -496,7 +503,11 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return;
 	}
 	cred_of(req, &cred);
-	n = pmfuse_fs_write(fs_of(req), ino, buf, size, (uint64_t)off, false, &cred);
+	n = pmfuse_fs_write_priv(fs_of(req), ino, buf, size, (uint64_t)off, false, &cred, &dropped);
+	/* The kernel keeps the old mode until its attributes time out unless told (a statx for
+	 * the mode alone, as "stat -c %A" makes, would not even refresh them). */
+	if (dropped)
+		pmfuse_notifier_inval_attr(daemon_of(req)->notifier, ino);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else
@@ -520,13 +531,22 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
 			 struct fuse_file_info *fi)
 {
+	int rc, dropped;
+
 	(void)fi;
 	if (off < 0 || len <= 0) {
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	fuse_reply_err(req, -pmfuse_fs_fallocate(fs_of(req), ino, mode, (uint64_t)off,
-						 (uint64_t)len));
+	rc = pmfuse_fs_fallocate(fs_of(req), ino, mode, (uint64_t)off, (uint64_t)len);
+	/*
+	 * A fallocate changes the file as a write does, so it drops setuid/setgid as XFS and
+	 * ext4 do (file_modified); FUSE leaves that to the server and sends no kill flag. The
+	 * kernel is told, since it would keep showing the old mode.
+	 */
+	if (!rc && (dropped = pmfuse_op_remove_privs(req, ino)) > 0)
+		pmfuse_notifier_inval_attr(daemon_of(req)->notifier, ino);
+	fuse_reply_err(req, -rc);
 }
 
 static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
@@ -785,6 +805,37 @@ bool pmfuse_caller_privs(const struct fuse_ctx *ctx, gid_t gid, uint64_t *caps, 
 	if (f)
 		fclose(f);
 	return known;
+}
+
+bool pmfuse_caller_has(const struct fuse_ctx *ctx, int cap)
+{
+	uint64_t caps;
+	bool in_group;
+
+	if (!pmfuse_caller_privs(ctx, ctx->gid, &caps, &in_group))
+		return ctx->uid == 0;
+	return caps & PMFUSE_CAP(cap);
+}
+
+int pmfuse_op_remove_privs(fuse_req_t req, uint64_t ino)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct pmfuse_cred cred;
+	struct pmfuse_setattr sa;
+	struct pmfuse_attr a;
+	int rc;
+
+	rc = pmfuse_fs_getattr(fs_of(req), ino, &a);
+	if (rc)
+		return rc;
+	if (!(a.mode & S_ISUID) && (a.mode & (S_ISGID | S_IXGRP)) != (S_ISGID | S_IXGRP))
+		return 0;
+	if (pmfuse_caller_has(ctx, CAP_FSETID))
+		return 0;
+	cred_of(req, &cred);
+	memset(&sa, 0, sizeof(sa));
+	rc = pmfuse_fs_setattr(fs_of(req), ino, &sa, PMFUSE_SET_KILL_SUID, &cred, &a);
+	return rc ? rc : 1;
 }
 
 /*

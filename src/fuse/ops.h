@@ -65,6 +65,14 @@ void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
 #define CAP_SYS_ADMIN 21
 #endif
 bool pmfuse_caller_privs(const struct fuse_ctx *ctx, gid_t gid, uint64_t *caps, bool *in_group);
+/* Whether the calling thread has capability cap; unreadable status: only root has it. */
+bool pmfuse_caller_has(const struct fuse_ctx *ctx, int cap);
+/*
+ * Clears setuid (and setgid when group-executable) of ino when the caller lacks CAP_FSETID,
+ * as file_remove_privs() does before a change of the file's data the kernel does not check
+ * for the server (clone, fallocate). Returns 1 if bits were cleared, 0 if none, or -errno.
+ */
+int pmfuse_op_remove_privs(fuse_req_t req, uint64_t ino);
 
 /* Whether the fs answers lookups of "." and ".." (what FUSE_CAP_EXPORT_SUPPORT asks for). */
 bool pmfuse_ops_probe_export(struct pmfuse_fs *fs);

@@ -28,6 +28,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/util.h"
@@ -136,6 +137,32 @@ bool pmfuse_pool_lock_holder(const char *path, char *buf, size_t len)
 	return found;
 }
 
+int pmfuse_pool_flock(int fd, const char *path, int how)
+{
+	const long step_ms = 10, waited_note_ms = 200;
+	struct timespec step = { .tv_nsec = step_ms * 1000000L };
+	bool told = false;
+	char who[128];
+
+	for (long waited = 0;; waited += step_ms) {
+		if (!flock(fd, how | LOCK_NB))
+			return 0;
+		if (errno == EINTR)
+			continue;
+		if (errno != EWOULDBLOCK)
+			return -errno;
+		if (waited >= PMFUSE_POOL_LOCK_WAIT_MS)
+			return -EBUSY;
+		if (waited >= waited_note_ms && !told) {
+			pmfuse_pool_lock_holder(path, who, sizeof(who));
+			pmfuse_log(PMFUSE_LOG_INFO, "%s: waiting for %s to let go of the pool", path,
+				   who);
+			told = true;
+		}
+		nanosleep(&step, NULL);
+	}
+}
+
 static struct pmfuse_pool *pool_alloc(const char *path)
 {
 	struct pmfuse_pool *pool = calloc(1, sizeof(*pool));
@@ -188,9 +215,8 @@ int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out)
 	}
 
 	if (!(flags & (PMFUSE_POOL_RDONLY | PMFUSE_POOL_NOLOCK)) &&
-	    flock(pool->fd, LOCK_EX | LOCK_NB)) {
+	    (rc = pmfuse_pool_flock(pool->fd, path, LOCK_EX))) {
 		char who[128];
-		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
 		pmfuse_pool_lock_holder(path, who, sizeof(who));
 		pmfuse_log(PMFUSE_LOG_ERR, "%s: pool is in use by %s", path, who);
 		goto fail;

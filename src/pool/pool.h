@@ -49,6 +49,15 @@ enum pmfuse_source_kind {
  */
 int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out);
 
+/*
+ * Takes an flock (LOCK_EX or LOCK_SH) on fd, the pool at path. A daemon whose mount was just
+ * unmounted still holds its lock while it closes the pool (umount(8) returns before the daemon
+ * has seen the unmount), so a busy lock is retried for up to PMFUSE_POOL_LOCK_WAIT_MS, saying
+ * once (at info level) whom it waits for. Returns 0, -EBUSY if still held then, or -errno.
+ */
+#define PMFUSE_POOL_LOCK_WAIT_MS 3000
+int pmfuse_pool_flock(int fd, const char *path, int how);
+
 /* Names the process holding an flock on path ("process 123 (pmfuse)"), from /proc/locks.
  * Returns false (and "another process" in buf) when it cannot tell or nobody holds one. */
 bool pmfuse_pool_lock_holder(const char *path, char *buf, size_t len);

@@ -5,7 +5,9 @@ setuid/setgid clearing, sticky and setgid directories, permission checks, utimen
 UTIME_NOW/UTIME_OMIT and nanoseconds, which timestamps each operation changes, special files,
 truncate, statfs/df accounting. Expected values are what Linux gives on ext4."""
 
+import ctypes
 import errno
+import mmap
 import os
 import socket
 import stat
@@ -168,6 +170,67 @@ def write_clears_setid(m):
     run_as(U2, G2, truncate_some, p)
     eq(mode_of(p), 0o777, "setuid+setgid after truncate by a non-owner")
     eq(os.stat(p).st_size, 10, "size after the non-owner's truncate")
+
+
+STATX_MODE = 0x2
+pmfs.libc.statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                            ctypes.c_void_p]
+
+
+def statx_mode(p):
+    """The mode as `stat -c %A` asks for it: statx with STATX_MODE alone, which the kernel
+    answers from its cached attributes while they have not timed out."""
+    buf = ctypes.create_string_buffer(256)
+    if pmfs.libc.statx(pmfs.AT_FDCWD, os.fsencode(p), 0, STATX_MODE, buf) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"statx({p}): {os.strerror(e)}")
+    return stat.S_IMODE(struct.unpack_from("<H", buf.raw, 28)[0])
+
+
+def direct_write_some(p):
+    buf = mmap.mmap(-1, 4096)             # page-aligned, as O_DIRECT wants
+    buf.write(b"d" * 4096)
+    fd = os.open(p, os.O_WRONLY | os.O_DIRECT)
+    try:
+        os.write(fd, buf)
+    finally:
+        os.close(fd)
+
+
+def falloc_some(mode):
+    def act(p):
+        fd = os.open(p, os.O_WRONLY)
+        try:
+            pmfs.fallocate(fd, mode, 4096, 4096)
+        finally:
+            os.close(fd)
+    return act
+
+
+@test()
+def setid_cleared_and_seen_at_once(m):
+    # xfstests generic/355 (O_DIRECT write) and 683-685 (fallocate, punch, zero range): a change
+    # by a user without CAP_FSETID drops setuid and setgid (group-executable), and `stat -c %A`
+    # right after shows it, not the mode the kernel cached before
+    acts = (("an O_DIRECT write", direct_write_some), ("a write", write_some),
+            ("fallocate", falloc_some(0)),
+            ("fallocate KEEP_SIZE", falloc_some(pmfs.FALLOC_FL_KEEP_SIZE)),
+            ("a punched hole", falloc_some(pmfs.FALLOC_FL_PUNCH_HOLE | pmfs.FALLOC_FL_KEEP_SIZE)),
+            ("a zeroed range", falloc_some(pmfs.FALLOC_FL_ZERO_RANGE)))
+    for i, (what, act) in enumerate(acts):
+        p = user_file(m, f"f{i}", U1, G1, 0o6777, b"x" * 16384)
+        eq(statx_mode(p), 0o6777, f"mode before {what}")      # cached by the kernel now
+        run_as(U2, G2, act, p)
+        eq(statx_mode(p), 0o777, f"mode seen right after {what} by a non-owner")
+        eq(mode_of(p), 0o777, f"mode after {what} by a non-owner")
+        # setgid without group exec is not a privilege (it means mandatory locking): kept
+        p = user_file(m, f"g{i}", U1, G1, 0o6766, b"x" * 16384)
+        run_as(U2, G2, act, p)
+        eq(statx_mode(p), 0o2766, f"setuid and setgid (no group exec) after {what}")
+        # root keeps both (CAP_FSETID)
+        p = user_file(m, f"r{i}", U1, G1, 0o6777, b"x" * 16384)
+        act(p)
+        eq(mode_of(p), 0o6777, f"mode after {what} by root")
 
 
 def file_caps():
@@ -637,6 +700,26 @@ def statfs_counts(m):
         raise Failure(f"after removing everything: {s4.f_bfree} blocks free (at the start "
                       f"{s0.f_bfree}), {s4.f_files - s4.f_ffree} inodes in use (at the start "
                       f"{used_inodes0})") from None
+
+
+@test(size="256M")
+def fallocate_what_df_shows(m):
+    # df's available space is what a file can take (xfstests generic/103): preallocating all
+    # of it but 512 KiB (for the file's metadata) must fit
+    s = m.statfs()
+    check(s.f_bavail < s.f_bfree, f"f_bavail {s.f_bavail} leaves nothing for metadata "
+          f"(f_bfree {s.f_bfree})")
+    want = (s.f_bavail - 128) * s.f_frsize
+    fd = os.open(m.path("big"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        pmfs.fallocate(fd, 0, 0, want)
+    finally:
+        os.close(fd)
+    eq(os.stat(m.path("big")).st_size, want, "size after preallocating what df showed")
+    # metadata still has room: names and small attributes can be made
+    for i in range(16):
+        touch(m.path(f"after-{i}"))
+        os.setxattr(m.path(f"after-{i}"), "user.x", b"y" * 64)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ a damaged pool, a bad mount point, unknown options) fail clearly, mount nothing 
 files as they were; --help and -V; the clean flag and mount count; read-only mounts."""
 
 import errno
+import fcntl
 import hashlib
 import os
 import subprocess
+import threading
 import time
 
 import pmfs
@@ -231,6 +233,118 @@ def read_only_mount(m):
     m.opts = []
     m.mount()
     write_file(m.path("new"), b"rw again")
+
+
+def remount(m, opts, pool=None):
+    """What mount(8) runs for "mount -o remount,OPTS MNT" through mount.fuse3."""
+    return subprocess.run([m.cfg.daemon, pool or m.pool, m.mnt, "-o", "remount," + opts],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=30 * pmfs.TIME_FACTOR)
+
+
+def mount_flags(m):
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if pmfs._unescape(fields[4]) == os.path.realpath(m.mnt):
+                return set(fields[5].split(","))
+    raise Failure(f"{m.mnt} is not mounted")
+
+
+@test(mount=False)
+def nosubtype_and_remount(m):
+    # -o nosubtype: type "fuse" (what xfstests' FSTYP=fuse compares with), and a source that
+    # names the program, so that mount.fuse3 finds pmfuse for a later mount -o remount
+    m.mkfs()
+    m.opts = ["nosubtype"]
+    m.mount()
+    fstype, source, _ = pmfs.mountinfo()[os.path.realpath(m.mnt)]
+    eq(fstype, "fuse", "type of a -o nosubtype mount")
+    eq(source, "pmfuse#" + os.path.realpath(m.pool), "source of a -o nosubtype mount")
+    write_file(m.path("f"), b"before")
+    # mount.fuse3 passes the source as it is: pmfuse accepts the pmfuse# prefix
+    r = remount(m, "ro", pool=source)
+    eq(r.returncode, 0, f"remount,ro exit status:\n{r.stdout}")
+    check("ro" in mount_flags(m), f"mount flags after remount,ro: {mount_flags(m)}")
+    expect_errno(errno.EROFS, write_file, m.path("g"), b"x")
+    expect_errno(errno.EROFS, os.unlink, m.path("f"))
+    eq(read_file(m.path("f")), b"before", "reading after remount,ro")
+    r = remount(m, "rw,noexec")
+    eq(r.returncode, 0, f"remount,rw exit status:\n{r.stdout}")
+    flags = mount_flags(m)
+    check("rw" in flags and "noexec" in flags, f"mount flags after remount,rw,noexec: {flags}")
+    write_file(m.path("g"), b"after")
+    eq(m.daemon.poll(), None, "the serving daemon after two remounts")
+    m.unmount()
+    m.raise_problems()
+    m.opts = []
+    m.mount()
+    eq(read_file(m.path("g")), b"after", "data written after remount,rw")
+    # remounting what is not a pmfuse mount, or a read-only daemon read-write, is refused
+    other = os.path.join(m.dir, "plain")
+    os.mkdir(other)
+    r = subprocess.run([m.cfg.daemon, m.pool, other, "-o", "remount,ro"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+    check(r.returncode != 0 and "not a mounted pmfuse" in r.stdout,
+          f"remount of a plain directory: status {r.returncode}, {r.stdout!r}")
+    m.unmount()
+    m.raise_problems()
+    m.opts = ["ro"]
+    m.mount()
+    r = remount(m, "rw")
+    check(r.returncode != 0 and "read-only" in r.stdout,
+          f"remount,rw of a read-only daemon: status {r.returncode}, {r.stdout!r}")
+    check("ro" in mount_flags(m), f"flags after the refused remount: {mount_flags(m)}")
+    m.unmount()
+    m.raise_problems()
+    m.opts = []
+
+
+def hold_lock(path, seconds):
+    """Holds an exclusive flock on path for seconds, in a thread, as a daemon that is still
+    closing the pool after its unmount would. Returns the thread (join it)."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def release():
+        time.sleep(seconds)
+        os.close(fd)
+    t = threading.Thread(target=release)
+    t.start()
+    return t
+
+
+@test(mount=False)
+def lock_released_soon(m):
+    # umount returns before the daemon has closed the pool (xfstests generic/611 mounts again
+    # at once): a lock let go of within moments is waited for, by the daemon, fsck and mkfs
+    m.mkfs()
+    t = hold_lock(m.pool, 0.5)
+    m.mount()
+    t.join()
+    write_file(m.path("f"), b"mounted after a wait")
+    m.unmount()
+    m.raise_problems()
+    fsck = os.path.join(os.path.dirname(m.cfg.mkfs), "fsck.pmfuse")
+    if os.access(fsck, os.X_OK):
+        t = hold_lock(m.pool, 0.5)
+        r = subprocess.run([fsck, "-n", "-f", m.pool], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60)
+        t.join()
+        eq(r.returncode, 0, f"fsck.pmfuse after a short wait:\n{r.stdout}")
+    t = hold_lock(m.pool, 0.5)
+    r = subprocess.run([m.cfg.mkfs, "-f", "-s", "64M", m.pool], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=60)
+    t.join()
+    eq(r.returncode, 0, f"mkfs.pmfuse after a short wait:\n{r.stdout}")
+    # a lock that stays is still refused, naming its holder
+    t = hold_lock(m.pool, 6)
+    try:
+        st, out, mounted = run_daemon(m, [m.pool, m.mnt])
+    finally:
+        t.join()
+    check(st not in (None, 0) and not mounted and "in use" in out.lower(),
+          f"a pool locked for good: status {st}, mounted {mounted}, said {out!r}")
 
 
 if __name__ == "__main__":

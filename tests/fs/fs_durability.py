@@ -309,6 +309,35 @@ def ns_matches(scan, tree):
     return None
 
 
+def ns_verify(mnt, logpath, tree, when):
+    """Replays the namespace log onto tree and checks the mount against it, accepting the
+    operation in flight done or not. Returns the tree adopted and the record in flight."""
+    pending = None
+    with open(logpath) as f:
+        for line in f.read().splitlines():
+            w = line.split()
+            if w[0] == "B":
+                pending = w
+            else:
+                check(pending and pending[1] == w[1], f"log out of order at {line}")
+                ns_apply(pending, tree)
+                pending = None
+    scan = ns_scan(mnt)
+    why = ns_matches(scan, tree)
+    if why and pending is not None:
+        after = dict(tree)
+        ns_apply(pending, after)
+        why2 = ns_matches(scan, after)
+        if why2 is None:
+            tree, why = after, None
+        else:
+            why = f"{why}; with the operation in flight ({' '.join(pending[2:])}) done: {why2}"
+    if why:
+        raise Failure(f"{when}: the tree after the crash is neither the logged state nor that "
+                      f"plus the operation in flight: {why}")
+    return tree, pending
+
+
 @test(size="128M", timeout=300)
 def kill_during_namespace_ops(m):
     seed = pmfs.SEED
@@ -329,29 +358,7 @@ def kill_during_namespace_ops(m):
         m.detach()
         eq(clean_state(m), "no", f"cycle {cycle}: 'clean' after kill -9")
         m.mount()
-        pending = None
-        with open(logpath) as f:
-            for line in f.read().splitlines():
-                w = line.split()
-                if w[0] == "B":
-                    pending = w
-                else:
-                    check(pending and pending[1] == w[1], f"log out of order at {line}")
-                    ns_apply(pending, tree)
-                    pending = None
-        scan = ns_scan(m.mnt)
-        why = ns_matches(scan, tree)
-        if why and pending is not None:
-            after = dict(tree)
-            ns_apply(pending, after)
-            why2 = ns_matches(scan, after)
-            if why2 is None:
-                tree, why = after, None
-            else:
-                why = f"{why}; with the operation in flight ({' '.join(pending[2:])}) done: {why2}"
-        if why:
-            raise Failure(f"cycle {cycle}: the tree after the crash is neither the logged state "
-                          f"nor that plus the operation in flight: {why}")
+        tree, pending = ns_verify(m.mnt, logpath, tree, f"cycle {cycle}")
         os.unlink(logpath)
         print(f"     cycle {cycle}: ops up to {res[1]}, in flight: "
               f"{pending and ' '.join(pending[2:])}, {len(tree)} paths")
@@ -475,6 +482,58 @@ def kill_during_large_frees(m):
                 os.unlink(m.path(n))
     m.unmount()
     m.fsck()
+
+
+SOAK_ROUNDS = int(os.environ.get("PMFUSE_SOAK_ROUNDS", "2"))
+
+
+@test(size="256M", timeout=max(300, 8 * SOAK_ROUNDS))
+def soak_kill9_mixed(m):
+    """The data and the namespace workloads at once, in two directories (two processes, and
+    the daemon's worker threads between them), killed with SIGKILL at a random moment, round
+    after round: after each, every returned operation is there, the one in flight done or
+    not; after a clean unmount fsck finds nothing. PMFUSE_SOAK_ROUNDS sets the rounds (2 in
+    the test command; 1,000 for a soak)."""
+    seed = pmfs.SEED
+    data_dir, ns_dir = m.path("data"), m.path("ns")
+    os.mkdir(data_dir)
+    os.mkdir(ns_dir)
+    dlog, nlog = os.path.join(m.tmp, "data.log"), os.path.join(m.tmp, "ns.log")
+    files, tree = {}, {}
+    dnext = nnext = 0
+    t0 = time.time()
+    for rnd in range(SOAK_ROUNDS):
+        dchild = m.fork(data_workload, data_dir, dlog, seed, dnext, 6)
+        nchild = m.fork(ns_workload, ns_dir, nlog, seed, nnext)
+
+        def going():
+            return all(c.exited() or os.path.exists(p) and open(p).read().count("\nD ") > 20
+                       for c, p in ((dchild, dlog), (nchild, nlog)))
+        pmfs.wait_until(going, 60, "both workloads got going")
+        time.sleep(m.rng.uniform(0.0, 0.4))
+        m.kill_daemon()
+        for what, child in (("data", dchild), ("namespace", nchild)):
+            res = child.join()
+            if res[0] != "ok":
+                raise Failure(f"round {rnd}: the {what} workload failed before the kill: "
+                              f"{res[1]!r}\n{res[2] if len(res) > 2 else ''}")
+            if what == "data":
+                dnext = res[1] + 1000
+            else:
+                nnext = res[1] + 1000
+        m.detach()
+        m.mount()
+        files = check_data(data_dir, seed, files, replay(dlog, seed, files))
+        tree, _ = ns_verify(ns_dir, nlog, tree, f"round {rnd}")
+        os.unlink(dlog)
+        os.unlink(nlog)
+        m.unmount()
+        m.raise_problems()
+        m.fsck()
+        m.mount()
+        if rnd % 50 == 49 or rnd == SOAK_ROUNDS - 1:
+            print(f"     round {rnd + 1}/{SOAK_ROUNDS}: {len(files)} files, {len(tree)} paths, "
+                  f"{time.time() - t0:.0f}s", flush=True)
 
 
 @test(timeout=120)

@@ -530,6 +530,59 @@ def readdir_cookies(m):
     eq([e[3] for e in a], [e[3] for e in b], "listing after rewinddir")
 
 
+@test()
+def readdir_offsets_seekable(m):
+    # every offset readdir hands out is a valid file offset (xfstests generic/257): seeking to
+    # the offset that came with an entry continues the listing right after that entry
+    d = m.path("d")
+    os.mkdir(d)
+    for i in range(168):
+        touch(os.path.join(d, str(i)))
+    full = getdents(d)
+    eq(len(full), 170, "entries listed, '.' and '..' included")
+    negative = [(e[3], e[1]) for e in full if e[1] < 0]
+    eq(negative, [], "entries whose next offset is negative")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i, e in enumerate(full[:-1]):
+            eq(os.lseek(fd, e[1], os.SEEK_SET), e[1], f"lseek to the offset after {e[3]}")
+            nxt = getdents_fd(fd, 512)
+            check(nxt, f"nothing after the offset of {e[3]}")
+            eq(nxt[0][3], full[i + 1][3], f"the entry after {e[3]} once seeked to its offset")
+    finally:
+        os.close(fd)
+
+
+@test()
+def file_handles_after_cache_drop(m):
+    # open_by_handle_at once the kernel has forgotten the inodes (xfstests generic/426): the
+    # kernel then looks up "." in the handle's inode, a file's as well as a directory's
+    write_file(m.path("f"), b"by handle")
+    os.mkdir(m.path("d"))
+    write_file(m.path("d/g"), b"in a directory")
+    handles = {n: pmfs.name_to_handle(m.path(n)) for n in ("f", "d", "d/g")}
+    pmfs.drop_caches(2)
+    mfd = os.open(m.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = pmfs.open_by_handle(mfd, handles["f"])
+        eq(os.read(fd, 100), b"by handle", "a file opened by its handle after a cache drop")
+        os.close(fd)
+        fd = pmfs.open_by_handle(mfd, handles["d"], os.O_RDONLY | os.O_DIRECTORY)
+        eq(sorted(e[3] for e in getdents_fd(fd)), [b".", b"..", b"g"],
+           "a directory opened by its handle")
+        os.close(fd)
+        pmfs.drop_caches(2)
+        fd = pmfs.open_by_handle(mfd, handles["d/g"])
+        eq(os.read(fd, 100), b"in a directory", "a file in a subdirectory by its handle")
+        os.close(fd)
+        # a removed file's handle is stale
+        os.unlink(m.path("f"))
+        pmfs.drop_caches(2)
+        expect_errno(errno.ESTALE, pmfs.open_by_handle, mfd, handles["f"])
+    finally:
+        os.close(mfd)
+
+
 def snapshot(root):
     """Everything observable about a tree, per path (atime left out)."""
     out = {}

@@ -51,6 +51,7 @@ import random
 import select
 import shutil
 import signal
+import re
 import struct
 import subprocess
 import sys
@@ -231,6 +232,37 @@ def listxattr_sized(path, size):
     return n, buf.raw[:n] if size else b""
 
 
+MAX_HANDLE_SZ = 128
+
+
+def name_to_handle(path):
+    """name_to_handle_at(2): the file handle of path, as (handle_type, handle bytes)."""
+    buf = ctypes.create_string_buffer(8 + MAX_HANDLE_SZ)
+    struct.pack_into("<Ii", buf, 0, MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int()
+    if libc.name_to_handle_at(AT_FDCWD, _b(path), buf, ctypes.byref(mount_id), 0) != 0:
+        _raise_errno(f"name_to_handle_at({path})")
+    nbytes, htype = struct.unpack_from("<Ii", buf.raw, 0)
+    return htype, buf.raw[8:8 + nbytes]
+
+
+def open_by_handle(mount_fd, handle, flags=os.O_RDONLY):
+    """open_by_handle_at(2) of a handle from name_to_handle (needs CAP_DAC_READ_SEARCH)."""
+    htype, data = handle
+    buf = ctypes.create_string_buffer(struct.pack("<Ii", len(data), htype) + data)
+    fd = libc.open_by_handle_at(mount_fd, buf, flags)
+    if fd < 0:
+        _raise_errno("open_by_handle_at")
+    return fd
+
+
+def drop_caches(what=3):
+    """sync, then drop the page cache (1), dentries and inodes (2), or both (3)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write(str(what))
+
+
 SYS_getdents64 = 217  # x86_64
 if os.uname().machine == "aarch64":
     SYS_getdents64 = 61
@@ -357,8 +389,8 @@ def skip_reason(cfg):
 
 
 def _unescape(s):
-    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n") \
-        .replace("\\134", "\\")
+    """The octal escapes of /proc/self/mountinfo (space, tab, newline, '#', backslash)."""
+    return re.sub(r"\\([0-7]{3})", lambda mo: chr(int(mo.group(1), 8)), s)
 
 
 def mountinfo():

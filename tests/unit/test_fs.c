@@ -188,6 +188,8 @@ static int collect(void *arg, const char *name, uint64_t ino, unsigned type, uin
 	l->v[l->n].type = type;
 	l->v[l->n].next = next;
 	l->n++;
+	/* a cookie is a file offset: the kernel, lseek and seekdir refuse negative ones */
+	assert_true(next <= INT64_MAX);
 	return 0;
 }
 
@@ -1118,6 +1120,10 @@ static void test_basics(void **state)
 	assert_int_equal(pmfuse_fs_mknod(t.fs, f, "g", S_IFREG, 0, &root_cred, &a), -ENOTDIR);
 	assert_int_equal(pmfuse_fs_mknod(t.fs, 999, "g", S_IFREG, 0, &root_cred, &a), -ENOENT);
 	assert_int_equal(lookup_attr(&t, f, "g", &a), -ENOTDIR);
+	/* "." in a file is the file (how the kernel resolves a file handle); ".." is not */
+	assert_int_equal(lookup_attr(&t, f, ".", &a), 0);
+	assert_int_equal(a.ino, f);
+	assert_int_equal(lookup_attr(&t, f, "..", &a), -ENOTDIR);
 	assert_int_equal(lookup_attr(&t, d, "nope", &a), -ENOENT);
 	assert_int_equal(pmfuse_fs_readdir(t.fs, f, 0, collect, NULL), -ENOTDIR);
 
@@ -1513,6 +1519,84 @@ static void test_orphans(void **state)
 	t_destroy(&t);
 }
 
+/* O_TMPFILE: an unnamed orphan that linkat may name once, or that its last forget frees. */
+static void test_tmpfile(void **state)
+{
+	struct pmfuse_attr a;
+	struct tctx t, c;
+	uint64_t free0, f, g, d;
+	void *image;
+
+	(void)state;
+	t_new(&t, 16 * MIB);
+	free0 = free_blocks(&t);
+	assert_int_equal(pmfuse_fs_tmpfile(t.fs, 1, 0640, &root_cred, &a), 0);
+	f = a.ino;
+	assert_int_equal(a.nlink, 0);
+	assert_int_equal(a.mode, S_IFREG | 0640);
+	assert_int_equal(pmfuse_btree_count(&t.fs->orphans), 1);
+	assert_int_equal(pmfuse_fs_write(t.fs, f, "tmp data", 8, 0, false, &root_cred), 8);
+	check_space(&t);
+	/* the first name takes it off the orphan list; it is an ordinary file from then on */
+	assert_int_equal(pmfuse_fs_link(t.fs, f, 1, "named", &a), 0);
+	pmfuse_fs_forget(t.fs, f, 1);
+	assert_int_equal(a.nlink, 1);
+	assert_int_equal(pmfuse_btree_count(&t.fs->orphans), 0);
+	assert_int_equal(lookup_attr(&t, 1, "named", &a), 0);
+	assert_int_equal(a.ino, f);
+	assert_int_equal(pmfuse_fs_link(t.fs, f, 1, "second", &a), 0);
+	pmfuse_fs_forget(t.fs, f, 1);
+	assert_int_equal(a.nlink, 2);
+	assert_int_equal(pmfuse_fs_unlink(t.fs, 1, "second"), 0);
+	/* unlinked again after it had names: never linkable again */
+	assert_int_equal(pmfuse_fs_unlink(t.fs, 1, "named"), 0);
+	assert_int_equal(pmfuse_fs_link(t.fs, f, 1, "back", &a), -ENOENT);
+	pmfuse_fs_forget(t.fs, f, 1);
+	assert_int_equal(pmfuse_fs_getattr(t.fs, f, &a), -ENOENT);
+
+	/* never named: the last forget frees it, data and all */
+	assert_int_equal(pmfuse_fs_tmpfile(t.fs, 1, 0600, &root_cred, &a), 0);
+	g = a.ino;
+	assert_int_equal(pmfuse_fs_write(t.fs, g, "x", 1, 100000, false, &root_cred), 1);
+	pmfuse_fs_forget(t.fs, g, 1);
+	assert_int_equal(pmfuse_fs_getattr(t.fs, g, &a), -ENOENT);
+	assert_int_equal(pmfuse_btree_count(&t.fs->orphans), 0);
+	assert_int_equal(free_blocks(&t), free0);
+
+	/* bad parents */
+	assert_int_equal(pmfuse_fs_mknod(t.fs, 1, "f", S_IFREG | 0644, 0, &root_cred, &a), 0);
+	pmfuse_fs_forget(t.fs, a.ino, 1);
+	assert_int_equal(pmfuse_fs_tmpfile(t.fs, a.ino, 0600, &root_cred, &a), -ENOTDIR);
+	assert_int_equal(pmfuse_fs_tmpfile(t.fs, 999, 0600, &root_cred, &a), -ENOENT);
+	assert_int_equal(pmfuse_fs_mkdir(t.fs, 1, "d", 0755, &root_cred, &a), 0);
+	d = a.ino;
+	assert_int_equal(pmfuse_fs_rmdir(t.fs, 1, "d"), 0);
+	assert_int_equal(pmfuse_fs_tmpfile(t.fs, d, 0600, &root_cred, &a), -ENOENT);
+	pmfuse_fs_forget(t.fs, d, 1);
+	assert_int_equal(pmfuse_fs_unlink(t.fs, 1, "f"), 0);
+
+	/* a crash while one is open: the next open frees it */
+	assert_int_equal(pmfuse_fs_tmpfile(t.fs, 1, 0600, &root_cred, &a), 0);
+	g = a.ino;
+	assert_int_equal(pmfuse_fs_write(t.fs, g, "y", 1, 0, false, &root_cred), 1);
+	image = malloc(pmfuse_pool_size(t.pool));
+	assert_non_null(image);
+	pmfuse_pool_fake_crash_image(t.pool, image, NULL, NULL);
+	struct pmfuse_pool *pool2;
+	assert_int_equal(pmfuse_pool_fake_new(pmfuse_pool_size(t.pool), image, &pool2), 0);
+	free(image);
+	t_open_pool(&c, pool2);
+	assert_int_equal(pmfuse_fs_getattr(c.fs, g, &a), -ENOENT);
+	assert_int_equal(pmfuse_btree_count(&c.fs->orphans), 0);
+	assert_int_equal(free_blocks(&c), free0);
+	check_space(&c);
+	t_destroy(&c);
+	pmfuse_fs_forget(t.fs, g, 1);
+	assert_int_equal(free_blocks(&t), free0);
+	check_space(&t);
+	t_destroy(&t);
+}
+
 static void test_big_dir(void **state)
 {
 	uint64_t n = th_scaled(100000), free0, cookie = 0;
@@ -1706,8 +1790,8 @@ static void test_hash(void **state)
 	assert_int_equal(a.ino, fb);
 	list_dir(&t, 1, 1, &l);
 	assert_int_equal(l.n, 2);
-	assert_int_equal(l.v[0].next - 1, h << 16 | 0);
-	assert_int_equal(l.v[1].next - 1, h << 16 | 1);
+	assert_int_equal(l.v[0].next - 1, h << 15 | 0);   /* the cookie: key without seq's top bit */
+	assert_int_equal(l.v[1].next - 1, h << 15 | 1);   /* the cookie: key without seq's top bit */
 	assert_string_equal(l.v[0].name, coll_a);
 	free(l.v);
 	/* remove the first of the chain: the second is still found, the first's seq is reused */
@@ -1717,7 +1801,7 @@ static void test_hash(void **state)
 	assert_int_equal(pmfuse_fs_rename(t.fs, 1, coll_b, 1, coll_a, 0), 0);
 	list_dir(&t, 1, 5, &l);
 	assert_int_equal(l.n, 1);
-	assert_int_equal(l.v[0].next - 1, h << 16 | 0);
+	assert_int_equal(l.v[0].next - 1, h << 15 | 0);   /* the cookie: key without seq's top bit */
 	assert_int_equal(l.v[0].ino, fb);
 	free(l.v);
 	fa = mk(&t, 1, coll_b, S_IFREG | 0644);
@@ -2821,6 +2905,7 @@ int main(void)
 		cmocka_unit_test(test_hash),
 		cmocka_unit_test(test_xattrs),
 		cmocka_unit_test(test_orphans),
+		cmocka_unit_test(test_tmpfile),
 		cmocka_unit_test(test_readonly),
 		cmocka_unit_test(test_corruption),
 		cmocka_unit_test(test_fsck_checks),
