@@ -280,7 +280,7 @@ static void random_op(struct run *r)
 			memset(mf->data + off, 0, PMFUSE_MIN(end, mf->size) - off);
 		if (!keep && end > mf->size)
 			mf->size = end;
-		m_map(mf, bs, off, end, 1);
+		m_zero_range(mf, bs, off, end);
 		r->ops[OP_ZERO]++;
 	} else if (kind < 75) {                                     /* preallocate */
 		bool keep = rnd(r, 2);
@@ -289,7 +289,7 @@ static void random_op(struct run *r)
 		assert_int_equal(rc, 0);
 		if (!keep && end > mf->size)
 			mf->size = end;
-		m_map(mf, bs, off, end, 1);
+		m_prealloc(mf, bs, off, end);
 		r->ops[OP_FALLOC]++;
 	} else if (kind < 85) {                                     /* pread */
 		compare_range(e, mf, off, PMFUSE_MIN(len, 300000), r->tmp);
@@ -353,6 +353,7 @@ static void run_model(uint64_t seed_mix, size_t pool_size, uint32_t bs, uint64_t
 	for (int i = 0; i < nfiles; i++) {
 		snprintf(name, sizeof(name), "f%d", i);
 		mfile_init(&r.e, &r.files[i], name, cap);
+		r.files[i].exact = true;   /* no sharing here: unwritten blocks are predictable */
 	}
 
 	for (uint64_t i = 1; i <= nops; i++) {
@@ -791,6 +792,7 @@ static void eat_blocks(struct th_env *e, uint64_t ino, uint64_t left)
 		pmfuse_extmap_open(&m, e->fs, ip, leaf);
 		rc = pmfuse_alloc_extent(tx, e->fs->alloc, 0, 1, want, &x.pblock, &x.len);
 		x.fblock = fb;
+		x.flags = 0;
 		if (!rc)
 			rc = pmfuse_extent_insert(tx, &m, &x);
 		if (rc) {
@@ -993,14 +995,16 @@ static void test_corruption(void **state)
 	pmfuse_log_set_target(PMFUSE_LOG_QUIET);
 
 	const uint64_t bad_pblock[] = { 1, pmfuse_le64(e.vol->sb.sb2_block), UINT64_MAX - 1 };
-	for (size_t i = 0; i < PMFUSE_ARRAY_SIZE(bad_pblock) + 2; i++) {
+	for (size_t i = 0; i < PMFUSE_ARRAY_SIZE(bad_pblock) + 3; i++) {
 		*x = saved;
 		if (i < PMFUSE_ARRAY_SIZE(bad_pblock))
 			pmfuse_set_le64(&x->pblock, bad_pblock[i]);
 		else if (i == PMFUSE_ARRAY_SIZE(bad_pblock))
 			pmfuse_set_le32(&x->len, 5);   /* overlaps the next record at block 3 */
-		else
-			pmfuse_set_le32(&x->flags, 1);
+		else if (i == PMFUSE_ARRAY_SIZE(bad_pblock) + 1)
+			pmfuse_set_le32(&x->flags, 2);   /* unknown */
+		else   /* unwritten, but the pool never got the feature */
+			pmfuse_set_le32(&x->flags, PMFUSE_EXTENT_UNWRITTEN);
 		pmfuse_blk_seal(node, e.bs);
 		assert_int_equal(pmfuse_fs_pread(e.fs, ino, out, sizeof(out), 0), -EUCLEAN);
 		assert_int_equal(pmfuse_fs_read(e.fs, ino, 0, sizeof(out), gather, &g), -EUCLEAN);

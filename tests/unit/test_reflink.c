@@ -514,7 +514,7 @@ static void random_op(struct run *r)
 			memset(mf->data + off, 0, PMFUSE_MIN(end, mf->size) - off);
 		if (!keep && end > mf->size)
 			mf->size = end;
-		m_map(mf, bs, off, end, 1);
+		m_zero_range(mf, bs, off, end);
 		r->ops[OP_ZERO]++;
 	} else if (kind < 83) {                                     /* preallocate */
 		bool keep = rnd(r, 2);
@@ -523,7 +523,7 @@ static void random_op(struct run *r)
 		assert_int_equal(rc, 0);
 		if (!keep && end > mf->size)
 			mf->size = end;
-		m_map(mf, bs, off, end, 1);
+		m_prealloc(mf, bs, off, end);
 		r->ops[OP_FALLOC]++;
 	} else if (kind < 84) {                                     /* unlink, new file */
 		char name[32];
