@@ -120,8 +120,11 @@ def fallocate_reads_zeros_and_writes_convert(m):
     only what they touch, and the rest of each touched block reads as zeros."""
     stale_pool(m)
     f = File(m.path("f"))
+    check("unwritten" not in m.info()["features"], "a fresh pool lacks the unwritten feature")
     free0 = m.statfs().f_bfree
     f.falloc(0, 4 * MiB)
+    check(m.info()["features"].endswith("incompat 0x0000000000000001 (unwritten)"),
+          f"the first fallocate sets the unwritten feature: {m.info()['features']}")
     check(free0 - m.statfs().f_bfree >= 1024, "fallocate took its blocks from the pool")
     check(os.fstat(f.fd).st_blocks >= 8192, "st_blocks counts the preallocated blocks")
     f.verify("after fallocate")
