@@ -812,7 +812,8 @@ static int cow_store(struct file *f, const struct pmfuse_iext *e, uint64_t fb, u
 	return rc;
 }
 
-/* Mapped shared blocks among file blocks [fb0, fb1): what a CoW of the range needs at most. */
+/* Written shared blocks among file blocks [fb0, fb1): what zeroing the range by CoW needs at
+ * most (unwritten ones need nothing: they read as zeros already). */
 struct shared_count {
 	const struct file *f;
 	uint64_t lo, hi, blocks;
@@ -824,6 +825,8 @@ static int count_shared_ext(void *arg, const struct pmfuse_iext *e)
 	struct shared_count *c = arg;
 	uint64_t pos = PMFUSE_MAX(e->fblock, c->lo), end = PMFUSE_MIN(e->fblock + e->len, c->hi);
 
+	if (e->flags & PMFUSE_EXTENT_UNWRITTEN)
+		return 0;
 	while (pos < end) {
 		uint64_t run;
 		bool shared;
@@ -1581,10 +1584,10 @@ static int punch(struct file *f, uint64_t off, uint64_t end)
 }
 
 /*
- * ZERO_RANGE's mapped whole blocks [fb0, fb1) become unwritten: unshared written runs by a flag
- * change (a transaction each, no store), shared runs (written or not) by a copy-on-write that
- * copies nothing: new unwritten blocks replace them in one transaction (their other owners keep
- * the old ones, E6).
+ * ZERO_RANGE's written whole blocks [fb0, fb1) become unwritten: unshared runs by a flag change
+ * (a transaction each, no store), shared runs by a copy-on-write that copies nothing: new
+ * unwritten blocks replace them in one transaction (their other owners keep the old ones, E6).
+ * Unwritten blocks, shared or not, read as zeros already and stay as they are.
  */
 static int whole_to_unwritten(struct file *f, uint64_t fb0, uint64_t fb1)
 {
@@ -1606,6 +1609,10 @@ static int whole_to_unwritten(struct file *f, uint64_t fb0, uint64_t fb1)
 			fb = hole_end;
 			continue;
 		}
+		if (e.flags & PMFUSE_EXTENT_UNWRITTEN) {   /* shared or not: zeros already */
+			fb = PMFUSE_MIN(fb1, e.fblock + e.len);
+			continue;
+		}
 		rc = share_run(f, &e, fb, fb1, &shared, &run);
 		if (rc)
 			return rc;
@@ -1613,7 +1620,7 @@ static int whole_to_unwritten(struct file *f, uint64_t fb0, uint64_t fb1)
 			static const struct cow_fill unw = { .unwritten = true };
 
 			rc = cow_tx(f, &e, fb, PMFUSE_MIN(run, b.blocks), &unw, NULL, NULL, &run);
-		} else if (!(e.flags & PMFUSE_EXTENT_UNWRITTEN)) {
+		} else {
 			tx = pmfuse_tx_begin(f->fs->txm);
 			rc = pmfuse_extent_convert(tx, &f->map, &e, fb, fb + run,
 						   PMFUSE_EXTENT_UNWRITTEN);
