@@ -1272,6 +1272,103 @@ static void test_crash_truncate_and_append(void **state)
 	free(next);
 }
 
+/* Every unwritten block of ino as (file block -> pool block) pairs, in v (at most max). */
+static unsigned unwritten_of(struct th_env *e, uint64_t ino, uint64_t *fb, uint64_t *pb,
+			     unsigned max)
+{
+	struct pmfuse_extent_info x[64];
+	uint64_t next;
+	unsigned k = 0;
+	int n = pmfuse_fs_get_extents(e->fs, ino, 0, x, PMFUSE_ARRAY_SIZE(x), &next);
+
+	assert_true(n >= 0 && next == UINT64_MAX);
+	for (int i = 0; i < n; i++)
+		for (uint64_t b = 0; x[i].unwritten && b < x[i].length / e->bs && k < max; b++) {
+			fb[k] = x[i].logical / e->bs + b;
+			pb[k] = x[i].physical / e->bs + b;
+			k++;
+		}
+	return k;
+}
+
+/*
+ * Unwritten extents, looked at in the pool: preallocation stores nothing into its blocks (their
+ * old bytes, a deleted file's, stay there and never show); a write converts exactly the blocks
+ * it touches and zeroes the rest of them; the superblock gets the feature with the first
+ * preallocation; ZERO_RANGE over shared unwritten blocks takes no space.
+ */
+static void test_unwritten(void **state)
+{
+	struct th_env e;
+	uint64_t old, ino, cl, fb[64], pb[64], free_blocks;
+	uint8_t *before, *buf = malloc(64 * 4096);
+	const uint8_t *pool;
+	unsigned n;
+	(void)state;
+
+	assert_non_null(buf);
+	th_env_new(&e, 8u << 20, 4096, 0);
+	pool = pmfuse_pool_base(e.pool);
+	before = malloc(pmfuse_pool_size(e.pool));
+	assert_non_null(before);
+	/* a deleted file leaves its bytes in free blocks */
+	old = th_mkfile(&e, "old");
+	memset(buf, 0xab, 64 * 4096);
+	assert_int_equal(pmfuse_fs_write(e.fs, old, buf, 64 * 4096, 0, false, &th_cred_user),
+			 64 * 4096);
+	th_rmfile(&e, "old", old);
+	assert_false(pmfuse_le64(e.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN);
+
+	ino = th_mkfile(&e, "f");
+	memcpy(before, pool, pmfuse_pool_size(e.pool));
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 64 * 4096), 0);
+	assert_true(pmfuse_le64(e.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN);
+	n = unwritten_of(&e, ino, fb, pb, 64);
+	assert_int_equal(n, 64);
+	for (unsigned i = 0; i < n; i++)   /* not one store into the preallocated blocks */
+		assert_memory_equal(pool + pb[i] * 4096, before + pb[i] * 4096, 4096);
+	assert_int_equal(pmfuse_fs_pread(e.fs, ino, buf, 64 * 4096, 0), 64 * 4096);
+	for (size_t i = 0; i < 64 * 4096; i++)
+		assert_int_equal(buf[i], 0);
+
+	/* 10 bytes in block 5: block 5 is converted and zeroed around them, 4 and 6 untouched */
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "0123456789", 10, 5 * 4096 + 100, false,
+					 &th_cred_user), 10);
+	n = unwritten_of(&e, ino, fb, pb, 64);
+	assert_int_equal(n, 63);
+	for (unsigned i = 0; i < n; i++) {
+		assert_true(fb[i] != 5);
+		assert_memory_equal(pool + pb[i] * 4096, before + pb[i] * 4096, 4096);
+	}
+	assert_int_equal(pmfuse_fs_pread(e.fs, ino, buf, 3 * 4096, 4 * 4096), 3 * 4096);
+	for (size_t i = 0; i < 3 * 4096; i++)
+		assert_int_equal(buf[i], i >= 4096 + 100 && i < 4096 + 110 ?
+				 (uint8_t)('0' + i - 4096 - 100) : 0);
+
+	/* a clone shares the unwritten blocks; ZERO_RANGE over them takes no block */
+	cl = th_mkfile(&e, "clone");
+	assert_int_equal(pmfuse_fs_clone_range(e.fs, ino, 0, 0, cl, 0), 0);
+	assert_int_equal(unwritten_of(&e, cl, fb, pb, 64), 63);
+	free_blocks = th_free_blocks(&e);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, cl, FALLOC_FL_ZERO_RANGE, 6 * 4096, 50 * 4096),
+			 0);
+	assert_int_equal(th_free_blocks(&e), free_blocks);
+	/* over written shared blocks: new unwritten ones (one block here), nothing stored */
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, cl, FALLOC_FL_ZERO_RANGE, 5 * 4096, 4096), 0);
+	assert_int_equal(unwritten_of(&e, cl, fb, pb, 64), 64);
+	assert_int_equal(th_free_blocks(&e), free_blocks - 1);
+	assert_int_equal(pmfuse_fs_pread(e.fs, ino, buf, 10, 5 * 4096 + 100), 10);
+	assert_memory_equal(buf, "0123456789", 10);
+	th_fsck_clean(e.fs);
+	assert_int_equal(pmfuse_fs_check_space(e.fs, NULL, NULL, 0), 0);   /* shared blocks */
+	th_rmfile(&e, "clone", cl);
+	th_rmfile(&e, "f", ino);
+	check_space(&e);
+	th_env_free(&e);
+	free(before);
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1285,6 +1382,7 @@ int main(void)
 		cmocka_unit_test(test_log_full),
 		cmocka_unit_test(test_budget_split_extent),
 		cmocka_unit_test(test_corruption),
+		cmocka_unit_test(test_unwritten),
 		cmocka_unit_test(test_crash_truncate_and_append),
 		cmocka_unit_test(test_model_verified),
 		cmocka_unit_test(test_model_tiny_log),
