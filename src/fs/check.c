@@ -9,9 +9,11 @@
  *              gives the block accounting an index of it);
  *   trees      every b+tree's structure (pmfuse_btree_check, with each record's own check), then
  *              what a record says beyond itself, against the state block and the pool (the
- *              invariants of format.md for inodes, extents E1-E3 and E5, xattrs, ACLs);
+ *              invariants of format.md for inodes, extents E1-E3, E5 and E6's flag against
+ *              the superblock's feature, xattrs, ACLs);
  *   blocks     pmfuse_fs_check_space: refcounts against extents, every block used exactly as the
- *              trees say (reflink.c); meaningful only over sound trees;
+ *              trees say, no block written for one owner and unwritten for another
+ *              (reflink.c); meaningful only over sound trees;
  *   namespace  the graph the directories make, below.
  *
  * Namespace. One walk of the inode table copies what the graph needs into a DRAM array sorted by

@@ -519,8 +519,9 @@ ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t sr
  * since its contents do). Blocks the two already share are neither compared nor remapped; a
  * hole compares as zeros, so zero blocks of the destination over a hole of the source become a
  * hole; unwritten blocks compare as zeros too, and a remap copies the source's flag with its
- * blocks, so no pool block ends up written for one owner and unwritten for another (E6). Nothing is changed when any byte differs. A crash part way leaves some of the range
- * remapped and the rest as it was: the same bytes either way, every block counted.
+ * blocks, so no pool block ends up written for one owner and unwritten for another (E6).
+ * Nothing is changed when any byte differs. A crash part way leaves some of the range remapped
+ * and the rest as it was: the same bytes either way, every block counted.
  */
 
 /* The run of file blocks from fb (below end) that is one extent's or one hole's. */
