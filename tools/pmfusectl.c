@@ -254,9 +254,10 @@ static void print_sb(const struct pmfuse_sb *sb)
 	    (ull)pmfuse_le64(sb->bitmap_blocks));
 	row("data", "blocks %llu..%llu (%llu)", (ull)pmfuse_le64(sb->data_start),
 	    (ull)(count - 2), (ull)(count - 1 - pmfuse_le64(sb->data_start)));
-	row("features", "compat 0x%016llx ro_compat 0x%016llx incompat 0x%016llx",
+	row("features", "compat 0x%016llx ro_compat 0x%016llx incompat 0x%016llx%s",
 	    (ull)pmfuse_le64(sb->compat), (ull)pmfuse_le64(sb->ro_compat),
-	    (ull)pmfuse_le64(sb->incompat));
+	    (ull)pmfuse_le64(sb->incompat),
+	    pmfuse_le64(sb->incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN ? " (unwritten)" : "");
 	row("clean", "%s", pmfuse_le32(sb->clean) == PMFUSE_SB_CLEAN ? "yes" :
 	    "no (mounted now, or not cleanly unmounted)");
 	row("mount count", "%llu", (ull)pmfuse_le64(sb->mount_count));
@@ -741,8 +742,23 @@ static int cmd_unshare(const struct command *cmd, int argc, char **argv)
 /* ---- stat ----------------------------------------------------------------------------------- */
 
 struct stat_sum {
-	uint64_t extents, mapped, shared;
+	uint64_t extents, mapped, shared, unwritten;
 };
+
+/* The flags column: "shared", "unwritten", both, or "-". */
+static const char *ext_flags_str(uint32_t flags)
+{
+	switch (flags & (PMFUSE_EXTENT_SHARED | PMFUSE_IOC_EXTENT_UNWRITTEN)) {
+	case PMFUSE_EXTENT_SHARED:
+		return "shared";
+	case PMFUSE_IOC_EXTENT_UNWRITTEN:
+		return "unwritten";
+	case PMFUSE_EXTENT_SHARED | PMFUSE_IOC_EXTENT_UNWRITTEN:
+		return "shared,unwritten";
+	default:
+		return "-";
+	}
+}
 
 static int stat_extent(void *arg, const struct pmfuse_ioc_extent *e)
 {
@@ -754,18 +770,20 @@ static int stat_extent(void *arg, const struct pmfuse_ioc_extent *e)
 		       "flags");
 	printf("  %14llu %14llu %12s %5u  %s\n", (unsigned long long)e->logical,
 	       (unsigned long long)e->physical, size_str(e->length, len, sizeof(len)),
-	       e->refcount, e->flags & PMFUSE_EXTENT_SHARED ? "shared" : "-");
+	       e->refcount, ext_flags_str(e->flags));
 	sum->extents++;
 	sum->mapped += e->length;
 	if (e->flags & PMFUSE_EXTENT_SHARED)
 		sum->shared += e->length;
+	if (e->flags & PMFUSE_IOC_EXTENT_UNWRITTEN)
+		sum->unwritten += e->length;
 	return 0;
 }
 
 static int stat_file(const char *path)
 {
 	struct stat_sum sum = { 0 };
-	char size[32], m[32], sh[32], ex[32];
+	char size[32], m[32], sh[32], ex[32], un[32];
 	uint32_t bs = 0;
 	struct stat st;
 	int fd, rc;
@@ -780,10 +798,11 @@ static int stat_file(const char *path)
 		ioc_err(path, "cannot read its extents", -rc);
 		return -1;
 	}
-	printf("  %llu extent%s, mapped %s: shared %s, exclusive %s\n",
+	printf("  %llu extent%s, mapped %s: shared %s, exclusive %s, unwritten %s\n",
 	       (unsigned long long)sum.extents, sum.extents == 1 ? "" : "s",
 	       size_str(sum.mapped, m, sizeof(m)), size_str(sum.shared, sh, sizeof(sh)),
-	       size_str(sum.mapped - sum.shared, ex, sizeof(ex)));
+	       size_str(sum.mapped - sum.shared, ex, sizeof(ex)),
+	       size_str(sum.unwritten, un, sizeof(un)));
 	return 0;
 }
 

@@ -56,10 +56,15 @@ static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v
 #define PMFUSE_LABEL_MAX 64
 
 /* Feature words. A pool with unknown incompat bits is refused; unknown ro_compat bits force a
- * read-only open; unknown compat bits are ignored. Version 1 defines none. */
+ * read-only open; unknown compat bits are ignored.
+ * INCOMPAT_UNWRITTEN: extent records may carry PMFUSE_EXTENT_UNWRITTEN. Set (superblock written
+ * and persisted) before the first transaction that could create such a record commits, never
+ * cleared; a pool without it holds none, so code from before the flag reads it as it always
+ * did, and refuses a pool with it instead of showing the stale bytes of unwritten blocks. */
+#define PMFUSE_FEATURE_INCOMPAT_UNWRITTEN 0x1ull
 #define PMFUSE_FEATURE_COMPAT_SUPP 0ull
 #define PMFUSE_FEATURE_RO_COMPAT_SUPP 0ull
-#define PMFUSE_FEATURE_INCOMPAT_SUPP 0ull
+#define PMFUSE_FEATURE_INCOMPAT_SUPP PMFUSE_FEATURE_INCOMPAT_UNWRITTEN
 
 struct pmfuse_sb {
 	struct pmfuse_le64 magic;         /* PMFUSE_SB_MAGIC */
@@ -258,13 +263,19 @@ struct pmfuse_dirent {
 /*
  * Extent: a record of a file's map tree. Blocks [fblock, fblock + len) of the file live at
  * [pblock, pblock + len) of the pool. Records do not overlap; a gap is a hole (reads as zeros).
+ * An UNWRITTEN extent owns its blocks but reads as zeros: their bytes are never looked at (they
+ * may hold anything, another file's old data included) until a write converts them, zeroing
+ * what it does not cover first. Only with PMFUSE_FEATURE_INCOMPAT_UNWRITTEN. A pool block
+ * mapped by several records is unwritten in all of them or in none.
  */
 #define PMFUSE_EXTENT_MAX_LEN (1u << 30)
+#define PMFUSE_EXTENT_UNWRITTEN 0x1u
+#define PMFUSE_EXTENT_FLAGS_KNOWN PMFUSE_EXTENT_UNWRITTEN
 struct pmfuse_extent {
 	struct pmfuse_le64 fblock;
 	struct pmfuse_le64 pblock;
 	struct pmfuse_le32 len;
-	struct pmfuse_le32 flags;        /* 0 in version 1 */
+	struct pmfuse_le32 flags;        /* PMFUSE_EXTENT_*; 0 without INCOMPAT_UNWRITTEN */
 };
 
 /*

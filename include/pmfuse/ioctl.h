@@ -52,11 +52,14 @@ struct pmfuse_ioc_dedupe_range {
 /* The file's extents from byte start on, at most PMFUSE_IOC_EXTENTS_MAX per call. */
 #define PMFUSE_IOC_EXTENTS_MAX 64
 #define PMFUSE_EXTENT_SHARED 1u
+/* Allocated but reads as zeros (fallocate, ZERO_RANGE). Not PMFUSE_EXTENT_UNWRITTEN: that is the
+ * record flag of format.h, a different number space. */
+#define PMFUSE_IOC_EXTENT_UNWRITTEN 2u
 struct pmfuse_ioc_extent {
 	uint64_t logical;           /* byte offset in the file */
 	uint64_t physical;          /* byte offset in the pool */
 	uint64_t length;            /* bytes */
-	uint32_t flags;             /* PMFUSE_EXTENT_SHARED */
+	uint32_t flags;             /* PMFUSE_EXTENT_SHARED, PMFUSE_IOC_EXTENT_UNWRITTEN */
 	uint32_t refcount;          /* owners of the first block of the extent */
 };
 struct pmfuse_ioc_extents {

@@ -9,9 +9,11 @@
  *              gives the block accounting an index of it);
  *   trees      every b+tree's structure (pmfuse_btree_check, with each record's own check), then
  *              what a record says beyond itself, against the state block and the pool (the
- *              invariants of format.md for inodes, extents E1-E3 and E5, xattrs, ACLs);
+ *              invariants of format.md for inodes, extents E1-E3, E5 and E6's flag against
+ *              the superblock's feature, xattrs, ACLs);
  *   blocks     pmfuse_fs_check_space: refcounts against extents, every block used exactly as the
- *              trees say (reflink.c); meaningful only over sound trees;
+ *              trees say, no block written for one owner and unwritten for another
+ *              (reflink.c); meaningful only over sound trees;
  *   namespace  the graph the directories make, below.
  *
  * Namespace. One walk of the inode table copies what the graph needs into a DRAM array sorted by
@@ -275,25 +277,36 @@ static void inode_tree(struct ino_ck *c, struct pmfuse_blk_hdr *leaf, bool xattr
 	pmfuse_inode_tree(c->k->fs, ip, leaf, xattrs ? &ip->xattrs : &ip->map, ops, bt);
 }
 
-/* E1-E3 and E5 of extent.c, and a symlink's target. The tree passed its structural check. */
+/* E1-E3, E5 and E6's flag of extent.c, and a symlink's target. The tree passed its structural
+ * check. */
 static void check_extents(struct ino_ck *c, const struct pmfuse_btree *bt)
 {
 	struct ck *k = c->k;
 	uint32_t bs = k->fs->bs, mode = pmfuse_le32(c->ip->mode);
 	uint64_t size = pmfuse_le64(c->ip->size), eof_blk = size / bs, tail = size % bs;
 	uint64_t fmax = pmfuse_file_blocks_max(bs), prev_end = 0, sum = 0, tail_pblock = 0;
+	bool feature = pmfuse_le64(k->fs->vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN;
 	struct pmfuse_btree_cursor cur;
 	int rc;
 
 	for (rc = pmfuse_btree_first(&cur, bt); !rc; rc = pmfuse_btree_next(&cur)) {
 		struct pmfuse_extent x;
 		uint64_t f, p, len;
+		uint32_t flags;
 
 		memcpy(&x, pmfuse_btree_cursor_rec(&cur), sizeof(x));
 		f = pmfuse_le64(x.fblock);
 		p = pmfuse_le64(x.pblock);
 		len = pmfuse_le32(x.len);
+		flags = pmfuse_le32(x.flags);
 		sum += len;
+		if (flags & ~PMFUSE_EXTENT_FLAGS_KNOWN)
+			iproblem(c, "extent at file block %llu has unknown flags %#x", ULL(f), flags);
+		if ((flags & PMFUSE_EXTENT_UNWRITTEN) && !feature)
+			iproblem(c, "extent at file block %llu is unwritten, but the superblock lacks "
+				 "the unwritten feature", ULL(f));
+		if ((flags & PMFUSE_EXTENT_UNWRITTEN) && S_ISLNK(mode))
+			iproblem(c, "symlink target at file block %llu is unwritten", ULL(f));
 		if (f < prev_end)
 			iproblem(c, "extent at file block %llu overlaps the one before (which ends "
 				 "at %llu)", ULL(f), ULL(prev_end));
@@ -306,7 +319,8 @@ static void check_extents(struct ino_ck *c, const struct pmfuse_btree *bt)
 				 ULL(k->data_start), ULL(k->data_end - 1));
 			continue;
 		}
-		if (tail && f <= eof_blk && eof_blk - f < len)
+		/* E5 holds for written blocks: unwritten ones read as zeros whatever they hold */
+		if (tail && f <= eof_blk && eof_blk - f < len && !(flags & PMFUSE_EXTENT_UNWRITTEN))
 			tail_pblock = p + (eof_blk - f);
 		if (f + len > prev_end)
 			prev_end = f + len;

@@ -3,15 +3,20 @@
  * File data: read, write, truncate, fallocate, lseek, fsync.
  *
  * Reads walk the extent map and describe the requested range as pieces: pool addresses for
- * mapped blocks (read straight from the mapping, no bounce buffer) and the shared zero buffer
- * for holes (split into PMFUSE_ZERO_BUF pieces), clipped at EOF. pmfuse_fs_read hands them to
+ * written blocks (read straight from the mapping, no bounce buffer) and the shared zero buffer
+ * for holes and unwritten blocks (split into PMFUSE_ZERO_BUF pieces), clipped at EOF. pmfuse_fs_read hands them to
  * the caller as iovecs while fs->lock is held for reading; pread copies them.
  *
  * Writes are ordered and durable on return, and never put metadata ahead of the data it points
  * to. Each step of a write is one of:
  *
- *   overwrite   the range is mapped: the bytes are copied in place (non-temporal stores for large
- *               writes), flushed, not yet drained; no metadata changes;
+ *   overwrite   the range is mapped and written: the bytes are copied in place (non-temporal
+ *               stores for large writes), flushed, not yet drained; no metadata changes;
+ *   convert     the range is mapped unwritten (write_unwritten): one transaction stores the
+ *               bytes and zeros in the rest of each block touched (declared new: nothing
+ *               readable is overwritten), clears the flag over exactly those blocks and updates
+ *               the inode; the commit persists the stores first, so a crash shows the blocks
+ *               unwritten (zeros) or written with all their bytes, never what they held;
  *   fill hole   one transaction: allocate extents (goal: the pool block after the previous
  *               extent, so files stay contiguous), declare the new blocks (pmfuse_tx_add_new),
  *               write them (the data, zeros around it in partial blocks), map them, and update
@@ -25,8 +30,8 @@
  * ENOSPC midway returns the bytes written so far (an aborted transaction takes its blocks and
  * their mappings with it, so nothing is half linked or leaked); -ENOSPC when there are none.
  *
- * Invariant E5 (extent.c): mapped bytes at or past EOF are zero. New blocks are zeroed outside
- * the written bytes; a shrinking truncate zeroes the rest of its new last block inside the
+ * Invariant E5 (extent.c): written bytes at or past EOF are zero. New and converted blocks are
+ * zeroed outside the written bytes; a shrinking truncate zeroes the rest of its new last block inside the
  * transaction that sets the size (a logged range, so the crash image is old size with old bytes
  * or new size with zeros), and frees the blocks past it.
  *
@@ -45,18 +50,26 @@
  * (orphan entries, extent splits, directory changes) still finds blocks on a pool full of data.
  *
  * fallocate: preallocation (mode 0, KEEP_SIZE) and ZERO_RANGE fill the holes of the range with
- * zeroed blocks in hole-filling transactions, remembering each range they map; when the pool
- * runs out they unmap exactly those ranges again, so ENOSPC leaves the file as it was.
- * ZERO_RANGE then zeroes the blocks that were mapped before. PUNCH_HOLE unmaps whole blocks
- * (top down, budgeted transactions) and zeroes the partial blocks at its edges in place.
+ * unwritten blocks (E6 of extent.c: allocated, read as zeros, never stored into, so a 1 GiB
+ * preallocation costs bitmap words and a few records, not 1 GiB of stores), remembering each
+ * range they map; when the pool runs out they unmap exactly those ranges again, so ENOSPC
+ * leaves the file as it was. The first such call on a pool sets the superblock's
+ * INCOMPAT_UNWRITTEN feature (pmfuse_data_feature_unwritten). ZERO_RANGE then makes the
+ * written whole blocks unwritten (a flag change; shared ones get new unwritten blocks by a
+ * copy-on-write that copies nothing) and zeroes the partial blocks at its edges as PUNCH_HOLE
+ * does, which unmaps whole blocks (top down, budgeted transactions) and zeroes the written
+ * partial blocks at its edges in place. Unwritten blocks are never zeroed: they read as zeros.
  *
- * lseek: every mapped block is data (preallocated blocks too: they read as zeros); the region
- * past EOF is a virtual hole.
+ * lseek: every mapped block is data, unwritten ones too (they read as zeros); the region past
+ * EOF is a virtual hole. XFS and ext4 report unwritten extents as holes unless the page cache
+ * holds dirty data there; pmfuse cannot see the kernel's page cache (dirty mmap pages, the
+ * writeback-cache mode), so it answers as they would without that knowledge: data. Never wrong,
+ * only less sparse for `cp --sparse` and SEEK_HOLE users.
  *
  * Copy-on-write. A block mapped by more than one extent record (refcount > 1, meta/refcount.h)
  * is never modified: every path that stores into mapped blocks (write, the tail zeroing of a
  * shrinking truncate, the partial-block zeroing of PUNCH_HOLE and ZERO_RANGE, ZERO_RANGE over
- * mapped blocks, unshare) first splits the range into runs of equal sharing state
+ * written blocks, unshare) first splits the range into runs of equal sharing state
  * (pmfuse_refcount_get), stores into unshared runs in place as before, and replaces shared runs
  * in one transaction each (cow_step):
  *
@@ -73,7 +86,10 @@
  *   5. commit
  *
  * A crash before 5 leaves the old mapping with S untouched and N free (its allocation is undone
- * with the rest); after it, the new mapping with durable bytes and S counted once less. ENOSPC
+ * with the rest); after it, the new mapping with durable bytes and S counted once less. When S
+ * is unwritten its bytes are zeros (E6): step 2 copies nothing and stores zeros instead, and
+ * without new bytes (unshare; ZERO_RANGE's whole blocks) N stays unwritten and is not stored
+ * into at all. ENOSPC
  * at 1 aborts with nothing changed: both copies stay intact and the write is short (or fails).
  *
  * The CoW extent size hint (ip->cowextsize, PMFUSE_COWEXTSIZE_DEFAULT = 32 blocks when 0), as
@@ -236,7 +252,10 @@ static int rwalk_ext(void *arg, const struct pmfuse_iext *e)
 	if (rc || w->pos >= w->end)
 		return rc ? rc : 1;
 	to = PMFUSE_MIN(ext_end_byte(w->f, e), w->end);
-	rc = w->fn(w->arg, ext_addr(w->f, e, w->pos), to - w->pos);
+	if (e->flags & PMFUSE_EXTENT_UNWRITTEN)
+		rc = w->fn(w->arg, NULL, to - w->pos);   /* zeros, as a hole (E6) */
+	else
+		rc = w->fn(w->arg, ext_addr(w->f, e, w->pos), to - w->pos);
 	w->pos = to;
 	return rc ? rc : w->pos >= w->end;
 }
@@ -388,6 +407,18 @@ uint64_t pmfuse_data_avail(const struct pmfuse_fs *fs)
 	return data_avail(fs);
 }
 
+int pmfuse_data_feature_unwritten(struct pmfuse_fs *fs)
+{
+	struct pmfuse_volume *vol = fs->vol;
+	uint64_t incompat = pmfuse_le64(vol->sb.incompat);
+
+	if (incompat & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN)
+		return 0;
+	/* durable in both copies before any transaction can commit an unwritten record */
+	pmfuse_set_le64(&vol->sb.incompat, incompat | PMFUSE_FEATURE_INCOMPAT_UNWRITTEN);
+	return pmfuse_volume_write_sb(vol);
+}
+
 /* What new blocks hold: file bytes [lo, hi) come from src + (x - lo), everything else is zero
  * (src NULL: all zeros). */
 struct fill {
@@ -456,9 +487,9 @@ static int block_state(const struct file *f, uint64_t fb, uint64_t limit, struct
 
 /*
  * Inside tx: allocates and maps up to n blocks of the hole at file block fb, with at most
- * b->recs allocator extents starting at or after goal, filled as fl says. *mapped gets the
- * blocks mapped (> 0 on success). Stops early when the allocator has nothing more (the caller
- * commits what is mapped).
+ * b->recs allocator extents starting at or after goal, filled as fl says, or unwritten and not
+ * stored into at all when fl is NULL (preallocation: E6). *mapped gets the blocks mapped (> 0 on
+ * success). Stops early when the allocator has nothing more (the caller commits what is mapped).
  */
 static int map_hole(struct pmfuse_tx *tx, struct file *f, uint64_t fb, uint64_t n, uint64_t goal,
 		    const struct pmfuse_extent_budget *b, const struct fill *fl, uint64_t *mapped)
@@ -478,7 +509,8 @@ static int map_hole(struct pmfuse_tx *tx, struct file *f, uint64_t fb, uint64_t 
 		if (rc)
 			return rc;
 		x.fblock = fb + done;
-		rc = fill_blocks(tx, f, x.fblock, x.pblock, x.len, fl);
+		x.flags = fl ? 0 : PMFUSE_EXTENT_UNWRITTEN;
+		rc = fl ? fill_blocks(tx, f, x.fblock, x.pblock, x.len, fl) : 0;
 		if (!rc)
 			rc = pmfuse_extent_insert(tx, &f->map, &x);
 		if (rc)
@@ -569,6 +601,8 @@ static int unmap_range(struct file *f, uint64_t start, uint64_t end,
 struct cow_fill {
 	const uint8_t *src;
 	uint64_t lo, hi;
+	bool unwritten;       /* none of that: the new blocks are unwritten (ZERO_RANGE's whole
+				 blocks), not stored into */
 };
 
 static uint64_t cow_hint(const struct file *f)
@@ -579,13 +613,13 @@ static uint64_t cow_hint(const struct file *f)
 }
 
 /* Writes file blocks [fb, fb + n), just allocated at newp, as fl says, the old bytes from the
- * shared blocks at oldp. */
+ * shared blocks at oldp, or zeros when oldp is 0 (the shared blocks are unwritten: E6). */
 static int cow_fill_blocks(struct pmfuse_tx *tx, const struct file *f, uint64_t fb, uint64_t newp,
 			   uint64_t n, uint64_t oldp, const struct cow_fill *fl)
 {
 	struct pmfuse_pool *pool = f->fs->pool;
 	uint8_t *dst = pool_block(f, newp);
-	const uint8_t *old = pool_block(f, oldp);
+	const uint8_t *old = oldp ? pool_block(f, oldp) : NULL;
 	uint64_t s = fb * f->bs, t = (fb + n) * f->bs;
 	uint64_t lo = s, hi = s;
 	int rc;
@@ -599,15 +633,19 @@ static int cow_fill_blocks(struct pmfuse_tx *tx, const struct file *f, uint64_t 
 		if (rc)
 			return rc;
 	}
-	if (lo > s)
+	if (lo > s && old)
 		pmfuse_pool_memcpy(pool, dst, old, lo - s, new_flags(lo - s));
+	else if (lo > s)
+		pmfuse_pool_memset(pool, dst, 0, lo - s, new_flags(lo - s));
 	if (hi > lo && fl->src)
 		pmfuse_pool_memcpy(pool, dst + (lo - s), fl->src + (lo - fl->lo), hi - lo,
 				   new_flags(hi - lo));
 	else if (hi > lo)
 		pmfuse_pool_memset(pool, dst + (lo - s), 0, hi - lo, new_flags(hi - lo));
-	if (t > hi)
+	if (t > hi && old)
 		pmfuse_pool_memcpy(pool, dst + (hi - s), old + (hi - s), t - hi, new_flags(t - hi));
+	else if (t > hi)
+		pmfuse_pool_memset(pool, dst + (hi - s), 0, t - hi, new_flags(t - hi));
 	return 0;
 }
 
@@ -687,7 +725,9 @@ static int cow_alloc(struct pmfuse_tx *tx, const struct file *f, uint64_t fb, ui
 /*
  * Inside tx: replaces the mapping of file blocks [fb, fb + n), which e maps and which are
  * shared, by new blocks filled as fl says (steps 1-4 of the diagram at the top). *got gets the
- * blocks replaced, from fb on (>= 1; fewer than n when the pool has no run that long).
+ * blocks replaced, from fb on (>= 1; fewer than n when the pool has no run that long). Shared
+ * unwritten blocks hold nothing to copy: with new bytes, the new blocks get them and zeros
+ * around them and are written; without (unshare), they stay unwritten and are not stored into.
  */
 static int cow_step(struct pmfuse_tx *tx, struct file *f, const struct pmfuse_iext *e,
 		    uint64_t fb, uint64_t n, const struct cow_fill *fl, uint64_t *got)
@@ -697,12 +737,17 @@ static int cow_step(struct pmfuse_tx *tx, struct file *f, const struct pmfuse_ie
 	uint64_t end;
 	int rc;
 
+	bool unwritten = e->flags & PMFUSE_EXTENT_UNWRITTEN;
+
 	n = PMFUSE_MIN(n, e->fblock + e->len - fb);
 	rc = cow_alloc(tx, f, fb, n, &x.pblock, &x.len);
 	if (rc)
 		return rc;
 	x.fblock = fb;
-	rc = cow_fill_blocks(tx, f, fb, x.pblock, x.len, e->pblock + (fb - e->fblock), fl);
+	x.flags = fl->unwritten || (unwritten && fl->lo >= fl->hi) ? PMFUSE_EXTENT_UNWRITTEN : 0;
+	if (!x.flags)
+		rc = cow_fill_blocks(tx, f, fb, x.pblock, x.len,
+				     unwritten ? 0 : e->pblock + (fb - e->fblock), fl);
 	if (rc)
 		return rc;
 	/* one extent, and as many refcount records as one budget pays for (cow_span): one pass,
@@ -767,7 +812,8 @@ static int cow_store(struct file *f, const struct pmfuse_iext *e, uint64_t fb, u
 	return rc;
 }
 
-/* Mapped shared blocks among file blocks [fb0, fb1): what a CoW of the range needs at most. */
+/* Written shared blocks among file blocks [fb0, fb1): what zeroing the range by CoW needs at
+ * most (unwritten ones need nothing: they read as zeros already). */
 struct shared_count {
 	const struct file *f;
 	uint64_t lo, hi, blocks;
@@ -779,6 +825,8 @@ static int count_shared_ext(void *arg, const struct pmfuse_iext *e)
 	struct shared_count *c = arg;
 	uint64_t pos = PMFUSE_MAX(e->fblock, c->lo), end = PMFUSE_MIN(e->fblock + e->len, c->hi);
 
+	if (e->flags & PMFUSE_EXTENT_UNWRITTEN)
+		return 0;
 	while (pos < end) {
 		uint64_t run;
 		bool shared;
@@ -972,6 +1020,42 @@ static int write_in_place(struct wctx *w, const struct pmfuse_iext *e, uint64_t 
 	return 0;
 }
 
+/*
+ * Converts unwritten, unshared blocks from file block fb on (at most n, inside e) to written
+ * for the write: one transaction stores the new bytes and zeros in every other byte of the
+ * blocks (declared new: their old bytes were never readable, so a crash that undoes the
+ * conversion needs them back no more than before), flips the flag and updates the inode; the
+ * commit persists the stores before the record says written. So neither a crash nor the rest
+ * of a partly written block can show what the blocks held before. Budgeted and retried with
+ * half the budget on -ENOSPC as fill_hole.
+ */
+static int write_unwritten(struct wctx *w, const struct pmfuse_iext *e, uint64_t fb, uint64_t n)
+{
+	struct file *f = &w->f;
+	struct fill fl = { .src = w->buf, .lo = w->off, .hi = w->end };
+
+	for (;;) {
+		uint64_t want = PMFUSE_MIN(n, w->budget.blocks);
+		struct pmfuse_tx *tx = pmfuse_tx_begin(f->fs->txm);
+		int rc;
+
+		rc = fill_blocks(tx, f, fb, e->pblock + (fb - e->fblock), want, &fl);
+		if (!rc)
+			rc = pmfuse_extent_convert(tx, &f->map, e, fb, fb + want, 0);
+		if (!rc)
+			rc = write_inode(tx, w, PMFUSE_MIN(w->end, (fb + want) * f->bs));
+		if (!rc) {
+			pmfuse_tx_commit(tx);
+			w->done = PMFUSE_MIN(w->end, (fb + want) * f->bs);
+			return 0;
+		}
+		pmfuse_tx_abort(tx);
+		if (rc != -ENOSPC || want <= 1)
+			return rc;
+		w->budget = budget_halve(w->budget, want);
+	}
+}
+
 /* Writes what it can of [w->done, w->end); w->done tells how far it got, also on error. */
 static int write_range(struct wctx *w)
 {
@@ -1003,6 +1087,13 @@ static int write_range(struct wctx *w)
 				if (rc)
 					break;
 				w->done = PMFUSE_MAX(w->done, PMFUSE_MIN(w->end, got * f->bs));
+				pending = false;
+				continue;
+			}
+			if (e.flags & PMFUSE_EXTENT_UNWRITTEN) {
+				rc = write_unwritten(w, &e, fb, run);
+				if (rc)
+					break;
 				pending = false;
 				continue;
 			}
@@ -1151,8 +1242,11 @@ static int zero_tail(struct pmfuse_tx *tx, struct file *f, uint64_t size)
 	rc = pmfuse_extent_find(&f->map, fb, &e);
 	if (rc == -ENOENT || (!rc && e.fblock > fb))
 		return 0;   /* the new last block is a hole */
-	if (!rc)
-		rc = share_run(f, &e, fb, fb + 1, &shared, &run);
+	if (rc)
+		return rc;
+	if (e.flags & PMFUSE_EXTENT_UNWRITTEN)
+		return 0;   /* reads as zeros already, and E5 is about written blocks */
+	rc = share_run(f, &e, fb, fb + 1, &shared, &run);
 	if (rc)
 		return rc;
 	if (shared) {
@@ -1333,12 +1427,12 @@ static int count_holes(void *arg, const struct pmfuse_iext *e)
 }
 
 /*
- * Maps zeroed blocks over every hole of file blocks [fb0, fb1), recording what it maps in rs.
- * On failure it unmaps what it mapped, so the file is as before.
+ * Maps unwritten blocks over every hole of file blocks [fb0, fb1), recording what it maps in
+ * rs; nothing is stored into them (E6), so the cost is the extent records and bitmap words, not
+ * the blocks' size. On failure it unmaps what it mapped, so the file is as before.
  */
 static int prealloc(struct file *f, uint64_t fb0, uint64_t fb1, struct ranges *rs)
 {
-	static const struct fill zeros = { .src = NULL };
 	struct holes h = { .pos = fb0, .end = fb1 };
 	struct pmfuse_extent_budget b;
 	struct pmfuse_iext e;
@@ -1352,6 +1446,11 @@ static int prealloc(struct file *f, uint64_t fb0, uint64_t fb1, struct ranges *r
 	h.blocks += fb1 - h.pos;
 	if (h.blocks > data_avail(f->fs))
 		return -ENOSPC;
+	if (!h.blocks)
+		return 0;
+	rc = pmfuse_data_feature_unwritten(f->fs);
+	if (rc)
+		return rc;
 
 	pmfuse_extent_budget_init(f->fs, &b);
 	while (fb < fb1) {
@@ -1365,7 +1464,7 @@ static int prealloc(struct file *f, uint64_t fb0, uint64_t fb1, struct ranges *r
 			rc = 0;
 			continue;
 		}
-		rc = fill_hole(f, fb, hole_end - fb, goal, &b, &zeros, NULL, NULL, &got);
+		rc = fill_hole(f, fb, hole_end - fb, goal, &b, NULL, NULL, NULL, &got);
 		if (!rc)
 			rc = ranges_add(rs, fb, fb + got);
 		if (rc)
@@ -1381,7 +1480,7 @@ static int prealloc(struct file *f, uint64_t fb0, uint64_t fb1, struct ranges *r
 
 		if (rc2)
 			pmfuse_log(PMFUSE_LOG_ERR, "inode %llu: taking back preallocated blocks "
-				   "%llu..%llu after %s: %s (they stay, zeroed)", ULL(f->ino),
+				   "%llu..%llu after %s: %s (they stay, unwritten)", ULL(f->ino),
 				   ULL(rs->r[i].lo), ULL(rs->r[i].hi), strerror(-rc), strerror(-rc2));
 	}
 	rs->n = 0;
@@ -1389,8 +1488,9 @@ static int prealloc(struct file *f, uint64_t fb0, uint64_t fb1, struct ranges *r
 }
 
 /*
- * Zeroes the mapped bytes of [lo, hi): unshared blocks in place (flushed; the caller's closing
- * transaction drains), shared ones by copy-on-write with zeros (a transaction each).
+ * Zeroes the written bytes of [lo, hi): unshared blocks in place (flushed; the caller's closing
+ * transaction drains), shared ones by copy-on-write with zeros (a transaction each). Unwritten
+ * blocks read as zeros already and are left alone.
  */
 static int zero_mapped(struct file *f, uint64_t lo, uint64_t hi, unsigned nt)
 {
@@ -1409,6 +1509,10 @@ static int zero_mapped(struct file *f, uint64_t lo, uint64_t hi, unsigned nt)
 			return rc;
 		if (!rc) {
 			pos = hole_end * f->bs;
+			continue;
+		}
+		if (e.flags & PMFUSE_EXTENT_UNWRITTEN) {
+			pos = PMFUSE_MIN(hi, ext_end_byte(f, &e));
 			continue;
 		}
 		rc = share_run(f, &e, fb, limit, &shared, &run);
@@ -1500,31 +1604,97 @@ static int punch(struct file *f, uint64_t off, uint64_t end)
 	return rc ? rc : falloc_inode(f, 0, PMFUSE_TIME_M | PMFUSE_TIME_C);
 }
 
+/*
+ * ZERO_RANGE's written whole blocks [fb0, fb1) become unwritten: unshared runs by a flag change
+ * (a transaction each, no store), shared runs by a copy-on-write that copies nothing: new
+ * unwritten blocks replace them in one transaction (their other owners keep the old ones, E6).
+ * Unwritten blocks, shared or not, read as zeros already and stay as they are.
+ */
+static int whole_to_unwritten(struct file *f, uint64_t fb0, uint64_t fb1)
+{
+	struct pmfuse_extent_budget b;
+	struct pmfuse_iext e;
+	uint64_t fb = fb0;
+	int rc;
+
+	pmfuse_extent_budget_init(f->fs, &b);
+	while (fb < fb1) {
+		uint64_t hole_end, goal, run;
+		struct pmfuse_tx *tx;
+		bool shared;
+
+		rc = block_state(f, fb, fb1, &e, &hole_end, &goal);
+		if (rc < 0)
+			return rc;
+		if (!rc) {
+			fb = hole_end;
+			continue;
+		}
+		if (e.flags & PMFUSE_EXTENT_UNWRITTEN) {   /* shared or not: zeros already */
+			fb = PMFUSE_MIN(fb1, e.fblock + e.len);
+			continue;
+		}
+		rc = share_run(f, &e, fb, fb1, &shared, &run);
+		if (rc)
+			return rc;
+		if (shared) {
+			static const struct cow_fill unw = { .unwritten = true };
+
+			rc = cow_tx(f, &e, fb, PMFUSE_MIN(run, b.blocks), &unw, NULL, NULL, &run);
+		} else {
+			tx = pmfuse_tx_begin(f->fs->txm);
+			rc = pmfuse_extent_convert(tx, &f->map, &e, fb, fb + run,
+						   PMFUSE_EXTENT_UNWRITTEN);
+			if (rc)
+				pmfuse_tx_abort(tx);
+			else
+				pmfuse_tx_commit(tx);
+		}
+		if (rc)
+			return rc;
+		fb += run;
+	}
+	return 0;
+}
+
+/*
+ * ZERO_RANGE: the holes of the range are preallocated (unwritten; a failure takes them back,
+ * leaving the file as it was), then the mapped whole blocks become unwritten
+ * (whole_to_unwritten), and the partial blocks at the edges are zeroed as by PUNCH_HOLE. Space
+ * is checked first (new blocks for the holes and for the shared blocks), so ENOSPC changes
+ * nothing short of a full log or metadata blocks running out after the preallocation.
+ */
 static int zero_range(struct file *f, uint64_t off, uint64_t end, bool keep_size)
 {
 	struct ranges rs = { 0 };
 	unsigned nt = end - off >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL : 0;
+	uint64_t fb_lo = div_up(off, f->bs), fb_hi = end / f->bs;
 	struct holes h = { .pos = off / f->bs, .end = div_up(end, f->bs) };
-	uint64_t pos = off, need = 0;
+	uint64_t need = 0;
 	int rc;
 
-	/* the holes get zeroed blocks and the shared blocks zeroed copies: all or nothing */
+	/* the holes and the shared blocks get new blocks: all or nothing */
 	rc = zero_need(f, off, end, &need);
-	if (!rc && need) {
+	if (!rc) {
 		rc = pmfuse_extent_walk(&f->map, h.pos, h.end, count_holes, &h);
 		h.blocks += h.end - h.pos;
 		if (!rc && need + h.blocks > data_avail(f->fs))
 			rc = -ENOSPC;
 	}
+	if (!rc && (fb_lo < fb_hi || h.blocks))
+		rc = pmfuse_data_feature_unwritten(f->fs);
 	if (!rc)
 		rc = prealloc(f, off / f->bs, div_up(end, f->bs), &rs);
-	/* then the blocks that were mapped before: the gaps between the new ranges */
-	for (size_t i = 0; !rc && i < rs.n; i++) {
-		rc = zero_mapped(f, pos, PMFUSE_MIN(end, rs.r[i].lo * f->bs), nt);
-		pos = PMFUSE_MAX(pos, rs.r[i].hi * f->bs);
+	if (!rc && fb_lo < fb_hi)
+		rc = whole_to_unwritten(f, fb_lo, fb_hi);
+	/* the partial blocks at the edges (unwritten ones and the new ones are skipped) */
+	if (!rc && fb_lo < fb_hi) {
+		rc = zero_mapped(f, off, fb_lo * f->bs, nt);
+		if (!rc)
+			rc = zero_mapped(f, fb_hi * f->bs, end, nt);
+	} else if (!rc) {
+		rc = zero_mapped(f, off, end, nt);
 	}
-	if (!rc)
-		rc = zero_mapped(f, pos, end, nt);
 	free(rs.r);
 	if (!rc)
 		rc = falloc_inode(f, keep_size ? 0 : end, PMFUSE_TIME_M | PMFUSE_TIME_C);

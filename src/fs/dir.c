@@ -730,6 +730,7 @@ static int symlink_store(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint64_t in
 	ext.fblock = 0;
 	ext.pblock = blk;
 	ext.len = 1;
+	ext.flags = 0;
 	pmfuse_extmap_open(&map, fs, ip, leaf);
 	rc = pmfuse_extent_insert(tx, &map, &ext);
 	if (!rc)

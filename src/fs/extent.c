@@ -6,25 +6,32 @@
  * PMFUSE_OWNER_INODE_BASE + ino) of struct pmfuse_extent records keyed by fblock. Invariants,
  * between transactions:
  *
- *   E1 every record has 1 <= len <= PMFUSE_EXTENT_MAX_LEN, flags 0, and its physical range
- *      [pblock, pblock + len) inside the data area [data_start, sb2_block);
+ *   E1 every record has 1 <= len <= PMFUSE_EXTENT_MAX_LEN, no flags but PMFUSE_EXTENT_UNWRITTEN
+ *      (and that one only on a pool with PMFUSE_FEATURE_INCOMPAT_UNWRITTEN), and its physical
+ *      range [pblock, pblock + len) inside the data area [data_start, sb2_block);
  *   E2 records do not overlap: each starts at or after the end of the one before it (a gap is a
  *      hole, read as zeros); fblock + len <= 2^63 / bs (the largest file);
  *   E3 ip->blocks is the sum of len over all records;
  *   E4 every physical block of a record is allocated in the bitmap, and the number of records
  *      (over all files, a file possibly several times) that map it is its count in the refcount
  *      tree (1 for a block without a refcount record: see meta/refcount.h);
- *   E5 bytes of mapped blocks at or past EOF are zero (data.c keeps this: new blocks are zeroed
+ *   E5 bytes of written blocks at or past EOF are zero (data.c keeps this: new blocks are zeroed
  *      outside what a write covers, a shrinking truncate zeroes the tail of the last block), so
- *      growing a file over them exposes no stale data.
+ *      growing a file over them exposes no stale data;
+ *   E6 an unwritten block (a record with PMFUSE_EXTENT_UNWRITTEN) reads as zeros and its bytes
+ *      are never read: they may be anything. A pool block mapped by several records is
+ *      unwritten in all or in none (clone copies the flag; nothing else shares blocks), so
+ *      that a block's bytes mean the same to every owner. Converting unwritten blocks to
+ *      written (pmfuse_extent_convert) is the caller's promise that it stored every byte of
+ *      them (data, zeros elsewhere) inside the same transaction.
  * E1 and E2 are checked on every record read (pmfuse_extent_find/prev/walk), so a damaged record
- * can never turn into a pointer outside the pool; fsck checks E3 and E4.
+ * can never turn into a pointer outside the pool; fsck checks E3, E4 and E6's sharing rule.
  *
  * Records on the pool (struct pmfuse_extent, little-endian) and in DRAM (struct pmfuse_iext,
  * native) are converted in exactly one place each way (ext_load, ext_store).
  *
- * Inserting merges with neighbours that are contiguous both in the file and on the pool, so a
- * file written front to back stays one record per allocator extent:
+ * Inserting merges with neighbours that are contiguous both in the file and on the pool and have
+ * the same flags, so a file written front to back stays one record per allocator extent:
  *
  *      L: [f0 .. f1)@p0     new: [f1 .. f2)@p0+(f1-f0)     R: [f2 .. f3)@p0+(f2-f0)
  *      ==> one record [f0 .. f3)@p0    (if the sum fits PMFUSE_EXTENT_MAX_LEN)
@@ -42,7 +49,9 @@
  *   C    |<====== cut ======>|<------------ keep ----------->|   delete E, insert [hi, end)
  *   D    |<-- keep -->|<===== cut =====>|<------ keep ------>|   update E, insert [hi, end)
  *
- * and the cut's physical blocks go to pmfuse_extent_release, which drops one reference of each
+ * and the cut's physical blocks go to pmfuse_extent_release (unless the cut only changes the
+ * flags of [lo, hi): pmfuse_extent_convert cuts the same way, keeps the blocks, and inserts
+ * [lo, hi) back with the new flags, merging with neighbours that have them), which drops one reference of each
  * (pmfuse_refcount_decr): a block nobody else maps is freed, a shared one keeps its other owners
  * and only its count changes. Working from the top means a
  * truncate removes records at the end of the tree (no first-key rewrites up the tree), and that
@@ -78,7 +87,8 @@ static int extent_check_rec(const void *rec)
 	uint64_t f = pmfuse_le64(e->fblock), p = pmfuse_le64(e->pblock);
 	uint32_t len = pmfuse_le32(e->len);
 
-	if (len == 0 || len > PMFUSE_EXTENT_MAX_LEN || p == 0 || pmfuse_le32(e->flags) ||
+	if (len == 0 || len > PMFUSE_EXTENT_MAX_LEN || p == 0 ||
+	    (pmfuse_le32(e->flags) & ~PMFUSE_EXTENT_FLAGS_KNOWN) ||
 	    f > UINT64_MAX - len || p > UINT64_MAX - len)
 		return PMFUSE_CORRUPT("extent record: file block %llu, pool block %llu, length %u, "
 				      "flags %#x", ULL(f), ULL(p), len, pmfuse_le32(e->flags));
@@ -101,7 +111,8 @@ static uint64_t map_ino(const struct pmfuse_extmap *m)
 	return pmfuse_le64(m->ip->ino);
 }
 
-/* The one conversion from the pool: checks E1 and the file-size half of E2. */
+/* The one conversion from the pool: checks E1 (the unwritten flag against the superblock's
+ * feature too) and the file-size half of E2. */
 static int ext_load(const struct pmfuse_extmap *m, const void *rec, struct pmfuse_iext *x)
 {
 	const struct pmfuse_extent *e = rec;
@@ -109,7 +120,13 @@ static int ext_load(const struct pmfuse_extmap *m, const void *rec, struct pmfus
 	x->fblock = pmfuse_le64(e->fblock);
 	x->pblock = pmfuse_le64(e->pblock);
 	x->len = pmfuse_le32(e->len);
-	if (x->len == 0 || x->len > PMFUSE_EXTENT_MAX_LEN || pmfuse_le32(e->flags) ||
+	x->flags = pmfuse_le32(e->flags);
+	if ((x->flags & PMFUSE_EXTENT_UNWRITTEN) &&
+	    !(pmfuse_le64(m->fs->vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN))
+		return PMFUSE_CORRUPT("inode %llu: unwritten extent at file block %llu on a pool "
+				      "without the unwritten feature", ULL(map_ino(m)),
+				      ULL(x->fblock));
+	if (x->len == 0 || x->len > PMFUSE_EXTENT_MAX_LEN || (x->flags & ~PMFUSE_EXTENT_FLAGS_KNOWN) ||
 	    x->fblock > m->fmax - x->len || x->pblock < m->data_start ||
 	    x->pblock > m->data_end || x->len > m->data_end - x->pblock)
 		return PMFUSE_CORRUPT("inode %llu: extent of %llu blocks at file block %llu, pool "
@@ -125,6 +142,7 @@ static void ext_store(struct pmfuse_extent *e, const struct pmfuse_iext *x)
 	pmfuse_set_le64(&e->fblock, x->fblock);
 	pmfuse_set_le64(&e->pblock, x->pblock);
 	pmfuse_set_le32(&e->len, (uint32_t)x->len);
+	pmfuse_set_le32(&e->flags, x->flags);
 }
 
 static int cur_load(const struct pmfuse_extmap *m, const struct pmfuse_btree_cursor *cur,
@@ -331,15 +349,17 @@ static int rec_delete(struct pmfuse_tx *tx, struct pmfuse_extmap *m, uint64_t fb
 	return rc;
 }
 
-int pmfuse_extent_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
-			 const struct pmfuse_iext *ext)
+/* The records of pmfuse_extent_insert, without the block count. */
+static int insert_recs(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
+		       const struct pmfuse_iext *ext)
 {
 	struct pmfuse_iext l, r, x = *ext;
 	bool merge_l = false, merge_r = false;
 	int rc;
 
 	if (x.len == 0 || x.len > PMFUSE_EXTENT_MAX_LEN || x.fblock > m->fmax - x.len ||
-	    x.pblock < m->data_start || x.pblock > m->data_end || x.len > m->data_end - x.pblock)
+	    x.pblock < m->data_start || x.pblock > m->data_end || x.len > m->data_end - x.pblock ||
+	    (x.flags & ~PMFUSE_EXTENT_FLAGS_KNOWN))
 		return -EINVAL;
 
 	/* the neighbours, which must leave x's range a hole */
@@ -350,9 +370,9 @@ int pmfuse_extent_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
 		return PMFUSE_CORRUPT("inode %llu: mapping file blocks %llu+%llu over a mapped "
 				      "block", ULL(map_ino(m)), ULL(x.fblock), ULL(x.len));
 	merge_l = l.len && ext_end(&l) == x.fblock && l.pblock + l.len == x.pblock &&
-		  l.len + x.len <= PMFUSE_EXTENT_MAX_LEN;
+		  l.flags == x.flags && l.len + x.len <= PMFUSE_EXTENT_MAX_LEN;
 	merge_r = r.len && r.fblock == ext_end(&x) && r.pblock == x.pblock + x.len &&
-		  x.len + r.len <= PMFUSE_EXTENT_MAX_LEN;
+		  r.flags == x.flags && x.len + r.len <= PMFUSE_EXTENT_MAX_LEN;
 	if (merge_l && merge_r && l.len + x.len + r.len > PMFUSE_EXTENT_MAX_LEN)
 		merge_r = false;
 
@@ -369,9 +389,15 @@ int pmfuse_extent_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
 			x.len += r.len;
 		rc = rec_insert(tx, m, &x);
 	}
-	if (rc)
-		return rc;
-	return add_blocks(tx, m, (int64_t)ext->len);
+	return rc;
+}
+
+int pmfuse_extent_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
+			 const struct pmfuse_iext *ext)
+{
+	int rc = insert_recs(tx, m, ext);
+
+	return rc ? rc : add_blocks(tx, m, (int64_t)ext->len);
 }
 
 int pmfuse_extent_release(struct pmfuse_tx *tx, struct pmfuse_fs *fs, uint64_t pblock,
@@ -459,11 +485,12 @@ int pmfuse_refcount_span_down(struct pmfuse_fs *fs, uint64_t plo, uint64_t phi, 
 	return 0;
 }
 
-/* Removes [lo, hi) from e (which contains it): cases A-D of the diagram at the top. */
-static int cut(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfuse_iext *e,
-	       uint64_t lo, uint64_t hi)
+/* The records of a cut: [lo, hi) out of e (which contains it), cases A-D of the diagram at the
+ * top; the blocks stay the caller's. */
+static int cut_recs(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfuse_iext *e,
+		    uint64_t lo, uint64_t hi)
 {
-	struct pmfuse_iext keep_lo = *e, keep_hi;
+	struct pmfuse_iext keep_lo = *e, keep_hi = *e;
 	int rc = 0;
 
 	keep_lo.len = lo - e->fblock;
@@ -477,6 +504,31 @@ static int cut(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfus
 		rc = rec_delete(tx, m, e->fblock);          /* A, C */
 	if (!rc && keep_hi.len)
 		rc = rec_insert(tx, m, &keep_hi);           /* C, D */
+	return rc;
+}
+
+int pmfuse_extent_convert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
+			  const struct pmfuse_iext *e, uint64_t lo, uint64_t hi, uint32_t flags)
+{
+	struct pmfuse_iext x = {
+		.fblock = lo, .pblock = e->pblock + (lo - e->fblock), .len = hi - lo, .flags = flags,
+	};
+	int rc;
+
+	if (lo >= hi || lo < e->fblock || hi > ext_end(e) || (flags & ~PMFUSE_EXTENT_FLAGS_KNOWN))
+		return -EINVAL;
+	if (e->flags == flags)
+		return 0;
+	rc = cut_recs(tx, m, e, lo, hi);
+	return rc ? rc : insert_recs(tx, m, &x);
+}
+
+/* Removes [lo, hi) from e (which contains it) and gives up its blocks. */
+static int cut(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfuse_iext *e,
+	       uint64_t lo, uint64_t hi)
+{
+	int rc = cut_recs(tx, m, e, lo, hi);
+
 	if (!rc)
 		rc = pmfuse_extent_release(tx, m->fs, e->pblock + (lo - e->fblock), hi - lo);
 	if (!rc)

@@ -239,12 +239,14 @@ int pmfuse_fs_dedupe_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_
 int pmfuse_fs_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t len);
 
 /* One mapped extent as reported to pmfusectl (byte units). refcount is the count of the extent's
- * blocks (an extent is reported split where its blocks' counts differ). */
+ * blocks (an extent is reported split where its blocks' counts differ); unwritten: allocated,
+ * reads as zeros (fallocate, ZERO_RANGE). */
 struct pmfuse_extent_info {
 	uint64_t logical;
 	uint64_t physical;
 	uint64_t length;
 	uint32_t refcount;
+	bool unwritten;
 };
 /* Fills up to max extents starting at byte start; *next gets where to continue (UINT64_MAX when
  * done). Returns the number filled. */

@@ -140,6 +140,7 @@ struct pmfuse_iext {
 	uint64_t fblock;       /* first file block */
 	uint64_t pblock;       /* first pool block */
 	uint64_t len;          /* blocks, 1..PMFUSE_EXTENT_MAX_LEN */
+	uint32_t flags;        /* PMFUSE_EXTENT_UNWRITTEN: reads as zeros (E6 of extent.c) */
 };
 
 /* A located inode's extent map (ip->map), opened for one operation; valid as long as ip is. */
@@ -175,10 +176,19 @@ int pmfuse_extent_prev(const struct pmfuse_extmap *m, uint64_t fblock, struct pm
 typedef int (*pmfuse_extent_fn)(void *arg, const struct pmfuse_iext *ext);
 int pmfuse_extent_walk(const struct pmfuse_extmap *m, uint64_t fblock, uint64_t end,
 		       pmfuse_extent_fn fn, void *arg);
-/* Maps ext over a hole, merging with logically and physically contiguous neighbours, and adds
- * ext->len to ip->blocks. -ENOSPC (abort tx), -EUCLEAN (the range is not a hole). */
+/* Maps ext over a hole, merging with logically and physically contiguous neighbours of the same
+ * flags, and adds ext->len to ip->blocks. -EINVAL (a bad range or unknown flags), -ENOSPC (abort
+ * tx), -EUCLEAN (the range is not a hole). An unwritten ext needs the pool's
+ * PMFUSE_FEATURE_INCOMPAT_UNWRITTEN (pmfuse_data_feature_unwritten). */
 int pmfuse_extent_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
 			 const struct pmfuse_iext *ext);
+/* Sets the flags of file blocks [lo, hi) of extent e (as read from the map, containing them) to
+ * flags, keeping their pool blocks: splits e at lo and hi and merges the piece with neighbours
+ * of the same flags (at most three records change). Nothing to do when e has them already.
+ * Converting to written promises that every byte of the blocks was stored in this transaction.
+ * -EINVAL, -ENOSPC (abort tx), -EUCLEAN. */
+int pmfuse_extent_convert(struct pmfuse_tx *tx, struct pmfuse_extmap *m,
+			  const struct pmfuse_iext *e, uint64_t lo, uint64_t hi, uint32_t flags);
 /* Unmaps file blocks of [start, *end) from the top down, splitting extents at the edges,
  * releasing their physical blocks and lowering ip->blocks, until done (*end == start) or the
  * budget (decremented) is spent (*end says where to go on). -ENOSPC (abort tx), -EUCLEAN. */
@@ -205,6 +215,9 @@ int pmfuse_refcount_span_down(struct pmfuse_fs *fs, uint64_t plo, uint64_t phi, 
 #define PMFUSE_COWEXTSIZE_MAX (1u << 21)
 /* Blocks file data may still take: free blocks beyond pmfuse_data_reserve(). */
 uint64_t pmfuse_data_avail(const struct pmfuse_fs *fs);
+/* Sets PMFUSE_FEATURE_INCOMPAT_UNWRITTEN in the superblock (written and persisted) unless it is
+ * set: before the first transaction that may map unwritten blocks. 0, -EROFS. */
+int pmfuse_data_feature_unwritten(struct pmfuse_fs *fs);
 /* pmfuse_fs_write without the lock (held for writing by the caller), regular files only. */
 ssize_t pmfuse_data_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
 			  uint64_t off, const struct pmfuse_cred *cred);

@@ -11,9 +11,12 @@
  *   S2 mapped by none                  <=>  free, or a metadata block (tree node, xattr value)
  *                                           used exactly once and never mapped.
  *
+ *   S3 a block mapped by several records is unwritten in all of them or in none (E6 of
+ *      extent.c): a clone maps the source's blocks with the source's flag.
+ *
  * Every unmapping goes through pmfuse_extent_release (one reference less, freed at zero), every
  * new mapping of an existing block through pmfuse_refcount_incr in the same transaction, so a
- * transaction keeps S1-S2 whole. pmfuse_fs_check_space() verifies them.
+ * transaction keeps S1-S2 whole. pmfuse_fs_check_space() verifies them, and S3.
  *
  * Clone (FICLONERANGE semantics; fs.h). Source blocks [s0, s0 + n) go to destination blocks
  * [d0, d0 + n), from the TOP DOWN, in pieces, as many pieces per transaction as the budget of
@@ -222,6 +225,7 @@ static int clone_pieces(struct pmfuse_tx *tx, struct clone *c, uint64_t *top,
 				.fblock = to,
 				.len = dhi - to,
 				.pblock = e.pblock + (pe - e.fblock) - (dhi - to),
+				.flags = e.flags,   /* unwritten stays unwritten (E6) */
 			};
 
 			rc = pmfuse_extent_insert(tx, &c->dst->map, &x);
@@ -514,13 +518,16 @@ ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t sr
  * the clone machinery (clone_run with c->dedupe: the destination's size, times and mode stay,
  * since its contents do). Blocks the two already share are neither compared nor remapped; a
  * hole compares as zeros, so zero blocks of the destination over a hole of the source become a
- * hole. Nothing is changed when any byte differs. A crash part way leaves some of the range
- * remapped and the rest as it was: the same bytes either way, every block counted.
+ * hole; unwritten blocks compare as zeros too, and a remap copies the source's flag with its
+ * blocks, so no pool block ends up written for one owner and unwritten for another (E6).
+ * Nothing is changed when any byte differs. A crash part way leaves some of the range remapped
+ * and the rest as it was: the same bytes either way, every block counted.
  */
 
 /* The run of file blocks from fb (below end) that is one extent's or one hole's. */
 struct brun {
 	bool hole;
+	bool zero;                   /* reads as zeros: a hole or unwritten */
 	uint64_t pblock;             /* first pool block (not for a hole) */
 	uint64_t len;                /* blocks */
 };
@@ -534,11 +541,13 @@ static int brun_at(const struct rfile *f, uint64_t fb, uint64_t end, struct brun
 		return rc;
 	if (rc == -ENOENT || e.fblock > fb) {
 		r->hole = true;
+		r->zero = true;
 		r->pblock = 0;
 		r->len = (rc == -ENOENT ? end : PMFUSE_MIN(e.fblock, end)) - fb;
 		return 0;
 	}
 	r->hole = false;
+	r->zero = e.flags & PMFUSE_EXTENT_UNWRITTEN;
 	r->pblock = e.pblock + (fb - e.fblock);
 	r->len = PMFUSE_MIN(e.fblock + e.len, end) - fb;
 	return 0;
@@ -546,7 +555,7 @@ static int brun_at(const struct rfile *f, uint64_t fb, uint64_t end, struct brun
 
 static const uint8_t *brun_bytes(struct pmfuse_fs *fs, const struct brun *r, uint64_t skip)
 {
-	return r->hole ? fs->zeroes : pmfuse_volume_block(fs->vol, r->pblock + skip);
+	return r->zero ? fs->zeroes : pmfuse_volume_block(fs->vol, r->pblock + skip);
 }
 
 /*
@@ -602,7 +611,7 @@ static int dd_compare(struct clone *c, uint64_t b, uint64_t k, bool same, void *
 			return rc;
 		blocks = PMFUSE_MIN(PMFUSE_MIN(sr.len, dr.len), PMFUSE_ZERO_BUF / bs);
 		len = PMFUSE_MIN(blocks * bs, dc->bytes - (b + i) * bs);
-		if (!(sr.hole && dr.hole) &&
+		if (!(sr.zero && dr.zero) &&
 		    memcmp(brun_bytes(fs, &sr, 0), brun_bytes(fs, &dr, 0), (size_t)len))
 			return -EBADE;
 		i += blocks;
@@ -744,6 +753,7 @@ static int gx_ext(void *arg, const struct pmfuse_iext *e)
 		g->out[g->n].physical = p * g->bs;
 		g->out[g->n].length = run * g->bs;
 		g->out[g->n].refcount = count;
+		g->out[g->n].unwritten = e->flags & PMFUSE_EXTENT_UNWRITTEN;
 		g->n++;
 		pos += run;
 	}
@@ -840,6 +850,7 @@ struct span {
 	uint64_t pos;
 	int64_t delta;      /* +1 at a start, -1 at an end */
 	bool meta;
+	bool unwritten;     /* mapped by an unwritten extent */
 };
 
 struct check {
@@ -870,7 +881,7 @@ static int check_fail(struct check *k, const char *fmt, ...)
 	return k->err;
 }
 
-static void span_add(struct check *k, uint64_t start, uint64_t len, bool meta)
+static void span_add(struct check *k, uint64_t start, uint64_t len, bool meta, bool unwritten)
 {
 	if (k->err)
 		return;
@@ -890,15 +901,15 @@ static void span_add(struct check *k, uint64_t start, uint64_t len, bool meta)
 		k->v = v;
 		k->cap = cap;
 	}
-	k->v[k->n++] = (struct span){ start, +1, meta };
-	k->v[k->n++] = (struct span){ start + len, -1, meta };
+	k->v[k->n++] = (struct span){ start, +1, meta, unwritten };
+	k->v[k->n++] = (struct span){ start + len, -1, meta, unwritten };
 	if (meta)
 		k->rep.meta_blocks += len;
 }
 
 static void visit_node(void *arg, uint64_t blk)
 {
-	span_add(arg, blk, 1, true);
+	span_add(arg, blk, 1, true, false);
 }
 
 static int check_tree(struct check *k, const struct pmfuse_btree *bt)
@@ -943,7 +954,8 @@ static int check_inode(struct check *k, uint64_t ino)
 			if (f < prev_end)
 				return check_fail(k, "inode %llu: extent at file block %llu overlaps",
 						  ULL(ino), ULL(f));
-			span_add(k, p, len, false);
+			span_add(k, p, len, false,
+				 pmfuse_le32(x.flags) & PMFUSE_EXTENT_UNWRITTEN);
 			sum += len;
 			prev_end = f + len;
 			k->rep.extents++;
@@ -966,7 +978,8 @@ static int check_inode(struct check *k, uint64_t ino)
 		const struct pmfuse_xattr *x = pmfuse_btree_cursor_rec(&cur);
 
 		if (pmfuse_le64(x->value_blk))
-			span_add(k, pmfuse_le64(x->value_blk), pmfuse_le32(x->value_blocks), true);
+			span_add(k, pmfuse_le64(x->value_blk), pmfuse_le32(x->value_blocks), true,
+				 false);
 	}
 	if (rc != -ENOENT)
 		return check_fail(k, "inode %llu: reading xattrs: %d", ULL(ino), rc);
@@ -1009,7 +1022,7 @@ static int check_segment(struct check *k, const struct pmfuse_btree *rt, uint64_
 static int check_sweep(struct check *k, const struct pmfuse_btree *rt)
 {
 	struct pmfuse_alloc *al = k->fs->alloc;
-	int64_t data = 0, meta = 0;
+	int64_t data = 0, meta = 0, unw = 0;
 
 	if (k->n)   /* an empty pool has no spans (and k->v is NULL, which qsort may not get) */
 		qsort(k->v, k->n, sizeof(*k->v), span_cmp);
@@ -1020,6 +1033,8 @@ static int check_sweep(struct check *k, const struct pmfuse_btree *rt)
 			meta += k->v[i].delta;
 		else
 			data += k->v[i].delta;
+		if (k->v[i].unwritten)
+			unw += k->v[i].delta;
 		if (i + 1 == k->n || k->v[i + 1].pos == a)
 			continue;
 		b = k->v[i + 1].pos;
@@ -1033,6 +1048,10 @@ static int check_sweep(struct check *k, const struct pmfuse_btree *rt)
 					return check_fail(k, "metadata block %llu is free",
 							  ULL(blk));
 		} else if (data) {
+			if (unw && unw != data)
+				return check_fail(k, "blocks %llu+%llu are mapped unwritten %lld times "
+						  "and written %lld times", ULL(a), ULL(b - a),
+						  (long long)unw, (long long)(data - unw));
 			if (check_segment(k, rt, a, b, (uint64_t)data))
 				return k->err;
 			k->rep.data_blocks += b - a;

@@ -411,7 +411,8 @@ static void ioc_get_extents(fuse_req_t req, fuse_ino_t ino, const void *in_buf)
 		out.ext[i].physical = info[i].physical;
 		out.ext[i].length = info[i].length;
 		out.ext[i].refcount = info[i].refcount;
-		out.ext[i].flags = info[i].refcount > 1 ? PMFUSE_EXTENT_SHARED : 0;
+		out.ext[i].flags = (info[i].refcount > 1 ? PMFUSE_EXTENT_SHARED : 0) |
+				   (info[i].unwritten ? PMFUSE_IOC_EXTENT_UNWRITTEN : 0);
 	}
 	fuse_reply_ioctl(req, 0, &out, sizeof(out));
 }

@@ -8,6 +8,7 @@
  *                          first, so a crash or an abort restores it;
  *   - pmfuse_tx_add_new()  the range is in blocks allocated by this transaction: nothing to undo
  *                          (the allocation itself is undone), but it is persisted at commit;
+ *                          also for unwritten blocks being converted, whose old bytes nobody reads;
  *   - pmfuse_tx_add_meta() a range of a self-describing metadata block: logs the range and the
  *                          block's crc, and reseals the block (recomputes its crc) at the next
  *                          pmfuse_tx_seal() or at commit.

@@ -2,8 +2,11 @@
 /*
  * Crash test of reflink: clone (many transactions per call), copy-on-write writes, truncate,
  * punch and zero-range into shared blocks, copy_file_range, unshare, dedupe (of a range just
- * overwritten with the source's bytes) and deleting shared files,
- * on fake media, stopped at every persistence barrier.
+ * overwritten with the source's bytes) and deleting shared files, and unwritten extents:
+ * fallocate (onto blocks a deleted file left its bytes in), writes converting unwritten blocks
+ * (partial blocks at the edges), clones sharing them, CoW of shared unwritten blocks, and
+ * ZERO_RANGE turning written blocks unwritten, on fake media, stopped at every persistence
+ * barrier.
  *
  * For each operation:
  *   1. the files' contents before it are read from the live filesystem;
@@ -15,6 +18,9 @@
  *      pmfuse_fs_open works off the orphan list), and checked:
  *        - the space check passes: every block is mapped as often as its refcount says, no
  *          block is leaked or free while mapped, every tree is sound, no orphan is left;
+ *        - no file shows a byte of a stale pattern that filled every free block before the
+ *          workload (what unwritten blocks hold until a write converts them: reading them, or
+ *          converting a block without zeroing its rest, would show it);
  *        - every file is in its state before or after the operation, or, for the operations
  *          that take several transactions (a clone goes piece by piece, a write window by
  *          window), in a state between: each block of it holds its bytes from before or from
@@ -81,6 +87,22 @@ static void umount_pool(struct mounted *m)
 	pmfuse_volume_close(m->vol);
 }
 
+/* Every free block holds this before the workload; fill() never makes 8 of it in a row. */
+#define STALE 0xeeu
+
+static void no_stale(const struct state *s)
+{
+	static const uint8_t stale[8] = { STALE, STALE, STALE, STALE, STALE, STALE, STALE, STALE };
+
+	for (int i = 0; i < NFILES; i++)
+		for (uint64_t x = 0; x + 8 <= s->size[i]; x += 8)
+			if (!memcmp(s->data[i] + x, stale, 8)) {
+				fprintf(stderr, "file %s shows stale bytes at %llu\n", names[i],
+					ULL(x));
+				fail();
+			}
+}
+
 static void read_state(struct pmfuse_fs *fs, struct state *s)
 {
 	memset(s, 0, sizeof(*s));
@@ -97,6 +119,7 @@ static void read_state(struct pmfuse_fs *fs, struct state *s)
 		assert_int_equal(n, a.size);
 		pmfuse_fs_forget(fs, a.ino, 1);
 	}
+	no_stale(s);
 }
 
 static uint64_t ino_of(struct pmfuse_fs *fs, int i)
@@ -111,10 +134,10 @@ static uint64_t ino_of(struct pmfuse_fs *fs, int i)
 /* ---- the operations ------------------------------------------------------------------------- */
 
 enum op_kind { OP_CLONE, OP_WRITE, OP_COPY, OP_UNSHARE, OP_TRUNC, OP_PUNCH, OP_ZERO,
-	       OP_UNLINK, OP_CREATE, OP_DEDUPE, OP_KINDS };
+	       OP_UNLINK, OP_CREATE, OP_DEDUPE, OP_FALLOC, OP_KINDS };
 static const char *const op_names[OP_KINDS] = {
 	"clone", "write", "copy", "unshare", "truncate", "punch", "zero", "unlink", "create",
-	"dedupe",
+	"dedupe", "falloc",
 };
 
 struct op {
@@ -173,6 +196,11 @@ static void run_op(struct pmfuse_fs *fs, const struct op *op)
 	case OP_ZERO:
 		assert_int_equal(pmfuse_fs_fallocate(fs, ino_of(fs, op->dst),
 						     FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+						     op->off, op->len), 0);
+		break;
+	case OP_FALLOC:   /* seed bit 0: KEEP_SIZE */
+		assert_int_equal(pmfuse_fs_fallocate(fs, ino_of(fs, op->dst),
+						     op->seed & 1 ? FALLOC_FL_KEEP_SIZE : 0,
 						     op->off, op->len), 0);
 		break;
 	case OP_UNLINK:
@@ -457,6 +485,10 @@ static bool pick_op(struct th_rng *r, const struct state *s, struct op *op)
 		op->off = th_rng_below(r, s->size[op->dst] + 1);
 		op->len = 1 + th_rng_below(r, 48 * BS);
 		return true;
+	case OP_FALLOC:
+		op->off = th_rng_below(r, PMFUSE_MIN(CAP - 1, s->size[op->dst] + 8 * BS));
+		op->len = PMFUSE_MIN(1 + th_rng_below(r, 48 * BS), CAP - op->off);
+		return true;
 	case OP_TRUNC:
 		op->len = th_rng_below(r, s->size[op->dst] + 1);
 		return true;
@@ -522,6 +554,20 @@ static void test_crash_reflink(void **state)
 		assert_int_equal(pmfuse_fs_clone_range(live.fs, at[0].ino, 0, 0, at[2].ino, 0), 0);
 		for (int i = 0; i < 3; i++)
 			pmfuse_fs_forget(live.fs, at[i].ino, 1);
+		/* every free block gets the stale pattern (a file filling the pool, deleted) */
+		{
+			struct pmfuse_attr st;
+			uint64_t off = 0;
+
+			assert_int_equal(pmfuse_fs_mknod(live.fs, PMFUSE_ROOT_INO, "stale",
+							 S_IFREG | 0644, 0, &cred, &st), 0);
+			pmfuse_fs_forget(live.fs, st.ino, 1);
+			memset(buf, STALE, BS);
+			while (pmfuse_fs_write(live.fs, st.ino, buf, BS, off, false, &cred) == BS)
+				off += BS;
+			assert_true(off > 64 * BS);
+			assert_int_equal(pmfuse_fs_unlink(live.fs, PMFUSE_ROOT_INO, "stale"), 0);
+		}
 	}
 	/* the first operations are fixed: a big clone onto data, then CoW into both copies */
 	{
@@ -537,6 +583,20 @@ static void test_crash_reflink(void **state)
 			{ .kind = OP_DEDUPE, .src = 1, .dst = 2, .off = 10 * BS, .len = 30 * BS,
 			  .doff = 20 * BS },
 			{ .kind = OP_UNLINK, .dst = 0 },
+			/* unwritten extents, on blocks a's deletion left its bytes in */
+			{ .kind = OP_CREATE, .dst = 0, .src = -1 },
+			{ .kind = OP_FALLOC, .dst = 0, .off = 0, .len = 60 * BS, .seed = 0 },
+			{ .kind = OP_WRITE, .dst = 0, .off = 10 * BS + 100, .len = 3 * BS, .seed = 3 },
+			{ .kind = OP_FALLOC, .dst = 0, .off = 50 * BS, .len = 40 * BS, .seed = 1 },
+			{ .kind = OP_WRITE, .dst = 0, .off = 58 * BS + 9, .len = 5 * BS, .seed = 4 },
+			{ .kind = OP_CLONE, .src = 0, .dst = 1, .off = 0, .len = 30 * BS,
+			  .doff = 100 * BS },
+			{ .kind = OP_WRITE, .dst = 1, .off = 104 * BS + 5, .len = 200, .seed = 5 },
+			{ .kind = OP_WRITE, .dst = 0, .off = 20 * BS, .len = 2 * BS, .seed = 6 },
+			{ .kind = OP_UNSHARE, .dst = 1, .off = 100 * BS, .len = 30 * BS },
+			{ .kind = OP_ZERO, .dst = 1, .off = 2 * BS + 7, .len = 20 * BS },
+			{ .kind = OP_ZERO, .dst = 2, .off = 0, .len = 30 * BS },
+			{ .kind = OP_WRITE, .dst = 1, .off = 5 * BS - 1, .len = 2, .seed = 7 },
 		};
 		uint64_t nfirst = PMFUSE_ARRAY_SIZE(first);
 

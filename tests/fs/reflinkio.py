@@ -36,6 +36,7 @@ EXTENT_FMT = "=QQQII"                     # struct pmfuse_ioc_extent
 EXTENTS_HDR_FMT = "=QQII"                 # struct pmfuse_ioc_extents, before ext[]
 EXTENTS_MAX = 64
 EXTENT_SHARED = 1
+EXTENT_UNWRITTEN = 2                      # PMFUSE_IOC_EXTENT_UNWRITTEN
 EXTENTS_SIZE = struct.calcsize(EXTENTS_HDR_FMT) + EXTENTS_MAX * struct.calcsize(EXTENT_FMT)
 
 PMFUSE_IOC_CLONE_RANGE = _ioc(_IOC_WRITE, PMFUSE_IOC_MAGIC, 1, struct.calcsize(CLONE_RANGE_FMT))
@@ -284,16 +285,22 @@ def parse_du(text):
     return rows
 
 
-def parse_stat(text):
-    """Extent rows of `pmfusectl stat --raw` as [(logical, physical, length, refs, shared)]."""
+STAT_FLAGS = ("-", "shared", "unwritten", "shared,unwritten")
+
+
+def parse_stat(text, flags=False):
+    """Extent rows of `pmfusectl stat --raw` as [(logical, physical, length, refs, shared)],
+    with flags=True a sixth element: the set of flag words ("shared", "unwritten")."""
     out = []
     for line in text.splitlines():
         w = line.split()
         if len(w) == 5 and w[0].isdigit() and w[1].isdigit() and w[3].isdigit():
             ln = parse_size(w[2])
-            if ln is None or w[4] not in ("shared", "-"):
+            if ln is None or w[4] not in STAT_FLAGS:
                 continue
-            out.append((int(w[0]), int(w[1]), int(ln), int(w[3]), w[4] == "shared"))
+            words = set(w[4].split(",")) - {"-"}
+            row = (int(w[0]), int(w[1]), int(ln), int(w[3]), "shared" in words)
+            out.append(row + (words,) if flags else row)
     return out
 
 

@@ -3,8 +3,8 @@
  * libFuzzer target: open, check and walk a damaged pool.
  *
  * A small pool is made once (mkfs, then a namespace with every kind of metadata: directories,
- * files with data, a hole and a clone, a symlink, a hard link, small and block-sized xattrs, a
- * file unlinked while referenced, so an orphan) and closed cleanly. Each input damages a copy of
+ * files with data, a hole, a clone and unwritten extents, a symlink, a hard link, small and
+ * block-sized xattrs, a file unlinked while referenced, so an orphan). Each input damages a copy of
  * that image and the library then does everything a mount or fsck.pmfuse would do with it:
  * open the volume read-only and run every check of fs/check.h, walk the tree through the fs
  * API (readdir, lookup, getattr, read, readlink, xattrs), then open it read-write (recovery,
@@ -75,6 +75,7 @@ static void make_template(void)
 	must((int)pmfuse_fs_write(fs, f.ino, data, 100, 40 * BS, false, &root), "write past a hole");
 	must(pmfuse_fs_mknod(fs, PMFUSE_ROOT_INO, "clone", S_IFREG | 0600, 0, &root, &g), "clone");
 	must(pmfuse_fs_clone_range(fs, f.ino, 0, 0, g.ino, 0), "clone_range");
+	must(pmfuse_fs_fallocate(fs, g.ino, 0, 60 * BS, 8 * BS), "fallocate (unwritten)");
 	must(pmfuse_fs_setxattr(fs, f.ino, "user.small", "v", 1, 0), "xattr");
 	must(pmfuse_fs_setxattr(fs, g.ino, "user.big", big, sizeof(big), 0), "big xattr");
 	must(pmfuse_fs_symlink(fs, d.ino, "link", "../clone", &root, &a), "symlink");

@@ -42,7 +42,7 @@ uint64_t m_mapped_blocks(const struct mfile *mf)
 	uint64_t n = 0;
 
 	for (uint64_t b = 0; b < mf->nblk; b++)
-		n += mf->mapped[b];
+		n += mf->mapped[b] != M_HOLE;
 	return n;
 }
 
@@ -53,7 +53,21 @@ void m_write(struct mfile *mf, uint32_t bs, const uint8_t *buf, uint64_t off, ui
 	memmove(mf->data + off, buf, n);
 	if (off + n > mf->size)
 		mf->size = off + n;
-	m_map(mf, bs, off, off + n, 1);
+	m_map(mf, bs, off, off + n, M_WRITTEN);
+}
+
+void m_prealloc(struct mfile *mf, uint32_t bs, uint64_t off, uint64_t end)
+{
+	for (uint64_t b = off / bs; b * bs < end; b++)
+		if (mf->mapped[b] == M_HOLE)
+			mf->mapped[b] = M_UNWRITTEN;
+}
+
+void m_zero_range(struct mfile *mf, uint32_t bs, uint64_t off, uint64_t end)
+{
+	for (uint64_t b = off / bs; b * bs < end; b++)
+		if (mf->mapped[b] == M_HOLE || (b * bs >= off && (b + 1) * bs <= end))
+			mf->mapped[b] = M_UNWRITTEN;
 }
 
 void m_truncate(struct mfile *mf, uint32_t bs, uint64_t size)
@@ -72,7 +86,7 @@ int64_t m_seek(const struct mfile *mf, uint32_t bs, uint64_t off, int whence)
 
 	if (off >= mf->size)
 		return -ENXIO;
-	for (b = off / bs; b < mf->nblk && mf->mapped[b] == (whence == SEEK_HOLE); b++)
+	for (b = off / bs; b < mf->nblk && (mf->mapped[b] != M_HOLE) == (whence == SEEK_HOLE); b++)
 		;
 	if (whence == SEEK_DATA) {
 		if (b >= mf->nblk || b * bs >= mf->size)
@@ -101,6 +115,37 @@ void compare_range(struct th_env *e, const struct mfile *mf, uint64_t off, uint6
 	}
 }
 
+/* The extent report's unwritten blocks against the model's. */
+static void check_unwritten(struct th_env *e, const struct mfile *mf)
+{
+	struct pmfuse_extent_info v[64];
+	uint64_t start = 0, next, b, prev = 0;
+	int n;
+
+	do {
+		n = pmfuse_fs_get_extents(e->fs, mf->ino, start, v, PMFUSE_ARRAY_SIZE(v), &next);
+		assert_true(n >= 0);
+		for (int i = 0; i < n; i++) {
+			uint64_t lo = v[i].logical / e->bs, hi = lo + v[i].length / e->bs;
+
+			for (b = prev; mf->exact && b < lo; b++)
+				assert_true(b >= mf->nblk || mf->mapped[b] != M_UNWRITTEN);
+			for (b = lo; b < hi; b++) {
+				bool want = b < mf->nblk && mf->mapped[b] == M_UNWRITTEN;
+
+				if (v[i].unwritten != want && (mf->exact || v[i].unwritten)) {
+					fprintf(stderr, "%s: block %llu is %s, model %u\n", mf->name,
+						ULL(b), v[i].unwritten ? "unwritten" : "written",
+						b < mf->nblk ? mf->mapped[b] : 0);
+					fail();
+				}
+			}
+			prev = hi;
+		}
+		start = next;
+	} while (next != UINT64_MAX && n > 0);
+}
+
 void mfile_check(struct th_env *e, const struct mfile *mf, uint8_t *tmp)
 {
 	struct pmfuse_attr a = th_getattr(e, mf->ino);
@@ -108,6 +153,7 @@ void mfile_check(struct th_env *e, const struct mfile *mf, uint8_t *tmp)
 	assert_int_equal(a.size, mf->size);
 	assert_int_equal(a.blocks512, m_mapped_blocks(mf) * (e->bs / 512));
 	compare_range(e, mf, 0, mf->size + e->bs, tmp);
+	check_unwritten(e, mf);
 	for (uint64_t b = 0; b * e->bs < mf->size; b += 1 + b / 8) {
 		uint64_t off = b * e->bs + (b % 3 ? 0 : 17);
 

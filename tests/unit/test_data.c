@@ -280,7 +280,7 @@ static void random_op(struct run *r)
 			memset(mf->data + off, 0, PMFUSE_MIN(end, mf->size) - off);
 		if (!keep && end > mf->size)
 			mf->size = end;
-		m_map(mf, bs, off, end, 1);
+		m_zero_range(mf, bs, off, end);
 		r->ops[OP_ZERO]++;
 	} else if (kind < 75) {                                     /* preallocate */
 		bool keep = rnd(r, 2);
@@ -289,7 +289,7 @@ static void random_op(struct run *r)
 		assert_int_equal(rc, 0);
 		if (!keep && end > mf->size)
 			mf->size = end;
-		m_map(mf, bs, off, end, 1);
+		m_prealloc(mf, bs, off, end);
 		r->ops[OP_FALLOC]++;
 	} else if (kind < 85) {                                     /* pread */
 		compare_range(e, mf, off, PMFUSE_MIN(len, 300000), r->tmp);
@@ -353,6 +353,7 @@ static void run_model(uint64_t seed_mix, size_t pool_size, uint32_t bs, uint64_t
 	for (int i = 0; i < nfiles; i++) {
 		snprintf(name, sizeof(name), "f%d", i);
 		mfile_init(&r.e, &r.files[i], name, cap);
+		r.files[i].exact = true;   /* no sharing here: unwritten blocks are predictable */
 	}
 
 	for (uint64_t i = 1; i <= nops; i++) {
@@ -791,6 +792,7 @@ static void eat_blocks(struct th_env *e, uint64_t ino, uint64_t left)
 		pmfuse_extmap_open(&m, e->fs, ip, leaf);
 		rc = pmfuse_alloc_extent(tx, e->fs->alloc, 0, 1, want, &x.pblock, &x.len);
 		x.fblock = fb;
+		x.flags = 0;
 		if (!rc)
 			rc = pmfuse_extent_insert(tx, &m, &x);
 		if (rc) {
@@ -993,14 +995,16 @@ static void test_corruption(void **state)
 	pmfuse_log_set_target(PMFUSE_LOG_QUIET);
 
 	const uint64_t bad_pblock[] = { 1, pmfuse_le64(e.vol->sb.sb2_block), UINT64_MAX - 1 };
-	for (size_t i = 0; i < PMFUSE_ARRAY_SIZE(bad_pblock) + 2; i++) {
+	for (size_t i = 0; i < PMFUSE_ARRAY_SIZE(bad_pblock) + 3; i++) {
 		*x = saved;
 		if (i < PMFUSE_ARRAY_SIZE(bad_pblock))
 			pmfuse_set_le64(&x->pblock, bad_pblock[i]);
 		else if (i == PMFUSE_ARRAY_SIZE(bad_pblock))
 			pmfuse_set_le32(&x->len, 5);   /* overlaps the next record at block 3 */
-		else
-			pmfuse_set_le32(&x->flags, 1);
+		else if (i == PMFUSE_ARRAY_SIZE(bad_pblock) + 1)
+			pmfuse_set_le32(&x->flags, 2);   /* unknown */
+		else   /* unwritten, but the pool never got the feature */
+			pmfuse_set_le32(&x->flags, PMFUSE_EXTENT_UNWRITTEN);
 		pmfuse_blk_seal(node, e.bs);
 		assert_int_equal(pmfuse_fs_pread(e.fs, ino, out, sizeof(out), 0), -EUCLEAN);
 		assert_int_equal(pmfuse_fs_read(e.fs, ino, 0, sizeof(out), gather, &g), -EUCLEAN);
@@ -1268,6 +1272,103 @@ static void test_crash_truncate_and_append(void **state)
 	free(next);
 }
 
+/* Every unwritten block of ino as (file block -> pool block) pairs, in v (at most max). */
+static unsigned unwritten_of(struct th_env *e, uint64_t ino, uint64_t *fb, uint64_t *pb,
+			     unsigned max)
+{
+	struct pmfuse_extent_info x[64];
+	uint64_t next;
+	unsigned k = 0;
+	int n = pmfuse_fs_get_extents(e->fs, ino, 0, x, PMFUSE_ARRAY_SIZE(x), &next);
+
+	assert_true(n >= 0 && next == UINT64_MAX);
+	for (int i = 0; i < n; i++)
+		for (uint64_t b = 0; x[i].unwritten && b < x[i].length / e->bs && k < max; b++) {
+			fb[k] = x[i].logical / e->bs + b;
+			pb[k] = x[i].physical / e->bs + b;
+			k++;
+		}
+	return k;
+}
+
+/*
+ * Unwritten extents, looked at in the pool: preallocation stores nothing into its blocks (their
+ * old bytes, a deleted file's, stay there and never show); a write converts exactly the blocks
+ * it touches and zeroes the rest of them; the superblock gets the feature with the first
+ * preallocation; ZERO_RANGE over shared unwritten blocks takes no space.
+ */
+static void test_unwritten(void **state)
+{
+	struct th_env e;
+	uint64_t old, ino, cl, fb[64], pb[64], free_blocks;
+	uint8_t *before, *buf = malloc(64 * 4096);
+	const uint8_t *pool;
+	unsigned n;
+	(void)state;
+
+	assert_non_null(buf);
+	th_env_new(&e, 8u << 20, 4096, 0);
+	pool = pmfuse_pool_base(e.pool);
+	before = malloc(pmfuse_pool_size(e.pool));
+	assert_non_null(before);
+	/* a deleted file leaves its bytes in free blocks */
+	old = th_mkfile(&e, "old");
+	memset(buf, 0xab, 64 * 4096);
+	assert_int_equal(pmfuse_fs_write(e.fs, old, buf, 64 * 4096, 0, false, &th_cred_user),
+			 64 * 4096);
+	th_rmfile(&e, "old", old);
+	assert_false(pmfuse_le64(e.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN);
+
+	ino = th_mkfile(&e, "f");
+	memcpy(before, pool, pmfuse_pool_size(e.pool));
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 64 * 4096), 0);
+	assert_true(pmfuse_le64(e.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN);
+	n = unwritten_of(&e, ino, fb, pb, 64);
+	assert_int_equal(n, 64);
+	for (unsigned i = 0; i < n; i++)   /* not one store into the preallocated blocks */
+		assert_memory_equal(pool + pb[i] * 4096, before + pb[i] * 4096, 4096);
+	assert_int_equal(pmfuse_fs_pread(e.fs, ino, buf, 64 * 4096, 0), 64 * 4096);
+	for (size_t i = 0; i < 64 * 4096; i++)
+		assert_int_equal(buf[i], 0);
+
+	/* 10 bytes in block 5: block 5 is converted and zeroed around them, 4 and 6 untouched */
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "0123456789", 10, 5 * 4096 + 100, false,
+					 &th_cred_user), 10);
+	n = unwritten_of(&e, ino, fb, pb, 64);
+	assert_int_equal(n, 63);
+	for (unsigned i = 0; i < n; i++) {
+		assert_true(fb[i] != 5);
+		assert_memory_equal(pool + pb[i] * 4096, before + pb[i] * 4096, 4096);
+	}
+	assert_int_equal(pmfuse_fs_pread(e.fs, ino, buf, 3 * 4096, 4 * 4096), 3 * 4096);
+	for (size_t i = 0; i < 3 * 4096; i++)
+		assert_int_equal(buf[i], i >= 4096 + 100 && i < 4096 + 110 ?
+				 (uint8_t)('0' + i - 4096 - 100) : 0);
+
+	/* a clone shares the unwritten blocks; ZERO_RANGE over them takes no block */
+	cl = th_mkfile(&e, "clone");
+	assert_int_equal(pmfuse_fs_clone_range(e.fs, ino, 0, 0, cl, 0), 0);
+	assert_int_equal(unwritten_of(&e, cl, fb, pb, 64), 63);
+	free_blocks = th_free_blocks(&e);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, cl, FALLOC_FL_ZERO_RANGE, 6 * 4096, 50 * 4096),
+			 0);
+	assert_int_equal(th_free_blocks(&e), free_blocks);
+	/* over written shared blocks: new unwritten ones (one block here), nothing stored */
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, cl, FALLOC_FL_ZERO_RANGE, 5 * 4096, 4096), 0);
+	assert_int_equal(unwritten_of(&e, cl, fb, pb, 64), 64);
+	assert_int_equal(th_free_blocks(&e), free_blocks - 1);
+	assert_int_equal(pmfuse_fs_pread(e.fs, ino, buf, 10, 5 * 4096 + 100), 10);
+	assert_memory_equal(buf, "0123456789", 10);
+	th_fsck_clean(e.fs);
+	assert_int_equal(pmfuse_fs_check_space(e.fs, NULL, NULL, 0), 0);   /* shared blocks */
+	th_rmfile(&e, "clone", cl);
+	th_rmfile(&e, "f", ino);
+	check_space(&e);
+	th_env_free(&e);
+	free(before);
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1281,6 +1382,7 @@ int main(void)
 		cmocka_unit_test(test_log_full),
 		cmocka_unit_test(test_budget_split_extent),
 		cmocka_unit_test(test_corruption),
+		cmocka_unit_test(test_unwritten),
 		cmocka_unit_test(test_crash_truncate_and_append),
 		cmocka_unit_test(test_model_verified),
 		cmocka_unit_test(test_model_tiny_log),

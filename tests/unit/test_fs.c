@@ -2880,6 +2880,51 @@ static void test_fsck_checks(void **state)
 		b[sizeof(big) + 1] = 0;
 	}
 
+	/* extent flags (E1, E6): unknown, unwritten without the feature, an unwritten symlink
+	 * target, a block written for one owner and unwritten for another */
+	{
+		struct pmfuse_btree bt;
+		struct pmfuse_blk_hdr *eleaf;
+		struct pmfuse_extent *e;
+		uint64_t cl = mk(&t, 1, "cl", S_IFREG | 0644);
+
+		ip = inode_of(&t, fl, &leaf);
+		pmfuse_inode_tree(t.fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
+		e = first_rec(&t, &bt, &eleaf);
+		pmfuse_set_le32(&e->flags, 2);
+		reseal(&t, eleaf);
+		expect_fsck(&t, "flags 0x2");
+		pmfuse_set_le32(&e->flags, PMFUSE_EXTENT_UNWRITTEN);
+		reseal(&t, eleaf);
+		expect_fsck(&t, "is unwritten, but the superblock lacks the unwritten feature");
+		pmfuse_set_le32(&e->flags, 0);
+		reseal(&t, eleaf);
+		th_fsck_clean(t.fs);
+
+		assert_int_equal(pmfuse_data_feature_unwritten(t.fs), 0);
+		ip = inode_of(&t, sl, &leaf);
+		pmfuse_inode_tree(t.fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
+		e = first_rec(&t, &bt, &eleaf);
+		pmfuse_set_le32(&e->flags, PMFUSE_EXTENT_UNWRITTEN);
+		reseal(&t, eleaf);
+		expect_fsck(&t, "symlink target at file block 0 is unwritten");
+		pmfuse_set_le32(&e->flags, 0);
+		reseal(&t, eleaf);
+
+		assert_int_equal(pmfuse_fs_clone_range(t.fs, fl, 0, 0, cl, 0), 0);
+		th_fsck_clean(t.fs);
+		ip = inode_of(&t, cl, &leaf);
+		pmfuse_inode_tree(t.fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
+		e = first_rec(&t, &bt, &eleaf);
+		pmfuse_set_le32(&e->flags, PMFUSE_EXTENT_UNWRITTEN);
+		reseal(&t, eleaf);
+		expect_fsck(&t, "mapped unwritten 1 times and written 1 times");
+		pmfuse_set_le32(&e->flags, 0);
+		reseal(&t, eleaf);
+		th_fsck_clean(t.fs);
+		assert_int_equal(pmfuse_fs_unlink(t.fs, 1, "cl"), 0);
+	}
+
 	/* the state block's reserved roots */
 	st = t.vol->state;
 	pmfuse_set_le64(&st->roots[5].nrecs, 1);

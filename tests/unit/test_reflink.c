@@ -514,7 +514,7 @@ static void random_op(struct run *r)
 			memset(mf->data + off, 0, PMFUSE_MIN(end, mf->size) - off);
 		if (!keep && end > mf->size)
 			mf->size = end;
-		m_map(mf, bs, off, end, 1);
+		m_zero_range(mf, bs, off, end);
 		r->ops[OP_ZERO]++;
 	} else if (kind < 83) {                                     /* preallocate */
 		bool keep = rnd(r, 2);
@@ -523,7 +523,7 @@ static void random_op(struct run *r)
 		assert_int_equal(rc, 0);
 		if (!keep && end > mf->size)
 			mf->size = end;
-		m_map(mf, bs, off, end, 1);
+		m_prealloc(mf, bs, off, end);
 		r->ops[OP_FALLOC]++;
 	} else if (kind < 84) {                                     /* unlink, new file */
 		char name[32];
@@ -1306,6 +1306,85 @@ static void test_cow_partial(void **state)
 }
 
 /* 4 KiB random overwrites: into a fresh clone (copy-on-write) and into an unshared file. */
+/*
+ * Unwritten blocks and sharing: dedupe compares them as zeros (a written zero block and an
+ * unwritten one are the same bytes) and the remap takes the source's flag with its blocks, so
+ * no pool block is written for one owner and unwritten for another; a CoW of shared unwritten
+ * blocks gives zeros around the new bytes; unshare keeps them unwritten.
+ */
+static void test_unwritten_sharing(void **state)
+{
+	struct th_env e;
+	struct xlist l;
+	uint64_t a, b, n = 0;
+	uint8_t buf[8 * 4096], zeros[8 * 4096] = { 0 };
+	(void)state;
+
+	th_env_new(&e, 16u << 20, 4096, 0);
+	/* stale bytes in the free blocks: a deleted file's */
+	a = th_mkfile(&e, "a");
+	memset(buf, 0xab, sizeof(buf));
+	for (uint64_t off = 0; off < (4u << 20); off += sizeof(buf))
+		assert_int_equal(wr(&e, a, buf, sizeof(buf), off), sizeof(buf));
+	th_rmfile(&e, "a", a);
+	a = th_mkfile(&e, "a");
+	b = th_mkfile(&e, "b");
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, a, 0, 0, 8 * 4096), 0);   /* unwritten */
+	assert_int_equal(wr(&e, b, zeros, sizeof(zeros), 0), sizeof(zeros));   /* written zeros */
+	assert_int_equal(pmfuse_fs_dedupe_range(e.fs, a, 0, 8 * 4096, b, 0, &n), 0);
+	assert_int_equal(n, 8 * 4096);
+	l = extents(&e, b, 16);
+	assert_int_equal(l.n, 1);
+	assert_true(l.v[0].unwritten && l.v[0].refcount == 2);
+	free(l.v);
+	check_space(&e);
+	/* the other way round: written zeros over unwritten blocks become written */
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+					     8 * 4096), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, 0, 0, 8 * 4096), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, a, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+					     8 * 4096), 0);
+	assert_int_equal(wr(&e, a, zeros, sizeof(zeros), 0), sizeof(zeros));
+	assert_int_equal(pmfuse_fs_dedupe_range(e.fs, a, 0, 8 * 4096, b, 0, &n), 0);
+	l = extents(&e, b, 16);
+	assert_int_equal(l.n, 1);
+	assert_true(!l.v[0].unwritten && l.v[0].refcount == 2);
+	free(l.v);
+	check_space(&e);
+	/* unequal bytes: nothing changes */
+	assert_int_equal(wr(&e, a, "x", 1, 3 * 4096 + 5), 1);
+	assert_int_equal(pmfuse_fs_dedupe_range(e.fs, a, 0, 8 * 4096, b, 0, &n), -EBADE);
+
+	/* clone of unwritten blocks, CoW of one, unshare of the rest */
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, a, FALLOC_FL_ZERO_RANGE, 0, 8 * 4096), 0);
+	assert_int_equal(pmfuse_fs_clone_range(e.fs, a, 0, 0, b, 0), 0);
+	assert_int_equal(pmfuse_fs_set_cowextsize(e.fs, b, 1), 0);   /* CoW of one block */
+	assert_int_equal(wr(&e, b, "new", 3, 2 * 4096 + 100), 3);
+	assert_int_equal(pmfuse_fs_pread(e.fs, b, buf, sizeof(buf), 0), sizeof(buf));
+	assert_memory_equal(buf + 2 * 4096 + 100, "new", 3);
+	memcpy(buf + 2 * 4096 + 100, "\0\0\0", 3);
+	assert_memory_equal(buf, zeros, sizeof(buf));
+	assert_int_equal(pmfuse_fs_pread(e.fs, a, buf, sizeof(buf), 0), sizeof(buf));
+	assert_memory_equal(buf, zeros, sizeof(buf));
+	assert_int_equal(pmfuse_fs_unshare(e.fs, b, 0, 0), 0);
+	assert_int_equal(pmfuse_fs_pread(e.fs, b, buf, sizeof(buf), 0), sizeof(buf));
+	assert_memory_equal(buf + 2 * 4096 + 100, "new", 3);
+	memcpy(buf + 2 * 4096 + 100, "\0\0\0", 3);
+	assert_memory_equal(buf, zeros, sizeof(buf));
+	l = extents(&e, b, 16);
+	for (unsigned i = 0; i < l.n; i++) {
+		assert_int_equal(l.v[i].refcount, 1);
+		assert_true(l.v[i].unwritten ==
+			    !(l.v[i].logical <= 2 * 4096 && l.v[i].logical + l.v[i].length > 2 * 4096));
+	}
+	free(l.v);
+	check_space(&e);
+	th_rmfile(&e, "a", a);
+	th_rmfile(&e, "b", b);
+	check_space(&e);
+	th_env_free(&e);
+}
+
 static void test_cow_speed(void **state)
 {
 	const uint64_t size = 64u << 20, nw = th_scaled(2000);
@@ -1362,6 +1441,7 @@ int main(void)
 		cmocka_unit_test(test_clone_chains),
 		cmocka_unit_test(test_clone_many_extents),
 		cmocka_unit_test(test_clone_big),
+		cmocka_unit_test(test_unwritten_sharing),
 		cmocka_unit_test(test_cow_speed),
 		cmocka_unit_test(test_model_verified),
 		cmocka_unit_test(test_model_small_log),
