@@ -366,6 +366,17 @@ int pmfuse_fs_read(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, size_t len,
 	return rc;
 }
 
+bool pmfuse_fs_read_source(const struct pmfuse_fs *fs, const void *addr, int *fd, uint64_t *off)
+{
+	const uint8_t *p = addr, *base = pmfuse_pool_base(fs->pool);
+
+	*fd = pmfuse_pool_read_fd(fs->pool);
+	if (*fd < 0 || p < base || p >= base + pmfuse_pool_size(fs->pool))
+		return false;
+	*off = (uint64_t)(p - base);
+	return true;
+}
+
 static ssize_t pread_core(struct pmfuse_fs *fs, uint64_t ino, bool lnk, void *buf, size_t len,
 			  uint64_t off)
 {

@@ -63,6 +63,7 @@ struct pmfuse_pool {
 	size_t size;
 	atomic_uint_fast64_t barriers;
 	enum pmfuse_data_path data_path;
+	int read_fd;                  /* pmfuse_pool_read_fd */
 	size_t page_size;             /* of the mapping (2 MiB on a dax device) */
 
 	/* libpmem2 (real pools) */
@@ -191,6 +192,7 @@ static struct pmfuse_pool *pool_alloc(const char *path)
 	if (!pool)
 		return NULL;
 	pool->fd = -1;
+	pool->read_fd = -1;
 	pool->path = strdup(path ? path : "(fake)");
 	if (!pool->path) {
 		free(pool);
@@ -295,11 +297,18 @@ int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out)
 	pool->memcpy_fn = pmem2_get_memcpy_fn(pool->map);
 	pool->memset_fn = pmem2_get_memset_fn(pool->map);
 	pool->data_path = choose_data_path(pool);
+	if (pool->kind == PMFUSE_SOURCE_FILE) {
+		const char *rp = getenv("PMFUSE_READ_PATH");
+
+		pool->read_fd = rp && !strcmp(rp, "fd") ? pool->fd : -1;
+	}
 	pool->page_size = pool->kind == PMFUSE_SOURCE_DEVDAX ? align : (size_t)sysconf(_SC_PAGESIZE);
-	pmfuse_log(PMFUSE_LOG_INFO, "%s: %s, %zu MiB, %s granularity, %zu KiB pages, file data by %s",
-		   path, pool->kind == PMFUSE_SOURCE_DEVDAX ? "dax device" : "file", pool->size >> 20,
+	pmfuse_log(PMFUSE_LOG_INFO, "%s: %s, %zu MiB, %s granularity, %zu KiB pages, file data by "
+		   "%s, read through %s", path,
+		   pool->kind == PMFUSE_SOURCE_DEVDAX ? "dax device" : "file", pool->size >> 20,
 		   pmfuse_granularity_name(pool->gran), pool->page_size >> 10,
-		   pmfuse_data_path_name(pool->data_path));
+		   pmfuse_data_path_name(pool->data_path),
+		   pool->read_fd >= 0 ? "the file" : "the mapping");
 	*out = pool;
 	return 0;
 
@@ -389,6 +398,8 @@ uint64_t pmfuse_pool_offset(const struct pmfuse_pool *pool, const void *addr)
 	assert(p >= b && p <= b + pool->size);
 	return (uint64_t)(p - b);
 }
+
+int pmfuse_pool_read_fd(const struct pmfuse_pool *pool) { return pool->read_fd; }
 
 uint64_t pmfuse_pool_barriers(const struct pmfuse_pool *pool)
 {
