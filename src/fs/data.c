@@ -1067,10 +1067,11 @@ static int write_in_place(struct wctx *w, const struct pmfuse_iext *e, uint64_t 
 /*
  * The whole write in one transaction (see "Writes" at the top): overwrites below EOF, stores
  * past EOF into mapped blocks (zero entries), fresh blocks for the holes, size and times.
- * Returns 1, having changed nothing, when the write is not for this path: it touches shared
- * blocks (copy-on-write goes window by window), its holes need more than one extent budget or
- * the space left, or the allocator cannot map a hole in the budget's extents; then
- * write_range takes it in steps.
+ * Returns 1 when the write is not for this path: it touches shared blocks (copy-on-write goes
+ * window by window), its holes need more than one extent budget or the space left, the
+ * allocator cannot map a hole in the budget's extents, or the log fills up; then write_range
+ * takes it in steps. Having aborted, it leaves nothing changed but overwrites below EOF, which
+ * the steps store again.
  */
 static int write_one_tx(struct wctx *w)
 {
@@ -1125,6 +1126,8 @@ static int write_one_tx(struct wctx *w)
 	}
 	if (!rc)
 		rc = write_inode(tx, w, w->end);
+	if (rc == -ENOSPC)
+		rc = 1;   /* the log is full (many pieces): in steps, which also handle a full pool */
 	if (rc) {
 		pmfuse_tx_abort(tx);
 		return rc;
