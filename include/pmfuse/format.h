@@ -193,10 +193,14 @@ struct pmfuse_log_hdr {
 	struct pmfuse_le64 pad[3];
 };
 
+/* In pmfuse_log_entry.len: the range held zeros, rollback zeroes it; no pre-image follows. */
+#define PMFUSE_LOG_ZERO 0x80000000u
+
 struct pmfuse_log_entry {
 	struct pmfuse_le64 gen;          /* equals pmfuse_log_hdr.gen while the entry is live */
 	struct pmfuse_le64 off;          /* byte offset of the range in the pool */
-	struct pmfuse_le32 len;          /* bytes of pre-image following this header */
+	struct pmfuse_le32 len;          /* bytes of pre-image following this header; with
+					  * PMFUSE_LOG_ZERO: bytes of a range to zero, no pre-image */
 	struct pmfuse_le32 crc;          /* crc32c of gen, off, len and the pre-image */
 	/* uint8_t data[len], then zero padding up to a multiple of 8 */
 };

@@ -8,32 +8,63 @@
  * the caller as iovecs while fs->lock is held for reading; pread copies them.
  *
  * Writes are ordered and durable on return, and never put metadata ahead of the data it points
- * to. Each step of a write is one of:
+ * to. File data goes into the pool through pmfuse_pool_write_data (pwrite on a pool file, so
+ * the daemon takes no page fault per new page; stores through the mapping on a dax device and
+ * on fake media), metadata through the mapping. A write is, when it can be, ONE transaction
+ * (write_one_tx) made of these pieces, in file order:
  *
- *   overwrite   the range is mapped and written: the bytes are copied in place (non-temporal
- *               stores for large writes), flushed, not yet drained; no metadata changes;
- *   convert     the range is mapped unwritten (write_unwritten): one transaction stores the
- *               bytes and zeros in the rest of each block touched (declared new: nothing
- *               readable is overwritten), clears the flag over exactly those blocks and updates
- *               the inode; the commit persists the stores first, so a crash shows the blocks
- *               unwritten (zeros) or written with all their bytes, never what they held;
- *   fill hole   one transaction: allocate extents (goal: the pool block after the previous
- *               extent, so files stay contiguous), declare the new blocks (pmfuse_tx_add_new),
- *               write them (the data, zeros around it in partial blocks), map them, and update
- *               the inode (size so far, blocks, mtime/ctime, setuid/setgid); commit flushes and
- *               drains the data with the metadata, before the single store that commits, so a
- *               crash shows either no new mapping or one whose data is durable;
- * and a write that ends with an overwrite closes with a transaction for size and times, whose
- * first log persist drains the overwritten bytes before any metadata depends on them. A hole's
- * transaction is limited by the extent budget (the undo log must hold it); a write goes on in
- * more transactions, each leaving a consistent file with a size covering what is written.
- * ENOSPC midway returns the bytes written so far (an aborted transaction takes its blocks and
- * their mappings with it, so nothing is half linked or leaked); -ENOSPC when there are none.
+ *   overwrite   file bytes below EOF in mapped, unshared blocks: stored in place, flushed,
+ *               declared written (no undo: a crash may tear them at any 8-byte unit, as any
+ *               in-place store on pmem; the commit drains them);
+ *   past EOF    file bytes at or past EOF in mapped, unshared blocks (the rest of a partly
+ *               filled last block, blocks preallocated past EOF): declared with a zero entry
+ *               (pmfuse_tx_add_zero: 24 bytes of log, no pre-image), then stored in place;
+ *               the commit flushes and drains them;
+ *   convert     bytes in unwritten, unshared blocks: the bytes and zeros in the rest of each
+ *               block touched are written (whole blocks, like fresh ones: their old bytes were
+ *               never readable), and the flag is cleared over exactly those blocks; the commit
+ *               drains the stores before the record says written, so a crash shows the blocks
+ *               unwritten (zeros) or written with all their bytes, never what they held
+ *               (write_unwritten does the same in steps);
+ *   fill hole   allocate extents (goal: the pool block after the previous extent, so files
+ *               stay contiguous), write whole blocks (the data, zeros around it in partial
+ *               blocks), flush them, declare them written, map them;
+ * then the inode (size, blocks, mtime/ctime, setuid/setgid) and the commit, which drains
+ * everything before the single store that commits. Nothing is logged but the metadata and
+ * 24 bytes per past-EOF piece, whatever the write's size: an append costs what an overwrite
+ * costs, plus the allocation.
  *
- * Invariant E5 (extent.c): written bytes at or past EOF are zero. New and converted blocks are
- * zeroed outside the written bytes; a shrinking truncate zeroes the rest of its new last block inside the
- * transaction that sets the size (a logged range, so the crash image is old size with old bytes
- * or new size with zeros), and frees the blocks past it.
+ * Why a crash keeps E5 (mapped bytes at or past EOF are zero) and shows no stale data, without
+ * pre-images of data:
+ *   - a fresh block is written whole (data and zeroed rest) and flushed before the commit that
+ *     maps it, and drained before that commit's record: once it is reachable it is durable,
+ *     and before it is reachable its bytes are nobody's (the allocation is undone with the
+ *     transaction, so a half-written free block stays free);
+ *   - bytes past EOF in a linked block are zeros before the write (E5, which held before it),
+ *     so their pre-image is known: a zero entry records the range, and its persist (a barrier)
+ *     precedes the first store into it. A crash before the commit rolls back the size and
+ *     zeroes the range again (recovery, newest entry first); after the commit the size covers
+ *     them and they are durable. Either way no byte past EOF is non-zero;
+ *   - bytes below EOF hold the file's own data, old or new: never another file's;
+ *   - blocks stored into are unshared (count_shared): shared blocks take the copy-on-write
+ *     path below, which never stores into them.
+ * So after a crash the file is in its old state or its new one (plus torn overwrites below the
+ * old EOF), and fsck's E5 holds.
+ *
+ * When one transaction cannot hold the write (it stores into shared blocks, its holes need
+ * more than one extent budget or the space left, the allocator cannot place a hole in the
+ * budget's extents, the log fills up), write_range goes in steps: each hole, CoW window or
+ * unwritten run is a transaction as above, a past-EOF run in place is one (zero entries and
+ * the size), and overwrites below EOF are followed by a transaction for size and times. Each step leaves a consistent file with a
+ * size covering what is written. ENOSPC midway returns the bytes written so far (an aborted
+ * transaction takes its blocks and their mappings with it, so nothing is half linked or
+ * leaked); -ENOSPC when there are none.
+ *
+ * Invariant E5 (extent.c): mapped bytes at or past EOF are zero. New and converted blocks are
+ * zeroed outside the written bytes; writes past EOF are undone to zeros (above); a shrinking
+ * truncate zeroes the rest of its new last block inside the transaction that sets the size (a
+ * logged range, so the crash image is old size with old bytes or new size with zeros), and
+ * frees the blocks past it.
  *
  * Truncate (pmfuse_data_set_size), shrinking: when the blocks past the new EOF fit one
  * transaction's budget, size, tail and unmapping are one transaction. Otherwise the first
@@ -79,8 +110,8 @@
  *                       head                            tail
  *   1. allocate n blocks N (placed by the CoW hint, below)
  *   2. fill N:  [head: memcpy from S][new bytes, or zeros][tail: memcpy from S]
- *      (pool memcpy, non-temporal for large copies; N is declared new in the transaction, so
- *      the commit flushes and drains it before the commit record: never linked before durable)
+ *      (through the pool's data path, flushed; N is declared written in the transaction, so
+ *      the commit drains it before the commit record: never linked before durable)
  *   3. unmap [fb, fb + n): S loses one reference (count c - 1 >= 1: never freed here)
  *   4. map [fb, fb + n) -> N (merging with contiguous neighbours), size and times
  *   5. commit
@@ -355,6 +386,17 @@ int pmfuse_fs_read(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, size_t len,
 	return rc;
 }
 
+bool pmfuse_fs_read_source(const struct pmfuse_fs *fs, const void *addr, int *fd, uint64_t *off)
+{
+	const uint8_t *p = addr, *base = pmfuse_pool_base(fs->pool);
+
+	*fd = pmfuse_pool_read_fd(fs->pool);
+	if (*fd < 0 || p < base || p >= base + pmfuse_pool_size(fs->pool))
+		return false;
+	*off = (uint64_t)(p - base);
+	return true;
+}
+
 static ssize_t pread_core(struct pmfuse_fs *fs, uint64_t ino, bool lnk, void *buf, size_t len,
 			  uint64_t off)
 {
@@ -419,6 +461,24 @@ int pmfuse_data_feature_unwritten(struct pmfuse_fs *fs)
 	return pmfuse_volume_write_sb(vol);
 }
 
+/* Counts the unmapped blocks of a walked range (start .pos, end .end) in .blocks, but for the
+ * stretch after the last extent: the caller adds end - pos; and the unwritten extents. */
+struct holes {
+	uint64_t pos, end, blocks;
+	uint64_t unwritten;          /* unwritten extents met */
+};
+
+static int count_holes(void *arg, const struct pmfuse_iext *e)
+{
+	struct holes *h = arg;
+
+	if (e->fblock > h->pos)
+		h->blocks += e->fblock - h->pos;
+	h->pos = PMFUSE_MIN(h->end, e->fblock + e->len);
+	h->unwritten += !!(e->flags & PMFUSE_EXTENT_UNWRITTEN);
+	return 0;
+}
+
 /* What new blocks hold: file bytes [lo, hi) come from src + (x - lo), everything else is zero
  * (src NULL: all zeros). */
 struct fill {
@@ -426,41 +486,59 @@ struct fill {
 	uint64_t lo, hi;
 };
 
-/* Stores into new blocks: the commit flushes them, so small ones stay plain cached stores. */
-static unsigned new_flags(uint64_t len)
+/* Stores of file data: non-temporal for large copies through the mapping, flushed later by the
+ * caller in one pmfuse_pool_flush_data over the whole range. */
+static unsigned data_flags(uint64_t len)
 {
-	return len >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL | PMFUSE_MEM_NODRAIN : PMFUSE_MEM_NOFLUSH;
+	return PMFUSE_MEM_NOFLUSH | (len >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL : 0);
 }
 
-/* Writes file blocks [fb, fb + n), just allocated at pblock, as fl says. */
+static uint64_t pool_off(const struct file *f, const void *addr)
+{
+	return pmfuse_pool_offset(f->fs->pool, addr);
+}
+
+/* Declares [dst, dst + len), just written and flushed, to tx (no undo, drained at commit). */
+static int declare_written(struct pmfuse_tx *tx, uint8_t *dst, uint64_t len)
+{
+	for (uint64_t d = 0; d < len; d += DECLARE_MAX) {
+		int rc = pmfuse_tx_add_written(tx, dst + d, PMFUSE_MIN(DECLARE_MAX, len - d));
+
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Writes file blocks [fb, fb + n), just allocated at pblock, as fl says: whole blocks, the data
+ * and zeros around it, through the pool's data path (pmfuse_pool_write_data), flushed; the
+ * commit drains them before the mapping is durable. */
 static int fill_blocks(struct pmfuse_tx *tx, const struct file *f, uint64_t fb, uint64_t pblock,
 		       uint64_t n, const struct fill *fl)
 {
 	struct pmfuse_pool *pool = f->fs->pool;
 	uint8_t *dst = pool_block(f, pblock);
-	uint64_t s = fb * f->bs, t = (fb + n) * f->bs;
+	uint64_t s = fb * f->bs, t = (fb + n) * f->bs, base = pool_off(f, dst);
 	uint64_t lo = s, hi = s;
-	int rc;
+	int rc = 0;
 
 	if (fl->src && fl->hi > s && fl->lo < t) {
 		lo = PMFUSE_MAX(fl->lo, s);
 		hi = PMFUSE_MIN(fl->hi, t);
 	}
-	/* new blocks: nothing to undo, but the commit must persist them (and the checker of debug
-	 * builds must know that they change) */
-	for (uint64_t d = 0; d < t - s; d += DECLARE_MAX) {
-		rc = pmfuse_tx_add_new(tx, dst + d, PMFUSE_MIN(DECLARE_MAX, t - s - d));
-		if (rc)
-			return rc;
-	}
 	if (lo > s)
-		pmfuse_pool_memset(pool, dst, 0, lo - s, new_flags(lo - s));
-	if (hi > lo)
-		pmfuse_pool_memcpy(pool, dst + (lo - s), fl->src + (lo - fl->lo), hi - lo,
-				   new_flags(hi - lo));
-	if (t > hi)
-		pmfuse_pool_memset(pool, dst + (hi - s), 0, t - hi, new_flags(t - hi));
-	return 0;
+		rc = pmfuse_pool_write_data(pool, base, NULL, lo - s, data_flags(lo - s));
+	if (!rc && hi > lo)
+		rc = pmfuse_pool_write_data(pool, base + (lo - s), fl->src + (lo - fl->lo), hi - lo,
+					    data_flags(hi - lo));
+	if (!rc && t > hi)
+		rc = pmfuse_pool_write_data(pool, base + (hi - s), NULL, t - hi, data_flags(t - hi));
+	if (rc)
+		return rc;
+	pmfuse_pool_flush_data(pool, base, t - s);
+	/* new blocks: nothing to undo, but the commit must drain them (and the checker of debug
+	 * builds must know that they change) */
+	return declare_written(tx, dst, t - s);
 }
 
 /*
@@ -492,7 +570,8 @@ static int block_state(const struct file *f, uint64_t fb, uint64_t limit, struct
  * success). Stops early when the allocator has nothing more (the caller commits what is mapped).
  */
 static int map_hole(struct pmfuse_tx *tx, struct file *f, uint64_t fb, uint64_t n, uint64_t goal,
-		    const struct pmfuse_extent_budget *b, const struct fill *fl, uint64_t *mapped)
+		    const struct pmfuse_extent_budget *b, const struct fill *fl, uint64_t *mapped,
+		    uint64_t *recs_used)
 {
 	struct pmfuse_iext x;
 	uint64_t done = 0, recs = 0;
@@ -520,6 +599,8 @@ static int map_hole(struct pmfuse_tx *tx, struct file *f, uint64_t fb, uint64_t 
 		recs++;
 	}
 	*mapped = done;
+	if (recs_used)
+		*recs_used = recs;
 	return 0;
 }
 
@@ -551,7 +632,7 @@ static int fill_hole(struct file *f, uint64_t fb, uint64_t n, uint64_t goal,
 		if (!data_avail(f->fs))
 			return -ENOSPC;
 		tx = pmfuse_tx_begin(f->fs->txm);
-		rc = map_hole(tx, f, fb, want, goal, b, fl, &got);
+		rc = map_hole(tx, f, fb, want, goal, b, fl, &got, NULL);
 		if (!rc && done)
 			rc = done(tx, arg, fb + got);
 		if (!rc) {
@@ -613,40 +694,35 @@ static uint64_t cow_hint(const struct file *f)
 }
 
 /* Writes file blocks [fb, fb + n), just allocated at newp, as fl says, the old bytes from the
- * shared blocks at oldp, or zeros when oldp is 0 (the shared blocks are unwritten: E6). */
+ * shared blocks at oldp, or zeros when oldp is 0 (the shared blocks are unwritten: E6), as
+ * fill_blocks: through the data path, flushed, drained at commit. */
 static int cow_fill_blocks(struct pmfuse_tx *tx, const struct file *f, uint64_t fb, uint64_t newp,
 			   uint64_t n, uint64_t oldp, const struct cow_fill *fl)
 {
 	struct pmfuse_pool *pool = f->fs->pool;
 	uint8_t *dst = pool_block(f, newp);
 	const uint8_t *old = oldp ? pool_block(f, oldp) : NULL;
-	uint64_t s = fb * f->bs, t = (fb + n) * f->bs;
+	uint64_t s = fb * f->bs, t = (fb + n) * f->bs, base = pool_off(f, dst);
 	uint64_t lo = s, hi = s;
-	int rc;
+	int rc = 0;
 
 	if (fl->lo < fl->hi && fl->hi > s && fl->lo < t) {
 		lo = PMFUSE_MAX(fl->lo, s);
 		hi = PMFUSE_MIN(fl->hi, t);
 	}
-	for (uint64_t d = 0; d < t - s; d += DECLARE_MAX) {
-		rc = pmfuse_tx_add_new(tx, dst + d, PMFUSE_MIN(DECLARE_MAX, t - s - d));
-		if (rc)
-			return rc;
-	}
-	if (lo > s && old)
-		pmfuse_pool_memcpy(pool, dst, old, lo - s, new_flags(lo - s));
-	else if (lo > s)
-		pmfuse_pool_memset(pool, dst, 0, lo - s, new_flags(lo - s));
-	if (hi > lo && fl->src)
-		pmfuse_pool_memcpy(pool, dst + (lo - s), fl->src + (lo - fl->lo), hi - lo,
-				   new_flags(hi - lo));
-	else if (hi > lo)
-		pmfuse_pool_memset(pool, dst + (lo - s), 0, hi - lo, new_flags(hi - lo));
-	if (t > hi && old)
-		pmfuse_pool_memcpy(pool, dst + (hi - s), old + (hi - s), t - hi, new_flags(t - hi));
-	else if (t > hi)
-		pmfuse_pool_memset(pool, dst + (hi - s), 0, t - hi, new_flags(t - hi));
-	return 0;
+	if (lo > s)
+		rc = pmfuse_pool_write_data(pool, base, old, lo - s, data_flags(lo - s));
+	if (!rc && hi > lo)
+		rc = pmfuse_pool_write_data(pool, base + (lo - s),
+					    fl->src ? fl->src + (lo - fl->lo) : NULL, hi - lo,
+					    data_flags(hi - lo));
+	if (!rc && t > hi)
+		rc = pmfuse_pool_write_data(pool, base + (hi - s), old ? old + (hi - s) : NULL,
+					    t - hi, data_flags(t - hi));
+	if (rc)
+		return rc;
+	pmfuse_pool_flush_data(pool, base, t - s);
+	return declare_written(tx, dst, t - s);
 }
 
 /*
@@ -974,58 +1050,83 @@ static int write_final(struct wctx *w)
 }
 
 /*
- * Stores [w->done, to) into mapped, unshared blocks in place. Bytes below EOF are simply
- * overwritten (the inode update follows, *pending). Bytes at or past EOF (the rest of a partly
- * filled last block, or blocks preallocated past EOF) must still read as zeros after a crash
- * that keeps the old size (E5; a later growing truncate would show them), so they are written
- * inside the transaction that moves EOF past them, declared in it: if it does not commit, the
- * undo log puts the zeros back. Pieces of at most a quarter of the log (and 16 blocks), each
- * one transaction, so a crash shows a prefix of what was appended.
+ * Declares file bytes [pos, to) at or past EOF, mapped by e, as zeros to restore (E5 says they
+ * are zero now), then stores the new bytes there through the data path, unflushed: the commit
+ * flushes the declared range and drains it.
  */
-static int write_in_place(struct wctx *w, const struct pmfuse_iext *e, uint64_t to,
-			  unsigned flags, bool *pending)
+static int write_past_eof(struct pmfuse_tx *tx, struct wctx *w, const struct pmfuse_iext *e,
+			  uint64_t pos, uint64_t to)
 {
 	struct file *f = &w->f;
-	uint64_t eof = file_size(f), bs = f->bs;
-	uint64_t log_blocks = pmfuse_le64(f->fs->vol->sb.log_blocks);
-	uint64_t piece = PMFUSE_MAX(PMFUSE_MIN(16u, (log_blocks > 1 ? log_blocks - 1 : 1) / 4), 1u) *
-			 bs;
+	uint8_t *dst = ext_addr(f, e, pos);
+	int rc;
+
+	for (uint64_t d = 0; d < to - pos; d += DECLARE_MAX) {
+		rc = pmfuse_tx_add_zero(tx, dst + d, PMFUSE_MIN(DECLARE_MAX, to - pos - d));
+		if (rc)
+			return rc;
+	}
+	return pmfuse_pool_write_data(f->fs->pool, pool_off(f, dst), w->buf + (pos - w->off),
+				      to - pos, data_flags(to - pos));
+}
+
+/* Stores file bytes [pos, to), below EOF, in place (mapped by e, unshared), flushed, not
+ * drained: an overwrite, which needs no undo (a crash may tear it, as any in-place store). */
+static int write_below_eof(struct wctx *w, const struct pmfuse_iext *e, uint64_t pos, uint64_t to)
+{
+	struct file *f = &w->f;
+
+	return pmfuse_pool_write_data(f->fs->pool, pool_off(f, ext_addr(f, e, pos)),
+				      w->buf + (pos - w->off), to - pos,
+				      PMFUSE_MEM_NODRAIN |
+				      (to - pos >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL : 0));
+}
+
+/*
+ * Stores [w->done, to) into mapped, unshared blocks in place (the general path). Bytes below EOF
+ * are overwritten (the inode update follows, *pending). Bytes at or past EOF (the rest of a
+ * partly filled last block, or blocks preallocated past EOF) go in with the transaction that
+ * moves EOF past them, declared as zeros to restore (write_past_eof).
+ */
+static int write_in_place(struct wctx *w, const struct pmfuse_iext *e, uint64_t to, bool *pending)
+{
+	struct file *f = &w->f;
+	uint64_t eof = file_size(f);
+	struct pmfuse_tx *tx;
+	int rc;
 
 	if (w->done < eof) {
 		uint64_t below = PMFUSE_MIN(to, eof);
 
-		pmfuse_pool_memcpy(f->fs->pool, ext_addr(f, e, w->done),
-				   w->buf + (w->done - w->off), below - w->done, flags);
+		rc = write_below_eof(w, e, w->done, below);
+		if (rc)
+			return rc;
 		w->done = below;
 		*pending = true;
 	}
-	while (w->done < to) {
-		uint64_t from = w->done, end = PMFUSE_MIN(to, from / bs * bs + piece);
-		struct pmfuse_tx *tx = pmfuse_tx_begin(f->fs->txm);
-		int rc = pmfuse_tx_add(tx, ext_addr(f, e, from), end - from);
-
-		if (!rc) {
-			pmfuse_pool_memcpy(f->fs->pool, ext_addr(f, e, from),
-					   w->buf + (from - w->off), end - from, flags);
-			rc = write_inode(tx, w, end);
-		}
-		if (rc) {
-			pmfuse_tx_abort(tx);   /* the zeros are back */
-			return rc;
-		}
-		pmfuse_tx_commit(tx);
-		w->done = end;
-		*pending = false;
+	if (w->done >= to)
+		return 0;
+	tx = pmfuse_tx_begin(f->fs->txm);
+	rc = write_past_eof(tx, w, e, w->done, to);
+	if (!rc)
+		rc = write_inode(tx, w, to);
+	if (rc) {
+		pmfuse_tx_abort(tx);   /* the zeros are back */
+		return rc;
 	}
+	pmfuse_tx_commit(tx);
+	w->done = to;
+	*pending = false;
 	return 0;
 }
 
 /*
  * Converts unwritten, unshared blocks from file block fb on (at most n, inside e) to written
  * for the write: one transaction stores the new bytes and zeros in every other byte of the
- * blocks (declared new: their old bytes were never readable, so a crash that undoes the
- * conversion needs them back no more than before), flips the flag and updates the inode; the
- * commit persists the stores before the record says written. So neither a crash nor the rest
+ * blocks (fill_blocks: whole blocks, declared written, no undo, since their old bytes were
+ * never readable and a crash that undoes the conversion needs them back no more than before),
+ * flips the flag and updates the inode; the commit drains the stores before the record says
+ * written. So neither a crash nor the rest
  * of a partly written block can show what the blocks held before. Budgeted and retried with
  * half the budget on -ENOSPC as fill_hole.
  */
@@ -1056,14 +1157,105 @@ static int write_unwritten(struct wctx *w, const struct pmfuse_iext *e, uint64_t
 	}
 }
 
-/* Writes what it can of [w->done, w->end); w->done tells how far it got, also on error. */
+/*
+ * The whole write in one transaction (see "Writes" at the top): overwrites below EOF, stores
+ * past EOF into mapped blocks (zero entries), fresh blocks for the holes, size and times.
+ * Unwritten blocks it touches are converted in it (whole blocks written, then flagged written).
+ * Returns 1 when the write is not for this path: it touches shared blocks (copy-on-write goes
+ * window by window), its holes need more than one extent budget or the space left, the
+ * allocator cannot map a hole in the budget's extents, or the log fills up; then write_range
+ * takes it in steps. Having aborted, it leaves nothing changed but overwrites below EOF, which
+ * the steps store again.
+ */
+static int write_one_tx(struct wctx *w)
+{
+	struct file *f = &w->f;
+	uint64_t fb0 = w->off / f->bs, fb1 = div_up(w->end, f->bs), eof = file_size(f);
+	uint64_t pos = w->off, shared;
+	struct holes h = { .pos = fb0, .end = fb1 };
+	struct pmfuse_extent_budget left = w->budget;
+	const struct fill fl = { .src = w->buf, .lo = w->off, .hi = w->end };
+	struct pmfuse_tx *tx;
+	int rc;
+
+	rc = count_shared(f, fb0, fb1, &shared);
+	if (!rc)
+		rc = pmfuse_extent_walk(&f->map, fb0, fb1, count_holes, &h);
+	if (rc < 0)
+		return rc;
+	h.blocks += fb1 - h.pos;
+	if (shared || h.blocks > left.blocks || h.blocks > data_avail(f->fs))
+		return 1;
+
+	tx = pmfuse_tx_begin(f->fs->txm);
+	while (!rc && pos < w->end) {
+		uint64_t fb = pos / f->bs, hole_end, goal, got, recs, to;
+		struct pmfuse_iext e;
+
+		rc = block_state(f, fb, fb1, &e, &hole_end, &goal);
+		if (rc > 0 && (e.flags & PMFUSE_EXTENT_UNWRITTEN)) {
+			/* convert: whole blocks written (data, zeros around it) and flagged
+			 * written in this transaction, as write_unwritten does in steps */
+			uint64_t end = PMFUSE_MIN(fb1, e.fblock + e.len), run;
+			bool ushared;
+
+			/* count_shared leaves unwritten blocks out: shared ones take the CoW path */
+			rc = share_run(f, &e, fb, end, &ushared, &run);
+			if (!rc && ushared)
+				rc = 1;
+			if (rc)
+				break;
+			end = fb + run;
+			rc = fill_blocks(tx, f, fb, e.pblock + (fb - e.fblock), end - fb, &fl);
+			if (!rc)
+				rc = pmfuse_extent_convert(tx, &f->map, &e, fb, end, 0);
+			pos = PMFUSE_MIN(w->end, end * f->bs);
+			continue;
+		}
+		if (rc > 0) {
+			to = PMFUSE_MIN(w->end, ext_end_byte(f, &e));
+			rc = 0;
+			if (pos < eof) {
+				uint64_t below = PMFUSE_MIN(to, eof);
+
+				rc = write_below_eof(w, &e, pos, below);
+				if (!rc)
+					rc = declare_written(tx, ext_addr(f, &e, pos), below - pos);
+				pos = below;
+			}
+			if (!rc && pos < to)
+				rc = write_past_eof(tx, w, &e, pos, to);
+			pos = to;
+			continue;
+		}
+		if (rc < 0)
+			break;
+		rc = map_hole(tx, f, fb, hole_end - fb, goal, &left, &fl, &got, &recs);
+		if (rc == -ENOSPC || (!rc && got < hole_end - fb))
+			rc = 1;   /* the allocator is fragmented or full: in steps */
+		left.recs -= PMFUSE_MIN(left.recs, recs);
+		left.blocks -= PMFUSE_MIN(left.blocks, got);
+		pos = PMFUSE_MIN(w->end, hole_end * f->bs);
+	}
+	if (!rc)
+		rc = write_inode(tx, w, w->end);
+	if (rc == -ENOSPC)
+		rc = 1;   /* the log is full (many pieces): in steps, which also handle a full pool */
+	if (rc) {
+		pmfuse_tx_abort(tx);
+		return rc;
+	}
+	pmfuse_tx_commit(tx);
+	w->done = w->end;
+	return 0;
+}
+
+/* Writes what it can of [w->done, w->end) in steps; w->done tells how far it got, also on error. */
 static int write_range(struct wctx *w)
 {
 	struct file *f = &w->f;
 	struct pmfuse_iext e;
 	bool pending = false;   /* overwritten bytes not yet followed by an inode update */
-	unsigned flags = PMFUSE_MEM_NODRAIN |
-			 (w->end - w->off >= NT_MIN ? PMFUSE_MEM_NONTEMPORAL : 0);
 	int rc = 0;
 
 	while (w->done < w->end) {
@@ -1098,7 +1290,7 @@ static int write_range(struct wctx *w)
 				continue;
 			}
 			to = PMFUSE_MIN(w->end, (fb + run) * f->bs);
-			rc = write_in_place(w, &e, to, flags, &pending);
+			rc = write_in_place(w, &e, to, &pending);
 			if (rc)
 				break;
 			continue;
@@ -1148,7 +1340,9 @@ static ssize_t write_core(struct pmfuse_fs *fs, uint64_t ino, bool lnk, const vo
 	w.off = w.done = off;
 	w.end = off + len;
 	pmfuse_extent_budget_init(fs, &w.budget);
-	rc = write_range(&w);
+	rc = write_one_tx(&w);
+	if (rc > 0)
+		rc = write_range(&w);
 	if (privs_dropped)
 		*privs_dropped = w.privs_dropped;
 	if (w.done > off)
@@ -1409,20 +1603,6 @@ static int ranges_add(struct ranges *rs, uint64_t lo, uint64_t hi)
 	rs->r[rs->n].lo = lo;
 	rs->r[rs->n].hi = hi;
 	rs->n++;
-	return 0;
-}
-
-struct holes {
-	uint64_t pos, end, blocks;
-};
-
-static int count_holes(void *arg, const struct pmfuse_iext *e)
-{
-	struct holes *h = arg;
-
-	if (e->fblock > h->pos)
-		h->blocks += e->fblock - h->pos;
-	h->pos = PMFUSE_MIN(h->end, e->fblock + e->len);
 	return 0;
 }
 

@@ -162,6 +162,14 @@ int pmfuse_fs_statfs(struct pmfuse_fs *fs, struct pmfuse_statfs *st);
 typedef int (*pmfuse_read_fn)(void *arg, const struct iovec *iov, int cnt);
 int pmfuse_fs_read(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, size_t len,
 		   pmfuse_read_fn emit, void *arg);
+/*
+ * Where the bytes at addr (a vector pmfuse_fs_read handed to emit) can also be read from: the
+ * pool's file descriptor and the offset in it, when the pool prefers reads through its file
+ * (pmfuse_pool_read_fd). false: read them at addr (a dax device, fake media, or the zero
+ * buffer of a hole).
+ */
+bool pmfuse_fs_read_source(const struct pmfuse_fs *fs, const void *addr, int *fd, uint64_t *off);
+
 /* Reads into a buffer (tools, tests); returns bytes read. */
 ssize_t pmfuse_fs_pread(struct pmfuse_fs *fs, uint64_t ino, void *buf, size_t len, uint64_t off);
 

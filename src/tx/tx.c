@@ -6,6 +6,8 @@
  * pre-image, 8-byte aligned) are appended from block log_start + 1 on.
  *
  *   tx_add(range)   write entry {gen, off, len, crc, pre-image} at the tail, persist it   (1 barrier)
+ *   tx_add_zero     the same without a pre-image (len has PMFUSE_LOG_ZERO): the range is all
+ *                   zeros now, so undoing it means zeroing it                           (1 barrier)
  *                   ... caller modifies the range with plain stores ...
  *   commit          reseal declared blocks, flush every declared range, drain           (1 barrier)
  *                   hdr.gen += 1 (one 8-byte store), persist                             (1 barrier)
@@ -40,6 +42,7 @@
 #define F_NEW    2u  /* declared new: no pre-image */
 #define F_SEAL   4u  /* (len == 0 key) block queued for the next reseal */
 #define F_META   8u  /* (len == 0 key) block declared as metadata in this transaction */
+#define F_FLUSHED 16u /* declared new and already flushed by the caller: commit only drains */
 
 struct range {
 	uint64_t off;
@@ -154,15 +157,26 @@ static uint32_t log_hdr_crc(const struct pmfuse_log_hdr *h, uint32_t bs)
 
 /* ---- log entries ------------------------------------------------------------------------------ */
 
-static size_t entry_size(uint32_t len)
+/* Bytes of the range an entry restores, and of the pre-image it carries (none for a zero entry). */
+static uint32_t entry_range(uint32_t len_field)
 {
-	return sizeof(struct pmfuse_log_entry) + PMFUSE_ALIGN_UP((size_t)len, 8);
+	return len_field & ~PMFUSE_LOG_ZERO;
+}
+
+static uint32_t entry_data(uint32_t len_field)
+{
+	return len_field & PMFUSE_LOG_ZERO ? 0 : len_field;
+}
+
+static size_t entry_size(uint32_t len_field)
+{
+	return sizeof(struct pmfuse_log_entry) + PMFUSE_ALIGN_UP((size_t)entry_data(len_field), 8);
 }
 
 static uint32_t entry_crc(const struct pmfuse_log_entry *e)
 {
 	return pmfuse_crc32c(pmfuse_crc32c(0, e, offsetof(struct pmfuse_log_entry, crc)), e + 1,
-			     pmfuse_le32(e->len));
+			     entry_data(pmfuse_le32(e->len)));
 }
 
 /*
@@ -179,11 +193,11 @@ static int valid_entries(const struct pmfuse_txm *txm, uint64_t gen, size_t **ou
 
 	while (pos + sizeof(struct pmfuse_log_entry) <= txm->area_len) {
 		const struct pmfuse_log_entry *e = (const void *)(txm->area + pos);
-		uint32_t len = pmfuse_le32(e->len);
+		uint32_t field = pmfuse_le32(e->len), len = entry_range(field);
 		uint64_t off = pmfuse_le64(e->off);
 
 		if (pmfuse_le64(e->gen) != gen || len == 0 ||
-		    entry_size(len) > txm->area_len - pos || entry_crc(e) != pmfuse_le32(e->crc))
+		    entry_size(field) > txm->area_len - pos || entry_crc(e) != pmfuse_le32(e->crc))
 			break;
 		/* A checksummed entry that points outside the pool or into the log is damage. */
 		if (off > pool_size || len > pool_size - off || (off < log_hi && off + len > log_lo)) {
@@ -200,7 +214,7 @@ static int valid_entries(const struct pmfuse_txm *txm, uint64_t gen, size_t **ou
 			list = l;
 		}
 		list[cnt++] = pos;
-		pos += entry_size(len);
+		pos += entry_size(field);
 	}
 	*out = list;
 	*n = cnt;
@@ -215,7 +229,12 @@ static void roll_back(struct pmfuse_txm *txm, const size_t *list, size_t n)
 	for (size_t i = n; i-- > 0;) {
 		const struct pmfuse_log_entry *e = (const void *)(txm->area + list[i]);
 		void *dst = pmfuse_pool_at(pool, pmfuse_le64(e->off));
-		pmfuse_pool_memcpy(pool, dst, e + 1, pmfuse_le32(e->len), PMFUSE_MEM_NODRAIN);
+		uint32_t field = pmfuse_le32(e->len);
+
+		if (field & PMFUSE_LOG_ZERO)
+			pmfuse_pool_memset(pool, dst, 0, entry_range(field), PMFUSE_MEM_NODRAIN);
+		else
+			pmfuse_pool_memcpy(pool, dst, e + 1, field, PMFUSE_MEM_NODRAIN);
 	}
 	pmfuse_pool_drain(pool);
 	pmfuse_set_le64(&txm->hdr->gen, pmfuse_le64(txm->hdr->gen) + 1);
@@ -532,6 +551,54 @@ int pmfuse_tx_add_new(struct pmfuse_tx *tx, void *addr, size_t len)
 	return 0;
 }
 
+int pmfuse_tx_add_zero(struct pmfuse_tx *tx, void *addr, size_t len)
+{
+	struct pmfuse_txm *txm = tx->txm;
+	struct pmfuse_pool *pool = txm->pool;
+	int rc = check_range(tx, addr, len);
+	if (rc)
+		return rc;
+	if (len & PMFUSE_LOG_ZERO)
+		return -EINVAL;
+	uint64_t off = pmfuse_pool_offset(pool, addr);
+	if (declared(tx, off, (uint32_t)len))
+		return 0;
+#ifndef NDEBUG
+	for (size_t i = 0; i < len; i++)
+		assert(((const uint8_t *)addr)[i] == 0);
+#endif
+	size_t need = entry_size(PMFUSE_LOG_ZERO);
+	if (need > txm->area_len - tx->tail) {
+		pmfuse_log(PMFUSE_LOG_ERR, "transaction too large for the log (%zu bytes used, %zu "
+			   "more needed, log holds %zu)", tx->tail, need, txm->area_len);
+		return -ENOSPC;
+	}
+	struct slot *s = slot_get(tx, off, (uint32_t)len);
+	if (!s || push_range(tx, off, (uint32_t)len))
+		return -ENOMEM;
+
+	struct pmfuse_log_entry *e = (void *)(txm->area + tx->tail);
+	pmfuse_set_le64(&e->gen, pmfuse_le64(txm->hdr->gen));
+	pmfuse_set_le64(&e->off, off);
+	pmfuse_set_le32(&e->len, (uint32_t)len | PMFUSE_LOG_ZERO);
+	pmfuse_set_le32(&e->crc, entry_crc(e));
+	pmfuse_pool_persist(pool, e, need);
+	tx->tail += need;
+	s->flags |= F_LOGGED;
+	return 0;
+}
+
+int pmfuse_tx_add_written(struct pmfuse_tx *tx, void *addr, size_t len)
+{
+	int rc = pmfuse_tx_add_new(tx, addr, len);
+	if (rc)
+		return rc;
+	struct slot *s = slot_find(tx, pmfuse_pool_offset(tx->txm->pool, addr), (uint32_t)len);
+	if (s && (s->flags & F_NEW))
+		s->flags |= F_FLUSHED;
+	return 0;
+}
+
 static int push_offset(uint64_t **list, size_t *n, size_t *cap, uint64_t off)
 {
 	if (*n == *cap) {
@@ -695,9 +762,14 @@ int pmfuse_tx_commit(struct pmfuse_tx *tx)
 		verify(tx, false);
 #endif
 	if (tx->nranges) {
-		for (size_t i = 0; i < tx->nranges; i++)
+		for (size_t i = 0; i < tx->nranges; i++) {
+			struct slot *s = slot_find(tx, tx->ranges[i].off, tx->ranges[i].len);
+
+			if (s && (s->flags & F_FLUSHED))
+				continue;
 			pmfuse_pool_flush(pool, pmfuse_pool_at(pool, tx->ranges[i].off),
 					  tx->ranges[i].len);
+		}
 		pmfuse_pool_drain(pool);
 	}
 	if (tx->tail) {

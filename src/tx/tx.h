@@ -9,6 +9,13 @@
  *   - pmfuse_tx_add_new()  the range is in blocks allocated by this transaction: nothing to undo
  *                          (the allocation itself is undone), but it is persisted at commit;
  *                          also for unwritten blocks being converted, whose old bytes nobody reads;
+ *   - pmfuse_tx_add_zero() the range holds only zeros (file bytes past EOF, invariant E5): a
+ *                          24-byte entry without pre-image; a crash or an abort zeroes it again;
+ *   - pmfuse_tx_add_written() a range whose old bytes need no undo (in blocks this transaction
+ *                          allocated, or file bytes below EOF overwritten in place, which a
+ *                          crash may tear as it may tear any in-place store) and which the
+ *                          caller has already flushed (pmfuse_pool_write_data without NOFLUSH,
+ *                          or pmfuse_pool_flush_data): commit only drains it;
  *   - pmfuse_tx_add_meta() a range of a self-describing metadata block: logs the range and the
  *                          block's crc, and reseals the block (recomputes its crc) at the next
  *                          pmfuse_tx_seal() or at commit.
@@ -70,6 +77,8 @@ struct pmfuse_tx *pmfuse_tx_begin(struct pmfuse_txm *txm);
  */
 int pmfuse_tx_add(struct pmfuse_tx *tx, void *addr, size_t len);
 int pmfuse_tx_add_new(struct pmfuse_tx *tx, void *addr, size_t len);
+int pmfuse_tx_add_zero(struct pmfuse_tx *tx, void *addr, size_t len);
+int pmfuse_tx_add_written(struct pmfuse_tx *tx, void *addr, size_t len);
 int pmfuse_tx_add_meta(struct pmfuse_tx *tx, struct pmfuse_blk_hdr *blk, void *addr, size_t len);
 
 /* A whole metadata block: same as pmfuse_tx_add_meta over the block; new=true for a block this

@@ -197,6 +197,78 @@ static void test_file_granularity(void **state)
 	unlink(path);
 }
 
+/*
+ * pmfuse_pool_write_data on a pool file, with each data path the file can take (FD, and MAP
+ * when forced) in each granularity it can be given (its natural one, CACHE_LINE forced): the
+ * bytes (and zeros for buf NULL, over old bytes) read back through the mapping at once, and
+ * from a fresh open (durable), and the right path was chosen.
+ */
+static void test_file_write_data(void **state)
+{
+	const char *path = tmp_path("wdata.pool");
+	const char *saved = getenv("PMEM2_FORCE_GRANULARITY");
+	char *saved_copy = saved ? strdup(saved) : NULL;
+	static const char *const grans[] = { NULL, "CACHE_LINE" };
+	static const char *const paths[] = { "fd", "map" };
+	size_t len = 300000;   /* unaligned, over many pages */
+	uint8_t *buf = malloc(len);
+	struct pmfuse_pool *pool;
+
+	assert_non_null(buf);
+	assert_int_equal(pmfuse_pool_create_file(path, 4 << 20), 0);
+	for (unsigned g = 0; g < 2; g++) {
+		for (unsigned p = 0; p < 2; p++) {
+			uint64_t off = 4096 * (1 + g * 2 + p) * 3 + 17 * (g + 1);
+			const uint8_t *base;
+
+			if (grans[g])
+				setenv("PMEM2_FORCE_GRANULARITY", grans[g], 1);
+			else
+				unsetenv("PMEM2_FORCE_GRANULARITY");
+			setenv("PMFUSE_DATA_PATH", paths[p], 1);
+			for (size_t i = 0; i < len; i++)
+				buf[i] = (uint8_t)(i * 7 + g * 3 + p + 1) | 1;
+			assert_int_equal(pmfuse_pool_open(path, 0, &pool), 0);
+			assert_int_equal(pmfuse_pool_data_path(pool),
+					 p ? PMFUSE_DATA_MAP : PMFUSE_DATA_FD);
+			if (grans[g])
+				assert_int_equal(pmfuse_pool_granularity(pool),
+						 PMFUSE_GRAN_CACHE_LINE);
+			base = pmfuse_pool_base(pool);
+			uint64_t b0 = pmfuse_pool_barriers(pool);
+			assert_int_equal(pmfuse_pool_write_data(pool, off, buf, len, 0), 0);
+			assert_int_equal(pmfuse_pool_barriers(pool), b0 + 1);
+			assert_memory_equal(base + off, buf, len);
+			/* zeros over part of it, flushed but not drained, then a drain */
+			assert_int_equal(pmfuse_pool_write_data(pool, off + 1000, NULL, 70000,
+								PMFUSE_MEM_NODRAIN), 0);
+			pmfuse_pool_drain(pool);
+			for (size_t i = 0; i < 70000; i++)
+				assert_int_equal(base[off + 1000 + i], 0);
+			assert_int_equal(base[off + 999], buf[999]);
+			assert_int_equal(base[off + 71000], buf[71000]);
+			pmfuse_pool_close(pool);
+
+			assert_int_equal(pmfuse_pool_open(path, PMFUSE_POOL_RDONLY, &pool), 0);
+			base = pmfuse_pool_base(pool);
+			assert_memory_equal(base + off, buf, 1000);
+			assert_memory_equal(base + off + 71000, buf + 71000, len - 71000);
+			assert_int_equal(base[off + 1000], 0);
+			assert_int_equal(pmfuse_pool_data_path(pool), PMFUSE_DATA_MAP); /* read-only */
+			pmfuse_pool_close(pool);
+		}
+	}
+	unsetenv("PMFUSE_DATA_PATH");
+	if (saved_copy) {
+		setenv("PMEM2_FORCE_GRANULARITY", saved_copy, 1);
+		free(saved_copy);
+	} else {
+		unsetenv("PMEM2_FORCE_GRANULARITY");
+	}
+	free(buf);
+	unlink(path);
+}
+
 /* The exclusive lock: a second writer in this or another process gets -EBUSY; readers pass. */
 static void test_file_lock(void **state)
 {
@@ -251,6 +323,7 @@ int main(void)
 		cmocka_unit_test(test_fake_hook),
 		cmocka_unit_test(test_file_roundtrip),
 		cmocka_unit_test(test_file_granularity),
+		cmocka_unit_test(test_file_write_data),
 		cmocka_unit_test(test_file_lock),
 		cmocka_unit_test(test_open_errors),
 	};
