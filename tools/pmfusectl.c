@@ -254,10 +254,15 @@ static void print_sb(const struct pmfuse_sb *sb)
 	    (ull)pmfuse_le64(sb->bitmap_blocks));
 	row("data", "blocks %llu..%llu (%llu)", (ull)pmfuse_le64(sb->data_start),
 	    (ull)(count - 2), (ull)(count - 1 - pmfuse_le64(sb->data_start)));
-	row("features", "compat 0x%016llx ro_compat 0x%016llx incompat 0x%016llx%s",
-	    (ull)pmfuse_le64(sb->compat), (ull)pmfuse_le64(sb->ro_compat),
-	    (ull)pmfuse_le64(sb->incompat),
-	    pmfuse_le64(sb->incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN ? " (unwritten)" : "");
+	uint64_t incompat = pmfuse_le64(sb->incompat);
+	row("features", "compat 0x%016llx ro_compat 0x%016llx incompat 0x%016llx%s%s%s%s",
+	    (ull)pmfuse_le64(sb->compat), (ull)pmfuse_le64(sb->ro_compat), (ull)incompat,
+	    incompat ? " (" : "",
+	    incompat & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN ? "unwritten" : "",
+	    (incompat & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN) &&
+	    (incompat & PMFUSE_FEATURE_INCOMPAT_LOG_ZERO) ? ", " : "",
+	    incompat & PMFUSE_FEATURE_INCOMPAT_LOG_ZERO ? "log_zero: mounted, or crashed)" :
+	    incompat ? ")" : "");
 	row("clean", "%s", pmfuse_le32(sb->clean) == PMFUSE_SB_CLEAN ? "yes" :
 	    "no (mounted now, or not cleanly unmounted)");
 	row("mount count", "%llu", (ull)pmfuse_le64(sb->mount_count));

@@ -62,9 +62,15 @@ static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v
  * cleared; a pool without it holds none, so code from before the flag reads it as it always
  * did, and refuses a pool with it instead of showing the stale bytes of unwritten blocks. */
 #define PMFUSE_FEATURE_INCOMPAT_UNWRITTEN 0x1ull
+/* INCOMPAT_LOG_ZERO: the log may hold zero entries (PMFUSE_LOG_ZERO), which older code would
+ * take for the end of the valid entries and so roll back only part of a transaction. Set by a
+ * mount (with the clean flag cleared) and cleared again at its clean unmount, when the log is
+ * empty, as XFS does with its log-incompat bits: only a pool left by a crash carries it. */
+#define PMFUSE_FEATURE_INCOMPAT_LOG_ZERO 0x2ull
 #define PMFUSE_FEATURE_COMPAT_SUPP 0ull
 #define PMFUSE_FEATURE_RO_COMPAT_SUPP 0ull
-#define PMFUSE_FEATURE_INCOMPAT_SUPP PMFUSE_FEATURE_INCOMPAT_UNWRITTEN
+#define PMFUSE_FEATURE_INCOMPAT_SUPP \
+	(PMFUSE_FEATURE_INCOMPAT_UNWRITTEN | PMFUSE_FEATURE_INCOMPAT_LOG_ZERO)
 
 struct pmfuse_sb {
 	struct pmfuse_le64 magic;         /* PMFUSE_SB_MAGIC */

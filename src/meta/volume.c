@@ -759,6 +759,9 @@ int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_v
 		note(msg, msglen, "the volume was not cleanly unmounted");
 	if (!rdonly && (flags & PMFUSE_VOL_MOUNT)) {
 		pmfuse_set_le32(&vol->sb.clean, 0);
+		/* from now on the log may hold zero entries (format.h: INCOMPAT_LOG_ZERO) */
+		pmfuse_set_le64(&vol->sb.incompat, pmfuse_le64(vol->sb.incompat) |
+				PMFUSE_FEATURE_INCOMPAT_LOG_ZERO);
 		pmfuse_set_le64(&vol->sb.mount_count, pmfuse_le64(vol->sb.mount_count) + 1);
 		pmfuse_set_le64(&vol->sb.mount_time, (uint64_t)time(NULL));
 		pmfuse_volume_write_sb(vol);
@@ -782,7 +785,10 @@ void pmfuse_volume_close(struct pmfuse_volume *vol)
 		return;
 	struct vol_priv *vp = priv_of(vol);
 	if (!vol->readonly && (vp->flags & PMFUSE_VOL_MOUNT)) {
+		/* every transaction has ended: the log holds nothing older code cannot read */
 		pmfuse_set_le32(&vol->sb.clean, PMFUSE_SB_CLEAN);
+		pmfuse_set_le64(&vol->sb.incompat, pmfuse_le64(vol->sb.incompat) &
+				~PMFUSE_FEATURE_INCOMPAT_LOG_ZERO);
 		pmfuse_volume_write_sb(vol);
 	}
 	if (vol->alloc)

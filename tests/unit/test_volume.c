@@ -623,6 +623,8 @@ static void test_mount_flags(void **state)
 	assert_string_equal(msg, "");
 	for (int c = 0; c < 2; c++) {
 		assert_int_equal(pmfuse_le32(sb_at(pool, c)->clean), 0);
+		/* while mounted the log may hold zero entries: code without them must stay away */
+		assert_true(pmfuse_le64(sb_at(pool, c)->incompat) & PMFUSE_FEATURE_INCOMPAT_LOG_ZERO);
 		assert_int_equal(pmfuse_le64(sb_at(pool, c)->mount_count), 1);
 		assert_int_equal(pmfuse_le64(sb_at(pool, c)->seq), 2);
 		assert_true(pmfuse_le64(sb_at(pool, c)->mount_time) > 0);
@@ -633,6 +635,8 @@ static void test_mount_flags(void **state)
 	for (int c = 0; c < 2; c++) {
 		assert_int_equal(pmfuse_le32(sb_at(pool, c)->clean), 1);
 		assert_int_equal(pmfuse_le64(sb_at(pool, c)->seq), 3);
+		assert_false(pmfuse_le64(sb_at(pool, c)->incompat) &
+			     PMFUSE_FEATURE_INCOMPAT_LOG_ZERO);
 	}
 	assert_int_equal(vopen(pool, 0, &vol, msg, sizeof(msg)), 0);
 	assert_true(vol->was_clean);
@@ -641,6 +645,7 @@ static void test_mount_flags(void **state)
 	pmfuse_volume_close(vol);
 	assert_int_equal(pmfuse_le64(sb_at(pool, 0)->seq), 4);  /* no MOUNT: close writes nothing */
 
+	assert_true(pmfuse_le64(sb_at(crashed, 0)->incompat) & PMFUSE_FEATURE_INCOMPAT_LOG_ZERO);
 	assert_int_equal(vopen(crashed, PMFUSE_VOL_MOUNT, &vol, msg, sizeof(msg)), 0);
 	assert_false(vol->was_clean);
 	assert_contains(msg, "not cleanly unmounted");
