@@ -1,0 +1,921 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * pmfusectl dedupe SRC DST and dedupe --scan PATH...: the algorithm is described below, at
+ * "dedupe".
+ */
+#include <time.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/util.h"
+
+#include "../cli.h"
+#include "pmfusectl.h"
+
+/* ---- dedupe --------------------------------------------------------------------------------- */
+
+/*
+ * Dedupe makes blocks with equal contents share one pool block, through PMFUSE_IOC_DEDUPE_RANGE
+ * (FIDEDUPERANGE with one destination, issued on the source). pmfusectl only finds candidates:
+ * the daemon compares the bytes again in the pool and shares a range only if all of it is
+ * equal, so a file that changed meanwhile, or a hash collision, costs a call and nothing else.
+ *
+ * SRC DST reads the two files through the mount, compares them block by block and dedupes each
+ * run of equal blocks as soon as it ends. --scan reads every file under the PATHs and keeps one
+ * struct dd_block per non-zero block (24 bytes: the only memory that grows with the data),
+ * sorts them by hash so that equal blocks meet, turns every block of a group but the first into
+ * a copy of the first (its source), drops the others, sorts again by destination and merges
+ * consecutive blocks whose sources are consecutive too into runs. Both skip blocks that map
+ * their source's pool block already (GET_EXTENTS), so running again finds nothing to do.
+ *
+ * A run is done in calls of at most DD_CALL_MAX bytes; a call the daemon finds different is
+ * halved until the different blocks are found, so that the rest is still deduped and the
+ * summary counts exactly.
+ */
+#define DD_CALL_MAX (16u << 20)      /* the daemon's cap per call (PMFUSE_DEDUPE_MAX) */
+#define DD_CHUNK (16u << 20)         /* bytes per read */
+#define DD_HOLE UINT64_MAX           /* the "physical" offset of a hole */
+#define DD_FDS 16                    /* sources kept open by --scan */
+
+/*
+ * A 64-bit hash of a block: xxHash64 (seed 0), its words read in native order (the hashes are
+ * only compared with each other). A collision costs a call, nothing more.
+ */
+#define XXH_P1 0x9e3779b185ebca87ull
+#define XXH_P2 0xc2b2ae3d27d4eb4full
+#define XXH_P3 0x165667b19e3779f9ull
+#define XXH_P4 0x85ebca77c2b2ae63ull
+#define XXH_P5 0x27d4eb2f165667c5ull
+
+static uint64_t rotl64(uint64_t x, int r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+
+static uint64_t xxh_round(uint64_t acc, uint64_t in)
+{
+	return rotl64(acc + in * XXH_P2, 31) * XXH_P1;
+}
+
+static uint64_t xxh_merge(uint64_t h, uint64_t v)
+{
+	return (h ^ xxh_round(0, v)) * XXH_P1 + XXH_P4;
+}
+
+static uint64_t block_hash(const uint8_t *p, size_t len)
+{
+	const uint8_t *end = p + len;
+	uint64_t h, w;
+	uint32_t w32;
+
+	if (len >= 32) {
+		uint64_t v[4] = { XXH_P1 + XXH_P2, XXH_P2, 0, -XXH_P1 };
+
+		for (; p + 32 <= end; p += 32) {
+			for (int i = 0; i < 4; i++) {
+				memcpy(&w, p + 8 * i, 8);
+				v[i] = xxh_round(v[i], w);
+			}
+		}
+		h = rotl64(v[0], 1) + rotl64(v[1], 7) + rotl64(v[2], 12) + rotl64(v[3], 18);
+		for (int i = 0; i < 4; i++)
+			h = xxh_merge(h, v[i]);
+	} else {
+		h = XXH_P5;
+	}
+	h += len;
+	for (; p + 8 <= end; p += 8) {
+		memcpy(&w, p, 8);
+		h = rotl64(h ^ xxh_round(0, w), 27) * XXH_P1 + XXH_P4;
+	}
+	if (p + 4 <= end) {
+		memcpy(&w32, p, 4);
+		h = rotl64(h ^ (uint64_t)w32 * XXH_P1, 23) * XXH_P2 + XXH_P3;
+		p += 4;
+	}
+	for (; p < end; p++)
+		h = rotl64(h ^ *p * XXH_P5, 11) * XXH_P1;
+	h = (h ^ (h >> 33)) * XXH_P2;
+	h = (h ^ (h >> 29)) * XXH_P3;
+	return h ^ (h >> 32);
+}
+
+static bool all_zero(const uint8_t *p, size_t len)
+{
+	return !len || (!p[0] && !memcmp(p, p + 1, len - 1));
+}
+
+/* Reads len bytes at off (fewer only at EOF); the bytes read or -errno. */
+static ssize_t pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, buf + done, len - done, (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (!n)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+/* A file's extents, to tell the pool offset of its blocks (the "physical" offset). */
+struct extmap {
+	struct pmfuse_ioc_extent *e;
+	size_t n, cap, cur;          /* cur: where the last lookup ended */
+};
+
+static int extmap_add(void *arg, const struct pmfuse_ioc_extent *e)
+{
+	struct extmap *m = arg;
+
+	if (m->n == m->cap) {
+		size_t cap = m->cap ? 2 * m->cap : 64;
+		struct pmfuse_ioc_extent *v = realloc(m->e, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		m->e = v;
+		m->cap = cap;
+	}
+	m->e[m->n++] = *e;
+	return 0;
+}
+
+static int extmap_load(int fd, struct extmap *m)
+{
+	m->n = m->cur = 0;
+	return walk_extents(fd, extmap_add, m, NULL);
+}
+
+/* The pool offset of file byte off, or DD_HOLE. Fast for offsets in increasing order. */
+static uint64_t extmap_phys(struct extmap *m, uint64_t off)
+{
+	if (m->cur >= m->n || off < m->e[m->cur].logical)
+		m->cur = 0;
+	while (m->cur < m->n && off >= m->e[m->cur].logical + m->e[m->cur].length)
+		m->cur++;
+	if (m->cur == m->n || off < m->e[m->cur].logical)
+		return DD_HOLE;
+	return m->e[m->cur].physical + (off - m->e[m->cur].logical);
+}
+
+struct dd_sum {
+	uint64_t files, scanned, unequal, dup, shared, deduped, differed;
+};
+
+/* A file --scan found. */
+struct dd_file {
+	char *path;
+	dev_t dev;
+	ino_t ino;
+	uint64_t size;               /* when found, then when read */
+	uint64_t blocks;             /* mapped blocks when found: the room it needs in blk */
+	uint32_t bs;
+};
+
+/* A non-zero block --scan read: 24 bytes, all the memory that grows with the data. */
+struct dd_block {
+	uint64_t key;                /* the hash of the contents; for a copy, its source:
+	                                file << 32 | block */
+	uint64_t phys;               /* the pool offset it maps */
+	uint32_t file, block;
+};
+_Static_assert(sizeof(struct dd_block) == 24, "24 bytes a block");
+
+struct dd {
+	struct walk w;               /* --scan: first, the walk's callbacks get it */
+	struct dd_sum sum;
+	bool scan;
+	struct dd_file *file;
+	size_t nfile, cap_file;
+	struct dd_block *blk;
+	size_t nblk, cap_blk;
+	struct { uint32_t file; int fd; } src[DD_FDS];   /* --scan's open sources */
+	unsigned src_next;
+};
+
+static void dedupe_err(int e, const char *src, const char *dst, uint32_t bs)
+{
+	switch (e) {
+	case ENOTTY:
+		cli_err("%s: not on a pmfuse mount", src);
+		break;
+	case EXDEV:
+		cli_err("cannot dedupe '%s' into '%s': not on the same pmfuse file system", src, dst);
+		break;
+	case EINVAL:
+		cli_err("cannot dedupe '%s' into '%s': invalid range: offsets must be multiples of the "
+		    "block size (%u) and both ranges inside their files (did one change size?); "
+		    "ranges in one file must not overlap", src, dst, bs);
+		break;
+	case EPERM:
+		cli_err("cannot dedupe '%s' into '%s': %s: the caller may not write '%s' and does not "
+		    "own it (or the daemon could not take the descriptor from this process)", src,
+		    dst, strerror(e), dst);
+		break;
+	case EOPNOTSUPP:
+		cli_err("cannot dedupe '%s' into '%s': the pmfuse daemon does not support dedupe", src,
+		    dst);
+		break;
+	case ENOSPC:
+		cli_err("cannot dedupe '%s' into '%s': %s (part of the range may be shared already)",
+		    src, dst, strerror(e));
+		break;
+	default:
+		cli_err("cannot dedupe '%s' into '%s': %s", src, dst, strerror(e));
+	}
+}
+
+/*
+ * Dedupes len bytes at so of sfd onto dof of dfd, seen equal, in calls of at most DD_CALL_MAX;
+ * a call the daemon finds different is halved down to single blocks, which count as differed.
+ * 0, or -errno from the ioctl or its status (the caller names the files).
+ */
+static int dd_range(struct dd *d, int sfd, uint64_t so, int dfd, uint64_t dof, uint64_t len,
+		    uint32_t bs)
+{
+	while (len) {
+		struct pmfuse_ioc_dedupe_range a;
+		uint64_t piece = PMFUSE_MIN(len, (uint64_t)DD_CALL_MAX), done;
+		int rc;
+
+		memset(&a, 0, sizeof(a));
+		a.src_offset = so;
+		a.src_length = piece;
+		a.dest_fd = dfd;
+		a.dest_offset = dof;
+		if (ioctl(sfd, PMFUSE_IOC_DEDUPE_RANGE, &a))
+			return -errno;
+		if (a.status < 0)
+			return a.status;
+		if (a.status > PMFUSE_DEDUPE_DIFFERS || a.bytes_deduped > piece)
+			return -EPROTO;
+		if (a.status == PMFUSE_DEDUPE_DIFFERS && piece > bs) {
+			uint64_t half = PMFUSE_MAX(piece / 2 / bs * bs, (uint64_t)bs);
+
+			if ((rc = dd_range(d, sfd, so, dfd, dof, half, bs)) ||
+			    (rc = dd_range(d, sfd, so + half, dfd, dof + half, piece - half, bs)))
+				return rc;
+			done = piece;
+		} else if (a.status == PMFUSE_DEDUPE_DIFFERS) {
+			d->sum.differed += piece;
+			done = piece;
+		} else if (!a.bytes_deduped) {
+			/* a file's size changed: the rest no longer ends at both EOFs */
+			d->sum.differed += len;
+			done = len;
+		} else {
+			d->sum.deduped += a.bytes_deduped;
+			done = a.bytes_deduped;
+		}
+		if (d->scan && (a.status != PMFUSE_DEDUPE_DIFFERS || piece <= bs))
+			progress_add(&progress, done);
+		so += done;
+		dof += done;
+		len -= done;
+	}
+	return 0;
+}
+
+/* ---- dedupe SRC DST ---- */
+
+static uint64_t dd_args[3];          /* --range SRC_OFF LEN DST_OFF */
+static bool dd_ranged, dd_scan, dd_quiet;
+
+static int dd_opt(const struct command *cmd, int c, int argc, char **argv)
+{
+	switch (c) {
+	case 'r':
+		dd_ranged = true;
+		return range_opt(cmd, argc, argv, dd_args);
+	case 'S':
+		dd_scan = true;
+		return -1;
+	case 'q':
+		dd_quiet = true;
+		return -1;
+	}
+	return EXIT_USAGE;
+}
+
+static void dd_row(const char *name, uint64_t bytes)
+{
+	char h[32];
+
+	row(name, "%llu (%s)", (unsigned long long)bytes, pmfuse_human_size(bytes, h, sizeof(h)));
+}
+
+/* The two files of SRC DST, and the run of equal blocks found but not deduped yet. */
+struct dd_two {
+	const char *src, *dst;
+	int sfd, dfd;
+	uint64_t so, dof, len;       /* the range */
+	uint32_t bs;
+	uint64_t run, run_len;       /* bytes from so and dof */
+};
+
+/* Dedupes the run found so far. 0 or EXIT_USAGE (the message given). */
+static int dd_flush(struct dd *d, struct dd_two *t)
+{
+	int rc = 0;
+
+	if (t->run_len)
+		rc = dd_range(d, t->sfd, t->so + t->run, t->dfd, t->dof + t->run, t->run_len,
+			      t->bs);
+	t->run_len = 0;
+	if (!rc)
+		return 0;
+	dedupe_err(-rc, t->src, t->dst, t->bs);
+	return EXIT_USAGE;
+}
+
+/*
+ * Compares the range of SRC with DST's block by block and dedupes each run of equal blocks
+ * that DST maps elsewhere (not in a hole: that would give nothing back) when it ends. 0 or
+ * EXIT_USAGE (the message given).
+ */
+static int dd_compare(struct dd *d, struct dd_two *t)
+{
+	struct extmap sm = { 0 }, dm = { 0 };
+	uint8_t *sbuf = NULL, *dbuf = NULL;
+	const size_t bs = t->bs;
+	int rc, status = EXIT_USAGE;
+
+	if ((rc = extmap_load(t->sfd, &sm))) {
+		ioc_err(t->src, "cannot read its extents", -rc);
+		goto out;
+	}
+	if ((rc = extmap_load(t->dfd, &dm))) {
+		ioc_err(t->dst, "cannot read its extents", -rc);
+		goto out;
+	}
+	sbuf = malloc(DD_CHUNK);
+	dbuf = malloc(DD_CHUNK);
+	if (!sbuf || !dbuf) {
+		cli_err("out of memory");
+		goto out;
+	}
+	progress_begin(&progress, "comparing", t->len);
+	for (uint64_t pos = 0; pos < t->len;) {
+		size_t want = (size_t)PMFUSE_MIN(t->len - pos, (uint64_t)DD_CHUNK);
+		ssize_t ns = pread_full(t->sfd, sbuf, want, t->so + pos);
+		ssize_t nd = ns < 0 ? 0 : pread_full(t->dfd, dbuf, want, t->dof + pos);
+
+		if (ns < 0 || nd < 0 || (size_t)ns < want || (size_t)nd < want) {
+			cli_err("%s: %s", ns < 0 || (size_t)ns < want ? t->src : t->dst,
+			    ns < 0 || nd < 0 ? strerror((int)-(ns < 0 ? ns : nd)) :
+			    "shorter than when it was opened: changed meanwhile");
+			goto out;
+		}
+		for (size_t i = 0; i < want; i += bs) {
+			uint64_t sp = extmap_phys(&sm, t->so + pos + i);
+			uint64_t dp = extmap_phys(&dm, t->dof + pos + i);
+			size_t blen = PMFUSE_MIN(bs, want - i);
+			bool equal = !memcmp(sbuf + i, dbuf + i, blen);
+
+			d->sum.scanned += blen;
+			if (equal && dp != DD_HOLE && sp != dp) {
+				if (!t->run_len)
+					t->run = pos + i;
+				t->run_len += blen;
+				d->sum.dup += blen;
+				continue;
+			}
+			if (!equal)
+				d->sum.unequal += blen;
+			else if (dp != DD_HOLE)
+				d->sum.shared += blen;
+			if (dd_flush(d, t))
+				goto out;
+		}
+		pos += want;
+		progress_add(&progress, want);
+	}
+	if (dd_flush(d, t))
+		goto out;
+	progress_end(&progress);
+	status = 0;
+out:
+	free(sbuf);
+	free(dbuf);
+	free(sm.e);
+	free(dm.e);
+	return status;
+}
+
+/* dedupe [--range SRC_OFF LEN DST_OFF] SRC DST */
+static int dd_src_dst(struct dd *d, const char *src, const char *dst)
+{
+	struct dd_two t = { .src = src, .dst = dst, .dfd = -1 };
+	uint64_t ssize, dsize;
+	struct stat ss, ds;
+	uint32_t dbs;
+	int status = EXIT_USAGE;
+
+	t.sfd = open_file(src, O_RDONLY, -1, &ss, &t.bs);
+	if (t.sfd < 0)
+		return EXIT_USAGE;
+	/* not writable: the daemon still lets the owner (and root) dedupe it */
+	t.dfd = open_file(dst, O_RDWR, O_RDONLY, &ds, &dbs);
+	if (t.dfd < 0)
+		goto out;
+	if (ds.st_dev != ss.st_dev) {
+		dedupe_err(EXDEV, src, dst, t.bs);
+		goto out;
+	}
+	if (!dd_ranged && ds.st_ino == ss.st_ino) {
+		cli_err("'%s' and '%s' are the same file", src, dst);
+		goto out;
+	}
+	ssize = (uint64_t)ss.st_size;
+	dsize = (uint64_t)ds.st_size;
+	if (dd_ranged) {
+		t.so = dd_args[0];
+		t.len = dd_args[1];
+		t.dof = dd_args[2];
+	}
+	if (!t.bs || t.so % t.bs || t.dof % t.bs) {
+		cli_err("dedupe: offsets must be multiples of the block size (%u)", t.bs);
+		goto out;
+	}
+	if (t.so > ssize || t.len > ssize - t.so || t.dof > dsize || t.len > dsize - t.dof) {
+		bool s = t.so > ssize || t.len > ssize - t.so;
+
+		cli_err("dedupe: the range is not inside '%s' (%llu bytes)", s ? src : dst,
+		    (unsigned long long)(s ? ssize : dsize));
+		goto out;
+	}
+	if (!t.len)
+		t.len = PMFUSE_MIN(ssize - t.so, dsize - t.dof);
+	/* a last partial block only when both files end there */
+	if (t.len % t.bs && (t.so + t.len != ssize || t.dof + t.len != dsize))
+		t.len = t.len / t.bs * t.bs;
+	if (ds.st_ino == ss.st_ino && t.so < t.dof + t.len && t.dof < t.so + t.len) {
+		cli_err("dedupe: ranges in one file must not overlap");
+		goto out;
+	}
+	/* pages a shared mapping dirtied reach the pool, where the daemon compares */
+	if (fsync(t.sfd) || fsync(t.dfd)) {
+		cli_err("fsync: %s", strerror(errno));
+		goto out;
+	}
+	status = dd_compare(d, &t);
+	if (!status) {
+		dd_row("compared", d->sum.scanned);
+		dd_row("unequal", d->sum.unequal);
+		dd_row("duplicate", d->sum.dup);
+		dd_row("already shared", d->sum.shared);
+		dd_row("deduped", d->sum.deduped);
+		dd_row("differed", d->sum.differed);
+	}
+out:
+	if (t.dfd >= 0)
+		close(t.dfd);
+	close(t.sfd);
+	return status;
+}
+
+/* ---- dedupe --scan PATH... ---- */
+
+static void dd_found(struct walk *w, int fd, const char *path, const struct stat *st, bool top,
+		     void *arg)
+{
+	struct dd *d = (struct dd *)w;
+	struct dd_file *f;
+	uint32_t bs = 0;
+	int rc;
+
+	(void)top;
+	(void)arg;
+	rc = probe(fd, &bs);
+	close(fd);
+	if (rc || !bs) {
+		ioc_err(path, "cannot read its extents", rc ? -rc : EPROTO);
+		w->status = EXIT_USAGE;
+		return;
+	}
+	if ((uint64_t)st->st_size / bs >= UINT32_MAX) {
+		cli_err("%s: too large for --scan (2^32 blocks or more); skipped", path);
+		w->status = EXIT_USAGE;
+		return;
+	}
+	if (d->nfile == d->cap_file) {
+		size_t cap = d->cap_file ? 2 * d->cap_file : 64;
+
+		f = realloc(d->file, cap * sizeof(*f));
+		if (!f || d->nfile >= UINT32_MAX)
+			goto oom;
+		d->file = f;
+		d->cap_file = cap;
+	}
+	f = &d->file[d->nfile];
+	f->path = strdup(path);
+	if (!f->path)
+		goto oom;
+	f->dev = st->st_dev;
+	f->ino = st->st_ino;
+	f->size = (uint64_t)st->st_size;
+	f->blocks = ((uint64_t)st->st_blocks * 512 + bs - 1) / bs;
+	f->bs = bs;
+	d->nfile++;
+	return;
+oom:
+	cli_err("out of memory");
+	w->status = EXIT_USAGE;
+}
+
+static void dd_dir(struct walk *w, int fd, const char *path, const struct stat *st, bool top,
+		   void *arg)
+{
+	uint32_t bs;
+	int rc;
+
+	/* is it on pmfuse at all? (the daemon answers EISDIR) */
+	if (top && (rc = probe(fd, &bs)) && rc != -EISDIR) {
+		ioc_err(path, "cannot read extents", -rc);
+		w->status = EXIT_USAGE;
+		close(fd);
+		return;
+	}
+	walk_dir(w, fd, path, st->st_dev, arg);
+}
+
+/* Opens file i of the scan again (open_file()), if it is still the same file. */
+static int dd_reopen(struct dd *d, uint32_t i, int flags, int flags2, struct stat *st)
+{
+	const struct dd_file *f = &d->file[i];
+	uint32_t bs;
+	int fd = open_file(f->path, flags, flags2, st, &bs);
+
+	if (fd >= 0 && (st->st_dev != f->dev || st->st_ino != f->ino || bs != f->bs)) {
+		cli_err("%s: replaced meanwhile; skipped", f->path);
+		close(fd);
+		fd = -1;
+	}
+	if (fd < 0)
+		d->w.status = EXIT_USAGE;
+	return fd;
+}
+
+static int dd_add_block(struct dd *d, uint64_t key, uint64_t phys, uint32_t file, uint32_t block)
+{
+	if (d->nblk == d->cap_blk) {
+		/* more than the files had mapped when found: grow by an eighth */
+		size_t cap = d->cap_blk + d->cap_blk / 8 + 1024;
+		struct dd_block *b = realloc(d->blk, cap * sizeof(*b));
+
+		if (!b)
+			return -ENOMEM;
+		d->blk = b;
+		d->cap_blk = cap;
+	}
+	d->blk[d->nblk++] = (struct dd_block){ .key = key, .phys = phys, .file = file,
+					       .block = block };
+	return 0;
+}
+
+/* Hashes the non-zero mapped blocks of file i (holes read as zeros: not read at all). */
+static int dd_read(struct dd *d, uint32_t i, uint8_t *buf)
+{
+	struct dd_file *f = &d->file[i];
+	struct extmap m = { 0 };
+	uint64_t found = f->size, bs = f->bs, pos = 0;
+	struct stat st;
+	int fd, rc = 0;
+
+	fd = dd_reopen(d, i, O_RDONLY, -1, &st);
+	f->size = fd < 0 ? 0 : PMFUSE_MIN((uint64_t)st.st_size, (uint64_t)UINT32_MAX * bs);
+	if (fd < 0) {
+		progress_add(&progress, found);
+		return 0;
+	}
+	if (fsync(fd)) {
+		cli_err("%s: fsync: %s", f->path, strerror(errno));
+		goto fail;
+	}
+	if ((rc = extmap_load(fd, &m))) {
+		ioc_err(f->path, "cannot read its extents", -rc);
+		goto fail;
+	}
+	for (size_t x = 0; x < m.n; x++) {
+		const struct pmfuse_ioc_extent *e = &m.e[x];
+		uint64_t end = PMFUSE_MIN(e->logical + e->length, f->size);
+
+		for (uint64_t off = e->logical; off < end;) {
+			size_t want = (size_t)PMFUSE_MIN(end - off, (uint64_t)DD_CHUNK);
+			ssize_t n = pread_full(fd, buf, want, off);
+
+			if (n < 0) {
+				cli_err("%s: read: %s", f->path, strerror((int)-n));
+				goto fail;
+			}
+			for (size_t k = 0; k < (size_t)n; k += bs) {
+				size_t blen = (size_t)PMFUSE_MIN(bs, (uint64_t)n - k);
+				uint64_t b = (off + k) / bs;
+
+				if (blen < bs && off + k + blen != f->size)
+					break;       /* shrank meanwhile */
+				if (all_zero(buf + k, blen))
+					continue;
+				rc = dd_add_block(d, block_hash(buf + k, blen),
+						  e->physical + (off + k - e->logical), i,
+						  (uint32_t)b);
+				if (rc) {
+					cli_err("out of memory");
+					goto fail;
+				}
+			}
+			if ((size_t)n < want)
+				break;
+			off += want;
+			if (off > pos) {
+				progress_add(&progress, off - pos);
+				pos = off;
+			}
+		}
+	}
+	if (found > pos)
+		progress_add(&progress, found - pos);
+	d->sum.scanned += f->size;
+	d->sum.files++;
+	free(m.e);
+	close(fd);
+	return 0;
+fail:
+	free(m.e);
+	close(fd);
+	d->w.status = EXIT_USAGE;
+	return rc == -ENOMEM ? rc : 0;
+}
+
+/*
+ * Heapsort: no memory beyond the array, where qsort may allocate a copy of it (glibc's merge
+ * sort), which would double what --scan needs.
+ */
+typedef bool (*dd_less_fn)(const struct dd *d, const struct dd_block *a,
+			   const struct dd_block *b);
+
+static void dd_sift(const struct dd *d, struct dd_block *v, size_t i, size_t n, dd_less_fn less)
+{
+	for (;;) {
+		size_t c = 2 * i + 1;
+		struct dd_block t;
+
+		if (c >= n)
+			return;
+		if (c + 1 < n && less(d, &v[c], &v[c + 1]))
+			c++;
+		if (!less(d, &v[i], &v[c]))
+			return;
+		t = v[i];
+		v[i] = v[c];
+		v[c] = t;
+		i = c;
+	}
+}
+
+static void dd_sort(const struct dd *d, struct dd_block *v, size_t n, dd_less_fn less)
+{
+	for (size_t i = n / 2; i-- > 0;)
+		dd_sift(d, v, i, n, less);
+	for (size_t end = n; end-- > 1;) {
+		struct dd_block t = v[0];
+
+		v[0] = v[end];
+		v[end] = t;
+		dd_sift(d, v, 0, end, less);
+	}
+}
+
+/* By contents, then file system (blocks of different ones cannot share), then file order. */
+static bool by_key(const struct dd *d, const struct dd_block *a, const struct dd_block *b)
+{
+	dev_t da = d->file[a->file].dev, db = d->file[b->file].dev;
+
+	if (a->key != b->key)
+		return a->key < b->key;
+	if (da != db)
+		return da < db;
+	if (a->file != b->file)
+		return a->file < b->file;
+	return a->block < b->block;
+}
+
+/* By destination. */
+static bool by_dest(const struct dd *d, const struct dd_block *a, const struct dd_block *b)
+{
+	(void)d;
+	if (a->file != b->file)
+		return a->file < b->file;
+	return a->block < b->block;
+}
+
+static uint64_t dd_blen(const struct dd *d, uint32_t file, uint32_t block)
+{
+	const struct dd_file *f = &d->file[file];
+	uint64_t off = (uint64_t)block * f->bs;
+
+	return off >= f->size ? 0 : PMFUSE_MIN((uint64_t)f->bs, f->size - off);
+}
+
+/*
+ * Turns each group of equal blocks into copies of its first block (key: the source), dropping
+ * the first and the copies that map its pool block already. Returns the copies left.
+ */
+static size_t dd_group(struct dd *d)
+{
+	struct dd_block *v = d->blk;
+	size_t out = 0;
+
+	for (size_t i = 0, j; i < d->nblk; i = j) {
+		const struct dd_block first = v[i];
+
+		for (j = i + 1; j < d->nblk && v[j].key == first.key &&
+		     d->file[v[j].file].dev == d->file[first.file].dev; j++) {
+			uint64_t blen = dd_blen(d, v[j].file, v[j].block);
+
+			if (v[j].phys == first.phys) {
+				d->sum.shared += blen;
+				continue;
+			}
+			d->sum.dup += blen;
+			v[out] = v[j];
+			v[out].key = (uint64_t)first.file << 32 | first.block;
+			out++;
+		}
+	}
+	return out;
+}
+
+/* The source file's descriptor, from the few kept open. */
+static int dd_src_fd(struct dd *d, uint32_t file)
+{
+	struct stat st;
+	unsigned slot;
+	int fd;
+
+	for (unsigned i = 0; i < DD_FDS; i++)
+		if (d->src[i].fd >= 0 && d->src[i].file == file)
+			return d->src[i].fd;
+	fd = dd_reopen(d, file, O_RDONLY, -1, &st);
+	if (fd < 0)
+		return -1;
+	slot = d->src_next++ % DD_FDS;
+	if (d->src[slot].fd >= 0)
+		close(d->src[slot].fd);
+	d->src[slot].file = file;
+	d->src[slot].fd = fd;
+	return fd;
+}
+
+/* Dedupes the copies (sorted by destination) in runs; a destination that fails is skipped. */
+static void dd_apply(struct dd *d, size_t n)
+{
+	const struct dd_block *v = d->blk;
+	uint32_t dfile = UINT32_MAX;
+	bool skip = false;
+	struct stat st;
+	int dfd = -1;
+
+	for (size_t i = 0, j; i < n; i = j) {
+		uint32_t sfile = (uint32_t)(v[i].key >> 32), sblock = (uint32_t)v[i].key;
+		uint64_t len = dd_blen(d, v[i].file, v[i].block), bs = d->file[sfile].bs;
+		int sfd, rc;
+
+		/* a run: consecutive blocks of one file, copies of consecutive blocks of one */
+		for (j = i + 1; j < n && v[j].file == v[i].file &&
+		     v[j].block == v[i].block + (j - i) && (uint32_t)(v[j].key >> 32) == sfile &&
+		     (uint32_t)v[j].key == sblock + (j - i); j++)
+			len += dd_blen(d, v[j].file, v[j].block);
+		if (v[i].file != dfile) {
+			if (dfd >= 0)
+				close(dfd);
+			dfile = v[i].file;
+			/* not writable: the daemon still lets the owner (and root) dedupe it */
+			dfd = dd_reopen(d, dfile, O_RDWR, O_RDONLY, &st);
+			skip = dfd < 0;
+		}
+		if (!skip && (sfd = dd_src_fd(d, sfile)) < 0)
+			skip = true;
+		if (skip) {
+			progress_add(&progress, len);
+			continue;
+		}
+		rc = dd_range(d, sfd, (uint64_t)sblock * bs, dfd, (uint64_t)v[i].block * bs, len,
+			      (uint32_t)bs);
+		if (rc) {
+			dedupe_err(-rc, d->file[sfile].path, d->file[dfile].path, (uint32_t)bs);
+			d->w.status = EXIT_USAGE;
+			skip = true;
+		}
+	}
+	if (dfd >= 0)
+		close(dfd);
+}
+
+static int dd_scan_paths(struct dd *d, int argc, char **argv)
+{
+	uint64_t total = 0, blocks = 0;
+	uint8_t *buf = NULL;
+	size_t copies;
+
+	d->scan = true;
+	d->w.once = true;
+	d->w.file = dd_found;
+	d->w.dir = dd_dir;
+	for (unsigned i = 0; i < DD_FDS; i++)
+		d->src[i].fd = -1;
+	for (int i = optind; i < argc; i++)
+		walk_path(&d->w, AT_FDCWD, argv[i], argv[i], 0, true, NULL);
+	for (size_t i = 0; i < d->nfile; i++) {
+		total += d->file[i].size;
+		blocks += d->file[i].blocks;
+	}
+	if (blocks < SIZE_MAX / sizeof(*d->blk))
+		d->blk = malloc(PMFUSE_MAX(blocks, (uint64_t)1) * sizeof(*d->blk));
+	buf = malloc(DD_CHUNK);
+	if (!d->blk || !buf) {
+		cli_err("out of memory");
+		goto fail;
+	}
+	d->cap_blk = (size_t)blocks;
+
+	progress_begin(&progress, "scanning", total);
+	for (size_t i = 0; i < d->nfile; i++)
+		if (dd_read(d, (uint32_t)i, buf))
+			goto fail;
+	progress_end(&progress);
+	free(buf);
+	buf = NULL;
+
+	dd_sort(d, d->blk, d->nblk, by_key);
+	copies = dd_group(d);
+	dd_sort(d, d->blk, copies, by_dest);
+	progress_begin(&progress, "deduping", d->sum.dup);
+	dd_apply(d, copies);
+	progress_end(&progress);
+	for (unsigned i = 0; i < DD_FDS; i++)
+		if (d->src[i].fd >= 0)
+			close(d->src[i].fd);
+
+	row("files", "%llu", (unsigned long long)d->sum.files);
+	dd_row("scanned", d->sum.scanned);
+	dd_row("duplicate", d->sum.dup);
+	dd_row("already shared", d->sum.shared);
+	dd_row("deduped", d->sum.deduped);
+	dd_row("differed", d->sum.differed);
+	return d->w.status;
+fail:
+	progress_end(&progress);
+	free(buf);
+	return EXIT_USAGE;
+}
+
+int cmd_dedupe(const struct command *cmd, int argc, char **argv)
+{
+	static const struct option extra[] = {
+		{ "range", no_argument, NULL, 'r' },
+		{ "scan", no_argument, NULL, 'S' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct dd d = { 0 };
+	int rc;
+
+	dd_ranged = dd_scan = dd_quiet = false;
+	if ((rc = file_opts(cmd, argc, argv, "+hq", extra, dd_opt, 1, INT32_MAX)) >= 0)
+		return rc;
+	if (dd_scan && dd_ranged) {
+		cli_err("dedupe: --range and --scan exclude each other");
+		cmd_usage(cmd, stderr);
+		return EXIT_USAGE;
+	}
+	if (!dd_scan && argc - optind != 2) {
+		cli_err("dedupe: %s", argc - optind < 2 ? "missing operand" : "too many operands");
+		cmd_usage(cmd, stderr);
+		return EXIT_USAGE;
+	}
+	progress.on = !dd_quiet && isatty(STDERR_FILENO);
+	if (dd_scan)
+		rc = dd_scan_paths(&d, argc, argv);
+	else
+		rc = dd_src_dst(&d, argv[optind], argv[optind + 1]);
+	for (size_t i = 0; i < d.nfile; i++)
+		free(d.file[i].path);
+	free(d.file);
+	free(d.blk);
+	free(d.w.seen.slot);
+	return rc;
+}
