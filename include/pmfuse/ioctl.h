@@ -49,6 +49,32 @@ struct pmfuse_ioc_dedupe_range {
 	uint32_t reserved;
 };
 
+/*
+ * Range dedupe, issued on the source (open for reading), with the same rights as
+ * PMFUSE_IOC_DEDUPE_RANGE on the destination: the daemon walks both ranges block by block in
+ * the pool and shares every run of equal blocks, leaving the differing ones alone (no verdict:
+ * the counts say what it found). Blocks already shared are not compared; holes compare as zeros.
+ * Offsets are multiples of the block size and both ranges start and end inside their files
+ * (EINVAL otherwise); length 0 means as far as both files go. One call covers at most 256 MiB
+ * (the daemon holds its lock per 16 MiB piece, compare and remap together): `compared` says how
+ * far it got, and the caller goes on from src_offset + compared (0: nothing more to do).
+ * Errors concerning the destination are the ioctl's errors (EBADF, EXDEV, EISDIR, EPERM).
+ */
+struct pmfuse_ioc_dedupe_blocks {
+	uint64_t src_offset;        /* in */
+	uint64_t length;            /* in: bytes; 0 as far as both files go */
+	int64_t dest_fd;            /* in: open for writing, or owned by the caller, or root */
+	uint64_t dest_offset;       /* in */
+	uint32_t flags;             /* in: none defined, must be 0 */
+	uint32_t reserved;          /* must be 0 */
+	uint64_t compared;          /* out: bytes of the range walked */
+	uint64_t deduped;           /* out: bytes newly sharing the source's blocks */
+	uint64_t same;              /* out: bytes shared already, or zeros in both */
+	uint64_t differ;            /* out: bytes in blocks that differ */
+	uint64_t reserved2[3];      /* must be 0 */
+};
+_Static_assert(sizeof(struct pmfuse_ioc_dedupe_blocks) == 96, "no implicit padding");
+
 /* The file's extents from byte start on, at most PMFUSE_IOC_EXTENTS_MAX per call. */
 #define PMFUSE_IOC_EXTENTS_MAX 64
 #define PMFUSE_EXTENT_SHARED 1u
@@ -71,6 +97,7 @@ struct pmfuse_ioc_extents {
 #define PMFUSE_IOC_UNSHARE      _IOW(PMFUSE_IOC_MAGIC, 2, struct pmfuse_ioc_unshare)
 #define PMFUSE_IOC_DEDUPE_RANGE _IOWR(PMFUSE_IOC_MAGIC, 3, struct pmfuse_ioc_dedupe_range)
 #define PMFUSE_IOC_GET_EXTENTS  _IOWR(PMFUSE_IOC_MAGIC, 4, struct pmfuse_ioc_extents)
+#define PMFUSE_IOC_DEDUPE_BLOCKS _IOWR(PMFUSE_IOC_MAGIC, 5, struct pmfuse_ioc_dedupe_blocks)
 
 _Static_assert(sizeof(struct pmfuse_ioc_extents) < (1u << 14), "fits _IOC_SIZE");
 

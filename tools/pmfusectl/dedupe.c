@@ -21,26 +21,21 @@
 /* ---- dedupe --------------------------------------------------------------------------------- */
 
 /*
- * Dedupe makes blocks with equal contents share one pool block, through PMFUSE_IOC_DEDUPE_RANGE
- * (FIDEDUPERANGE with one destination, issued on the source). pmfusectl only finds candidates:
- * the daemon compares the bytes again in the pool and shares a range only if all of it is
- * equal, so a file that changed meanwhile, or a hash collision, costs a call and nothing else.
+ * Dedupe makes blocks with equal contents share one pool block, through
+ * PMFUSE_IOC_DEDUPE_BLOCKS (issued on the source): the daemon walks both ranges block by block
+ * in the pool, compares, and shares every run of equal blocks under one hold of its lock, so a
+ * file that changes meanwhile, or a hash collision, costs a compare and nothing else.
  *
- * SRC DST reads the two files through the mount, compares them block by block and dedupes each
- * run of equal blocks as soon as it ends. --scan reads every file under the PATHs and keeps one
- * struct dd_block per non-zero block (24 bytes: the only memory that grows with the data),
- * sorts them by hash so that equal blocks meet, turns every block of a group but the first into
- * a copy of the first (its source), drops the others, sorts again by destination and merges
- * consecutive blocks whose sources are consecutive too into runs. Both skip blocks that map
- * their source's pool block already (GET_EXTENTS), so running again finds nothing to do.
- *
- * A run is done in calls of at most DD_CALL_MAX bytes; a call the daemon finds different is
- * halved until the different blocks are found, so that the rest is still deduped and the
- * summary counts exactly.
+ * SRC DST reads no data: it hands the whole range to the daemon (which answers at most 256 MiB
+ * per call, and says how far it got) and prints the daemon's counts. --scan reads every file
+ * under the PATHs and keeps one struct dd_block per non-zero block (24 bytes: the only memory
+ * that grows with the data), sorts them by hash so that equal blocks meet, turns every block of
+ * a group but the first into a copy of the first (its source), drops the others, sorts again by
+ * destination and merges consecutive blocks whose sources are consecutive too into runs, which
+ * go to the daemon as above. Blocks that map their source's pool block already are skipped
+ * (GET_EXTENTS; the daemon skips them too), so running again finds nothing to do.
  */
-#define DD_CALL_MAX (16u << 20)      /* the daemon's cap per call (PMFUSE_DEDUPE_MAX) */
 #define DD_CHUNK (16u << 20)         /* bytes per read */
-#define DD_HOLE UINT64_MAX           /* the "physical" offset of a hole */
 #define DD_FDS 16                    /* sources kept open by --scan */
 
 /*
@@ -159,18 +154,6 @@ static int extmap_load(int fd, struct extmap *m)
 	return walk_extents(fd, extmap_add, m, NULL);
 }
 
-/* The pool offset of file byte off, or DD_HOLE. Fast for offsets in increasing order. */
-static uint64_t extmap_phys(struct extmap *m, uint64_t off)
-{
-	if (m->cur >= m->n || off < m->e[m->cur].logical)
-		m->cur = 0;
-	while (m->cur < m->n && off >= m->e[m->cur].logical + m->e[m->cur].length)
-		m->cur++;
-	if (m->cur == m->n || off < m->e[m->cur].logical)
-		return DD_HOLE;
-	return m->e[m->cur].physical + (off - m->e[m->cur].logical);
-}
-
 struct dd_sum {
 	uint64_t files, scanned, unequal, dup, shared, deduped, differed;
 };
@@ -239,52 +222,35 @@ static void dedupe_err(int e, const char *src, const char *dst, uint32_t bs)
 }
 
 /*
- * Dedupes len bytes at so of sfd onto dof of dfd, seen equal, in calls of at most DD_CALL_MAX;
- * a call the daemon finds different is halved down to single blocks, which count as differed.
- * 0, or -errno from the ioctl or its status (the caller names the files).
+ * PMFUSE_IOC_DEDUPE_BLOCKS over len bytes at so of sfd onto dof of dfd, in as many calls as the
+ * daemon needs (each says how far it got): the daemon compares block by block in the pool and
+ * shares the equal ones. Its counts are added to *sum (compared, deduped, same, differ); with
+ * d->scan, the progress line moves. 0, or -errno (the caller names the files).
  */
 static int dd_range(struct dd *d, int sfd, uint64_t so, int dfd, uint64_t dof, uint64_t len,
-		    uint32_t bs)
+		    struct pmfuse_ioc_dedupe_blocks *sum)
 {
-	while (len) {
-		struct pmfuse_ioc_dedupe_range a;
-		uint64_t piece = PMFUSE_MIN(len, (uint64_t)DD_CALL_MAX), done;
-		int rc;
+	for (uint64_t done = 0; done < len;) {
+		struct pmfuse_ioc_dedupe_blocks a;
 
 		memset(&a, 0, sizeof(a));
-		a.src_offset = so;
-		a.src_length = piece;
+		a.src_offset = so + done;
+		a.length = len - done;
 		a.dest_fd = dfd;
-		a.dest_offset = dof;
-		if (ioctl(sfd, PMFUSE_IOC_DEDUPE_RANGE, &a))
+		a.dest_offset = dof + done;
+		if (ioctl(sfd, PMFUSE_IOC_DEDUPE_BLOCKS, &a))
 			return -errno;
-		if (a.status < 0)
-			return a.status;
-		if (a.status > PMFUSE_DEDUPE_DIFFERS || a.bytes_deduped > piece)
+		if (a.compared > len - done ||
+		    a.deduped + a.same + a.differ != a.compared)
 			return -EPROTO;
-		if (a.status == PMFUSE_DEDUPE_DIFFERS && piece > bs) {
-			uint64_t half = PMFUSE_MAX(piece / 2 / bs * bs, (uint64_t)bs);
-
-			if ((rc = dd_range(d, sfd, so, dfd, dof, half, bs)) ||
-			    (rc = dd_range(d, sfd, so + half, dfd, dof + half, piece - half, bs)))
-				return rc;
-			done = piece;
-		} else if (a.status == PMFUSE_DEDUPE_DIFFERS) {
-			d->sum.differed += piece;
-			done = piece;
-		} else if (!a.bytes_deduped) {
-			/* a file's size changed: the rest no longer ends at both EOFs */
-			d->sum.differed += len;
-			done = len;
-		} else {
-			d->sum.deduped += a.bytes_deduped;
-			done = a.bytes_deduped;
-		}
-		if (d->scan && (a.status != PMFUSE_DEDUPE_DIFFERS || piece <= bs))
-			progress_add(&progress, done);
-		so += done;
-		dof += done;
-		len -= done;
+		if (!a.compared)
+			break;               /* a file shrank: nothing more to compare */
+		sum->compared += a.compared;
+		sum->deduped += a.deduped;
+		sum->same += a.same;
+		sum->differ += a.differ;
+		progress_add(&progress, a.compared);
+		done += a.compared;
 	}
 	return 0;
 }
@@ -317,102 +283,36 @@ static void dd_row(const char *name, uint64_t bytes)
 	row(name, "%llu (%s)", (unsigned long long)bytes, pmfuse_human_size(bytes, h, sizeof(h)));
 }
 
-/* The two files of SRC DST, and the run of equal blocks found but not deduped yet. */
+/* The two files of SRC DST and the range. */
 struct dd_two {
 	const char *src, *dst;
 	int sfd, dfd;
-	uint64_t so, dof, len;       /* the range */
+	uint64_t so, dof, len;
 	uint32_t bs;
-	uint64_t run, run_len;       /* bytes from so and dof */
 };
 
-/* Dedupes the run found so far. 0 or EXIT_USAGE (the message given). */
-static int dd_flush(struct dd *d, struct dd_two *t)
+/*
+ * Has the daemon compare the range of SRC with DST's block by block and share every run of
+ * equal blocks: no byte crosses FUSE. 0 or EXIT_USAGE (the message given).
+ */
+static int dd_compare(struct dd *d, struct dd_two *t)
 {
-	int rc = 0;
+	struct pmfuse_ioc_dedupe_blocks sum;
+	int rc;
 
-	if (t->run_len)
-		rc = dd_range(d, t->sfd, t->so + t->run, t->dfd, t->dof + t->run, t->run_len,
-			      t->bs);
-	t->run_len = 0;
+	memset(&sum, 0, sizeof(sum));
+	progress_begin(&progress, "comparing", t->len);
+	rc = dd_range(d, t->sfd, t->so, t->dfd, t->dof, t->len, &sum);
+	progress_end(&progress);
+	d->sum.scanned += sum.compared;
+	d->sum.unequal += sum.differ;
+	d->sum.dup += sum.deduped;
+	d->sum.shared += sum.same;
+	d->sum.deduped += sum.deduped;
 	if (!rc)
 		return 0;
 	dedupe_err(-rc, t->src, t->dst, t->bs);
 	return EXIT_USAGE;
-}
-
-/*
- * Compares the range of SRC with DST's block by block and dedupes each run of equal blocks
- * that DST maps elsewhere (not in a hole: that would give nothing back) when it ends. 0 or
- * EXIT_USAGE (the message given).
- */
-static int dd_compare(struct dd *d, struct dd_two *t)
-{
-	struct extmap sm = { 0 }, dm = { 0 };
-	uint8_t *sbuf = NULL, *dbuf = NULL;
-	const size_t bs = t->bs;
-	int rc, status = EXIT_USAGE;
-
-	if ((rc = extmap_load(t->sfd, &sm))) {
-		ioc_err(t->src, "cannot read its extents", -rc);
-		goto out;
-	}
-	if ((rc = extmap_load(t->dfd, &dm))) {
-		ioc_err(t->dst, "cannot read its extents", -rc);
-		goto out;
-	}
-	sbuf = malloc(DD_CHUNK);
-	dbuf = malloc(DD_CHUNK);
-	if (!sbuf || !dbuf) {
-		cli_err("out of memory");
-		goto out;
-	}
-	progress_begin(&progress, "comparing", t->len);
-	for (uint64_t pos = 0; pos < t->len;) {
-		size_t want = (size_t)PMFUSE_MIN(t->len - pos, (uint64_t)DD_CHUNK);
-		ssize_t ns = pread_full(t->sfd, sbuf, want, t->so + pos);
-		ssize_t nd = ns < 0 ? 0 : pread_full(t->dfd, dbuf, want, t->dof + pos);
-
-		if (ns < 0 || nd < 0 || (size_t)ns < want || (size_t)nd < want) {
-			cli_err("%s: %s", ns < 0 || (size_t)ns < want ? t->src : t->dst,
-			    ns < 0 || nd < 0 ? strerror((int)-(ns < 0 ? ns : nd)) :
-			    "shorter than when it was opened: changed meanwhile");
-			goto out;
-		}
-		for (size_t i = 0; i < want; i += bs) {
-			uint64_t sp = extmap_phys(&sm, t->so + pos + i);
-			uint64_t dp = extmap_phys(&dm, t->dof + pos + i);
-			size_t blen = PMFUSE_MIN(bs, want - i);
-			bool equal = !memcmp(sbuf + i, dbuf + i, blen);
-
-			d->sum.scanned += blen;
-			if (equal && dp != DD_HOLE && sp != dp) {
-				if (!t->run_len)
-					t->run = pos + i;
-				t->run_len += blen;
-				d->sum.dup += blen;
-				continue;
-			}
-			if (!equal)
-				d->sum.unequal += blen;
-			else if (dp != DD_HOLE)
-				d->sum.shared += blen;
-			if (dd_flush(d, t))
-				goto out;
-		}
-		pos += want;
-		progress_add(&progress, want);
-	}
-	if (dd_flush(d, t))
-		goto out;
-	progress_end(&progress);
-	status = 0;
-out:
-	free(sbuf);
-	free(dbuf);
-	free(sm.e);
-	free(dm.e);
-	return status;
 }
 
 /* dedupe [--range SRC_OFF LEN DST_OFF] SRC DST */
@@ -784,6 +684,7 @@ static int dd_src_fd(struct dd *d, uint32_t file)
 static void dd_apply(struct dd *d, size_t n)
 {
 	const struct dd_block *v = d->blk;
+	struct pmfuse_ioc_dedupe_blocks got;
 	uint32_t dfile = UINT32_MAX;
 	bool skip = false;
 	struct stat st;
@@ -813,8 +714,12 @@ static void dd_apply(struct dd *d, size_t n)
 			progress_add(&progress, len);
 			continue;
 		}
+		memset(&got, 0, sizeof(got));
 		rc = dd_range(d, sfd, (uint64_t)sblock * bs, dfd, (uint64_t)v[i].block * bs, len,
-			      (uint32_t)bs);
+			      &got);
+		/* what the daemon did not share had changed since it was hashed */
+		d->sum.deduped += got.deduped;
+		d->sum.differed += len - got.deduped;
 		if (rc) {
 			dedupe_err(-rc, d->file[sfile].path, d->file[dfile].path, (uint32_t)bs);
 			d->w.status = EXIT_USAGE;
