@@ -265,6 +265,24 @@ int pmfuse_fs_dedupe_blocks(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src
 			    uint64_t len, uint64_t dst_ino, uint64_t dst_off,
 			    struct pmfuse_dedupe_counts *c);
 
+/*
+ * Hashes of the mapped blocks of a file from file block `from` on, for dedupe scans
+ * (blockhash.c): up to max entries, in file order, holes skipped, blocks past EOF skipped; a
+ * partial last block is hashed over its bytes inside EOF. *next gets the block to go on from
+ * (UINT64_MAX when done). Returns the entries filled, or -errno (-EISDIR, -EINVAL: not a
+ * regular file or max 0).
+ */
+#define PMFUSE_BLOCK_ZERO 1u              /* the block holds only zeros */
+struct pmfuse_block_hash {
+	uint64_t fblock;                  /* file block */
+	uint64_t pblock;                  /* pool block */
+	uint64_t hash;                    /* XXH3_64bits of the block's bytes inside EOF */
+	uint32_t refcount;                /* owners of the pool block */
+	uint32_t flags;                   /* PMFUSE_BLOCK_ZERO */
+};
+int pmfuse_fs_block_hashes(struct pmfuse_fs *fs, uint64_t ino, uint64_t from,
+			   struct pmfuse_block_hash *out, unsigned max, uint64_t *next);
+
 /* FALLOC_FL_UNSHARE_RANGE: gives the file private copies of its shared blocks in the range
  * (len 0: to EOF). Holes stay holes. */
 int pmfuse_fs_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t len);

@@ -44,6 +44,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <linux/fs.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -476,6 +477,58 @@ static void ioc_get_extents(fuse_req_t req, fuse_ino_t ino, const void *in_buf)
 	fuse_reply_ioctl(req, 0, &out, sizeof(out));
 }
 
+/*
+ * Block hashes (PMFUSE_IOC_BLOCK_HASHES): the file must be open for reading, since the hashes
+ * tell about its contents. The hashing is src/fs's (blockhash.c); this converts blocks to bytes.
+ */
+static void ioc_block_hashes(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+			     const void *in_buf)
+{
+	uint32_t bs = daemon_of(req)->block_size;
+	struct pmfuse_ioc_block_hashes *out = NULL;
+	struct pmfuse_block_hash *h = NULL;
+	uint64_t next = UINT64_MAX;
+	int n;
+
+	if (!fh_recorded(fi) || (fi->fh & O_ACCMODE) == O_WRONLY) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	out = calloc(1, sizeof(*out));
+	h = calloc(PMFUSE_IOC_HASHES_MAX, sizeof(*h));
+	if (!out || !h) {
+		n = -ENOMEM;
+		goto out;
+	}
+	/* the header only: the rest is output */
+	memcpy(out, in_buf, offsetof(struct pmfuse_ioc_block_hashes, h));
+	if (out->flags || out->reserved || out->reserved2[0] || out->reserved2[1] || !bs) {
+		n = -EINVAL;
+		goto out;
+	}
+	n = pmfuse_fs_block_hashes(fs_of(req), ino, out->start / bs, h, PMFUSE_IOC_HASHES_MAX,
+				   &next);
+	if (n < 0)
+		goto out;
+	out->next = next == UINT64_MAX || next > UINT64_MAX / bs ? UINT64_MAX : next * bs;
+	out->count = (uint32_t)PMFUSE_MIN(n, PMFUSE_IOC_HASHES_MAX);
+	out->block_size = bs;
+	for (uint32_t i = 0; i < out->count; i++) {
+		out->h[i].logical = h[i].fblock * bs;
+		out->h[i].physical = h[i].pblock * bs;
+		out->h[i].hash = h[i].hash;
+		out->h[i].refcount = h[i].refcount;
+		out->h[i].flags = h[i].flags & PMFUSE_BLOCK_ZERO ? PMFUSE_HASH_ZERO : 0;
+	}
+	fuse_reply_ioctl(req, 0, out, sizeof(*out));
+	n = 0;
+out:
+	if (n < 0)
+		fuse_reply_err(req, -n);
+	free(h);
+	free(out);
+}
+
 /* ---- file attributes ------------------------------------------------------------------------ */
 
 /* fsx_nextents: what FS_IOC_FSGETXATTR reports for XFS, the number of mapped extents. */
@@ -604,6 +657,9 @@ void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
 	case PMFUSE_IOC_DEDUPE_BLOCKS:
 		in_need = out_need = sizeof(struct pmfuse_ioc_dedupe_blocks);
 		break;
+	case PMFUSE_IOC_BLOCK_HASHES:
+		in_need = out_need = sizeof(struct pmfuse_ioc_block_hashes);
+		break;
 	case FS_IOC_FSGETXATTR:
 		out_need = sizeof(struct fsxattr);
 		break;
@@ -644,6 +700,9 @@ void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
 		break;
 	case PMFUSE_IOC_DEDUPE_BLOCKS:
 		ioc_dedupe_blocks(req, ino, fi, in_buf);
+		break;
+	case PMFUSE_IOC_BLOCK_HASHES:
+		ioc_block_hashes(req, ino, fi, in_buf);
 		break;
 	case FS_IOC_FSGETXATTR:
 		ioc_fsgetxattr(req, ino, dir, out_bufsz);

@@ -15,6 +15,7 @@ hole; dedupe inside one file; copy-on-write after a dedupe, and a remount.
 PMFUSE_IOC_DEDUPE_BLOCKS (range dedupe): partly equal files share exactly their equal blocks,
 with holes on either side and an EOF tail, and the counts say so; every refused case (ranges
 past EOF, huge values, a directory, another filesystem, another's file, flags) changes nothing.
+PMFUSE_IOC_BLOCK_HASHES: one entry per mapped block, equal blocks hash equal, zeros flagged.
 
 pmfusectl dedupe SRC DST (also --range) and --scan PATH...: the summary figures are exact, the
 space comes back, no file changes, a second run has nothing to do, bytes written through a
@@ -41,7 +42,8 @@ from pmfs import (check, eq, expect_errno, test, write_file, read_file, pwrite_a
 import threading
 
 from reflinkio import (DEDUPE_FMT, PMFUSE_IOC_DEDUPE_RANGE, DEDUPE_BLOCKS_FMT,
-                       PMFUSE_IOC_DEDUPE_BLOCKS, check_sharing, all_files,
+                       PMFUSE_IOC_DEDUPE_BLOCKS, PMFUSE_IOC_BLOCK_HASHES, HASH_FMT,
+                       HASHES_HDR_FMT, HASHES_SIZE, HASH_ZERO, clone_file, check_sharing, all_files,
                        block_size, ctl, parse_stat, make_data, write_big, same_file, data_map,
                        refcounts_by_block, COW_EXTENT_BLOCKS)
 
@@ -86,6 +88,32 @@ def dedupe_blocks(src_fd, dst_fd, src_off, length, dst_off, flags=0, reserved=0)
     eq(v[:6], (src_off, length, dst_fd, dst_off, flags, reserved),
        "input fields of the range dedupe argument as the daemon returned them")
     return v[6:10]
+
+
+def block_hashes(fd, start=0, flags=0, reserved=0):
+    """One PMFUSE_IOC_BLOCK_HASHES call: (next, block_size, [(logical, physical, hash,
+    refcount, flags)]); errors raise OSError."""
+    buf = bytearray(HASHES_SIZE)
+    struct.pack_into(HASHES_HDR_FMT, buf, 0, start, flags, reserved, 0, 0, 0, 0, 0)
+    fcntl.ioctl(fd, PMFUSE_IOC_BLOCK_HASHES, buf, True)
+    _, _, _, nxt, count, bs, _, _ = struct.unpack_from(HASHES_HDR_FMT, buf, 0)
+    hdr, one = struct.calcsize(HASHES_HDR_FMT), struct.calcsize(HASH_FMT)
+    return nxt, bs, [struct.unpack_from(HASH_FMT, buf, hdr + i * one) for i in range(count)]
+
+
+def all_hashes(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out, start = [], 0
+        while True:
+            nxt, _, v = block_hashes(fd, start)
+            out += v
+            if nxt == (1 << 64) - 1:
+                return out
+            check(nxt > start, f"block hashes of {path}: next {nxt} after {start}")
+            start = nxt
+    finally:
+        os.close(fd)
 
 
 def dedupe_paths(src, dst, src_off, length, dst_off, dst_flags=os.O_RDWR):
@@ -951,6 +979,61 @@ def ioctl_blocks_errors(m):
 
 # ---------------------------------------------------------------------------------------------
 # pmfusectl dedupe --scan
+
+
+@test(size="256M")
+def ioctl_block_hashes(m):
+    """PMFUSE_IOC_BLOCK_HASHES: one entry per mapped block inside EOF (holes absent), equal
+    blocks hash equal and different ones not, zero blocks flagged, a partial EOF block hashed
+    over its own length, refcounts and physical offsets as GET_EXTENTS says (a clone shares
+    them, count 2); more than one call's worth of blocks continues at `next`; a write-only
+    descriptor (EBADF), flags or reserved set (EINVAL) and a directory (EISDIR) are refused."""
+    bs = block_size(m)
+    a_blk, b_blk = m.rng.randbytes(bs), m.rng.randbytes(bs)
+    f = m.path("f")
+    # blocks: A A 0 hole B A tail(100 bytes of A)
+    fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o644)
+    for k, blk in ((0, a_blk), (1, a_blk), (2, bytes(bs)), (4, b_blk), (5, a_blk),
+                   (6, a_blk[:100])):
+        pwrite_all(fd, blk, k * bs)
+    os.close(fd)
+    h = all_hashes(f)
+    eq([e[0] // bs for e in h], [0, 1, 2, 4, 5, 6], "blocks listed (the hole is not)")
+    eq(h[0][2], h[1][2], "equal blocks hash equal")
+    eq(h[0][2], h[4][2], "equal blocks far apart hash equal")
+    check(h[0][2] != h[3][2], "different blocks hash differently")
+    check(h[5][2] != h[0][2], "a partial EOF block hashes over its own length")
+    eq([e[4] for e in h], [0, 0, HASH_ZERO, 0, 0, 0], "flags: only the zero block")
+    eq([e[3] for e in h], [1] * 6, "refcounts before a clone")
+    pm = phys_map(f)
+    eq([e[1] // bs for e in h], [pm[e[0] // bs] for e in h], "physical offsets")
+    g = m.path("g")
+    clone_file(f, g)
+    hg = all_hashes(g)
+    eq([(e[0], e[1], e[2]) for e in hg], [(e[0], e[1], e[2]) for e in h],
+       "a clone: the same blocks, offsets and hashes")
+    eq([e[3] for e in all_hashes(f)], [2] * 6, "refcounts after a clone")
+    # a file larger than one call
+    big = m.path("big")
+    n = 1000
+    write_big(big, make_data(n * bs, m.rng, stamp=40))
+    hb = all_hashes(big)
+    eq([e[0] // bs for e in hb], list(range(n)), "every block of a 1000-block file, in order")
+    fd = os.open(big, os.O_RDONLY)
+    nxt, got_bs, v = block_hashes(fd, 0)
+    eq((got_bs, len(v), nxt), (bs, 384, 384 * bs), "first call: 384 entries, next")
+    eq(block_hashes(fd, 999 * bs + 1)[2][0][0], 999 * bs, "start rounded down to a block")
+    eq(block_hashes(fd, n * bs)[1:], (bs, []), "start at EOF: nothing")
+    expect_errno(errno.EINVAL, block_hashes, fd, 0, 1)
+    expect_errno(errno.EINVAL, block_hashes, fd, 0, 0, 1)
+    os.close(fd)
+    fd = os.open(big, os.O_WRONLY)
+    expect_errno(errno.EBADF, block_hashes, fd, 0)
+    os.close(fd)
+    os.mkdir(m.path("d"))
+    fd = os.open(m.path("d"), os.O_RDONLY | os.O_DIRECTORY)
+    expect_errno(errno.EISDIR, block_hashes, fd, 0)
+    os.close(fd)
 
 
 def plant_tree(m, bs):
