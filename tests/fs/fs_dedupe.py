@@ -20,6 +20,8 @@ PMFUSE_IOC_BLOCK_HASHES: one entry per mapped block, equal blocks hash equal, ze
 pmfusectl dedupe SRC DST (also --range) and --scan PATH...: the summary figures are exact, the
 space comes back, no file changes, a second run has nothing to do, bytes written through a
 mapping are handled, a writer hammering the destination during the dedupe loses no write,
+--scan takes the block with the most references as a group's source (a partly deduped tree
+converges), --dry-run changes nothing,
 progress shows only on a terminal, and the errors say what is wrong. Most tests also check
 reflinkio's sharing invariant over every file of the mount (each file once, whatever its
 names)."""
@@ -1117,6 +1119,56 @@ def ctl_scan_tree(m):
     for p, d in files.items():
         same_file(p, d, f"{p} after remount")
     eq(phys_map(f3), p3, "f3's blocks after remount")
+
+
+@test(size="256M", timeout=120)
+def ctl_scan_dry_run_and_converge(m):
+    """--dry-run reports the duplicates and the space they would give back and changes nothing;
+    on a partly deduped tree (f3's two copies of r1 already share) the scan takes the block
+    with the most references as the source: only the other copies move (f3's shared pair
+    stays), and a second scan finds nothing new."""
+    bs = block_size(m)
+    files, planted = plant_tree(m, bs)
+    t = m.path("t")
+    f1, f2, f3 = (m.path("t", x) for x in ("f1", "sub/f2", "f3"))
+    before = {p: phys_map(p) for p in files}
+    free0 = free_blocks(m)
+    r = run_ctl(m, "dedupe", "--scan", "--dry-run", t)
+    eq(r.returncode, 0, f"dedupe --scan --dry-run:\n{r.stdout}{r.stderr}")
+    expect_summary(r.stdout, {"files": 3, "duplicate": planted, "already shared": 0,
+                              "would free": planted, "deduped": 0, "differed": 0},
+                   "dedupe --scan --dry-run")
+    eq(free_blocks(m), free0, "free blocks after a dry run")
+    for p in files:
+        eq(phys_map(p), before[p], f"{p}: blocks after a dry run")
+    r = run_ctl(m, "dedupe", "--dry-run", f1, f2)
+    eq(r.returncode, 1, "--dry-run without --scan")
+    # f3's second r1 onto its first: that pool block now has 2 owners, f1's and f2's 1
+    r = run_ctl(m, "dedupe", "--range", "1024K", "64K", "1536K", f3, f3)
+    expect_summary(r.stdout, {"deduped": 64 * KiB}, "pairing f3's copies of r1")
+    p3 = phys_map(f3)
+    src = [p3[1024 * KiB // bs + i] for i in range(64 * KiB // bs)]
+    r = run_ctl(m, "dedupe", "--scan", "--dry-run", t)
+    expect_summary(r.stdout, {"duplicate": planted - 64 * KiB, "already shared": 64 * KiB,
+                              "would free": planted - 64 * KiB},
+                   "dry run over the partly deduped tree")
+    r = run_ctl(m, "dedupe", "--scan", t)
+    eq(r.returncode, 0, f"dedupe --scan:\n{r.stdout}{r.stderr}")
+    expect_summary(r.stdout, {"duplicate": planted - 64 * KiB, "already shared": 64 * KiB,
+                              "deduped": planted - 64 * KiB, "differed": 0},
+                   "dedupe --scan over the partly deduped tree")
+    p1, p2 = phys_map(f1), phys_map(f2)
+    eq([p1[i] for i in range(64 * KiB // bs)], src, "f1's r1 maps f3's shared r1")
+    eq([p2[128 * KiB // bs + i] for i in range(64 * KiB // bs)], src,
+       "f2's r1 maps f3's shared r1")
+    free1 = free_blocks(m)
+    r = run_ctl(m, "dedupe", "--scan", t)
+    expect_summary(r.stdout, {"duplicate": 0, "already shared": planted, "deduped": 0},
+                   "second scan")
+    eq(free_blocks(m), free1, "free blocks after the second scan")
+    for p, d in files.items():
+        same_file(p, d, f"{p} after the scans")
+    check_mount_sharing(m, "after converging scans")
 
 
 @test(size="256M")

@@ -3,9 +3,9 @@
  * pmfusectl dedupe SRC DST and dedupe --scan PATH...: the algorithm is described below, at
  * "dedupe".
  */
-#include <time.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,135 +27,23 @@
  * file that changes meanwhile, or a hash collision, costs a compare and nothing else.
  *
  * SRC DST reads no data: it hands the whole range to the daemon (which answers at most 256 MiB
- * per call, and says how far it got) and prints the daemon's counts. --scan reads every file
- * under the PATHs and keeps one struct dd_block per non-zero block (24 bytes: the only memory
- * that grows with the data), sorts them by hash so that equal blocks meet, turns every block of
- * a group but the first into a copy of the first (its source), drops the others, sorts again by
- * destination and merges consecutive blocks whose sources are consecutive too into runs, which
- * go to the daemon as above. Blocks that map their source's pool block already are skipped
- * (GET_EXTENTS; the daemon skips them too), so running again finds nothing to do.
+ * per call, and says how far it got) and prints the daemon's counts. --scan asks the daemon for
+ * the hash (XXH3, computed in the pool), pool block and refcount of every mapped block of the
+ * files under the PATHs (PMFUSE_IOC_BLOCK_HASHES: 32 bytes per block cross FUSE, no data) and
+ * keeps one struct dd_block per non-zero block (24 bytes: the only memory that grows with the
+ * data), sorts them by hash so that equal blocks meet, makes the block with the most
+ * references the source of its group (so blocks that share stay together and a second run
+ * finds nothing to do), turns every other block of the group into a copy of it, drops the
+ * copies that map its pool block already, sorts again by destination and merges consecutive
+ * blocks whose sources are consecutive too into runs, which go to the daemon as above.
+ * --dry-run stops before that, having counted the duplicates and the space they would free
+ * (pool blocks whose every owner is a copy).
  */
-#define DD_CHUNK (16u << 20)         /* bytes per read */
 #define DD_FDS 16                    /* sources kept open by --scan */
-
-/*
- * A 64-bit hash of a block: xxHash64 (seed 0), its words read in native order (the hashes are
- * only compared with each other). A collision costs a call, nothing more.
- */
-#define XXH_P1 0x9e3779b185ebca87ull
-#define XXH_P2 0xc2b2ae3d27d4eb4full
-#define XXH_P3 0x165667b19e3779f9ull
-#define XXH_P4 0x85ebca77c2b2ae63ull
-#define XXH_P5 0x27d4eb2f165667c5ull
-
-static uint64_t rotl64(uint64_t x, int r)
-{
-	return (x << r) | (x >> (64 - r));
-}
-
-static uint64_t xxh_round(uint64_t acc, uint64_t in)
-{
-	return rotl64(acc + in * XXH_P2, 31) * XXH_P1;
-}
-
-static uint64_t xxh_merge(uint64_t h, uint64_t v)
-{
-	return (h ^ xxh_round(0, v)) * XXH_P1 + XXH_P4;
-}
-
-static uint64_t block_hash(const uint8_t *p, size_t len)
-{
-	const uint8_t *end = p + len;
-	uint64_t h, w;
-	uint32_t w32;
-
-	if (len >= 32) {
-		uint64_t v[4] = { XXH_P1 + XXH_P2, XXH_P2, 0, -XXH_P1 };
-
-		for (; p + 32 <= end; p += 32) {
-			for (int i = 0; i < 4; i++) {
-				memcpy(&w, p + 8 * i, 8);
-				v[i] = xxh_round(v[i], w);
-			}
-		}
-		h = rotl64(v[0], 1) + rotl64(v[1], 7) + rotl64(v[2], 12) + rotl64(v[3], 18);
-		for (int i = 0; i < 4; i++)
-			h = xxh_merge(h, v[i]);
-	} else {
-		h = XXH_P5;
-	}
-	h += len;
-	for (; p + 8 <= end; p += 8) {
-		memcpy(&w, p, 8);
-		h = rotl64(h ^ xxh_round(0, w), 27) * XXH_P1 + XXH_P4;
-	}
-	if (p + 4 <= end) {
-		memcpy(&w32, p, 4);
-		h = rotl64(h ^ (uint64_t)w32 * XXH_P1, 23) * XXH_P2 + XXH_P3;
-		p += 4;
-	}
-	for (; p < end; p++)
-		h = rotl64(h ^ *p * XXH_P5, 11) * XXH_P1;
-	h = (h ^ (h >> 33)) * XXH_P2;
-	h = (h ^ (h >> 29)) * XXH_P3;
-	return h ^ (h >> 32);
-}
-
-static bool all_zero(const uint8_t *p, size_t len)
-{
-	return !len || (!p[0] && !memcmp(p, p + 1, len - 1));
-}
-
-/* Reads len bytes at off (fewer only at EOF); the bytes read or -errno. */
-static ssize_t pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pread(fd, buf + done, len - done, (off_t)(off + done));
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (!n)
-			break;
-		done += (size_t)n;
-	}
-	return (ssize_t)done;
-}
-
-/* A file's extents, to tell the pool offset of its blocks (the "physical" offset). */
-struct extmap {
-	struct pmfuse_ioc_extent *e;
-	size_t n, cap, cur;          /* cur: where the last lookup ended */
-};
-
-static int extmap_add(void *arg, const struct pmfuse_ioc_extent *e)
-{
-	struct extmap *m = arg;
-
-	if (m->n == m->cap) {
-		size_t cap = m->cap ? 2 * m->cap : 64;
-		struct pmfuse_ioc_extent *v = realloc(m->e, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		m->e = v;
-		m->cap = cap;
-	}
-	m->e[m->n++] = *e;
-	return 0;
-}
-
-static int extmap_load(int fd, struct extmap *m)
-{
-	m->n = m->cur = 0;
-	return walk_extents(fd, extmap_add, m, NULL);
-}
 
 struct dd_sum {
 	uint64_t files, scanned, unequal, dup, shared, deduped, differed;
+	uint64_t frees;              /* --scan: pool bytes the duplicates would give back */
 };
 
 /* A file --scan found. */
@@ -172,9 +60,13 @@ struct dd_file {
 struct dd_block {
 	uint64_t key;                /* the hash of the contents; for a copy, its source:
 	                                file << 32 | block */
-	uint64_t phys;               /* the pool offset it maps */
+	uint64_t pref;               /* pool block << DD_REF_BITS | refcount (saturated) */
 	uint32_t file, block;
 };
+#define DD_REF_BITS 20
+#define DD_REF_MAX ((1u << DD_REF_BITS) - 1)
+#define DD_PHYS(b) ((b)->pref >> DD_REF_BITS)
+#define DD_REFS(b) ((uint32_t)((b)->pref & DD_REF_MAX))
 _Static_assert(sizeof(struct dd_block) == 24, "24 bytes a block");
 
 struct dd {
@@ -258,7 +150,7 @@ static int dd_range(struct dd *d, int sfd, uint64_t so, int dfd, uint64_t dof, u
 /* ---- dedupe SRC DST ---- */
 
 static uint64_t dd_args[3];          /* --range SRC_OFF LEN DST_OFF */
-static bool dd_ranged, dd_scan, dd_quiet;
+static bool dd_ranged, dd_scan, dd_quiet, dd_dry;
 
 static int dd_opt(const struct command *cmd, int c, int argc, char **argv)
 {
@@ -271,6 +163,9 @@ static int dd_opt(const struct command *cmd, int c, int argc, char **argv)
 		return -1;
 	case 'q':
 		dd_quiet = true;
+		return -1;
+	case 'n':
+		dd_dry = true;
 		return -1;
 	}
 	return EXIT_USAGE;
@@ -469,8 +364,13 @@ static int dd_reopen(struct dd *d, uint32_t i, int flags, int flags2, struct sta
 	return fd;
 }
 
-static int dd_add_block(struct dd *d, uint64_t key, uint64_t phys, uint32_t file, uint32_t block)
+static int dd_add_block(struct dd *d, const struct pmfuse_ioc_block_hash *h, uint32_t bs,
+			uint32_t file)
 {
+	uint64_t pblock = h->physical / bs;
+
+	if (pblock >> (64 - DD_REF_BITS))
+		return -EOVERFLOW;           /* a pool of 2^44 blocks: not made today */
 	if (d->nblk == d->cap_blk) {
 		/* more than the files had mapped when found: grow by an eighth */
 		size_t cap = d->cap_blk + d->cap_blk / 8 + 1024;
@@ -481,80 +381,81 @@ static int dd_add_block(struct dd *d, uint64_t key, uint64_t phys, uint32_t file
 		d->blk = b;
 		d->cap_blk = cap;
 	}
-	d->blk[d->nblk++] = (struct dd_block){ .key = key, .phys = phys, .file = file,
-					       .block = block };
+	d->blk[d->nblk++] = (struct dd_block){
+		.key = h->hash,
+		.pref = pblock << DD_REF_BITS | PMFUSE_MIN(h->refcount, DD_REF_MAX),
+		.file = file,
+		.block = (uint32_t)(h->logical / bs),
+	};
 	return 0;
 }
 
-/* Hashes the non-zero mapped blocks of file i (holes read as zeros: not read at all). */
-static int dd_read(struct dd *d, uint32_t i, uint8_t *buf)
+/*
+ * Gets the hashes of the non-zero mapped blocks of file i from the daemon
+ * (PMFUSE_IOC_BLOCK_HASHES: 32 bytes per block cross FUSE, never the block).
+ */
+static int dd_read(struct dd *d, uint32_t i, struct pmfuse_ioc_block_hashes *x)
 {
 	struct dd_file *f = &d->file[i];
-	struct extmap m = { 0 };
-	uint64_t found = f->size, bs = f->bs, pos = 0;
+	uint64_t found = f->size, start = 0, pos = 0;
 	struct stat st;
 	int fd, rc = 0;
 
 	fd = dd_reopen(d, i, O_RDONLY, -1, &st);
-	f->size = fd < 0 ? 0 : PMFUSE_MIN((uint64_t)st.st_size, (uint64_t)UINT32_MAX * bs);
+	f->size = fd < 0 ? 0 : PMFUSE_MIN((uint64_t)st.st_size, (uint64_t)UINT32_MAX * f->bs);
 	if (fd < 0) {
 		progress_add(&progress, found);
 		return 0;
 	}
+	/* pages a shared mapping dirtied reach the pool, where the daemon hashes */
 	if (fsync(fd)) {
 		cli_err("%s: fsync: %s", f->path, strerror(errno));
 		goto fail;
 	}
-	if ((rc = extmap_load(fd, &m))) {
-		ioc_err(f->path, "cannot read its extents", -rc);
-		goto fail;
-	}
-	for (size_t x = 0; x < m.n; x++) {
-		const struct pmfuse_ioc_extent *e = &m.e[x];
-		uint64_t end = PMFUSE_MIN(e->logical + e->length, f->size);
+	for (;;) {
+		memset(x, 0, offsetof(struct pmfuse_ioc_block_hashes, h));
+		x->start = start;
+		if (ioctl(fd, PMFUSE_IOC_BLOCK_HASHES, x)) {
+			ioc_err(f->path, "cannot get its block hashes", errno);
+			goto fail;
+		}
+		if (x->block_size != f->bs || x->count > PMFUSE_IOC_HASHES_MAX) {
+			ioc_err(f->path, "cannot get its block hashes", EPROTO);
+			goto fail;
+		}
+		for (uint32_t k = 0; k < x->count; k++) {
+			const struct pmfuse_ioc_block_hash *h = &x->h[k];
 
-		for (uint64_t off = e->logical; off < end;) {
-			size_t want = (size_t)PMFUSE_MIN(end - off, (uint64_t)DD_CHUNK);
-			ssize_t n = pread_full(fd, buf, want, off);
-
-			if (n < 0) {
-				cli_err("%s: read: %s", f->path, strerror((int)-n));
+			if (h->logical >= f->size)
+				break;               /* grew meanwhile: what was found is enough */
+			if (h->flags & PMFUSE_HASH_ZERO)
+				continue;
+			rc = dd_add_block(d, h, f->bs, i);
+			if (rc) {
+				cli_err("%s", rc == -ENOMEM ? "out of memory" : strerror(-rc));
 				goto fail;
 			}
-			for (size_t k = 0; k < (size_t)n; k += bs) {
-				size_t blen = (size_t)PMFUSE_MIN(bs, (uint64_t)n - k);
-				uint64_t b = (off + k) / bs;
+		}
+		if (x->count && x->h[x->count - 1].logical > pos) {
+			uint64_t now = PMFUSE_MIN(x->h[x->count - 1].logical, found);
 
-				if (blen < bs && off + k + blen != f->size)
-					break;       /* shrank meanwhile */
-				if (all_zero(buf + k, blen))
-					continue;
-				rc = dd_add_block(d, block_hash(buf + k, blen),
-						  e->physical + (off + k - e->logical), i,
-						  (uint32_t)b);
-				if (rc) {
-					cli_err("out of memory");
-					goto fail;
-				}
-			}
-			if ((size_t)n < want)
-				break;
-			off += want;
-			if (off > pos) {
-				progress_add(&progress, off - pos);
-				pos = off;
+			if (now > pos) {
+				progress_add(&progress, now - pos);
+				pos = now;
 			}
 		}
+		/* stop on no progress rather than spin on a daemon that misbehaves */
+		if (x->next == UINT64_MAX || x->next <= start || !x->count)
+			break;
+		start = x->next;
 	}
 	if (found > pos)
 		progress_add(&progress, found - pos);
 	d->sum.scanned += f->size;
 	d->sum.files++;
-	free(m.e);
 	close(fd);
 	return 0;
 fail:
-	free(m.e);
 	close(fd);
 	d->w.status = EXIT_USAGE;
 	return rc == -ENOMEM ? rc : 0;
@@ -599,7 +500,11 @@ static void dd_sort(const struct dd *d, struct dd_block *v, size_t n, dd_less_fn
 	}
 }
 
-/* By contents, then file system (blocks of different ones cannot share), then file order. */
+/*
+ * By contents, then file system (blocks of different ones cannot share), then the most
+ * references first (the source of the group), then pool block (the copies that map one block
+ * meet), then file order.
+ */
 static bool by_key(const struct dd *d, const struct dd_block *a, const struct dd_block *b)
 {
 	dev_t da = d->file[a->file].dev, db = d->file[b->file].dev;
@@ -608,6 +513,10 @@ static bool by_key(const struct dd *d, const struct dd_block *a, const struct dd
 		return a->key < b->key;
 	if (da != db)
 		return da < db;
+	if (DD_REFS(a) != DD_REFS(b))
+		return DD_REFS(a) > DD_REFS(b);
+	if (DD_PHYS(a) != DD_PHYS(b))
+		return DD_PHYS(a) < DD_PHYS(b);
 	if (a->file != b->file)
 		return a->file < b->file;
 	return a->block < b->block;
@@ -632,7 +541,12 @@ static uint64_t dd_blen(const struct dd *d, uint32_t file, uint32_t block)
 
 /*
  * Turns each group of equal blocks into copies of its first block (key: the source), dropping
- * the first and the copies that map its pool block already. Returns the copies left.
+ * the first and the copies that map its pool block already. The first is the block with the
+ * most references (by_key), so that the blocks of a group that share already stay, a second
+ * run finds nothing to do, and a run over a partly deduped tree joins the rest to the largest
+ * sharing set. Counts the space the copies would give back: a pool block whose every owner
+ * is a copy here (refcount reached within the group; a saturated count never is). Returns the
+ * copies left.
  */
 static size_t dd_group(struct dd *d)
 {
@@ -641,16 +555,21 @@ static size_t dd_group(struct dd *d)
 
 	for (size_t i = 0, j; i < d->nblk; i = j) {
 		const struct dd_block first = v[i];
+		uint64_t owners = 0;
 
 		for (j = i + 1; j < d->nblk && v[j].key == first.key &&
 		     d->file[v[j].file].dev == d->file[first.file].dev; j++) {
 			uint64_t blen = dd_blen(d, v[j].file, v[j].block);
 
-			if (v[j].phys == first.phys) {
+			if (DD_PHYS(&v[j]) == DD_PHYS(&first)) {
 				d->sum.shared += blen;
 				continue;
 			}
 			d->sum.dup += blen;
+			/* copies of one pool block are adjacent: count them */
+			owners = j > i + 1 && DD_PHYS(&v[j - 1]) == DD_PHYS(&v[j]) ? owners + 1 : 1;
+			if (owners == DD_REFS(&v[j]) && DD_REFS(&v[j]) < DD_REF_MAX)
+				d->sum.frees += d->file[v[j].file].bs;
 			v[out] = v[j];
 			v[out].key = (uint64_t)first.file << 32 | first.block;
 			out++;
@@ -732,8 +651,8 @@ static void dd_apply(struct dd *d, size_t n)
 
 static int dd_scan_paths(struct dd *d, int argc, char **argv)
 {
+	struct pmfuse_ioc_block_hashes *buf = NULL;
 	uint64_t total = 0, blocks = 0;
-	uint8_t *buf = NULL;
 	size_t copies;
 
 	d->scan = true;
@@ -750,7 +669,7 @@ static int dd_scan_paths(struct dd *d, int argc, char **argv)
 	}
 	if (blocks < SIZE_MAX / sizeof(*d->blk))
 		d->blk = malloc(PMFUSE_MAX(blocks, (uint64_t)1) * sizeof(*d->blk));
-	buf = malloc(DD_CHUNK);
+	buf = malloc(sizeof(*buf));
 	if (!d->blk || !buf) {
 		cli_err("out of memory");
 		goto fail;
@@ -767,10 +686,12 @@ static int dd_scan_paths(struct dd *d, int argc, char **argv)
 
 	dd_sort(d, d->blk, d->nblk, by_key);
 	copies = dd_group(d);
-	dd_sort(d, d->blk, copies, by_dest);
-	progress_begin(&progress, "deduping", d->sum.dup);
-	dd_apply(d, copies);
-	progress_end(&progress);
+	if (!dd_dry) {
+		dd_sort(d, d->blk, copies, by_dest);
+		progress_begin(&progress, "deduping", d->sum.dup);
+		dd_apply(d, copies);
+		progress_end(&progress);
+	}
 	for (unsigned i = 0; i < DD_FDS; i++)
 		if (d->src[i].fd >= 0)
 			close(d->src[i].fd);
@@ -779,6 +700,7 @@ static int dd_scan_paths(struct dd *d, int argc, char **argv)
 	dd_row("scanned", d->sum.scanned);
 	dd_row("duplicate", d->sum.dup);
 	dd_row("already shared", d->sum.shared);
+	dd_row(dd_dry ? "would free" : "freed (expected)", d->sum.frees);
 	dd_row("deduped", d->sum.deduped);
 	dd_row("differed", d->sum.differed);
 	return d->w.status;
@@ -794,14 +716,20 @@ int cmd_dedupe(const struct command *cmd, int argc, char **argv)
 		{ "range", no_argument, NULL, 'r' },
 		{ "scan", no_argument, NULL, 'S' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "dry-run", no_argument, NULL, 'n' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct dd d = { 0 };
 	int rc;
 
-	dd_ranged = dd_scan = dd_quiet = false;
-	if ((rc = file_opts(cmd, argc, argv, "+hq", extra, dd_opt, 1, INT32_MAX)) >= 0)
+	dd_ranged = dd_scan = dd_quiet = dd_dry = false;
+	if ((rc = file_opts(cmd, argc, argv, "+hqn", extra, dd_opt, 1, INT32_MAX)) >= 0)
 		return rc;
+	if (dd_dry && !dd_scan) {
+		cli_err("dedupe: --dry-run goes with --scan");
+		cmd_usage(cmd, stderr);
+		return EXIT_USAGE;
+	}
 	if (dd_scan && dd_ranged) {
 		cli_err("dedupe: --range and --scan exclude each other");
 		cmd_usage(cmd, stderr);

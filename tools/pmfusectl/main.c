@@ -91,7 +91,7 @@ static const struct command commands[] = {
 	  "  -s, --summarize   one line per PATH\n"
 	  "  --raw             sizes in bytes instead of KiB, MiB, ...\n"
 	  "  -h, --help        show this help\n" },
-	{ "dedupe", "[-q] [--range SRC_OFF LEN DST_OFF] SRC DST | --scan [-q] PATH...",
+	{ "dedupe", "[-q] [--range SRC_OFF LEN DST_OFF] SRC DST | --scan [-q] [-n] PATH...",
 	  "Make equal blocks share one block: DST's with SRC's, or all under PATHs", cmd_dedupe,
 	  "With SRC DST, the daemon compares both files block by block at the same offsets in\n"
 	  "the pool, reading nothing through the mount (with --range: LEN bytes at SRC_OFF of SRC\n"
@@ -99,19 +99,23 @@ static const struct command commands[] = {
 	  "equal blocks of DST share SRC's blocks. The last partial block counts only when both\n"
 	  "files end there. Offsets are multiples of the block size; sizes take K, M, G, T\n"
 	  "suffixes.\n"
-	  "With --scan, every block of the regular files under the PATHs is hashed (directories\n"
-	  "are walked without leaving their file system; a file with several names counts once),\n"
-	  "zero blocks are skipped, and each block is deduped against the first one with the\n"
-	  "same contents, consecutive blocks in one call. Memory: 24 bytes per non-zero block\n"
-	  "(6 MiB per GiB of data with 4 KiB blocks), and 16 MiB of buffer.\n"
+	  "With --scan, the daemon hashes every mapped block of the regular files under the PATHs\n"
+	  "(XXH3, in the pool: no data crosses FUSE; directories are walked without leaving their\n"
+	  "file system; a file with several names counts once), zero blocks are skipped, and\n"
+	  "each group of blocks with the same contents is made to share the block with the most\n"
+	  "references, consecutive blocks in one call. Memory: 24 bytes per non-zero block\n"
+	  "(6 MiB per GiB of data with 4 KiB blocks).\n"
 	  "Blocks that already share are left alone, so running again does nothing new. The\n"
-	  "daemon compares the bytes (again) and shares only what is equal, at most 16 MiB per\n"
-	  "hold of its lock: contents, sizes and times never change. DST (the files under PATHs) must be\n"
+	  "daemon compares the bytes and shares only what is equal, at most 16 MiB per hold of\n"
+	  "its lock: contents, sizes and times never change. DST (the files under PATHs) must be\n"
 	  "writable by the caller or owned by it, or the caller have CAP_SYS_ADMIN.\n"
-	  "Prints what was compared, duplicate, already shared, deduped, and found different\n"
-	  "by the daemon (changed meanwhile); progress on stderr when it is a terminal.\n"
+	  "Prints what was compared, duplicate, already shared, the space to be freed, deduped,\n"
+	  "and found different by the daemon (changed since hashed); progress on stderr when it\n"
+	  "is a terminal.\n"
 	  "  --range SRC_OFF LEN DST_OFF   compare and dedupe this range only\n"
 	  "  --scan                        find duplicate blocks across all files under PATHs\n"
+	  "  -n, --dry-run                 (--scan) report what would be deduped and freed, change\n"
+	  "                                nothing\n"
 	  "  -q, --quiet                   no progress display\n"
 	  "  -h, --help                    show this help\n" },
 	{ "help", "[COMMAND]", "Show the commands, or one command's usage", cmd_help, NULL },
