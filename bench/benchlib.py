@@ -98,7 +98,8 @@ def require_root():
 
 
 def install_deps():
-    """bench/deps.sh installs the packages only the benchmarks need (fio, xfsprogs)."""
+    """bench/deps.sh installs the packages only the benchmarks need (fio, xfsprogs,
+    duperemove)."""
     r = subprocess.run(["bash", os.path.join(BENCH, "deps.sh")])
     if r.returncode != 0:
         log("bench: could not install the benchmark dependencies (bench/deps.sh)")

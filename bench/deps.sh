@@ -3,11 +3,13 @@
 #   fio       the I/O workloads of bench/run and bench/reflink (sequential 1 MiB, random 4 KiB,
 #             1 and 2 jobs, JSON output): the standard tool, the same job file on every
 #             filesystem, so no home-made I/O loop to trust or to explain;
-#   xfsprogs  mkfs.xfs for bench/reflink's peer: XFS with reflink=1 on a loop device.
-# Kept apart from tools/deps.sh: building and testing pmfuse needs neither.
+#   xfsprogs  mkfs.xfs for the peer of bench/reflink and bench/dedupe: XFS with reflink=1 on a
+#             loop device; xfs_io's dedupe command;
+#   duperemove  bench/dedupe's peer for a dedupe scan: the usual dedupe tool for XFS and Btrfs.
+# Kept apart from tools/deps.sh: building and testing pmfuse needs none of them.
 set -euo pipefail
 
-BENCH_PACKAGES=(fio xfsprogs)
+BENCH_PACKAGES=(fio xfsprogs duperemove)
 
 missing=()
 for p in "${BENCH_PACKAGES[@]}"; do

@@ -8,6 +8,7 @@ PMFUSE_PACKAGES=(
 	libpmem2-dev                         # pool mapping (PMDK)
 	libfuse3-dev fuse3                   # the daemon and fusermount3
 	liburcu-dev                          # lock-free inode cache
+	libxxhash-dev                        # XXH3 block hashes for dedupe scans (src/fs/blockhash.c)
 	libcmocka-dev                        # unit tests
 	python3                              # tests/fs (standard library only)
 	clang libclang-rt-14-dev             # tests/fuzz: libFuzzer is part of clang's runtime

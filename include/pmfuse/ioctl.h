@@ -49,6 +49,32 @@ struct pmfuse_ioc_dedupe_range {
 	uint32_t reserved;
 };
 
+/*
+ * Range dedupe, issued on the source (open for reading), with the same rights as
+ * PMFUSE_IOC_DEDUPE_RANGE on the destination: the daemon walks both ranges block by block in
+ * the pool and shares every run of equal blocks, leaving the differing ones alone (no verdict:
+ * the counts say what it found). Blocks already shared are not compared; holes compare as zeros.
+ * Offsets are multiples of the block size and both ranges start and end inside their files
+ * (EINVAL otherwise); length 0 means as far as both files go. One call covers at most 256 MiB
+ * (the daemon holds its lock per 16 MiB piece, compare and remap together): `compared` says how
+ * far it got, and the caller goes on from src_offset + compared (0: nothing more to do).
+ * Errors concerning the destination are the ioctl's errors (EBADF, EXDEV, EISDIR, EPERM).
+ */
+struct pmfuse_ioc_dedupe_blocks {
+	uint64_t src_offset;        /* in */
+	uint64_t length;            /* in: bytes; 0 as far as both files go */
+	int64_t dest_fd;            /* in: open for writing, or owned by the caller, or root */
+	uint64_t dest_offset;       /* in */
+	uint32_t flags;             /* in: none defined, must be 0 */
+	uint32_t reserved;          /* must be 0 */
+	uint64_t compared;          /* out: bytes of the range walked */
+	uint64_t deduped;           /* out: bytes newly sharing the source's blocks */
+	uint64_t same;              /* out: bytes shared already, or zeros in both */
+	uint64_t differ;            /* out: bytes in blocks that differ */
+	uint64_t reserved2[3];      /* must be 0 */
+};
+_Static_assert(sizeof(struct pmfuse_ioc_dedupe_blocks) == 96, "no implicit padding");
+
 /* The file's extents from byte start on, at most PMFUSE_IOC_EXTENTS_MAX per call. */
 #define PMFUSE_IOC_EXTENTS_MAX 64
 #define PMFUSE_EXTENT_SHARED 1u
@@ -70,10 +96,45 @@ struct pmfuse_ioc_extents {
 	struct pmfuse_ioc_extent ext[PMFUSE_IOC_EXTENTS_MAX];
 };
 
+/*
+ * Block hashes for dedupe scans, issued on a file open for reading: for its mapped blocks from
+ * byte `start` on (rounded down to a block), in file order, at most PMFUSE_IOC_HASHES_MAX per
+ * call, each block's XXH3_64bits (libxxhash, seed 0) computed by the daemon from the pool, its
+ * pool offset and its refcount, so that a scan moves 32 bytes per block instead of the block.
+ * Holes and blocks past EOF are not listed (they read as zeros); a partial last block is
+ * hashed over its bytes inside EOF; a block of zeros is flagged. Blocks whose physical offsets
+ * are equal already share. A hash is a hint: the dedupe that follows compares the bytes.
+ */
+#define PMFUSE_IOC_HASHES_MAX 384
+#define PMFUSE_HASH_ZERO 1u
+struct pmfuse_ioc_block_hash {
+	uint64_t logical;           /* byte offset in the file */
+	uint64_t physical;          /* byte offset in the pool */
+	uint64_t hash;              /* XXH3_64bits of the block's bytes inside EOF */
+	uint32_t refcount;          /* owners of the pool block */
+	uint32_t flags;             /* PMFUSE_HASH_ZERO */
+};
+struct pmfuse_ioc_block_hashes {
+	uint64_t start;             /* in: byte offset */
+	uint32_t flags;             /* in: none defined, must be 0 */
+	uint32_t reserved;          /* must be 0 */
+	uint64_t next;              /* out: where the next call starts; UINT64_MAX when done */
+	uint32_t count;             /* out: entries filled */
+	uint32_t block_size;        /* out */
+	uint64_t reserved2[2];      /* must be 0 */
+	struct pmfuse_ioc_block_hash h[PMFUSE_IOC_HASHES_MAX];
+};
+_Static_assert(sizeof(struct pmfuse_ioc_block_hash) == 32, "no implicit padding");
+_Static_assert(sizeof(struct pmfuse_ioc_block_hashes) == 48 + 32 * PMFUSE_IOC_HASHES_MAX,
+	       "no implicit padding");
+_Static_assert(sizeof(struct pmfuse_ioc_block_hashes) < (1u << 14), "fits _IOC_SIZE");
+
 #define PMFUSE_IOC_CLONE_RANGE  _IOW(PMFUSE_IOC_MAGIC, 1, struct pmfuse_ioc_clone_range)
 #define PMFUSE_IOC_UNSHARE      _IOW(PMFUSE_IOC_MAGIC, 2, struct pmfuse_ioc_unshare)
 #define PMFUSE_IOC_DEDUPE_RANGE _IOWR(PMFUSE_IOC_MAGIC, 3, struct pmfuse_ioc_dedupe_range)
 #define PMFUSE_IOC_GET_EXTENTS  _IOWR(PMFUSE_IOC_MAGIC, 4, struct pmfuse_ioc_extents)
+#define PMFUSE_IOC_DEDUPE_BLOCKS _IOWR(PMFUSE_IOC_MAGIC, 5, struct pmfuse_ioc_dedupe_blocks)
+#define PMFUSE_IOC_BLOCK_HASHES _IOWR(PMFUSE_IOC_MAGIC, 6, struct pmfuse_ioc_block_hashes)
 
 _Static_assert(sizeof(struct pmfuse_ioc_extents) < (1u << 14), "fits _IOC_SIZE");
 

@@ -242,6 +242,55 @@ ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t sr
 int pmfuse_fs_dedupe_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
 			   uint64_t len, uint64_t dst_ino, uint64_t dst_off, uint64_t *deduped);
 
+/*
+ * Range dedupe: walks [src_off, src_off + len) of src and the same count of bytes at dst_off of
+ * dst block by block in the pool and makes every run of dst's blocks whose bytes equal src's
+ * share src's blocks; blocks that differ stay as they are. Blocks the two already share are
+ * not compared; a hole compares as zeros (zero blocks of dst over a hole of src become a hole;
+ * a hole of dst stays one, since sharing into it gives nothing back: it is "same" over zeros,
+ * else it differs). Contents, sizes, times
+ * and modes never change. Offsets must be block-aligned, both ranges start inside their files
+ * and end inside them (-EINVAL); len 0 means as far as both files go. The last partial block
+ * counts only when both ranges end at their files' EOF (else len is cut to whole blocks). One
+ * file: the ranges may not overlap (-EINVAL).
+ *
+ * Bounded work per call: at most PMFUSE_DEDUPE_BLOCKS_MAX bytes, in pieces of at most
+ * PMFUSE_DEDUPE_MAX, each compared and remapped under one hold of the writer lock (so a write
+ * to either file lands before or after a piece, never between its compare and its remap), the
+ * lock released between pieces. c->compared tells how far it got: the caller goes on from
+ * there. A file that shrank between pieces ends the call early (with what was done).
+ * Returns 0 or -errno (-ENOSPC: what is counted as deduped was done; part of one more run may
+ * be shared too, uncounted: the same bytes either way).
+ */
+struct pmfuse_dedupe_counts {
+	uint64_t compared;   /* bytes of the range walked */
+	uint64_t deduped;    /* bytes of dst now sharing src's blocks (or holes) that did not */
+	uint64_t same;       /* bytes shared already, holes in both, or zeros over a hole of dst */
+	uint64_t differ;     /* bytes in blocks whose contents differ */
+};
+#define PMFUSE_DEDUPE_BLOCKS_MAX (256ull << 20)
+int pmfuse_fs_dedupe_blocks(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			    uint64_t len, uint64_t dst_ino, uint64_t dst_off,
+			    struct pmfuse_dedupe_counts *c);
+
+/*
+ * Hashes of the mapped blocks of a file from file block `from` on, for dedupe scans
+ * (blockhash.c): up to max entries, in file order, holes skipped, blocks past EOF skipped; a
+ * partial last block is hashed over its bytes inside EOF. *next gets the block to go on from
+ * (UINT64_MAX when done). Returns the entries filled, or -errno (-EISDIR, -EINVAL: not a
+ * regular file or max 0).
+ */
+#define PMFUSE_BLOCK_ZERO 1u              /* the block holds only zeros */
+struct pmfuse_block_hash {
+	uint64_t fblock;                  /* file block */
+	uint64_t pblock;                  /* pool block */
+	uint64_t hash;                    /* XXH3_64bits of the block's bytes inside EOF */
+	uint32_t refcount;                /* owners of the pool block */
+	uint32_t flags;                   /* PMFUSE_BLOCK_ZERO */
+};
+int pmfuse_fs_block_hashes(struct pmfuse_fs *fs, uint64_t ino, uint64_t from,
+			   struct pmfuse_block_hash *out, unsigned max, uint64_t *next);
+
 /* FALLOC_FL_UNSHARE_RANGE: gives the file private copies of its shared blocks in the range
  * (len 0: to EOF). Holes stay holes. */
 int pmfuse_fs_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t len);

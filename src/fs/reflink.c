@@ -701,6 +701,166 @@ int pmfuse_fs_dedupe_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_
 	return rc < 0 ? rc : 0;
 }
 
+/* ---- range dedupe --------------------------------------------------------------------------- */
+
+/*
+ * Range dedupe (pmfuse_fs_dedupe_blocks, fs.h) shares what is equal instead of all or nothing.
+ * One piece (at most PMFUSE_DEDUPE_MAX bytes, dedupe_prep's checks) under one hold of the
+ * writer lock:
+ *
+ *      src   |==== extent ====|== extent ==|...hole...|
+ *      dst   |== extent ==|...hole...|====== extent ======|
+ *            |<- pair  ->|<->|<----->|<->|<--------->|      runs where both are one extent
+ *                                                            or hole each (brun_at)
+ *   - a pair already sharing its pool blocks, or holes in both, counts as "same" and ends the
+ *     current run; a hole in dst ends it too (sharing into a hole gives nothing back): each
+ *     block of src there is "same" if it is zeros, else it differs;
+ *   - otherwise each block is compared (memcmp in the pool, a hole as zeros); equal blocks
+ *     extend the run, a differing one ends it;
+ *   - a run that ends is remapped at once with clone_run (c->dedupe: size, times, mode stay),
+ *     before the lock is let go, so no write can land between a block's compare and its remap.
+ * Remapping a run changes only dst's blocks below the walk's position: the pool blocks the
+ * walk still has to compare stay where they were. A crash leaves each run done or not (in
+ * clone_run's top-down transactions): the same bytes either way, every block counted.
+ */
+struct db_walk {
+	struct pmfuse_dedupe_counts *cnt;
+	uint64_t bytes;              /* of the piece: only these bytes of its last block count */
+	uint64_t run, run_len;       /* equal blocks not remapped yet (from the piece's start) */
+};
+
+/* The bytes of the piece's blocks [b, b + k). */
+static uint64_t db_bytes(const struct db_walk *w, uint64_t bs, uint64_t b, uint64_t k)
+{
+	uint64_t lo = b * bs, hi = PMFUSE_MIN((b + k) * bs, w->bytes);
+
+	return hi > lo ? hi - lo : 0;
+}
+
+/* Remaps the run found so far (counted once done). */
+static int db_flush(struct clone *c, struct db_walk *w)
+{
+	struct clone run = *c;
+	int rc;
+
+	if (!w->run_len)
+		return 0;
+	run.s0 = c->s0 + w->run;
+	run.d0 = c->d0 + w->run;
+	run.top = w->run_len;
+	rc = clone_run(&run);
+	if (!rc)
+		w->cnt->deduped += db_bytes(w, c->fs->bs, w->run, w->run_len);
+	w->run_len = 0;
+	return rc;
+}
+
+static int db_piece(struct clone *c, struct db_walk *w, uint64_t n)
+{
+	struct pmfuse_fs *fs = c->fs;
+	uint64_t bs = fs->bs;
+	int rc = 0;
+
+	for (uint64_t b = 0; b < n && !rc;) {
+		struct brun sr, dr;
+		uint64_t k;
+
+		rc = brun_at(c->src, c->s0 + b, c->s0 + n, &sr);
+		if (!rc)
+			rc = brun_at(c->dst, c->d0 + b, c->d0 + n, &dr);
+		if (rc)
+			return rc;
+		k = PMFUSE_MIN(sr.len, dr.len);
+		if ((dr.hole && sr.hole) || (!sr.hole && !dr.hole && sr.pblock == dr.pblock)) {
+			w->cnt->same += db_bytes(w, bs, b, k);
+			rc = db_flush(c, w);
+		} else if (dr.hole) {
+			/* nothing to gain: source zero blocks are "same", others differ */
+			rc = db_flush(c, w);
+			for (uint64_t i = 0; i < k; i++) {
+				uint64_t len = db_bytes(w, bs, b + i, 1);
+
+				if (memcmp(brun_bytes(fs, &sr, i), fs->zeroes, (size_t)len))
+					w->cnt->differ += len;
+				else
+					w->cnt->same += len;
+			}
+		} else {
+			for (uint64_t i = 0; i < k && !rc; i++) {
+				uint64_t len = db_bytes(w, bs, b + i, 1);
+
+				if (!memcmp(brun_bytes(fs, &sr, sr.hole ? 0 : i),
+					    brun_bytes(fs, &dr, i), (size_t)len)) {
+					if (!w->run_len)
+						w->run = b + i;
+					w->run_len++;
+				} else {
+					w->cnt->differ += len;
+					rc = db_flush(c, w);
+				}
+			}
+		}
+		b += k;
+	}
+	if (!rc)
+		rc = db_flush(c, w);
+	return rc;
+}
+
+int pmfuse_fs_dedupe_blocks(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			    uint64_t len, uint64_t dst_ino, uint64_t dst_off,
+			    struct pmfuse_dedupe_counts *cnt)
+{
+	uint64_t bs = fs->bs, pos = 0;
+	int rc = 0;
+
+	memset(cnt, 0, sizeof(*cnt));
+	if (fs->readonly)
+		return -EROFS;
+	if (src_off % bs || dst_off % bs)
+		return -EINVAL;
+	while (pos < PMFUSE_DEDUPE_BLOCKS_MAX) {
+		struct rfile s, d, *dp;
+		struct db_walk w = { .cnt = cnt };
+		struct clone c;
+		uint64_t n;
+
+		pthread_rwlock_wrlock(&fs->lock);
+		rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
+		if (!rc && !pos) {
+			/* the whole request, once: inside both files, no overlap */
+			uint64_t ss = rsize(&s), ds = rsize(dp);
+
+			if (src_off >= ss || dst_off >= ds)
+				rc = -EINVAL;
+			else if (!len)
+				len = PMFUSE_MIN(ss - src_off, ds - dst_off);
+			if (!rc && src_ino == dst_ino &&
+			    ranges_overlap(src_off, PMFUSE_ALIGN_UP(len, bs), dst_off,
+					   PMFUSE_ALIGN_UP(len, bs)))
+				rc = -EINVAL;
+		}
+		n = len - pos;
+		if (!rc)
+			rc = dedupe_prep(fs, &s, src_off + pos, &n, dp, dst_off + pos, &c);
+		if (!rc) {
+			w.bytes = n;
+			rc = db_piece(&c, &w, c.top);
+			if (!rc)
+				cnt->compared += n;
+		}
+		pthread_rwlock_unlock(&fs->lock);
+		if (rc || !n)
+			break;
+		pos += n;
+		if (pos >= len)
+			break;
+	}
+	if (rc == 1 || (rc == -EINVAL && pos))
+		rc = 0;   /* nothing (more) to do, or a file shrank after the first piece */
+	return rc < 0 ? rc : 0;
+}
+
 /* ---- unshare -------------------------------------------------------------------------------- */
 
 int pmfuse_fs_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t len)

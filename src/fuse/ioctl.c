@@ -44,6 +44,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <linux/fs.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -314,23 +315,41 @@ static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 }
 
 /*
+ * The destination of a dedupe, from the caller's descriptor fd (copied into *dup_fd): its inode
+ * number, after the rights check both dedupe ioctls make: open for writing, or owned by the
+ * caller, or the caller has CAP_SYS_ADMIN (-EPERM; the kernel's further case, write permission
+ * without a writable descriptor, is not evaluated here).
+ */
+static int dedupe_dest(fuse_req_t req, int64_t fd, uint64_t *dst_ino, int *dup_fd)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct pmfuse_attr da;
+	int dst_flags = 0, rc;
+
+	rc = caller_file(req, fd, dst_ino, &dst_flags, dup_fd);
+	if (!rc)
+		rc = pmfuse_fs_getattr(fs_of(req), *dst_ino, &da);
+	if (!rc && (dst_flags & O_ACCMODE) == O_RDONLY && ctx->uid != da.uid &&
+	    !pmfuse_caller_has(ctx, CAP_SYS_ADMIN))
+		rc = -EPERM;
+	return rc;
+}
+
+/*
  * Dedupe, issued on the source (FIDEDUPERANGE with one destination). As there, what concerns
  * the destination is reported in its status, not as the ioctl's error: a bad descriptor, a
- * file elsewhere (-EXDEV), a directory, no right to change it (-EPERM: it must be open for
- * writing, or the caller own it or have CAP_SYS_ADMIN; the kernel's further case, write
- * permission without a writable descriptor, is not evaluated here). The contents do not change,
- * so no page is dropped; the attributes are (st_blocks may shrink), from this handler.
+ * file elsewhere (-EXDEV), a directory, no right to change it (-EPERM, dedupe_dest()). The
+ * contents do not change, so no page is dropped; the attributes are (st_blocks may shrink),
+ * from this handler.
  */
 static void ioc_dedupe(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		       const void *in_buf)
 {
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct pmfuse_notifier *n = daemon_of(req)->notifier;
 	struct pmfuse_ioc_dedupe_range a;
 	struct pmfuse_deferred *job;
-	struct pmfuse_attr da;
 	uint64_t dst_ino = 0, done = 0;
-	int dst_flags = 0, rc;
+	int rc;
 
 	memcpy(&a, in_buf, sizeof(a));
 	if (!fh_recorded(fi) || (fi->fh & O_ACCMODE) == O_WRONLY) {
@@ -341,12 +360,7 @@ static void ioc_dedupe(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (!job)
 		return;
 	job->req = NULL;                     /* replied here; the notifier only closes */
-	rc = a.reserved ? -EINVAL : caller_file(req, a.dest_fd, &dst_ino, &dst_flags, &job->fd);
-	if (!rc)
-		rc = pmfuse_fs_getattr(fs_of(req), dst_ino, &da);
-	if (!rc && (dst_flags & O_ACCMODE) == O_RDONLY && ctx->uid != da.uid &&
-	    !pmfuse_caller_has(ctx, CAP_SYS_ADMIN))
-		rc = -EPERM;
+	rc = a.reserved ? -EINVAL : dedupe_dest(req, a.dest_fd, &dst_ino, &job->fd);
 	if (!rc) {
 		rc = pmfuse_fs_dedupe_range(fs_of(req), ino, a.src_offset, a.src_length, dst_ino,
 					    a.dest_offset, &done);
@@ -355,6 +369,53 @@ static void ioc_dedupe(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	a.bytes_deduped = rc ? 0 : done;
 	a.status = rc == -EBADE ? PMFUSE_DEDUPE_DIFFERS : rc ? rc : PMFUSE_DEDUPE_SAME;
 	fuse_reply_ioctl(req, 0, &a, sizeof(a));
+	pmfuse_notifier_submit(n, job);
+}
+
+/*
+ * Range dedupe (PMFUSE_IOC_DEDUPE_BLOCKS), issued on the source, open for reading; the
+ * destination's rights as for ioc_dedupe, but its errors are the ioctl's. Reserved fields and
+ * flags must be zero (EINVAL), so that they can get a meaning later. Like ioc_dedupe, only the
+ * destination's attributes are dropped: its bytes stay.
+ */
+static void ioc_dedupe_blocks(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+			      const void *in_buf)
+{
+	struct pmfuse_notifier *n = daemon_of(req)->notifier;
+	struct pmfuse_ioc_dedupe_blocks a;
+	struct pmfuse_dedupe_counts cnt = { 0 };
+	struct pmfuse_deferred *job;
+	uint64_t dst_ino = 0;
+	int rc;
+
+	memcpy(&a, in_buf, sizeof(a));
+	if (!fh_recorded(fi) || (fi->fh & O_ACCMODE) == O_WRONLY) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	if (a.flags || a.reserved || a.reserved2[0] || a.reserved2[1] || a.reserved2[2]) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	job = remap_job(req, a.src_offset, a.length, a.dest_offset);
+	if (!job)
+		return;
+	job->req = NULL;                     /* replied here; the notifier only closes */
+	rc = dedupe_dest(req, a.dest_fd, &dst_ino, &job->fd);
+	if (!rc) {
+		rc = pmfuse_fs_dedupe_blocks(fs_of(req), ino, a.src_offset, a.length, dst_ino,
+					     a.dest_offset, &cnt);
+		pmfuse_notifier_inval_attr(n, dst_ino);
+	}
+	if (rc) {
+		fuse_reply_err(req, -rc);
+	} else {
+		a.compared = cnt.compared;
+		a.deduped = cnt.deduped;
+		a.same = cnt.same;
+		a.differ = cnt.differ;
+		fuse_reply_ioctl(req, 0, &a, sizeof(a));
+	}
 	pmfuse_notifier_submit(n, job);
 }
 
@@ -415,6 +476,58 @@ static void ioc_get_extents(fuse_req_t req, fuse_ino_t ino, const void *in_buf)
 				   (info[i].unwritten ? PMFUSE_IOC_EXTENT_UNWRITTEN : 0);
 	}
 	fuse_reply_ioctl(req, 0, &out, sizeof(out));
+}
+
+/*
+ * Block hashes (PMFUSE_IOC_BLOCK_HASHES): the file must be open for reading, since the hashes
+ * tell about its contents. The hashing is src/fs's (blockhash.c); this converts blocks to bytes.
+ */
+static void ioc_block_hashes(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+			     const void *in_buf)
+{
+	uint32_t bs = daemon_of(req)->block_size;
+	struct pmfuse_ioc_block_hashes *out = NULL;
+	struct pmfuse_block_hash *h = NULL;
+	uint64_t next = UINT64_MAX;
+	int n;
+
+	if (!fh_recorded(fi) || (fi->fh & O_ACCMODE) == O_WRONLY) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	out = calloc(1, sizeof(*out));
+	h = calloc(PMFUSE_IOC_HASHES_MAX, sizeof(*h));
+	if (!out || !h) {
+		n = -ENOMEM;
+		goto out;
+	}
+	/* the header only: the rest is output */
+	memcpy(out, in_buf, offsetof(struct pmfuse_ioc_block_hashes, h));
+	if (out->flags || out->reserved || out->reserved2[0] || out->reserved2[1] || !bs) {
+		n = -EINVAL;
+		goto out;
+	}
+	n = pmfuse_fs_block_hashes(fs_of(req), ino, out->start / bs, h, PMFUSE_IOC_HASHES_MAX,
+				   &next);
+	if (n < 0)
+		goto out;
+	out->next = next == UINT64_MAX || next > UINT64_MAX / bs ? UINT64_MAX : next * bs;
+	out->count = (uint32_t)PMFUSE_MIN(n, PMFUSE_IOC_HASHES_MAX);
+	out->block_size = bs;
+	for (uint32_t i = 0; i < out->count; i++) {
+		out->h[i].logical = h[i].fblock * bs;
+		out->h[i].physical = h[i].pblock * bs;
+		out->h[i].hash = h[i].hash;
+		out->h[i].refcount = h[i].refcount;
+		out->h[i].flags = h[i].flags & PMFUSE_BLOCK_ZERO ? PMFUSE_HASH_ZERO : 0;
+	}
+	fuse_reply_ioctl(req, 0, out, sizeof(*out));
+	n = 0;
+out:
+	if (n < 0)
+		fuse_reply_err(req, -n);
+	free(h);
+	free(out);
 }
 
 /* ---- file attributes ------------------------------------------------------------------------ */
@@ -542,6 +655,12 @@ void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
 	case PMFUSE_IOC_GET_EXTENTS:
 		in_need = out_need = sizeof(struct pmfuse_ioc_extents);
 		break;
+	case PMFUSE_IOC_DEDUPE_BLOCKS:
+		in_need = out_need = sizeof(struct pmfuse_ioc_dedupe_blocks);
+		break;
+	case PMFUSE_IOC_BLOCK_HASHES:
+		in_need = out_need = sizeof(struct pmfuse_ioc_block_hashes);
+		break;
 	case FS_IOC_FSGETXATTR:
 		out_need = sizeof(struct fsxattr);
 		break;
@@ -579,6 +698,12 @@ void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
 		break;
 	case PMFUSE_IOC_GET_EXTENTS:
 		ioc_get_extents(req, ino, in_buf);
+		break;
+	case PMFUSE_IOC_DEDUPE_BLOCKS:
+		ioc_dedupe_blocks(req, ino, fi, in_buf);
+		break;
+	case PMFUSE_IOC_BLOCK_HASHES:
+		ioc_block_hashes(req, ino, fi, in_buf);
 		break;
 	case FS_IOC_FSGETXATTR:
 		ioc_fsgetxattr(req, ino, dir, out_bufsz);

@@ -2,11 +2,11 @@
 /*
  * Crash test of reflink: clone (many transactions per call), copy-on-write writes, truncate,
  * punch and zero-range into shared blocks, copy_file_range, unshare, dedupe (of a range just
- * overwritten with the source's bytes) and deleting shared files, and unwritten extents:
- * fallocate (onto blocks a deleted file left its bytes in), writes converting unwritten blocks
- * (partial blocks at the edges), clones sharing them, CoW of shared unwritten blocks, and
- * ZERO_RANGE turning written blocks unwritten, on fake media, stopped at every persistence
- * barrier.
+ * overwritten with the source's bytes), range dedupe (the same, some blocks changed: many
+ * runs, each its own transactions), deleting shared files, and unwritten extents: fallocate
+ * (onto blocks a deleted file left its bytes in), writes converting unwritten blocks (partial
+ * blocks at the edges), clones sharing them, CoW of shared unwritten blocks, and ZERO_RANGE
+ * turning written blocks unwritten, on fake media, stopped at every persistence barrier.
  *
  * For each operation:
  *   1. the files' contents before it are read from the live filesystem;
@@ -134,10 +134,10 @@ static uint64_t ino_of(struct pmfuse_fs *fs, int i)
 /* ---- the operations ------------------------------------------------------------------------- */
 
 enum op_kind { OP_CLONE, OP_WRITE, OP_COPY, OP_UNSHARE, OP_TRUNC, OP_PUNCH, OP_ZERO,
-	       OP_UNLINK, OP_CREATE, OP_DEDUPE, OP_FALLOC, OP_KINDS };
+	       OP_UNLINK, OP_CREATE, OP_DEDUPE, OP_FALLOC, OP_DBLOCKS, OP_KINDS };
 static const char *const op_names[OP_KINDS] = {
 	"clone", "write", "copy", "unshare", "truncate", "punch", "zero", "unlink", "create",
-	"dedupe", "falloc",
+	"dedupe", "falloc", "dedupe-blocks",
 };
 
 struct op {
@@ -227,6 +227,25 @@ static void run_op(struct pmfuse_fs *fs, const struct op *op)
 		assert_int_equal(pmfuse_fs_dedupe_range(fs, s, op->off, op->len, d, op->doff, &n),
 				 0);
 		assert_int_equal(n, op->len);
+		break;
+	}
+	case OP_DBLOCKS: {
+		/* the source's bytes, a few blocks changed, written over the destination's, then
+		 * the range deduped: the equal blocks shared again, the others left */
+		struct pmfuse_dedupe_counts c;
+		uint64_t nblk = op->len / BS;
+
+		s = ino_of(fs, op->src);
+		d = ino_of(fs, op->dst);
+		assert_int_equal(pmfuse_fs_pread(fs, s, buf, op->len, op->off), op->len);
+		for (uint64_t b = op->seed % 3; b < nblk; b += 3 + op->seed % 5)
+			buf[b * BS + op->seed % BS] ^= 0x5a;
+		assert_int_equal(pmfuse_fs_write(fs, d, buf, op->len, op->doff, false, &cred),
+				 op->len);
+		assert_int_equal(pmfuse_fs_dedupe_blocks(fs, s, op->off, op->len, d, op->doff,
+							 &c), 0);
+		assert_int_equal(c.compared, op->len);
+		assert_int_equal(c.deduped + c.same + c.differ, op->len);
 		break;
 	}
 	default:
@@ -406,7 +425,10 @@ static bool pick_op(struct th_rng *r, const struct state *s, struct op *op)
 		if (s->present[i])
 			present[np++] = i;
 	memset(op, 0, sizeof(*op));
-	op->kind = (enum op_kind)th_rng_below(r, OP_KINDS);
+	/* range dedupe twice as often: its runs make many crash points of their own */
+	op->kind = (enum op_kind)th_rng_below(r, OP_KINDS + 1);
+	if (op->kind == OP_KINDS)
+		op->kind = OP_DBLOCKS;
 	op->seed = (uint32_t)th_rng_next(r);
 	if (op->kind == OP_CREATE) {
 		if (np == NFILES)
@@ -461,7 +483,8 @@ static bool pick_op(struct th_rng *r, const struct state *s, struct op *op)
 			return false;
 		return true;
 	}
-	case OP_DEDUPE: {
+	case OP_DEDUPE:
+	case OP_DBLOCKS: {
 		uint64_t n = s->size[op->src] / BS;
 
 		if (!n)

@@ -32,6 +32,12 @@ PMFUSE_IOC_MAGIC = 0xB7
 CLONE_RANGE_FMT = "=qQQQ"                 # struct pmfuse_ioc_clone_range
 UNSHARE_FMT = "=QQ"                       # struct pmfuse_ioc_unshare
 DEDUPE_FMT = "=QQqQQiI"                   # struct pmfuse_ioc_dedupe_range
+DEDUPE_BLOCKS_FMT = "=QQqQIIQQQQ3Q"       # struct pmfuse_ioc_dedupe_blocks
+HASH_FMT = "=QQQII"                       # struct pmfuse_ioc_block_hash
+HASHES_HDR_FMT = "=QIIQII2Q"              # struct pmfuse_ioc_block_hashes, before h[]
+HASHES_MAX = 384
+HASH_ZERO = 1
+HASHES_SIZE = struct.calcsize(HASHES_HDR_FMT) + HASHES_MAX * struct.calcsize(HASH_FMT)
 EXTENT_FMT = "=QQQII"                     # struct pmfuse_ioc_extent
 EXTENTS_HDR_FMT = "=QQII"                 # struct pmfuse_ioc_extents, before ext[]
 EXTENTS_MAX = 64
@@ -44,10 +50,15 @@ PMFUSE_IOC_UNSHARE = _ioc(_IOC_WRITE, PMFUSE_IOC_MAGIC, 2, struct.calcsize(UNSHA
 PMFUSE_IOC_DEDUPE_RANGE = _ioc(_IOC_WRITE | _IOC_READ, PMFUSE_IOC_MAGIC, 3,
                                struct.calcsize(DEDUPE_FMT))
 PMFUSE_IOC_GET_EXTENTS = _ioc(_IOC_WRITE | _IOC_READ, PMFUSE_IOC_MAGIC, 4, EXTENTS_SIZE)
+PMFUSE_IOC_DEDUPE_BLOCKS = _ioc(_IOC_WRITE | _IOC_READ, PMFUSE_IOC_MAGIC, 5,
+                                struct.calcsize(DEDUPE_BLOCKS_FMT))
+PMFUSE_IOC_BLOCK_HASHES = _ioc(_IOC_WRITE | _IOC_READ, PMFUSE_IOC_MAGIC, 6, HASHES_SIZE)
 
 assert struct.calcsize(CLONE_RANGE_FMT) == 32
 assert struct.calcsize(UNSHARE_FMT) == 16
 assert struct.calcsize(DEDUPE_FMT) == 48
+assert struct.calcsize(DEDUPE_BLOCKS_FMT) == 96
+assert HASHES_SIZE == 12336
 assert struct.calcsize(EXTENT_FMT) == 32
 assert EXTENTS_SIZE == 2072
 

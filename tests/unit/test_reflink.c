@@ -179,10 +179,11 @@ static void check_file(struct th_env *e, const struct mfile *mf, uint8_t *tmp)
 
 enum { OP_WRITE, OP_CLONE, OP_CLONE_ERR, OP_COPY, OP_UNSHARE, OP_TRUNC, OP_PUNCH, OP_ZERO,
        OP_FALLOC, OP_UNLINK, OP_READ, OP_HINT, OP_DEDUPE, OP_DEDUPE_DIFF, OP_DEDUPE_ERR,
-       OP_COUNT };
+       OP_DBLOCKS, OP_DBLOCKS_ERR, OP_COUNT };
 static const char *const op_names[OP_COUNT] = {
 	"write", "clone", "clone-err", "copy", "unshare", "trunc", "punch", "zero", "falloc",
-	"unlink", "read", "hint", "dedupe", "dedupe-differs", "dedupe-err",
+	"unlink", "read", "hint", "dedupe", "dedupe-differs", "dedupe-err", "dedupe-blocks",
+	"dedupe-blocks-err",
 };
 
 struct run {
@@ -393,6 +394,140 @@ static void op_dedupe(struct run *r, struct mfile *s, struct mfile *d)
 	r->ops[OP_DEDUPE]++;
 }
 
+/*
+ * Range dedupe's rules (pmfuse_fs_dedupe_blocks, fs.h) on the model: 0 with the bytes to
+ * compare (*cnt) and the blocks they cover (*nblk), 1 for nothing to do, or the -errno.
+ */
+static int m_blocks_prep(const struct mfile *s, const struct mfile *d, uint32_t bs, uint64_t so,
+			 uint64_t len, uint64_t dof, uint64_t *cnt, uint64_t *nblk)
+{
+	uint64_t blen;
+
+	if (so % bs || dof % bs || so >= s->size || dof >= d->size)
+		return -EINVAL;
+	if (!len)
+		len = PMFUSE_MIN(s->size - so, d->size - dof);
+	if (s == d && so < dof + PMFUSE_ALIGN_UP(len, bs) && dof < so + PMFUSE_ALIGN_UP(len, bs))
+		return -EINVAL;
+	if (len > s->size - so || len > d->size - dof)
+		return -EINVAL;
+	if (so + len == s->size && dof + len == d->size) {
+		blen = PMFUSE_ALIGN_UP(len, bs);
+	} else {
+		len = len / bs * bs;
+		if (!len)
+			return 1;
+		blen = len;
+	}
+	*cnt = len;
+	*nblk = blen / bs;
+	return 0;
+}
+
+/*
+ * Range dedupe of random ranges, the destination first made partly equal to the source (some
+ * blocks changed, some zeroed, some punched): the fs must share exactly the equal blocks the
+ * destination maps elsewhere, leave every other block's mapping alone, and count each block
+ * where the model says (same: shared already, holes in both, zeros over a hole of dst).
+ */
+static void op_dedupe_blocks(struct run *r, struct mfile *s, struct mfile *d)
+{
+	uint64_t bs = r->e.bs, so, dof, len, room, cnt = 0, nblk = 0;
+	struct pmfuse_dedupe_counts got, want_c = { 0 };
+	uint64_t *sp = NULL, *dp = NULL;
+	uint8_t *kind = NULL;             /* per block: 0 same, 1 deduped, 2 differ */
+	bool sloppy = !rnd(r, 10);
+	int want, rc;
+
+	so = rand_block_off(r, s->size ? (s->size - 1) / bs * bs : 0, !sloppy);
+	dof = rand_block_off(r, d->size ? (d->size - 1) / bs * bs : 0, !sloppy);
+	room = PMFUSE_MIN(s->size - PMFUSE_MIN(so, s->size), d->size - PMFUSE_MIN(dof, d->size));
+	switch (rnd(r, 4)) {
+	case 0: len = 0; break;                                        /* as far as both go */
+	case 1: len = (1 + rnd(r, 8)) * bs; break;
+	default: len = (1 + rnd(r, 96)) * bs + (rnd(r, 3) ? 0 : rnd(r, bs)); break;
+	}
+	if (!sloppy)
+		len = PMFUSE_MIN(len, room);
+	if (sloppy && !rnd(r, 3))
+		len = UINT64_MAX - rnd(r, 4) * bs;                     /* huge */
+	want = m_blocks_prep(s, d, (uint32_t)bs, so, len, dof, &cnt, &nblk);
+	if (!want && rnd(r, 4) && !(s == d && so < dof + nblk * bs && dof < so + nblk * bs)) {
+		/* the destination's bytes made equal, but for a few blocks changed or zeroed */
+		memcpy(r->buf, s->data + so, cnt);
+		for (unsigned i = (unsigned)rnd(r, 4); i > 0; i--) {
+			uint64_t b = rnd(r, nblk), l = PMFUSE_MIN(bs, cnt - b * bs);
+
+			if (rnd(r, 2))
+				r->buf[b * bs + rnd(r, l)] ^= 0x5a;
+			else
+				memset(r->buf + b * bs, 0, l);
+		}
+		assert_int_equal(wr(&r->e, d->ino, r->buf, cnt, dof), cnt);
+		m_write(d, (uint32_t)bs, r->buf, dof, cnt);
+	}
+	snprintf(r->last + strlen(r->last), sizeof(r->last) - strlen(r->last),
+		 " dedupe-blocks %s %llu -> %s %llu len %llu (sizes %llu %llu)", s->name, ULL(so),
+		 d->name, ULL(dof), ULL(len), ULL(s->size), ULL(d->size));
+	if (!want) {
+		sp = calloc(nblk, sizeof(*sp));
+		dp = calloc(nblk, sizeof(*dp));
+		kind = calloc(nblk, 1);
+		assert_true(sp && dp && kind);
+		for (uint64_t b = 0; b < nblk; b++) {
+			uint64_t l = PMFUSE_MIN(bs, cnt - b * bs);
+			bool eqb = !memcmp(s->data + so + b * bs, d->data + dof + b * bs, l);
+			bool zero = true;
+
+			for (uint64_t i = 0; i < l && zero; i++)
+				zero = !s->data[so + b * bs + i];
+			sp[b] = phys_of(&r->e, s->ino, so / bs + b);
+			dp[b] = phys_of(&r->e, d->ino, dof / bs + b);
+			if (sp[b] == dp[b])
+				kind[b] = 0;                           /* shared, or two holes */
+			else if (dp[b] == UINT64_MAX)
+				kind[b] = zero ? 0 : 2;                /* a hole of dst */
+			else
+				kind[b] = eqb ? 1 : 2;
+			if (kind[b] == 0)
+				want_c.same += l;
+			else if (kind[b] == 1)
+				want_c.deduped += l;
+			else
+				want_c.differ += l;
+		}
+		want_c.compared = cnt;
+	}
+	rc = pmfuse_fs_dedupe_blocks(r->e.fs, s->ino, so, len, d->ino, dof, &got);
+	if (want) {
+		assert_int_equal(rc, want == 1 ? 0 : want);
+		assert_int_equal(got.compared, 0);
+		r->ops[OP_DBLOCKS_ERR]++;
+		return;
+	}
+	assert_int_equal(rc, 0);
+	if (memcmp(&got, &want_c, sizeof(got)))
+		fprintf(stderr, "dedupe-blocks: got %llu %llu %llu %llu, model %llu %llu %llu %llu\n",
+			ULL(got.compared), ULL(got.deduped), ULL(got.same), ULL(got.differ),
+			ULL(want_c.compared), ULL(want_c.deduped), ULL(want_c.same),
+			ULL(want_c.differ));
+	assert_memory_equal(&got, &want_c, sizeof(got));
+	for (uint64_t b = 0; b < nblk; b++) {
+		uint64_t now = phys_of(&r->e, d->ino, dof / bs + b);
+
+		if (kind[b] == 1) {
+			assert_true(now == sp[b]);
+			d->mapped[dof / bs + b] = s->mapped[so / bs + b];
+		} else {
+			assert_true(now == dp[b]);
+		}
+	}
+	free(sp);
+	free(dp);
+	free(kind);
+	r->ops[OP_DBLOCKS]++;
+}
+
 /* copy_file_range on the model: what the fs does (fs.h, reflink.c), mapped flags included. */
 static void op_copy(struct run *r, struct mfile *s, struct mfile *d)
 {
@@ -466,7 +601,10 @@ static void random_op(struct run *r)
 	} else if (kind < 40) {                                     /* clone */
 		op_clone(r, other, mf);
 	} else if (kind < 46) {                                     /* dedupe */
-		op_dedupe(r, other, mf);
+		if (rnd(r, 2))
+			op_dedupe(r, other, mf);
+		else
+			op_dedupe_blocks(r, other, mf);
 	} else if (kind < 58) {                                     /* copy_file_range */
 		op_copy(r, other, mf);
 	} else if (kind < 61) {                                     /* unshare */
