@@ -232,7 +232,7 @@ static void test_crash_metadata(void **state)
 	c.data_blocks = pmfuse_alloc_free_blocks(vol->alloc);
 
 	/* Warm up without the hook so that the trees have several levels before the sweep. */
-	uint64_t warm = th_scaled(300), n = th_scaled(250);
+	uint64_t warm = th_scaled(300), n = th_scaled(500);
 	for (uint64_t i = 0; i < warm; i++) {
 		bool commit;
 		*after = *before;

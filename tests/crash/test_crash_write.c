@@ -411,7 +411,7 @@ static void test_crash_write(void **state)
 	struct pmfuse_pool_fake_hook hook = { crash_hook, &c };
 	struct th_rng wl;
 	struct mounted live, sm;
-	uint64_t nops = th_scaled(40), done = 0, kinds[OP_KINDS] = { 0 };
+	uint64_t nops = th_scaled(100), done = 0, kinds[OP_KINDS] = { 0 };
 	(void)state;
 
 	assert_non_null(before);
