@@ -932,16 +932,36 @@ int pmfuse_op_remove_privs(fuse_req_t req, uint64_t ino)
 	struct pmfuse_attr a;
 	int rc;
 
+	uint64_t caps;
+	uint32_t kill;
+	bool in_group;
+
 	rc = pmfuse_fs_getattr(fs_of(req), ino, &a);
 	if (rc)
 		return rc;
-	if (!(a.mode & S_ISUID) && (a.mode & (S_ISGID | S_IXGRP)) != (S_ISGID | S_IXGRP))
+	if (!(a.mode & (S_ISUID | S_ISGID)))
 		return 0;
-	if (pmfuse_caller_has(ctx, CAP_FSETID))
+	/*
+	 * As the VFS since 6.2 (should_remove_suid, setattr_should_drop_sgid): setuid goes;
+	 * setgid goes when the file is group-executable, or when the caller is outside the
+	 * file's group. Neither when the caller has CAP_FSETID. Unreadable status: only root
+	 * keeps them.
+	 */
+	if (!pmfuse_caller_privs(ctx, a.gid, &caps, &in_group)) {
+		caps = ctx->uid == 0 ? PMFUSE_CAP(CAP_FSETID) : 0;
+		in_group = false;
+	}
+	if (caps & PMFUSE_CAP(CAP_FSETID))
+		return 0;
+	kill = S_ISUID;
+	if ((a.mode & S_IXGRP) || (ctx->gid != a.gid && !in_group))
+		kill |= S_ISGID;
+	if (!(a.mode & kill))
 		return 0;
 	cred_of(req, &cred);
 	memset(&sa, 0, sizeof(sa));
-	rc = pmfuse_fs_setattr(fs_of(req), ino, &sa, PMFUSE_SET_KILL_SUID, &cred, &a);
+	sa.mode = a.mode & ~kill;
+	rc = pmfuse_fs_setattr(fs_of(req), ino, &sa, PMFUSE_SET_MODE, &cred, &a);
 	return rc ? rc : 1;
 }
 

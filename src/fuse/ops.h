@@ -68,9 +68,10 @@ bool pmfuse_caller_privs(const struct fuse_ctx *ctx, gid_t gid, uint64_t *caps, 
 /* Whether the calling thread has capability cap; unreadable status: only root has it. */
 bool pmfuse_caller_has(const struct fuse_ctx *ctx, int cap);
 /*
- * Clears setuid (and setgid when group-executable) of ino when the caller lacks CAP_FSETID,
- * as file_remove_privs() does before a change of the file's data the kernel does not check
- * for the server (clone, fallocate). Returns 1 if bits were cleared, 0 if none, or -errno.
+ * Clears setuid of ino, and setgid when the file is group-executable or the caller is outside
+ * its group, unless the caller has CAP_FSETID, as file_remove_privs() does before a change of
+ * the file's data the kernel does not check for the server (clone, fallocate). Returns 1 if
+ * bits were cleared, 0 if none, or -errno.
  */
 int pmfuse_op_remove_privs(fuse_req_t req, uint64_t ino);
 
