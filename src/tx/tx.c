@@ -502,38 +502,52 @@ static int check_range(struct pmfuse_tx *tx, const void *addr, size_t len)
 	return 0;
 }
 
-int pmfuse_tx_add(struct pmfuse_tx *tx, void *addr, size_t len)
+/*
+ * Appends a log entry for [off, off + len) that is not declared yet and persists it before the
+ * caller may change the range: with the pre-image at addr, or, when zero, as a zero entry
+ * (len | PMFUSE_LOG_ZERO, no payload: the range is known to hold zeros).
+ */
+static int log_append(struct pmfuse_tx *tx, const void *addr, uint64_t off, uint32_t len,
+		      bool zero)
 {
 	struct pmfuse_txm *txm = tx->txm;
-	struct pmfuse_pool *pool = txm->pool;
-	int rc = check_range(tx, addr, len);
-	if (rc)
-		return rc;
-	uint64_t off = pmfuse_pool_offset(pool, addr);
-	if (declared(tx, off, (uint32_t)len))
-		return 0;
+	size_t need = entry_size(zero ? PMFUSE_LOG_ZERO : len);
 
-	size_t need = entry_size((uint32_t)len);
 	if (need > txm->area_len - tx->tail) {
 		pmfuse_log(PMFUSE_LOG_ERR, "transaction too large for the log (%zu bytes used, %zu "
 			   "more needed, log holds %zu)", tx->tail, need, txm->area_len);
 		return -ENOSPC;
 	}
-	struct slot *s = slot_get(tx, off, (uint32_t)len);
-	if (!s || push_range(tx, off, (uint32_t)len))
+	struct slot *s = slot_get(tx, off, len);
+	if (!s || push_range(tx, off, len))
 		return -ENOMEM;
 
 	struct pmfuse_log_entry *e = (void *)(txm->area + tx->tail);
 	pmfuse_set_le64(&e->gen, pmfuse_le64(txm->hdr->gen));
 	pmfuse_set_le64(&e->off, off);
-	pmfuse_set_le32(&e->len, (uint32_t)len);
-	memcpy(e + 1, addr, len);
-	memset((uint8_t *)(e + 1) + len, 0, need - sizeof(*e) - len);
+	if (zero) {
+		pmfuse_set_le32(&e->len, len | PMFUSE_LOG_ZERO);
+	} else {
+		pmfuse_set_le32(&e->len, len);
+		memcpy(e + 1, addr, len);
+		memset((uint8_t *)(e + 1) + len, 0, need - sizeof(*e) - len);
+	}
 	pmfuse_set_le32(&e->crc, entry_crc(e));
-	pmfuse_pool_persist(pool, e, need);
+	pmfuse_pool_persist(txm->pool, e, need);
 	tx->tail += need;
 	s->flags |= F_LOGGED;
 	return 0;
+}
+
+int pmfuse_tx_add(struct pmfuse_tx *tx, void *addr, size_t len)
+{
+	int rc = check_range(tx, addr, len);
+	if (rc)
+		return rc;
+	uint64_t off = pmfuse_pool_offset(tx->txm->pool, addr);
+	if (declared(tx, off, (uint32_t)len))
+		return 0;
+	return log_append(tx, addr, off, (uint32_t)len, false);
 }
 
 int pmfuse_tx_add_new(struct pmfuse_tx *tx, void *addr, size_t len)
@@ -553,39 +567,19 @@ int pmfuse_tx_add_new(struct pmfuse_tx *tx, void *addr, size_t len)
 
 int pmfuse_tx_add_zero(struct pmfuse_tx *tx, void *addr, size_t len)
 {
-	struct pmfuse_txm *txm = tx->txm;
-	struct pmfuse_pool *pool = txm->pool;
 	int rc = check_range(tx, addr, len);
 	if (rc)
 		return rc;
 	if (len & PMFUSE_LOG_ZERO)
 		return -EINVAL;
-	uint64_t off = pmfuse_pool_offset(pool, addr);
+	uint64_t off = pmfuse_pool_offset(tx->txm->pool, addr);
 	if (declared(tx, off, (uint32_t)len))
 		return 0;
 #ifndef NDEBUG
 	for (size_t i = 0; i < len; i++)
 		assert(((const uint8_t *)addr)[i] == 0);
 #endif
-	size_t need = entry_size(PMFUSE_LOG_ZERO);
-	if (need > txm->area_len - tx->tail) {
-		pmfuse_log(PMFUSE_LOG_ERR, "transaction too large for the log (%zu bytes used, %zu "
-			   "more needed, log holds %zu)", tx->tail, need, txm->area_len);
-		return -ENOSPC;
-	}
-	struct slot *s = slot_get(tx, off, (uint32_t)len);
-	if (!s || push_range(tx, off, (uint32_t)len))
-		return -ENOMEM;
-
-	struct pmfuse_log_entry *e = (void *)(txm->area + tx->tail);
-	pmfuse_set_le64(&e->gen, pmfuse_le64(txm->hdr->gen));
-	pmfuse_set_le64(&e->off, off);
-	pmfuse_set_le32(&e->len, (uint32_t)len | PMFUSE_LOG_ZERO);
-	pmfuse_set_le32(&e->crc, entry_crc(e));
-	pmfuse_pool_persist(pool, e, need);
-	tx->tail += need;
-	s->flags |= F_LOGGED;
-	return 0;
+	return log_append(tx, addr, off, (uint32_t)len, true);
 }
 
 int pmfuse_tx_add_written(struct pmfuse_tx *tx, void *addr, size_t len)
