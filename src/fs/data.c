@@ -1615,7 +1615,7 @@ static int prealloc(struct file *f, uint64_t fb0, uint64_t fb1, struct ranges *r
 {
 	struct holes h = { .pos = fb0, .end = fb1 };
 	struct pmfuse_extent_budget b;
-	struct pmfuse_iext e;
+	struct pmfuse_iext e = { 0 };   /* set when block_state() > 0; gcc -O2 cannot tell */
 	uint64_t fb = fb0, got;
 	int rc;
 
