@@ -18,6 +18,7 @@
 #endif
 
 #define PMFUSE_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+/* An argument may be evaluated twice: never pass one with a side effect (a random draw). */
 #define PMFUSE_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define PMFUSE_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define PMFUSE_ALIGN_UP(x, a) (((x) + (a) - 1) / (a) * (a))

@@ -267,6 +267,10 @@ void ch_step(struct ch_test *t, const struct ch_op *op)
 	struct pmfuse_pool *shadow;
 	struct ch_mounted sm;
 
+	if (getenv("PMFUSE_CRASH_TRACE"))   /* which operation a failure came in */
+		fprintf(stderr, "op %llu: %s src %d dst %d off %llu len %llu doff %llu seed %u\n",
+			ULL(t->done), t->kind_names[op->kind], op->src, op->dst, ULL(op->off),
+			ULL(op->len), ULL(op->doff), op->seed);
 	/* the state after, from a copy of the pool */
 	assert_int_equal(pmfuse_pool_fake_new(CH_POOL_SIZE, pmfuse_pool_base(t->pool), &shadow),
 			 0);

@@ -13,6 +13,8 @@
  *      operation, or between (per block for the none/all images, per 8 bytes for random
  *      subsets, its size between the two) where the operation may take several transactions.
  * A test supplies its operations and any checks of its own through struct ch_test.
+ * PMFUSE_CRASH_TRACE=1 prints each operation as it starts (with PMFUSE_SEED, to find the one a
+ * failure came in).
  */
 #ifndef PMFUSE_TESTS_CRASH_HARNESS_H
 #define PMFUSE_TESTS_CRASH_HARNESS_H

@@ -253,7 +253,8 @@ static bool pick_op(struct th_rng *r, const struct ch_state *s, struct ch_op *op
 		return true;
 	case OP_FALLOC:
 		op->off = th_rng_below(r, PMFUSE_MIN(CAP - 1, s->size[op->dst] + 8 * BS));
-		op->len = PMFUSE_MIN(1 + th_rng_below(r, 48 * BS), CAP - op->off);
+		op->len = 1 + th_rng_below(r, 48 * BS);
+		op->len = PMFUSE_MIN(op->len, CAP - op->off);
 		return true;
 	case OP_TRUNC:
 		op->len = th_rng_below(r, s->size[op->dst] + 1);

@@ -499,7 +499,8 @@ static void op_bad_free(struct env *e, struct model *m, struct pmfuse_tx *tx, st
 		if (!q)
 			return;
 		b = (uint64_t)(q - m->pm);
-		s = b - PMFUSE_MIN(b - m->ds, th_rng_below(r, 4));
+		s = th_rng_below(r, 4);
+		s = b - PMFUSE_MIN(b - m->ds, s);
 		l = b - s + 1 + th_rng_below(r, PMFUSE_MIN(4, m->sb2 - b));
 		break;
 	case 1:
