@@ -13,6 +13,8 @@
  * zeros. A block of zeros is flagged (PMFUSE_BLOCK_ZERO): its hash is compared with the hash
  * of a zero block first, then its bytes with zeros. Under the reader lock: a hash is a hint,
  * never trusted; the dedupe that follows compares the bytes again under the writer lock.
+ * Blocks are read through pmfuse_pool_data_view, a run of consecutive pool blocks at a time
+ * (pread of a pool file where the daemon has not mapped the pages: no page fault each).
  * Bounded work per call: at most `max` blocks.
  */
 #include "fs/fs_internal.h"
@@ -35,10 +37,16 @@ struct bh {
 	int err;
 };
 
+/* Bytes hashed per view of the pool (pmfuse_pool_data_view), in a buffer on the stack: at least
+ * one block of the largest size. */
+#define BH_CHUNK (64u << 10)
+_Static_assert(BH_CHUNK >= PMFUSE_BLOCK_SIZE_MAX, "a block fits the buffer");
+
 static int bh_ext(void *arg, const struct pmfuse_iext *e)
 {
 	struct bh *h = arg;
 	uint64_t bs = h->fs->bs, pos = PMFUSE_MAX(e->fblock, h->from), end = e->fblock + e->len;
+	uint8_t buf[BH_CHUNK];
 
 	/* blocks past EOF (preallocated by fallocate KEEP_SIZE) hold nothing readable */
 	end = PMFUSE_MIN(end, h->last + 1);
@@ -49,27 +57,35 @@ static int bh_ext(void *arg, const struct pmfuse_iext *e)
 		h->err = pmfuse_refcount_get(&h->rc, p, end - pos, &count, &run);
 		if (h->err)
 			return 1;
-		for (uint64_t i = 0; i < run; i++, pos++, p++) {
-			struct pmfuse_block_hash *o;
-			const uint8_t *b;
-			size_t len;
+		for (uint64_t i = 0; i < run;) {
+			uint64_t k = PMFUSE_MIN(BH_CHUNK / bs, run - i);
+			bool unwritten = e->flags & PMFUSE_EXTENT_UNWRITTEN;
+			const uint8_t *v;
 
 			if (h->n == h->max) {
 				h->next = pos;
 				return 1;
 			}
-			o = &h->out[h->n++];
+			k = PMFUSE_MIN(k, (uint64_t)(h->max - h->n));
 			/* an unwritten block reads as zeros; its bytes (maybe another file's
 			 * old data) must not leak, not even as a hash */
-			b = (e->flags & PMFUSE_EXTENT_UNWRITTEN) ? h->fs->zeroes :
-				pmfuse_volume_block(h->fs->vol, p);
-			len = (size_t)(pos == h->last ? h->size - pos * bs : bs);
-			o->fblock = pos;
-			o->pblock = p;
-			o->refcount = count;
-			o->hash = XXH3_64bits(b, len);
-			o->flags = (len == bs && o->hash == h->zero_hash &&
-				    !memcmp(b, h->fs->zeroes, len)) ? PMFUSE_BLOCK_ZERO : 0;
+			v = unwritten ? h->fs->zeroes :
+				pmfuse_pool_data_view(h->fs->pool, p * bs, (size_t)(k * bs), buf,
+						      &h->err);
+			if (!v)
+				return 1;
+			for (uint64_t j = 0; j < k; j++, i++, pos++, p++) {
+				struct pmfuse_block_hash *o = &h->out[h->n++];
+				const uint8_t *x = unwritten ? v : v + j * bs;
+				size_t len = (size_t)(pos == h->last ? h->size - pos * bs : bs);
+
+				o->fblock = pos;
+				o->pblock = p;
+				o->refcount = count;
+				o->hash = XXH3_64bits(x, len);
+				o->flags = (len == bs && o->hash == h->zero_hash &&
+					    !memcmp(x, h->fs->zeroes, len)) ? PMFUSE_BLOCK_ZERO : 0;
+			}
 		}
 	}
 	return 0;

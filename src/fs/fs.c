@@ -462,7 +462,8 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 	fs->nlookups = 1024;
 	fs->lookups = calloc(fs->nlookups, sizeof(*fs->lookups));
 	fs->zeroes = calloc(1, PMFUSE_ZERO_BUF);
-	if (!fs->lookups || !fs->zeroes) {
+	fs->cmp_buf = malloc(2 * PMFUSE_CMP_CHUNK);
+	if (!fs->lookups || !fs->zeroes || !fs->cmp_buf) {
 		rc = -ENOMEM;
 		goto fail;
 	}
@@ -510,6 +511,7 @@ fail:
 	pthread_mutex_destroy(&fs->lookup_lock);
 	free(fs->lookups);
 	free((void *)fs->zeroes);
+	free(fs->cmp_buf);
 	free(fs);
 	return rc;
 }
@@ -542,6 +544,7 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 	pthread_mutex_destroy(&fs->lookup_lock);
 	free(fs->lookups);
 	free((void *)fs->zeroes);
+	free(fs->cmp_buf);
 	free(fs);
 }
 

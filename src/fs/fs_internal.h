@@ -58,12 +58,18 @@ struct pmfuse_fs {
 	struct pmfuse_lookup_entry *lookups;  /* open-addressing table, 0 = empty slot */
 	size_t nlookups, lookups_used;
 	const void *zeroes;                   /* PMFUSE_ZERO_BUF bytes of zeros, for holes */
+	uint8_t *cmp_buf;                     /* 2 x PMFUSE_CMP_CHUNK for dedupe's compares
+						 (under the writer lock): pool data read by
+						 pmfuse_pool_data_view */
 	struct pmfuse_alloc *check_alloc;     /* check.c: an index of the bitmap loaded for a
 						 check of a read-only fs (then also fs->alloc);
 						 freed at close */
 };
 
 #define PMFUSE_ZERO_BUF (1u << 20)
+/* Bytes dedupe compares per step: large enough that the view's page check (1-2 us) is small
+ * beside the compare, at most PMFUSE_ZERO_BUF (a hole compares against the zeros). */
+#define PMFUSE_CMP_CHUNK (256u << 10)
 
 /* b+tree ops of the fs trees (defined by the module that owns each tree). */
 extern const struct pmfuse_btree_ops pmfuse_inode_ops;   /* inode.c */

@@ -553,9 +553,20 @@ static int brun_at(const struct rfile *f, uint64_t fb, uint64_t end, struct brun
 	return 0;
 }
 
-static const uint8_t *brun_bytes(struct pmfuse_fs *fs, const struct brun *r, uint64_t skip)
+/*
+ * len bytes (at most PMFUSE_CMP_CHUNK) of run r from its block `skip` on, to compare: zeros for
+ * a hole or unwritten run, else the pool's bytes through pmfuse_pool_data_view into buffer
+ * `which` (0 or 1) of fs->cmp_buf. NULL with *err when the pool cannot be read.
+ */
+static const uint8_t *brun_view(struct pmfuse_fs *fs, const struct brun *r, uint64_t skip,
+				size_t len, int which, int *err)
 {
-	return r->zero ? fs->zeroes : pmfuse_volume_block(fs->vol, r->pblock + skip);
+	assert(len <= PMFUSE_CMP_CHUNK);
+	*err = 0;
+	if (r->zero)
+		return fs->zeroes;
+	return pmfuse_pool_data_view(fs->pool, (r->pblock + skip) * fs->bs, len,
+				     fs->cmp_buf + which * PMFUSE_CMP_CHUNK, err);
 }
 
 /*
@@ -568,7 +579,7 @@ static int dedupe_runs(struct clone *c, uint64_t n,
 		       void *arg)
 {
 	for (uint64_t b = 0; b < n;) {
-		struct brun sr, dr;
+		struct brun sr = { 0 }, dr = { 0 };   /* brun_at fills them; gcc -O2 cannot tell */
 		uint64_t k;
 		int rc;
 
@@ -599,7 +610,7 @@ static int dd_compare(struct clone *c, uint64_t b, uint64_t k, bool same, void *
 	if (same)
 		return 0;
 	for (uint64_t i = 0; i < k;) {
-		struct brun sr, dr;
+		struct brun sr = { 0 }, dr = { 0 };   /* brun_at fills them; gcc -O2 cannot tell */
 		uint64_t blocks, len;
 		int rc;
 
@@ -609,11 +620,19 @@ static int dd_compare(struct clone *c, uint64_t b, uint64_t k, bool same, void *
 			rc = brun_at(c->dst, c->d0 + b + i, c->d0 + b + k, &dr);
 		if (rc)
 			return rc;
-		blocks = PMFUSE_MIN(PMFUSE_MIN(sr.len, dr.len), PMFUSE_ZERO_BUF / bs);
+		blocks = PMFUSE_MIN(PMFUSE_MIN(sr.len, dr.len), PMFUSE_CMP_CHUNK / bs);
 		len = PMFUSE_MIN(blocks * bs, dc->bytes - (b + i) * bs);
-		if (!(sr.zero && dr.zero) &&
-		    memcmp(brun_bytes(fs, &sr, 0), brun_bytes(fs, &dr, 0), (size_t)len))
-			return -EBADE;
+		if (!(sr.zero && dr.zero)) {
+			const uint8_t *sv, *dv = NULL;
+
+			sv = brun_view(fs, &sr, 0, (size_t)len, 0, &rc);
+			if (sv)
+				dv = brun_view(fs, &dr, 0, (size_t)len, 1, &rc);
+			if (!dv)
+				return rc;
+			if (memcmp(sv, dv, (size_t)len))
+				return -EBADE;
+		}
 		i += blocks;
 	}
 	return 0;
@@ -762,7 +781,7 @@ static int db_piece(struct clone *c, struct db_walk *w, uint64_t n)
 	int rc = 0;
 
 	for (uint64_t b = 0; b < n && !rc;) {
-		struct brun sr, dr;
+		struct brun sr = { 0 }, dr = { 0 };   /* brun_at fills them; gcc -O2 cannot tell */
 		uint64_t k;
 
 		rc = brun_at(c->src, c->s0 + b, c->s0 + n, &sr);
@@ -774,29 +793,36 @@ static int db_piece(struct clone *c, struct db_walk *w, uint64_t n)
 		if ((dr.hole && sr.hole) || (!sr.hole && !dr.hole && sr.pblock == dr.pblock)) {
 			w->cnt->same += db_bytes(w, bs, b, k);
 			rc = db_flush(c, w);
-		} else if (dr.hole) {
-			/* nothing to gain: source zero blocks are "same", others differ */
-			rc = db_flush(c, w);
-			for (uint64_t i = 0; i < k; i++) {
-				uint64_t len = db_bytes(w, bs, b + i, 1);
-
-				if (memcmp(brun_bytes(fs, &sr, i), fs->zeroes, (size_t)len))
-					w->cnt->differ += len;
-				else
-					w->cnt->same += len;
-			}
 		} else {
-			for (uint64_t i = 0; i < k && !rc; i++) {
-				uint64_t len = db_bytes(w, bs, b + i, 1);
+			/* dr a hole: nothing to gain, source zero blocks are "same", others
+			 * differ; else block by block, equal ones extending the run */
+			if (dr.hole)
+				rc = db_flush(c, w);
+			for (uint64_t i = 0; i < k && !rc;) {
+				uint64_t m = PMFUSE_MIN(k - i, PMFUSE_CMP_CHUNK / bs);
+				size_t clen = (size_t)db_bytes(w, bs, b + i, m);
+				const uint8_t *sv, *dv = fs->zeroes;
 
-				if (!memcmp(brun_bytes(fs, &sr, sr.hole ? 0 : i),
-					    brun_bytes(fs, &dr, i), (size_t)len)) {
-					if (!w->run_len)
-						w->run = b + i;
-					w->run_len++;
-				} else {
-					w->cnt->differ += len;
-					rc = db_flush(c, w);
+				sv = brun_view(fs, &sr, sr.hole ? 0 : i, clen, 0, &rc);
+				if (sv && !dr.hole)
+					dv = brun_view(fs, &dr, i, clen, 1, &rc);
+				if (!sv || !dv)
+					break;
+				for (uint64_t j = 0; j < m && !rc; j++, i++) {
+					uint64_t len = db_bytes(w, bs, b + i, 1);
+					bool eq = !memcmp(sv + (sr.hole ? 0 : j * bs), dv + j * bs,
+							  (size_t)len);
+
+					if (dr.hole) {
+						*(eq ? &w->cnt->same : &w->cnt->differ) += len;
+					} else if (eq) {
+						if (!w->run_len)
+							w->run = b + i;
+						w->run_len++;
+					} else {
+						w->cnt->differ += len;
+						rc = db_flush(c, w);
+					}
 				}
 			}
 		}

@@ -65,6 +65,9 @@ struct pmfuse_pool {
 	atomic_uint_fast64_t barriers;
 	enum pmfuse_data_path data_path;
 	int read_fd;                  /* pmfuse_pool_read_fd */
+	int pagemap_fd;               /* /proc/PID/pagemap of pagemap_pid, or -1 (data_view) */
+	pid_t pagemap_pid;
+	pthread_mutex_t pagemap_lock;
 	size_t page_size;             /* of the mapping (2 MiB on a dax device) */
 
 	/* libpmem2 (real pools) */
@@ -220,6 +223,8 @@ static struct pmfuse_pool *pool_alloc(const char *path)
 		return NULL;
 	pool->fd = -1;
 	pool->read_fd = -1;
+	pool->pagemap_fd = -1;
+	pthread_mutex_init(&pool->pagemap_lock, NULL);
 	pool->path = strdup(path ? path : "(fake)");
 	if (!pool->path) {
 		free(pool);
@@ -390,6 +395,9 @@ void pmfuse_pool_close(struct pmfuse_pool *pool)
 		pmem2_source_delete(&pool->src);
 	if (pool->fd >= 0)
 		close(pool->fd); /* releases the flock */
+	if (pool->pagemap_fd >= 0)
+		close(pool->pagemap_fd);
+	pthread_mutex_destroy(&pool->pagemap_lock);
 	if (pool->kind == PMFUSE_SOURCE_FAKE) {
 		munmap(pool->base, pool->size);
 		munmap(pool->media, pool->size);
@@ -676,6 +684,63 @@ static int fd_write(struct pmfuse_pool *pool, uint64_t off, const void *buf, siz
 			buf = (const uint8_t *)buf + n;
 	}
 	return 0;
+}
+
+/*
+ * This process's /proc/PID/pagemap, opened on first use by the process that uses it (the daemon
+ * opens the pool before it forks into the background: a descriptor opened then would describe
+ * the parent's memory). -1 when it cannot be read.
+ */
+static int pagemap_fd(struct pmfuse_pool *pool)
+{
+	pid_t pid = getpid();
+	int fd;
+
+	pthread_mutex_lock(&pool->pagemap_lock);
+	if (pool->pagemap_pid != pid) {
+		if (pool->pagemap_fd >= 0)
+			close(pool->pagemap_fd);
+		pool->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		pool->pagemap_pid = pid;
+	}
+	fd = pool->pagemap_fd;
+	pthread_mutex_unlock(&pool->pagemap_lock);
+	return fd;
+}
+
+/* Whether the page of the mapping holding pool offset off is mapped in this process now
+ * (pagemap's "present" bit); true when that cannot be told. */
+static bool page_mapped(struct pmfuse_pool *pool, uint64_t off)
+{
+	uint64_t page = ((uintptr_t)pool->base + off) / pool->page_size, ent;
+	int fd = pagemap_fd(pool);
+
+	if (fd < 0 || pread(fd, &ent, sizeof(ent), (off_t)(page * sizeof(ent))) != sizeof(ent))
+		return true;
+	return ent >> 63;
+}
+
+const void *pmfuse_pool_data_view(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
+				  int *err)
+{
+	assert(off <= pool->size && len <= pool->size - off);
+	*err = 0;
+	if (pool->data_path != PMFUSE_DATA_FD || page_mapped(pool, off))
+		return pmfuse_pool_at(pool, off);
+	for (uint8_t *p = buf; len;) {
+		ssize_t n = pread(pool->fd, p, len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			*err = n < 0 ? -errno : -EIO;   /* 0: the pool file was cut short */
+			return NULL;
+		}
+		off += (uint64_t)n;
+		len -= (size_t)n;
+		p += n;
+	}
+	return buf;
 }
 
 int pmfuse_pool_write_data(struct pmfuse_pool *pool, uint64_t off, const void *buf, size_t len,
