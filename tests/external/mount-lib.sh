@@ -72,13 +72,17 @@ pmfuse_stop_child() {
 		sleep 0.2
 	done
 	kill -KILL "$pmfuse_child_pid" 2>/dev/null
-	wait "$pmfuse_child_pid" 2>/dev/null
+	# no `wait` here: run from a trap that interrupted pmfuse_run's wait for this child, bash
+	# 5.2 can lose its exit and then wait for it forever (seen: a run stuck with its mount)
 	pmfuse_child_pid=
 }
 
 pmfuse_cleanup() {
 	local rc=$?
-	trap - EXIT INT TERM
+	# A second signal (a timeout(1) wrapper and a process-group kill both send SIGTERM) must
+	# not end the cleanup half way and leave a mount behind: every step below is bounded.
+	trap - EXIT
+	trap '' INT TERM HUP
 	if declare -F pmfuse_cleanup_hook >/dev/null; then pmfuse_cleanup_hook; fi
 	pmfuse_stop_child
 	cd / || true
@@ -173,6 +177,7 @@ pmfuse_workdir() {
 	trap pmfuse_cleanup EXIT
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
+	trap 'exit 129' HUP
 	chmod 755 "$PMFUSE_WORK"
 }
 
