@@ -97,10 +97,19 @@ static uint64_t check_space(struct th_env *e)
 			uint64_t sum = 0, prev_end = 0;
 			int erc;
 
+			bool inl = pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP;
+			unsigned i = 0;
+
 			pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
 			check_tree(&m, &bt);
-			for (erc = pmfuse_btree_first(&ec, &bt); !erc; erc = pmfuse_btree_next(&ec)) {
-				const struct pmfuse_extent *x = pmfuse_btree_cursor_rec(&ec);
+			if (inl)   /* the records are in the inode, the tree is empty */
+				assert_int_equal(pmfuse_le16(ip->map.levels), 0);
+			for (erc = inl ? 0 : pmfuse_btree_first(&ec, &bt); !erc;
+			     erc = inl ? (++i < PMFUSE_INLINE_EXTENTS &&
+					  pmfuse_le32(ip->inline_map[i].len) ? 0 : -ENOENT) :
+			     pmfuse_btree_next(&ec)) {
+				const struct pmfuse_extent *x = inl ? &ip->inline_map[i] :
+					pmfuse_btree_cursor_rec(&ec);
 				uint64_t f = pmfuse_le64(x->fblock), p = pmfuse_le64(x->pblock);
 				uint32_t len = pmfuse_le32(x->len);
 
