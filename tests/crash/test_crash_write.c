@@ -3,7 +3,8 @@
  * Crash test of writes that allocate or extend: appends (from a partly filled last block and
  * from a block boundary), writes into holes and past EOF with a gap, writes into blocks
  * preallocated past EOF (fallocate KEEP_SIZE) and inside EOF, overwrites, growing and
- * shrinking truncates, on fake media, stopped at every persistence barrier.
+ * shrinking truncates, on fake media, stopped at every persistence barrier. Among them, the
+ * conversions of an inline extent map into a tree and back (counted, at least two and one).
  *
  * For each operation, as in test_crash_reflink: the files before it are read, the operation
  * runs on a copy of the pool for the state after it, then on the live pool with a hook at every
@@ -102,6 +103,25 @@ static uint64_t ino_of(struct pmfuse_fs *fs, int i)
 	assert_int_equal(pmfuse_fs_lookup(fs, PMFUSE_ROOT_INO, names[i], &a), 0);
 	pmfuse_fs_forget(fs, a.ino, 1);
 	return a.ino;
+}
+
+/* Whether file i's extent map is inline, and its tree's levels (format.h). */
+static bool map_inline(struct pmfuse_fs *fs, int i)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+
+	assert_int_equal(pmfuse_inode_locate(fs, ino_of(fs, i), &ip, &leaf), 0);
+	return pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP;
+}
+
+static unsigned map_levels(struct pmfuse_fs *fs, int i)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+
+	assert_int_equal(pmfuse_inode_locate(fs, ino_of(fs, i), &ip, &leaf), 0);
+	return pmfuse_le16(ip->map.levels);
 }
 
 /* ---- the operations ------------------------------------------------------------------------- */
@@ -412,6 +432,8 @@ static void test_crash_write(void **state)
 	struct th_rng wl;
 	struct mounted live, sm;
 	uint64_t nops = th_scaled(100), done = 0, kinds[OP_KINDS] = { 0 };
+	uint64_t to_tree = 0, to_inline = 0;
+	bool was_inline;
 	(void)state;
 
 	assert_non_null(before);
@@ -466,6 +488,15 @@ static void test_crash_write(void **state)
 			{ .kind = OP_TRUNC, .dst = 2, .len = 9 * BS + 1 },
 			{ .kind = OP_TRUNC, .dst = 2, .len = BS / 2 },
 			{ .kind = OP_APPEND, .dst = 2, .off = BS / 2, .len = 3 * BS, .seed = 8 },
+			/* c's map is inline (one or two extents): extents past holes turn it into
+			 * a tree, a truncate to one block turns it back, an unwritten extent
+			 * joins it inline, and a write past a gap turns it into a tree again */
+			{ .kind = OP_WRITE, .dst = 2, .off = 6 * BS + 1, .len = 10, .seed = 9 },
+			{ .kind = OP_WRITE, .dst = 2, .off = 9 * BS, .len = BS, .seed = 10 },
+			{ .kind = OP_TRUNC, .dst = 2, .len = BS - 3 },
+			{ .kind = OP_PREALLOC, .dst = 2, .off = 3 * BS, .len = 2 * BS },
+			{ .kind = OP_WRITE, .dst = 2, .off = 7 * BS + 5, .len = 100, .seed = 11 },
+			{ .kind = OP_TRUNC, .dst = 2, .len = 2 * BS },
 		};
 		uint64_t nfirst = PMFUSE_ARRAY_SIZE(first);
 
@@ -499,9 +530,13 @@ static void test_crash_write(void **state)
 				c.unchanged[k] = before->present[k] == after->present[k] &&
 						 before->size[k] == after->size[k] &&
 						 !memcmp(before->data[k], after->data[k], before->size[k]);
+			was_inline = map_inline(live.fs, op.dst);
 			pmfuse_pool_fake_set_hook(pool, &hook);
 			run_op(live.fs, &op);
 			pmfuse_pool_fake_set_hook(pool, NULL);
+			to_tree += was_inline && !map_inline(live.fs, op.dst) &&
+				   map_levels(live.fs, op.dst);
+			to_inline += !was_inline && map_inline(live.fs, op.dst);
 			read_state(live.fs, c.got);
 			assert_true(same_state(c.got, after));
 			kinds[op.kind]++;
@@ -522,7 +557,10 @@ static void test_crash_write(void **state)
 		       ULL(c.barriers), ULL(c.states), ULL(c.as_before), ULL(c.as_after),
 		       ULL(c.between));
 	}
+	printf("# crash_write: %llu inline-to-tree and %llu tree-to-inline map conversions\n",
+	       ULL(to_tree), ULL(to_inline));
 	assert_true(c.as_before > 0 && c.as_after > 0);
+	assert_true(to_tree >= 2 && to_inline >= 1);
 	if (!getenv("PMFUSE_TEST_SCALE"))
 		assert_true(c.states >= 1000);
 	umount_pool(&live);
