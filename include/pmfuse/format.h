@@ -72,11 +72,16 @@ static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v
  * persisted) before the first transaction that writes an inline map can commit, never cleared;
  * older code refuses such a pool instead of taking the file for empty. */
 #define PMFUSE_FEATURE_INCOMPAT_INLINE_MAP 0x4ull
+/* INCOMPAT_EDGE_FILL: a b+tree node on the right edge of its tree (the last of its level) may
+ * hold fewer than half its slots (at least 1), which older code takes for damage: ascending
+ * inserts (inode numbers) split off the new slot alone and leave full nodes behind. Set by a
+ * writable fs open (superblock written and persisted before any transaction), never cleared. */
+#define PMFUSE_FEATURE_INCOMPAT_EDGE_FILL 0x8ull
 #define PMFUSE_FEATURE_COMPAT_SUPP 0ull
 #define PMFUSE_FEATURE_RO_COMPAT_SUPP 0ull
 #define PMFUSE_FEATURE_INCOMPAT_SUPP \
 	(PMFUSE_FEATURE_INCOMPAT_UNWRITTEN | PMFUSE_FEATURE_INCOMPAT_LOG_ZERO | \
-	 PMFUSE_FEATURE_INCOMPAT_INLINE_MAP)
+	 PMFUSE_FEATURE_INCOMPAT_INLINE_MAP | PMFUSE_FEATURE_INCOMPAT_EDGE_FILL)
 
 struct pmfuse_sb {
 	struct pmfuse_le64 magic;         /* PMFUSE_SB_MAGIC */

@@ -156,6 +156,7 @@ void pmfuse_inode_tree(struct pmfuse_fs *fs, struct pmfuse_inode *ip, struct pmf
 {
 	pmfuse_btree_init(bt, fs->pool, fs->alloc, ops, root, leaf,
 			  PMFUSE_OWNER_INODE_BASE + pmfuse_le64(ip->ino), fs->bs);
+	bt->edge_fill = pmfuse_volume_edge_fill(fs->vol);
 }
 
 void pmfuse_timestamp_now(struct pmfuse_timestamp *ts)

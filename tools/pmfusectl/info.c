@@ -102,6 +102,7 @@ static void print_sb(const struct pmfuse_sb *sb)
 	static const struct { uint64_t bit; const char *name; } known[] = {
 		{ PMFUSE_FEATURE_INCOMPAT_UNWRITTEN, "unwritten" },
 		{ PMFUSE_FEATURE_INCOMPAT_INLINE_MAP, "inline_map" },
+		{ PMFUSE_FEATURE_INCOMPAT_EDGE_FILL, "edge_fill" },
 		{ PMFUSE_FEATURE_INCOMPAT_LOG_ZERO, "log_zero: mounted, or crashed" },
 	};
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
