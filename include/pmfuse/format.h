@@ -67,10 +67,21 @@ static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v
  * mount (with the clean flag cleared) and cleared again at its clean unmount, when the log is
  * empty, as XFS does with its log-incompat bits: only a pool left by a crash carries it. */
 #define PMFUSE_FEATURE_INCOMPAT_LOG_ZERO 0x2ull
+/* INCOMPAT_INLINE_MAP: a file's or symlink's inode may hold its extents itself
+ * (PMFUSE_INODE_INLINE_MAP, inline_map[]) instead of in a map tree. Set (superblock written and
+ * persisted) before the first transaction that writes an inline map can commit, never cleared;
+ * older code refuses such a pool instead of taking the file for empty. */
+#define PMFUSE_FEATURE_INCOMPAT_INLINE_MAP 0x4ull
+/* INCOMPAT_EDGE_FILL: a b+tree node on the right edge of its tree (the last of its level) may
+ * hold fewer than half its slots (at least 1), which older code takes for damage: ascending
+ * inserts (inode numbers) split off the new slot alone and leave full nodes behind. Set by a
+ * writable fs open (superblock written and persisted before any transaction), never cleared. */
+#define PMFUSE_FEATURE_INCOMPAT_EDGE_FILL 0x8ull
 #define PMFUSE_FEATURE_COMPAT_SUPP 0ull
 #define PMFUSE_FEATURE_RO_COMPAT_SUPP 0ull
 #define PMFUSE_FEATURE_INCOMPAT_SUPP \
-	(PMFUSE_FEATURE_INCOMPAT_UNWRITTEN | PMFUSE_FEATURE_INCOMPAT_LOG_ZERO)
+	(PMFUSE_FEATURE_INCOMPAT_UNWRITTEN | PMFUSE_FEATURE_INCOMPAT_LOG_ZERO | \
+	 PMFUSE_FEATURE_INCOMPAT_INLINE_MAP | PMFUSE_FEATURE_INCOMPAT_EDGE_FILL)
 
 struct pmfuse_sb {
 	struct pmfuse_le64 magic;         /* PMFUSE_SB_MAGIC */
@@ -222,6 +233,24 @@ struct pmfuse_timestamp {
 };
 
 /*
+ * Extent: a record of a file's map tree. Blocks [fblock, fblock + len) of the file live at
+ * [pblock, pblock + len) of the pool. Records do not overlap; a gap is a hole (reads as zeros).
+ * An UNWRITTEN extent owns its blocks but reads as zeros: their bytes are never looked at (they
+ * may hold anything, another file's old data included) until a write converts them, zeroing
+ * what it does not cover first. Only with PMFUSE_FEATURE_INCOMPAT_UNWRITTEN. A pool block
+ * mapped by several records is unwritten in all of them or in none.
+ */
+#define PMFUSE_EXTENT_MAX_LEN (1u << 30)
+#define PMFUSE_EXTENT_UNWRITTEN 0x1u
+#define PMFUSE_EXTENT_FLAGS_KNOWN PMFUSE_EXTENT_UNWRITTEN
+struct pmfuse_extent {
+	struct pmfuse_le64 fblock;
+	struct pmfuse_le64 pblock;
+	struct pmfuse_le32 len;
+	struct pmfuse_le32 flags;        /* PMFUSE_EXTENT_*; 0 without INCOMPAT_UNWRITTEN */
+};
+
+/*
  * Inode: a record of the inode table (PMFUSE_ROOT_INODES, owner PMFUSE_TREE_INODES), key = ino.
  * Invariant: nlink counts the directory entries naming the inode (plus "." and the children's ".."
  * for a directory); an inode with nlink == 0 is on the orphan list.
@@ -232,7 +261,13 @@ struct pmfuse_timestamp {
 /* inode flags */
 #define PMFUSE_INODE_LINKABLE (1u << 0)  /* O_TMPFILE, never named yet: nlink 0, an orphan, and
 					    linkat may still give it a name */
-#define PMFUSE_INODE_FLAGS_KNOWN PMFUSE_INODE_LINKABLE
+#define PMFUSE_INODE_INLINE_MAP (1u << 1) /* files and symlinks: the extents are the first
+					    1..PMFUSE_INLINE_EXTENTS records of inline_map[] (in
+					    order, the rest zero) and map is an empty root;
+					    only with PMFUSE_FEATURE_INCOMPAT_INLINE_MAP */
+/* bit 2 is reserved */
+#define PMFUSE_INODE_FLAGS_KNOWN (PMFUSE_INODE_LINKABLE | PMFUSE_INODE_INLINE_MAP)
+#define PMFUSE_INLINE_EXTENTS 2
 
 struct pmfuse_inode {
 	struct pmfuse_le64 ino;
@@ -251,7 +286,9 @@ struct pmfuse_inode {
 	struct pmfuse_btree_root xattrs; /* struct pmfuse_xattr records */
 	struct pmfuse_le64 parent;       /* directories: the parent directory (for ".." and rename
 					    cycle checks); 0 for others */
-	uint8_t pad[56];
+	struct pmfuse_extent inline_map[PMFUSE_INLINE_EXTENTS]; /* with PMFUSE_INODE_INLINE_MAP;
+					    all zero without */
+	uint8_t pad[8];
 };
 
 /*
@@ -270,23 +307,6 @@ struct pmfuse_dirent {
 	uint8_t name[PMFUSE_NAME_MAX + 1]; /* namelen bytes, then zeros */
 };
 
-/*
- * Extent: a record of a file's map tree. Blocks [fblock, fblock + len) of the file live at
- * [pblock, pblock + len) of the pool. Records do not overlap; a gap is a hole (reads as zeros).
- * An UNWRITTEN extent owns its blocks but reads as zeros: their bytes are never looked at (they
- * may hold anything, another file's old data included) until a write converts them, zeroing
- * what it does not cover first. Only with PMFUSE_FEATURE_INCOMPAT_UNWRITTEN. A pool block
- * mapped by several records is unwritten in all of them or in none.
- */
-#define PMFUSE_EXTENT_MAX_LEN (1u << 30)
-#define PMFUSE_EXTENT_UNWRITTEN 0x1u
-#define PMFUSE_EXTENT_FLAGS_KNOWN PMFUSE_EXTENT_UNWRITTEN
-struct pmfuse_extent {
-	struct pmfuse_le64 fblock;
-	struct pmfuse_le64 pblock;
-	struct pmfuse_le32 len;
-	struct pmfuse_le32 flags;        /* PMFUSE_EXTENT_*; 0 without INCOMPAT_UNWRITTEN */
-};
 
 /*
  * Extended attribute: a record of an inode's xattrs tree, key as for directory entries (hash of
@@ -341,6 +361,7 @@ _Static_assert(sizeof(struct pmfuse_log_entry) == 24, "pmfuse_log_entry size");
 
 _Static_assert(sizeof(struct pmfuse_timestamp) == 16, "pmfuse_timestamp size");
 _Static_assert(sizeof(struct pmfuse_inode) == 256, "pmfuse_inode size");
+_Static_assert(offsetof(struct pmfuse_inode, inline_map) == 200, "pmfuse_inode inline_map offset");
 _Static_assert(sizeof(struct pmfuse_dirent) == 280, "pmfuse_dirent size");
 _Static_assert(sizeof(struct pmfuse_extent) == 24, "pmfuse_extent size");
 _Static_assert(sizeof(struct pmfuse_xattr) == 512, "pmfuse_xattr size");

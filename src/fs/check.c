@@ -277,8 +277,27 @@ static void inode_tree(struct ino_ck *c, struct pmfuse_blk_hdr *leaf, bool xattr
 	pmfuse_inode_tree(c->k->fs, ip, leaf, xattrs ? &ip->xattrs : &ip->map, ops, bt);
 }
 
+/* An inline map's records (extent.c): how many leading slots are in use; reports a pool
+ * without the feature and a used slot after a free one. */
+static unsigned inline_count(struct ino_ck *c)
+{
+	static const struct pmfuse_extent zero_rec;
+	unsigned n = 0;
+
+	if (!(pmfuse_le32(c->ip->flags) & PMFUSE_INODE_INLINE_MAP))
+		return 0;
+	if (!(pmfuse_le64(c->k->fs->vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_INLINE_MAP))
+		iproblem(c, "inline extent map, but the superblock lacks the inline map feature");
+	while (n < PMFUSE_INLINE_EXTENTS && pmfuse_le32(c->ip->inline_map[n].len))
+		n++;
+	for (unsigned i = n; i < PMFUSE_INLINE_EXTENTS; i++)
+		if (memcmp(&c->ip->inline_map[i], &zero_rec, sizeof(zero_rec)))
+			iproblem(c, "inline extent slot %u is in use after a free one", i);
+	return n;
+}
+
 /* E1-E3, E5 and E6's flag of extent.c, and a symlink's target. The tree passed its structural
- * check. */
+ * check (or the map is inline: then it is empty). */
 static void check_extents(struct ino_ck *c, const struct pmfuse_btree *bt)
 {
 	struct ck *k = c->k;
@@ -286,15 +305,21 @@ static void check_extents(struct ino_ck *c, const struct pmfuse_btree *bt)
 	uint64_t size = pmfuse_le64(c->ip->size), eof_blk = size / bs, tail = size % bs;
 	uint64_t fmax = pmfuse_file_blocks_max(bs), prev_end = 0, sum = 0, tail_pblock = 0;
 	bool feature = pmfuse_le64(k->fs->vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN;
+	bool inl = pmfuse_le32(c->ip->flags) & PMFUSE_INODE_INLINE_MAP;
+	unsigned i = 0, n = inline_count(c);
 	struct pmfuse_btree_cursor cur;
 	int rc;
 
-	for (rc = pmfuse_btree_first(&cur, bt); !rc; rc = pmfuse_btree_next(&cur)) {
+	/* the records: the inline ones (the inode's check vouched for the root being empty), or
+	 * the tree's */
+	for (rc = inl ? (n ? 0 : -ENOENT) : pmfuse_btree_first(&cur, bt); !rc;
+	     rc = inl ? (++i < n ? 0 : -ENOENT) : pmfuse_btree_next(&cur)) {
 		struct pmfuse_extent x;
 		uint64_t f, p, len;
 		uint32_t flags;
 
-		memcpy(&x, pmfuse_btree_cursor_rec(&cur), sizeof(x));
+		memcpy(&x, inl ? (const void *)&c->ip->inline_map[i] : pmfuse_btree_cursor_rec(&cur),
+		       sizeof(x));
 		f = pmfuse_le64(x.fblock);
 		p = pmfuse_le64(x.pblock);
 		len = pmfuse_le32(x.len);

@@ -27,6 +27,23 @@
  * E1 and E2 are checked on every record read (pmfuse_extent_find/prev/walk), so a damaged record
  * can never turn into a pointer outside the pool; fsck checks E3, E4 and E6's sharing rule.
  *
+ * Inline maps. A map of few records lives in the inode itself: with PMFUSE_INODE_INLINE_MAP the
+ * records are ip->inline_map[0 .. n), 1 <= n <= PMFUSE_INLINE_EXTENTS, in file order (E2), the
+ * slots after them zero, and ip->map is an empty root; without the flag every slot is zero and
+ * the map is the tree (possibly empty). So a file of one extent (any file of up to one block)
+ * needs no map block. Only the record primitives below (lookups and rec_insert/update/delete)
+ * know the difference, so merging, cutting and converting work the same on both:
+ *
+ *   empty tree --insert--> inline (n = 1) --insert--> inline (n = 2) --insert--> tree (n = 3)
+ *   tree --unmap leaves <= PMFUSE_INLINE_EXTENTS - 1 records--> inline (or empty)
+ *   inline --last record deleted--> empty tree, flag cleared
+ *
+ * A conversion moves the records and sets or clears the flag in the transaction of the change
+ * that asks for it. Going back to inline only below the capacity (not at it) keeps a copy-on-write
+ * of a whole extent (unmap one record, insert one) in a file of n = capacity + 1 from freeing
+ * and allocating a tree block each time. The first inline map sets
+ * PMFUSE_FEATURE_INCOMPAT_INLINE_MAP (format.h) before its transaction can commit.
+ *
  * Records on the pool (struct pmfuse_extent, little-endian) and in DRAM (struct pmfuse_iext,
  * native) are converted in exactly one place each way (ext_load, ext_store).
  *
@@ -156,6 +173,199 @@ static uint64_t ext_end(const struct pmfuse_iext *x)
 	return x->fblock + x->len;
 }
 
+/* ---- inline maps ---------------------------------------------------------------------------- */
+
+static bool is_inline(const struct pmfuse_extmap *m)
+{
+	return pmfuse_le32(m->ip->flags) & PMFUSE_INODE_INLINE_MAP;
+}
+
+static bool slot_zero(const struct pmfuse_extent *e)
+{
+	static const struct pmfuse_extent z;
+
+	return !memcmp(e, &z, sizeof(z));
+}
+
+/* The inline records into x[], checked (E1, E2, and the layout of the top of this file). */
+static int inl_load(const struct pmfuse_extmap *m, struct pmfuse_iext *x, unsigned *n)
+{
+	unsigned i;
+	int rc;
+
+	*n = 0;
+	for (i = 0; i < PMFUSE_INLINE_EXTENTS && pmfuse_le32(m->ip->inline_map[i].len); i++) {
+		rc = ext_load(m, &m->ip->inline_map[i], &x[i]);
+		if (rc)
+			return rc;
+		if (i && x[i].fblock < ext_end(&x[i - 1]))
+			return PMFUSE_CORRUPT("inode %llu: inline extent at file block %llu is out of "
+					      "order or overlaps the one before", ULL(map_ino(m)),
+					      ULL(x[i].fblock));
+	}
+	*n = i;
+	for (; i < PMFUSE_INLINE_EXTENTS; i++)
+		if (!slot_zero(&m->ip->inline_map[i]))
+			return PMFUSE_CORRUPT("inode %llu: inline extent slot %u is not zero",
+					      ULL(map_ino(m)), i);
+	if (!*n)
+		return PMFUSE_CORRUPT("inode %llu: inline extent map without records",
+				      ULL(map_ino(m)));
+	return 0;
+}
+
+/* Sets the feature bit before the first inline map can commit (format.h): both superblock
+ * copies are written and persisted now, inside the transaction but outside its undo (declared
+ * as written: an abort or a crash keeps the bit, which is harmless without inline maps). */
+static int feature_inline(struct pmfuse_tx *tx, struct pmfuse_fs *fs)
+{
+	struct pmfuse_volume *vol = fs->vol;
+	uint64_t incompat = pmfuse_le64(vol->sb.incompat);
+	int rc;
+
+	if (incompat & PMFUSE_FEATURE_INCOMPAT_INLINE_MAP)
+		return 0;
+	rc = pmfuse_tx_add_written(tx, pmfuse_volume_block(vol, 0), sizeof(struct pmfuse_sb));
+	if (!rc)
+		rc = pmfuse_tx_add_written(tx, pmfuse_volume_block(vol, pmfuse_le64(vol->sb.sb2_block)),
+					   sizeof(struct pmfuse_sb));
+	if (rc)
+		return rc;
+	pmfuse_set_le64(&vol->sb.incompat, incompat | PMFUSE_FEATURE_INCOMPAT_INLINE_MAP);
+	return pmfuse_volume_write_sb(vol);
+}
+
+/* Makes x[0 .. n) the inline map (n = 0: no inline map, the flag cleared). The tree root must be
+ * empty. Declares the record and reseals its leaf, so tree reads may follow. */
+static int inl_store(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfuse_iext *x,
+		     unsigned n)
+{
+	uint32_t flags = pmfuse_le32(m->ip->flags);
+	int rc = n ? feature_inline(tx, m->fs) : 0;
+
+	if (!rc)
+		rc = pmfuse_inode_change(tx, m->leaf, m->ip, sizeof(*m->ip));
+	if (rc)
+		return rc;
+	memset(m->ip->inline_map, 0, sizeof(m->ip->inline_map));
+	for (unsigned i = 0; i < n; i++)
+		ext_store(&m->ip->inline_map[i], &x[i]);
+	flags = n ? flags | PMFUSE_INODE_INLINE_MAP : flags & ~PMFUSE_INODE_INLINE_MAP;
+	pmfuse_set_le32(&m->ip->flags, flags);
+	pmfuse_tx_seal(tx);
+	return 0;
+}
+
+/* Inline -> tree: the records move into a new tree, the inline slots are cleared. */
+static int inl_to_tree(struct pmfuse_tx *tx, struct pmfuse_extmap *m)
+{
+	struct pmfuse_iext x[PMFUSE_INLINE_EXTENTS];
+	struct pmfuse_extent rec;
+	unsigned n;
+	int rc = inl_load(m, x, &n);
+
+	if (!rc)
+		rc = inl_store(tx, m, NULL, 0);
+	for (unsigned i = 0; !rc && i < n; i++) {
+		ext_store(&rec, &x[i]);
+		rc = pmfuse_btree_insert(tx, &m->bt, &rec);
+	}
+	return rc;
+}
+
+/* Tree -> inline when the tree holds at most PMFUSE_INLINE_EXTENTS - 1 records (top of file). */
+static int tree_to_inl(struct pmfuse_tx *tx, struct pmfuse_extmap *m)
+{
+	struct pmfuse_iext x[PMFUSE_INLINE_EXTENTS];
+	struct pmfuse_btree_cursor cur;
+	unsigned n = 0;
+	int rc;
+
+	if (is_inline(m) || !pmfuse_le16(m->ip->map.levels) ||
+	    pmfuse_btree_count(&m->bt) >= PMFUSE_INLINE_EXTENTS)
+		return 0;
+	for (rc = pmfuse_btree_first(&cur, &m->bt); !rc; rc = pmfuse_btree_next(&cur)) {
+		if (n == PMFUSE_INLINE_EXTENTS - 1)
+			return PMFUSE_CORRUPT("inode %llu: extent map holds more records than its "
+					      "count", ULL(map_ino(m)));
+		rc = cur_load(m, &cur, &x[n]);
+		if (rc)
+			return rc;
+		n++;
+	}
+	if (rc != -ENOENT)
+		return rc;
+	rc = pmfuse_btree_destroy(tx, &m->bt);
+	return rc ? rc : inl_store(tx, m, x, n);
+}
+
+/* Inline lookups, as their tree versions below: the last record starting at or before fblock
+ * and the one after it (len 0 for none). */
+static int inl_around(const struct pmfuse_extmap *m, uint64_t fblock, struct pmfuse_iext *left,
+		      struct pmfuse_iext *right)
+{
+	struct pmfuse_iext x[PMFUSE_INLINE_EXTENTS];
+	unsigned n, i;
+	int rc = inl_load(m, x, &n);
+
+	left->len = 0;
+	right->len = 0;
+	if (rc)
+		return rc;
+	for (i = 0; i < n && x[i].fblock <= fblock; i++)
+		*left = x[i];
+	if (i < n)
+		*right = x[i];
+	return 0;
+}
+
+static int inl_walk(const struct pmfuse_extmap *m, uint64_t fblock, uint64_t end,
+		    pmfuse_extent_fn fn, void *arg)
+{
+	struct pmfuse_iext x[PMFUSE_INLINE_EXTENTS];
+	unsigned n;
+	int rc = inl_load(m, x, &n);
+
+	for (unsigned i = 0; !rc && i < n && x[i].fblock < end; i++)
+		if (ext_end(&x[i]) > fblock)
+			rc = fn(arg, &x[i]);
+	return rc;
+}
+
+/* Inline record changes: insert (-EEXIST; -E2BIG when full), update and delete (-ENOENT). */
+static int inl_change(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfuse_iext *nx,
+		      uint64_t del_fblock, bool insert)
+{
+	struct pmfuse_iext x[PMFUSE_INLINE_EXTENTS + 1];
+	unsigned n = 0, i;
+	int rc = is_inline(m) ? inl_load(m, x, &n) : 0;
+	uint64_t key = nx ? nx->fblock : del_fblock;
+
+	if (rc)
+		return rc;
+	for (i = 0; i < n && x[i].fblock < key; i++)
+		;
+	if (insert) {
+		if (i < n && x[i].fblock == key)
+			return -EEXIST;
+		if (n == PMFUSE_INLINE_EXTENTS)
+			return -E2BIG;
+		memmove(&x[i + 1], &x[i], (n - i) * sizeof(x[0]));
+		x[i] = *nx;
+		n++;
+	} else {
+		if (i == n || x[i].fblock != key)
+			return -ENOENT;
+		if (nx) {
+			x[i] = *nx;
+		} else {
+			memmove(&x[i], &x[i + 1], (n - i - 1) * sizeof(x[0]));
+			n--;
+		}
+	}
+	return inl_store(tx, m, x, n);
+}
+
 /* ---- handles -------------------------------------------------------------------------------- */
 
 void pmfuse_extmap_open(struct pmfuse_extmap *m, struct pmfuse_fs *fs, struct pmfuse_inode *ip,
@@ -206,6 +416,12 @@ int pmfuse_extent_prev(const struct pmfuse_extmap *m, uint64_t fblock, struct pm
 
 	if (!fblock)
 		return -ENOENT;
+	if (is_inline(m)) {
+		struct pmfuse_iext r;
+
+		rc = inl_around(m, fblock - 1, ext, &r);
+		return rc ? rc : ext->len ? 0 : -ENOENT;
+	}
 	rc = seek(m, &cur, fblock - 1, PMFUSE_SEEK_LE);
 	return rc ? rc : cur_load(m, &cur, ext);
 }
@@ -216,6 +432,8 @@ int pmfuse_extent_around(const struct pmfuse_extmap *m, uint64_t fblock, struct 
 	struct pmfuse_btree_cursor cur;
 	int rc;
 
+	if (is_inline(m))
+		return inl_around(m, fblock, left, right);
 	left->len = 0;
 	right->len = 0;
 	rc = seek(m, &cur, fblock, PMFUSE_SEEK_LE);
@@ -263,6 +481,8 @@ int pmfuse_extent_walk(const struct pmfuse_extmap *m, uint64_t fblock, uint64_t 
 
 	if (fblock >= end)
 		return 0;
+	if (is_inline(m))
+		return inl_walk(m, fblock, end, fn, arg);
 	/* start at the extent containing fblock if there is one, else at the next */
 	rc = seek(m, &cur, fblock, PMFUSE_SEEK_LE);
 	if (!rc) {
@@ -313,10 +533,20 @@ static int add_blocks(struct pmfuse_tx *tx, struct pmfuse_extmap *m, int64_t del
 static int rec_insert(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfuse_iext *x)
 {
 	struct pmfuse_extent rec;
-	int rc;
+	int rc = 0;
 
-	ext_store(&rec, x);
-	rc = pmfuse_btree_insert(tx, &m->bt, &rec);
+	/* an empty map starts inline; a full inline map turns into a tree first */
+	if (is_inline(m) || !pmfuse_le16(m->ip->map.levels)) {
+		rc = inl_change(tx, m, x, 0, true);
+		if (rc == -E2BIG)
+			rc = inl_to_tree(tx, m);
+		else if (rc != -EEXIST)
+			return rc;
+	}
+	if (!rc) {
+		ext_store(&rec, x);
+		rc = pmfuse_btree_insert(tx, &m->bt, &rec);
+	}
 	if (rc == -EEXIST)
 		return PMFUSE_CORRUPT("inode %llu: extent at file block %llu exists already",
 				      ULL(map_ino(m)), ULL(x->fblock));
@@ -328,8 +558,12 @@ static int rec_update(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struc
 	struct pmfuse_extent rec;
 	int rc;
 
-	ext_store(&rec, x);
-	rc = pmfuse_btree_update(tx, &m->bt, &rec);
+	if (is_inline(m)) {
+		rc = inl_change(tx, m, x, 0, false);
+	} else {
+		ext_store(&rec, x);
+		rc = pmfuse_btree_update(tx, &m->bt, &rec);
+	}
 	if (rc == -ENOENT)
 		return PMFUSE_CORRUPT("inode %llu: extent at file block %llu vanished",
 				      ULL(map_ino(m)), ULL(x->fblock));
@@ -342,7 +576,10 @@ static int rec_delete(struct pmfuse_tx *tx, struct pmfuse_extmap *m, uint64_t fb
 	int rc;
 
 	pmfuse_set_le64(&key, fblock);
-	rc = pmfuse_btree_delete(tx, &m->bt, &key, NULL);
+	if (is_inline(m))
+		rc = inl_change(tx, m, NULL, fblock, false);
+	else
+		rc = pmfuse_btree_delete(tx, &m->bt, &key, NULL);
 	if (rc == -ENOENT)
 		return PMFUSE_CORRUPT("inode %llu: extent at file block %llu vanished",
 				      ULL(map_ino(m)), ULL(fblock));
@@ -545,11 +782,11 @@ int pmfuse_extent_unmap(struct pmfuse_tx *tx, struct pmfuse_extmap *m, uint64_t 
 
 	while (*end > start) {
 		if (!budget->recs || !budget->blocks)
-			return 0;
+			break;
 		rc = pmfuse_extent_prev(m, *end, &e);
 		if (rc == -ENOENT || (!rc && ext_end(&e) <= start)) {
 			*end = start;
-			return 0;
+			break;
 		}
 		if (rc)
 			return rc;
@@ -573,5 +810,5 @@ int pmfuse_extent_unmap(struct pmfuse_tx *tx, struct pmfuse_extmap *m, uint64_t 
 		budget->blocks -= hi - lo;
 		*end = lo;
 	}
-	return 0;
+	return tree_to_inl(tx, m);
 }

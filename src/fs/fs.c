@@ -467,10 +467,19 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 		rc = -ENOMEM;
 		goto fail;
 	}
+	/* b+tree nodes on the right edge may be underfull from now on (format.h: EDGE_FILL) */
+	if (!fs->readonly && !pmfuse_volume_edge_fill(vol)) {
+		pmfuse_set_le64(&vol->sb.incompat, pmfuse_le64(vol->sb.incompat) |
+				PMFUSE_FEATURE_INCOMPAT_EDGE_FILL);
+		rc = pmfuse_volume_write_sb(vol);
+		if (rc)
+			goto fail;
+	}
 	pmfuse_btree_init(&fs->inodes, fs->pool, fs->alloc, &pmfuse_inode_ops,
 			  &st->roots[PMFUSE_ROOT_INODES], &st->hdr, PMFUSE_TREE_INODES, fs->bs);
 	pmfuse_btree_init(&fs->orphans, fs->pool, fs->alloc, &pmfuse_orphan_ops,
 			  &st->roots[PMFUSE_ROOT_ORPHANS], &st->hdr, PMFUSE_TREE_ORPHANS, fs->bs);
+	fs->inodes.edge_fill = fs->orphans.edge_fill = pmfuse_volume_edge_fill(vol);
 
 	if (pmfuse_le64(st->root_ino) != PMFUSE_ROOT_INO) {
 		rc = PMFUSE_CORRUPT("state block: root inode %llu, pmfuse uses %llu",

@@ -14,7 +14,9 @@
  *
  * Invariants checked on every record read (check_rec): ino != 0, a known file type, nsec below
  * 1e9 and zero padding in every timestamp, parent == 0 for non-directories and != 0 for
- * directories, rdev == 0 except for device nodes, zero padding.
+ * directories, rdev == 0 except for device nodes, zero padding; an inline extent map
+ * (PMFUSE_INODE_INLINE_MAP) only on a file or symlink, with an empty map root and a first record,
+ * and zero inline records without the flag. The records themselves are extent.c's to check.
  *
  * Numbers: state->next_ino only grows (inode numbers are never reused, so the kernel's node ids
  * stay unambiguous); state->generation gives each new inode a distinct generation. Both change in
@@ -94,6 +96,15 @@ static int inode_check_rec(const void *rec)
 				      (unsigned long long)ino);
 	if (!zero(ip->pad, sizeof(ip->pad)))
 		return PMFUSE_CORRUPT("inode %llu: padding is not zero", (unsigned long long)ino);
+	if (pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP) {
+		if ((!S_ISREG(mode) && !S_ISLNK(mode)) || !zero(&ip->map, sizeof(ip->map)) ||
+		    !pmfuse_le32(ip->inline_map[0].len))
+			return PMFUSE_CORRUPT("inode %llu: inline extent map on mode 0%o, beside a "
+					      "map tree or empty", (unsigned long long)ino, mode);
+	} else if (!zero(ip->inline_map, sizeof(ip->inline_map))) {
+		return PMFUSE_CORRUPT("inode %llu: inline extents without the inline map flag",
+				      (unsigned long long)ino);
+	}
 	return 0;
 }
 
@@ -145,6 +156,7 @@ void pmfuse_inode_tree(struct pmfuse_fs *fs, struct pmfuse_inode *ip, struct pmf
 {
 	pmfuse_btree_init(bt, fs->pool, fs->alloc, ops, root, leaf,
 			  PMFUSE_OWNER_INODE_BASE + pmfuse_le64(ip->ino), fs->bs);
+	bt->edge_fill = pmfuse_volume_edge_fill(fs->vol);
 }
 
 void pmfuse_timestamp_now(struct pmfuse_timestamp *ts)

@@ -1129,11 +1129,20 @@ static int check_inode(struct check *k, uint64_t ino)
 		pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
 		if (check_tree(k, &bt))
 			return k->err;
-		for (rc = pmfuse_btree_first(&cur, &bt); !rc; rc = pmfuse_btree_next(&cur)) {
+		bool inl = pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP;
+		unsigned i = 0;
+
+		/* an inline map's records sit in the inode (its tree is empty then) */
+		for (rc = inl ? 0 : pmfuse_btree_first(&cur, &bt); !rc;
+		     rc = inl ? (++i < PMFUSE_INLINE_EXTENTS ? 0 : -ENOENT) :
+		     pmfuse_btree_next(&cur)) {
 			struct pmfuse_extent x;
 			uint64_t f, p, len;
 
-			memcpy(&x, pmfuse_btree_cursor_rec(&cur), sizeof(x));
+			memcpy(&x, inl ? (const void *)&ip->inline_map[i] :
+			       pmfuse_btree_cursor_rec(&cur), sizeof(x));
+			if (inl && !pmfuse_le32(x.len))
+				continue;   /* a free slot */
 			f = pmfuse_le64(x.fblock);
 			p = pmfuse_le64(x.pblock);
 			len = pmfuse_le32(x.len);

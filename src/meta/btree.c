@@ -16,7 +16,8 @@
  *   I3 key i of an interior node equals the smallest key in child i's subtree (exactly, so a
  *      node's first key equals the key its parent holds for it);
  *   I4 every node but the root holds at least max/2 slots; an interior root at least 2; an
- *      empty tree has no node at all (levels = 0, root = 0);
+ *      empty tree has no node at all (levels = 0, root = 0). With bt->edge_fill (the pool's
+ *      EDGE_FILL feature) a node on the right edge (the last of its level) needs only 1;
  *   I5 bytes past the last slot and the header's pad are zero;
  *   I6 root->nrecs is the number of leaf records.
  * pmfuse_btree_check() verifies each of them; the read paths verify I1 and the fill part of I4
@@ -35,6 +36,14 @@
  *        parent: [ .. k_a:A  k_b:B .. ]                 [ .. k_a:A  k_m:R  k_b:B .. ]
  *                         |                 ==>                  |     |
  *                A: [k_a .. k_z] + new             A: [k_a .. k_l]   R: [k_m .. k_z]
+ *
+ * With edge_fill, a split on the right edge for a slot appended at its end (pos = n: the
+ * pattern of keys that only grow, such as inode numbers) keeps the full node as it is and starts
+ * the new right sibling with the new slot alone, so that ascending inserts leave full nodes
+ * behind instead of half-full ones. Only the right-edge node is ever below max/2 that way, and
+ * a delete repairs it only when it empties: it leaves its parent (which may empty in turn), so
+ * that its left sibling becomes the right edge. A node below max/2 off the edge borrows from or
+ * merges with an edge sibling as below (a merge fits: the sibling has at most max/2).
  *
  * A split of the root makes a new root with two slots (levels + 1). A record that becomes the
  * first of its leaf (slot 0) is the new minimum of that leaf, so the key its parent holds for
@@ -95,6 +104,7 @@ struct step {
 	uint64_t blk;
 	unsigned idx;
 	struct pmfuse_blk_hdr *h;
+	bool edge;            /* the node is the last of its level (the root is) */
 };
 
 struct path {
@@ -133,6 +143,14 @@ static unsigned cap_of(const struct pmfuse_btree *bt, unsigned level)
 static unsigned min_of(const struct pmfuse_btree *bt, unsigned level)
 {
 	return cap_of(bt, level) / 2;
+}
+
+/* I4: the fewest slots a node may hold where it is. */
+static unsigned fill_min(const struct pmfuse_btree *bt, unsigned level, bool is_root, bool edge)
+{
+	if (is_root)
+		return level ? 2 : 1;
+	return edge && bt->edge_fill ? 1 : min_of(bt, level);
 }
 
 static unsigned nrecs(const struct pmfuse_blk_hdr *h)
@@ -328,7 +346,7 @@ static int read_root(const struct pmfuse_btree *bt, uint64_t *root, unsigned *le
  * and minimum fill.
  */
 static int read_node(const struct pmfuse_btree *bt, uint64_t blk, unsigned level, bool is_root,
-		     struct pmfuse_blk_hdr **out)
+		     bool edge, struct pmfuse_blk_hdr **out)
 {
 	struct pmfuse_blk_hdr *h;
 	unsigned n, lo;
@@ -346,7 +364,7 @@ static int read_node(const struct pmfuse_btree *bt, uint64_t blk, unsigned level
 		return PMFUSE_CORRUPT("%s tree: node %llu has level %u, expected %u", bt->ops->name,
 				      (unsigned long long)blk, pmfuse_le16(h->level), level);
 	n = nrecs(h);
-	lo = is_root ? (level ? 2 : 1) : min_of(bt, level);
+	lo = fill_min(bt, level, is_root, edge);
 	if (n < lo || n > cap_of(bt, level))
 		return PMFUSE_CORRUPT("%s tree: node %llu (level %u) holds %u slots, allowed %u..%u",
 				      bt->ops->name, (unsigned long long)blk, level, n, lo,
@@ -368,6 +386,7 @@ static int walk_down(const struct pmfuse_btree *bt, const void *key, enum pick p
 {
 	uint64_t blk;
 	unsigned levels, level;
+	bool edge = true;
 	int rc;
 
 	p->levels = 0;
@@ -380,10 +399,11 @@ static int walk_down(const struct pmfuse_btree *bt, const void *key, enum pick p
 		struct step *s = &p->n[level];
 		bool ex = false;
 
-		rc = read_node(bt, blk, level, level == levels - 1, &s->h);
+		rc = read_node(bt, blk, level, level == levels - 1, edge, &s->h);
 		if (rc)
 			return rc;
 		s->blk = blk;
+		s->edge = edge;
 		if (pick == PICK_FIRST)
 			s->idx = 0;
 		else if (pick == PICK_LAST)
@@ -398,6 +418,7 @@ static int walk_down(const struct pmfuse_btree *bt, const void *key, enum pick p
 		if (pick == PICK_KEY && !ex && s->idx)
 			s->idx--;
 		blk = child_of(bt, s->h, s->idx);
+		edge = edge && s->idx == nrecs(s->h) - 1;
 	}
 	p->levels = levels;
 	return 0;
@@ -507,7 +528,8 @@ static int put_slot(struct pmfuse_tx *tx, struct pmfuse_btree *bt, struct step *
 		rc = declare_node(tx, l);       /* the allocator sealed it: queue it again */
 	if (rc)
 		return rc;
-	lt = (n + 1) / 2;
+	/* an append at the right edge leaves the full node full (top of file) */
+	lt = bt->edge_fill && s->edge && pos == n ? n : (n + 1) / 2;
 	if (pos < lt) {
 		slots_append(bt, r, l, level, lt - 1, n - lt + 1);
 		slots_remove(bt, l, level, lt - 1, n - lt + 1);
@@ -689,9 +711,19 @@ static int fix_underflow(struct pmfuse_tx *tx, struct pmfuse_btree *bt, struct p
 	int rc;
 
 	*merged = false;
+	if (s->edge && bt->edge_fill) {
+		/* an empty node on the right edge leaves its parent (top of file) */
+		if (nn)
+			return 0;
+		if ((rc = declare_node(tx, ph)))
+			return rc;
+		slots_remove(bt, ph, level + 1, ci, 1);
+		*merged = true;
+		return free_node(tx, bt, s->blk);
+	}
 	if (ci + 1 < nrecs(ph)) {
 		rblk = child_of(bt, ph, ci + 1);
-		rc = read_node(bt, rblk, level, false, &rh);
+		rc = read_node(bt, rblk, level, false, ps->edge && ci + 2 == nrecs(ph), &rh);
 		if (rc)
 			return rc;
 	}
@@ -708,7 +740,7 @@ static int fix_underflow(struct pmfuse_tx *tx, struct pmfuse_btree *bt, struct p
 	}
 	if (ci > 0) {
 		lblk = child_of(bt, ph, ci - 1);
-		rc = read_node(bt, lblk, level, false, &lh);
+		rc = read_node(bt, lblk, level, false, false, &lh);
 		if (rc)
 			return rc;
 	}
@@ -726,7 +758,8 @@ static int fix_underflow(struct pmfuse_tx *tx, struct pmfuse_btree *bt, struct p
 	if (!lh && !rh)
 		return PMFUSE_CORRUPT("%s tree: node %llu (level %u) has no sibling to merge with",
 				      bt->ops->name, (unsigned long long)ps->blk, level + 1);
-	/* Both siblings hold exactly min, so nn + min < 2 * min <= max: the merge fits. */
+	/* Both siblings hold at most min (exactly, but for one on the edge), so
+	 * nn + min < 2 * min <= max: the merge fits. */
 	if (lh) {
 		if ((rc = declare_node(tx, lh)) || (rc = declare_node(tx, ph)))
 			return rc;
@@ -753,7 +786,7 @@ static int rebalance(struct pmfuse_tx *tx, struct pmfuse_btree *bt, struct path 
 	int rc;
 
 	for (level = 0; level + 1 < p->levels; level++) {
-		if (nrecs(p->n[level].h) >= min_of(bt, level))
+		if (nrecs(p->n[level].h) >= fill_min(bt, level, false, p->n[level].edge))
 			break;
 		rc = fix_underflow(tx, bt, p, level, &merged);
 		if (rc)
@@ -761,9 +794,18 @@ static int rebalance(struct pmfuse_tx *tx, struct pmfuse_btree *bt, struct path 
 		if (!merged)
 			break;
 	}
-	if (p->levels > 1 && nrecs(top->h) == 1) {
-		rc = set_root(tx, bt, child_of(bt, top->h, 0), p->levels - 1);
-		return rc ? rc : free_node(tx, bt, top->blk);
+	/* a root left with one child hands over to it; with edge_fill that child may be an edge
+	 * node with a single child itself */
+	for (uint64_t blk = top->blk, levels = p->levels;
+	     levels > 1 && nrecs(node_at(bt, blk)) == 1; levels--) {
+		uint64_t child = child_of(bt, node_at(bt, blk), 0);
+
+		rc = set_root(tx, bt, child, (unsigned)levels - 1);
+		if (!rc)
+			rc = free_node(tx, bt, blk);
+		if (rc)
+			return rc;
+		blk = child;
 	}
 	return 0;
 }
@@ -794,7 +836,8 @@ int pmfuse_btree_delete(struct pmfuse_tx *tx, struct pmfuse_btree *bt, const voi
 				rc = free_node(tx, bt, leaf->blk);
 		}
 	} else {
-		rc = leaf->idx == 0 ? rewrite_min(tx, bt, &p) : 0;
+		/* an emptied leaf (on the edge) has no first key to pass up: it goes */
+		rc = leaf->idx == 0 && nrecs(leaf->h) ? rewrite_min(tx, bt, &p) : 0;
 		if (!rc)
 			rc = rebalance(tx, bt, &p);
 	}
@@ -858,7 +901,10 @@ int pmfuse_btree_destroy(struct pmfuse_tx *tx, struct pmfuse_btree *bt)
 		for (; level > 0; level--) {
 			uint64_t blk = child_of(bt, p.n[level].h, p.n[level].idx);
 
-			rc = read_node(bt, blk, level - 1, false, &p.n[level - 1].h);
+			p.n[level - 1].edge = p.n[level].edge &&
+					      p.n[level].idx + 1 == nrecs(p.n[level].h);
+			rc = read_node(bt, blk, level - 1, false, p.n[level - 1].edge,
+				       &p.n[level - 1].h);
 			if (rc)
 				return rc;
 			p.n[level - 1].blk = blk;
@@ -907,6 +953,7 @@ static int cursor_step(struct pmfuse_btree_cursor *cur, int dir)
 	const struct pmfuse_btree *bt = cur->bt;
 	struct pmfuse_btree_cursor c;
 	unsigned level, n = 0;
+	bool edge;
 	int rc;
 
 	if (cur->levels <= 0 || cur->levels > PMFUSE_BTREE_MAX_LEVELS)
@@ -922,11 +969,16 @@ static int cursor_step(struct pmfuse_btree_cursor *cur, int dir)
 	if (level == (unsigned)c.levels)
 		return -ENOENT;
 	c.path[level].idx = dir > 0 ? c.path[level].idx + 1 : c.path[level].idx - 1;
+	/* whether the node at `level` is on the right edge: every slot above it is the last */
+	edge = true;
+	for (unsigned l = (unsigned)c.levels - 1; l > level; l--)
+		edge = edge && c.path[l].idx + 1 == nrecs(node_at(bt, c.path[l].blk));
 	for (; level > 0; level--) {
 		uint64_t blk = child_of(bt, node_at(bt, c.path[level].blk), c.path[level].idx);
 		struct pmfuse_blk_hdr *h;
 
-		rc = read_node(bt, blk, level - 1, false, &h);
+		edge = edge && c.path[level].idx + 1 == nrecs(node_at(bt, c.path[level].blk));
+		rc = read_node(bt, blk, level - 1, false, edge, &h);
 		if (rc)
 			return rc;
 		c.path[level - 1].blk = blk;
@@ -1036,6 +1088,7 @@ struct place {
 	unsigned level;
 	uint64_t parent;      /* 0 for the root */
 	unsigned pidx;
+	bool edge;            /* the last node of its level */
 };
 
 static int check_fail(struct check *c, int line, const struct place *at, const char *fmt, ...)
@@ -1101,7 +1154,7 @@ static int check_header(struct check *c, const struct place *at, bool is_root,
 	if (pmfuse_le32(h->pad))
 		return FAIL(c, at, "header padding is not zero");
 	n = nrecs(h);
-	lo = is_root ? (at->level ? 2 : 1) : min_of(bt, at->level);
+	lo = fill_min(bt, at->level, is_root, at->edge);
 	if (n < lo || n > hi)
 		return FAIL(c, at, "%u slots, allowed %u..%u%s", n, lo, hi,
 			    is_root ? "" : " (minimum fill)");
@@ -1162,6 +1215,7 @@ static int check_node(struct check *c, const struct place *at, const void *lo, c
 			.level = at->level - 1,
 			.parent = at->blk,
 			.pidx = i,
+			.edge = at->edge && i + 1 == n,
 		};
 
 		rc = check_node(c, &sub, slot(bt, h, at->level, i),
@@ -1179,7 +1233,7 @@ int pmfuse_btree_check(const struct pmfuse_btree *bt,
 	struct check c = { bt, visit, arg, msg, msglen, 0 };
 	uint64_t root = pmfuse_le64(bt->root->root), count = pmfuse_le64(bt->root->nrecs);
 	unsigned levels = pmfuse_le16(bt->root->levels);
-	struct place top = { .blk = root, .level = levels ? levels - 1 : 0 };
+	struct place top = { .blk = root, .level = levels ? levels - 1 : 0, .edge = true };
 	int rc;
 
 	if (msg && msglen)

@@ -55,6 +55,10 @@ struct pmfuse_btree {
 						  (its crc is resealed), or NULL */
 	uint64_t owner;                        /* stored in every node's header */
 	uint32_t block_size;
+	bool edge_fill;                        /* nodes on the right edge may hold fewer than
+						  max/2 slots, and an append there splits off
+						  one slot (PMFUSE_FEATURE_INCOMPAT_EDGE_FILL);
+						  false after init */
 };
 
 /* Fills in a tree handle; no I/O. */

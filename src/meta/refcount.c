@@ -117,6 +117,7 @@ void pmfuse_refcount_tree(struct pmfuse_volume *vol, struct pmfuse_btree *bt)
 	pmfuse_btree_init(bt, vol->pool, vol->alloc, &pmfuse_refcount_ops,
 			  &vol->state->roots[PMFUSE_ROOT_REFCOUNT], &vol->state->hdr,
 			  PMFUSE_TREE_REFCOUNT, vol->block_size);
+	bt->edge_fill = pmfuse_volume_edge_fill(vol);
 }
 
 /* ---- record access --------------------------------------------------------------------------- */

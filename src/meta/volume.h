@@ -37,6 +37,12 @@ struct pmfuse_volume {
 };
 
 /* Helpers to address blocks. */
+/* Whether the pool's b+trees may have underfull right-edge nodes (format.h: EDGE_FILL). */
+static inline bool pmfuse_volume_edge_fill(const struct pmfuse_volume *vol)
+{
+	return pmfuse_le64(vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_EDGE_FILL;
+}
+
 static inline void *pmfuse_volume_block(const struct pmfuse_volume *vol, uint64_t blk)
 {
 	return (char *)pmfuse_pool_base(vol->pool) + blk * vol->block_size;

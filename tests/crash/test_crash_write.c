@@ -3,7 +3,8 @@
  * Crash test of writes that allocate or extend: appends (from a partly filled last block and
  * from a block boundary), writes into holes and past EOF with a gap, writes into blocks
  * preallocated past EOF (fallocate KEEP_SIZE) and inside EOF, overwrites, growing and
- * shrinking truncates, on fake media, stopped at every persistence barrier.
+ * shrinking truncates, on fake media, stopped at every persistence barrier. Among them, the
+ * conversions of an inline extent map into a tree and back (counted, at least two and one).
  *
  * Each operation runs through crash_harness.h's step, which checks every crash image:
  *   - the space check and fsck pass (E5: the last block holds zeros past EOF);
@@ -30,6 +31,25 @@
 #define BS CH_BS
 #define NFILES CH_NFILES
 #define CAP CH_CAP
+
+/* Whether file i's extent map is inline, and its tree's levels (format.h). */
+static bool map_inline(struct pmfuse_fs *fs, int i)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+
+	assert_int_equal(pmfuse_inode_locate(fs, ch_ino_of(fs, i), &ip, &leaf), 0);
+	return pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP;
+}
+
+static unsigned map_levels(struct pmfuse_fs *fs, int i)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+
+	assert_int_equal(pmfuse_inode_locate(fs, ch_ino_of(fs, i), &ip, &leaf), 0);
+	return pmfuse_le16(ip->map.levels);
+}
 
 /* ---- the operations ------------------------------------------------------------------------- */
 
@@ -155,7 +175,7 @@ static void test_crash_write(void **state)
 		.atomic = op_atomic,
 	};
 	struct th_rng wl;
-	uint64_t nops = th_scaled(100);
+	uint64_t nops = th_scaled(100), to_tree = 0, to_inline = 0;
 	(void)state;
 
 	th_rng_init(&wl, th_seed() ^ 0xc10e);
@@ -200,11 +220,21 @@ static void test_crash_write(void **state)
 			{ .kind = OP_TRUNC, .dst = 2, .len = 9 * BS + 1 },
 			{ .kind = OP_TRUNC, .dst = 2, .len = BS / 2 },
 			{ .kind = OP_APPEND, .dst = 2, .off = BS / 2, .len = 3 * BS, .seed = 8 },
+			/* c's map is inline (one or two extents): extents past holes turn it into
+			 * a tree, a truncate to one block turns it back, an unwritten extent
+			 * joins it inline, and a write past a gap turns it into a tree again */
+			{ .kind = OP_WRITE, .dst = 2, .off = 6 * BS + 1, .len = 10, .seed = 9 },
+			{ .kind = OP_WRITE, .dst = 2, .off = 9 * BS, .len = BS, .seed = 10 },
+			{ .kind = OP_TRUNC, .dst = 2, .len = BS - 3 },
+			{ .kind = OP_PREALLOC, .dst = 2, .off = 3 * BS, .len = 2 * BS },
+			{ .kind = OP_WRITE, .dst = 2, .off = 7 * BS + 5, .len = 100, .seed = 11 },
+			{ .kind = OP_TRUNC, .dst = 2, .len = 2 * BS },
 		};
 		uint64_t nfirst = PMFUSE_ARRAY_SIZE(first);
 
 		for (uint64_t i = 0; i < nops + nfirst; i++) {
 			struct ch_op op;
+			bool was_inline;
 
 			ch_read_before(&t);
 			if (i < nfirst)
@@ -212,11 +242,18 @@ static void test_crash_write(void **state)
 			else
 				while (!pick_op(&wl, t.before, &op))
 					;
+			was_inline = map_inline(t.live.fs, op.dst);
 			ch_step(&t, &op);
+			to_tree += was_inline && !map_inline(t.live.fs, op.dst) &&
+				   map_levels(t.live.fs, op.dst);
+			to_inline += !was_inline && map_inline(t.live.fs, op.dst);
 		}
 	}
 	ch_finish(&t);
+	printf("# crash_write: %llu inline-to-tree and %llu tree-to-inline map conversions\n",
+	       ULL(to_tree), ULL(to_inline));
 	assert_true(t.as_before > 0 && t.as_after > 0);
+	assert_true(to_tree >= 2 && to_inline >= 1);
 	if (!getenv("PMFUSE_TEST_SCALE"))
 		assert_true(t.states >= 1000);
 }

@@ -593,13 +593,16 @@ static void drain_tree(struct env *e)
 	assert_int_equal(pmfuse_alloc_free_blocks(e->vol->alloc), e->free0);
 }
 
-static void model_run(const struct pmfuse_btree_ops *ops, uint32_t bs, uint64_t space,
-		      const struct mix *grow, uint64_t nops, unsigned want_levels)
+static void model_run_fill(const struct pmfuse_btree_ops *ops, uint32_t bs, uint64_t space,
+			   const struct mix *grow, uint64_t nops, unsigned want_levels,
+			   bool edge_fill)
 {
 	struct env e;
 	uint64_t n = th_scaled(nops);
 
-	env_init(&e, ops, 64 * MIB, bs, 4 * MIB / bs, space, (uint64_t)ops->rec_len << 32 | bs);
+	env_init(&e, ops, 64 * MIB, bs, 4 * MIB / bs, space,
+		 (uint64_t)ops->rec_len << 32 | bs | (uint64_t)edge_fill << 31);
+	e.bt.edge_fill = edge_fill;
 	run_phase(&e, grow, n * 40 / 100, 0);
 	run_phase(&e, &churn_mix, n * 20 / 100, 0);
 	run_phase(&e, &shrink_mix, n - n * 60 / 100, e.peak / 20);
@@ -620,6 +623,132 @@ static void model_run(const struct pmfuse_btree_ops *ops, uint32_t bs, uint64_t 
 	}
 	drain_tree(&e);
 	env_fini(&e);
+}
+
+static void model_run(const struct pmfuse_btree_ops *ops, uint32_t bs, uint64_t space,
+		      const struct mix *grow, uint64_t nops, unsigned want_levels)
+{
+	model_run_fill(ops, bs, space, grow, nops, want_levels, false);
+}
+
+/* The same random mixes (ascending runs among them) with right-edge fill: invariants, contents
+ * and block accounting as without. */
+static void test_model_edge_fill(void **state)
+{
+	(void)state;
+	model_run_fill(&small_ops, 4096, 1000000, &bulk_mix, 200000, 3, true);
+	model_run_fill(&large_ops, 4096, 30000, &grow_mix, 200000, 3, true);
+	model_run_fill(&deep_ops, 4096, 16000, &bulk_mix, 100000, 5, true);
+}
+
+/* Leaves and their records over the whole tree (a cursor walk): fill = recs / (leaves * max),
+ * and the fullest-but-last check: every leaf but the last holds at least `min_pct` of max. */
+static double leaf_fill(struct env *e, unsigned min_pct, uint64_t *leaves)
+{
+	struct pmfuse_btree_cursor cur;
+	uint64_t blk = 0, n = 0, recs = 0, in_leaf = 0, max = pmfuse_btree_leaf_max(&e->bt);
+	unsigned short_leaves = 0;
+	int rc;
+
+	for (rc = pmfuse_btree_first(&cur, &e->bt); !rc; rc = pmfuse_btree_next(&cur)) {
+		if (cur.path[0].blk != blk) {
+			if (n && in_leaf * 100 < max * min_pct)
+				short_leaves++;
+			blk = cur.path[0].blk;
+			n++;
+			in_leaf = 0;
+		}
+		in_leaf++;
+		recs++;
+	}
+	assert_int_equal(rc, -ENOENT);
+	*leaves = n;
+	if (min_pct)
+		assert_int_equal(short_leaves, 0);
+	return n ? (double)recs / ((double)n * (double)max) : 0;
+}
+
+/*
+ * Right-edge fill: ascending inserts (inode numbers) leave every leaf but the last full and the
+ * tree's nodes at >= 90% on the whole, where even splits leave half-full leaves; random
+ * inserts into such a tree still split evenly and keep every invariant; deleting from the end
+ * empties the edge leaf by leaf (each leaves its parent, the root collapses), and deleting
+ * from the front underflows nodes next to an underfull edge sibling (borrow or merge).
+ */
+static void test_edge_fill(void **state)
+{
+	const struct pmfuse_btree_ops *shapes[] = { &large_ops, &small_ops, &deep_ops };
+	(void)state;
+
+	for (size_t si = 0; si < PMFUSE_ARRAY_SIZE(shapes); si++) {
+		double fill[2];
+		uint64_t leaves[2], nodes[2] = { 0, 0 }, n = shapes[si] == &small_ops ? 40000 : 4000;
+
+		for (int ef = 0; ef < 2; ef++) {
+			struct env e;
+			char msg[512];
+
+			env_init(&e, shapes[si], 64 * MIB, 4096, 1024, n + 1000, 0xed9e + si * 2 + ef);
+			e.bt.edge_fill = ef;
+			for (uint64_t k = 0; k < n;) {
+				struct pmfuse_tx *tx = pmfuse_tx_begin(e.vol->txm);
+
+				for (unsigned i = 0; i < 50 && k < n; i++, k++)
+					op_insert(&e, tx, k);
+				assert_int_equal(pmfuse_tx_commit(tx), 0);
+				model_commit(&e.m);
+			}
+			check_all(&e);
+			assert_int_equal(pmfuse_btree_check(&e.bt, count_node, &nodes[ef], msg,
+							    sizeof(msg)), 0);
+			fill[ef] = leaf_fill(&e, ef ? 100 : 0, &leaves[ef]);
+			printf("# %s, %llu ascending inserts, %s: %llu leaves %.1f%% full, %llu "
+			       "nodes in all\n", shapes[si]->name, (unsigned long long)n,
+			       ef ? "edge fill" : "even splits", (unsigned long long)leaves[ef],
+			       fill[ef] * 100, (unsigned long long)nodes[ef]);
+			if (ef) {
+				assert_true(fill[ef] >= 0.9);
+				/* all nodes: at most 10% more than the records need */
+				assert_true((double)nodes[ef] * 0.9 <= (double)leaves[ef] /
+					    fill[ef] + (double)(nodes[ef] - leaves[ef]) + 1);
+			} else {
+				assert_true(fill[ef] < 0.75);   /* what edge fill improves on */
+			}
+			/* random inserts into the packed tree, then deletes from the front (next to
+			 * the edge) and from the end (the edge empties), checked as they go */
+			for (uint64_t r = 0; r < n / 2; r++) {
+				struct pmfuse_tx *tx = pmfuse_tx_begin(e.vol->txm);
+
+				op_insert(&e, tx, n + th_rng_below(&e.rng, 1000));
+				op_insert(&e, tx, th_rng_below(&e.rng, n));
+				assert_int_equal(pmfuse_tx_commit(tx), 0);
+				model_commit(&e.m);
+				if (r % 500 == 0)
+					check_all(&e);
+			}
+			check_all(&e);
+			for (uint64_t r = 0; e.m.count; r++) {
+				struct pmfuse_tx *tx = pmfuse_tx_begin(e.vol->txm);
+				uint64_t k = r % 3 ? model_le(&e.m, e.m.space - 1) : model_ge(&e.m, 0);
+
+				op_delete(&e, tx, k);
+				if (th_rng_below(&e.rng, 10) == 0) {
+					pmfuse_tx_abort(tx);
+					model_rollback(&e.m);
+				} else {
+					assert_int_equal(pmfuse_tx_commit(tx), 0);
+					model_commit(&e.m);
+				}
+				if (r % 97 == 0)
+					check_all(&e);
+			}
+			check_all(&e);
+			assert_int_equal(tree_levels(&e.bt), 0);
+			assert_int_equal(pmfuse_alloc_free_blocks(e.vol->alloc), e.free0);
+			env_fini(&e);
+		}
+		assert_true(leaves[1] < leaves[0]);
+	}
 }
 
 static void test_model_small(void **state)
@@ -1249,6 +1378,8 @@ int main(void)
 		cmocka_unit_test(test_model_large),
 		cmocka_unit_test(test_model_deep),
 		cmocka_unit_test(test_model_64k_blocks),
+		cmocka_unit_test(test_edge_fill),
+		cmocka_unit_test(test_model_edge_fill),
 		cmocka_unit_test(test_root_outside_metadata),
 		cmocka_unit_test(test_abort_restores),
 		cmocka_unit_test(test_enospc),

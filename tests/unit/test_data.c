@@ -97,10 +97,19 @@ static uint64_t check_space(struct th_env *e)
 			uint64_t sum = 0, prev_end = 0;
 			int erc;
 
+			bool inl = pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP;
+			unsigned i = 0;
+
 			pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
 			check_tree(&m, &bt);
-			for (erc = pmfuse_btree_first(&ec, &bt); !erc; erc = pmfuse_btree_next(&ec)) {
-				const struct pmfuse_extent *x = pmfuse_btree_cursor_rec(&ec);
+			if (inl)   /* the records are in the inode, the tree is empty */
+				assert_int_equal(pmfuse_le16(ip->map.levels), 0);
+			for (erc = inl ? 0 : pmfuse_btree_first(&ec, &bt); !erc;
+			     erc = inl ? (++i < PMFUSE_INLINE_EXTENTS &&
+					  pmfuse_le32(ip->inline_map[i].len) ? 0 : -ENOENT) :
+			     pmfuse_btree_next(&ec)) {
+				const struct pmfuse_extent *x = inl ? &ip->inline_map[i] :
+					pmfuse_btree_cursor_rec(&ec);
 				uint64_t f = pmfuse_le64(x->fblock), p = pmfuse_le64(x->pblock);
 				uint32_t len = pmfuse_le32(x->len);
 
@@ -1394,6 +1403,225 @@ static void test_unwritten(void **state)
 	free(buf);
 }
 
+/* A file's map as stored: how many records, inline or in a tree (then levels > 0). */
+struct shape {
+	unsigned recs;
+	bool inl;
+	unsigned levels;
+};
+
+static struct shape shape_of(struct th_env *e, uint64_t ino)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+	struct pmfuse_btree bt;
+	struct shape sh = { 0 };
+
+	assert_int_equal(pmfuse_inode_locate(e->fs, ino, &ip, &leaf), 0);
+	sh.inl = pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP;
+	sh.levels = pmfuse_le16(ip->map.levels);
+	if (sh.inl) {
+		assert_int_equal(sh.levels, 0);
+		while (sh.recs < PMFUSE_INLINE_EXTENTS && pmfuse_le32(ip->inline_map[sh.recs].len))
+			sh.recs++;
+		assert_true(sh.recs >= 1);
+	} else {
+		static const struct pmfuse_extent zero[PMFUSE_INLINE_EXTENTS];
+
+		assert_memory_equal(ip->inline_map, zero, sizeof(zero));
+		pmfuse_inode_tree(e->fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
+		sh.recs = (unsigned)pmfuse_btree_count(&bt);
+	}
+	return sh;
+}
+
+#define SHAPE(e, ino, n, inline_, lv) do {                                        \
+		struct shape sh_ = shape_of(e, ino);                              \
+		assert_int_equal(sh_.recs, n);                                    \
+		assert_int_equal(sh_.inl, inline_);                               \
+		assert_int_equal(sh_.levels, lv);                                 \
+	} while (0)
+
+static void wr_blk(struct th_env *e, uint64_t ino, uint64_t fb, uint8_t v, size_t len)
+{
+	uint8_t buf[4096];
+
+	memset(buf, v, sizeof(buf));
+	assert_int_equal(pmfuse_fs_write(e->fs, ino, buf, len, fb * 4096, false, &th_cred_user),
+			 (ssize_t)len);
+}
+
+static void rd_expect(struct th_env *e, uint64_t ino, uint64_t fb, uint8_t v)
+{
+	uint8_t buf[4096];
+
+	assert_int_equal(pmfuse_fs_pread(e->fs, ino, buf, 4096, fb * 4096), 4096);
+	for (size_t i = 0; i < sizeof(buf); i++)
+		assert_int_equal(buf[i], v);
+}
+
+/*
+ * Inline maps at every boundary: an empty map, the first inline extent (one data block and no
+ * map block), the last one that fits, the first that needs a tree (one leaf more), truncating
+ * back (above the capacity a tree stays, at one record it goes inline and its leaf is freed),
+ * hole punching that splits an inline extent, unwritten extents inline, clones and CoW of
+ * inline-map files, and a malformed inline map refused by reads and reported by fsck.
+ */
+static void test_inline_map(void **state)
+{
+	struct th_env e;
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+	struct th_fsck fk;
+	uint64_t ino, cl, f0;
+	uint8_t buf[4096];
+	(void)state;
+
+	th_env_new(&e, 8u << 20, 4096, 0);
+	ino = th_mkfile(&e, "f");
+	SHAPE(&e, ino, 0, false, 0);
+	assert_false(pmfuse_le64(e.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_INLINE_MAP);
+
+	/* 1 byte: one data block, nothing else; the feature is set with the first inline map */
+	f0 = th_free_blocks(&e);
+	wr_blk(&e, ino, 0, 'a', 1);
+	assert_int_equal(f0 - th_free_blocks(&e), 1);
+	SHAPE(&e, ino, 1, true, 0);
+	assert_true(pmfuse_le64(e.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_INLINE_MAP);
+	assert_int_equal(th_getattr(&e, ino).blocks512, 8);
+	/* the rest of the block: still one block, one extent */
+	wr_blk(&e, ino, 0, 'a', 4096);
+	assert_int_equal(f0 - th_free_blocks(&e), 1);
+	SHAPE(&e, ino, 1, true, 0);
+	th_fsck_clean(e.fs);
+
+	/* the last extent that fits inline: block 2 (a hole at 1) */
+	wr_blk(&e, ino, 2, 'c', 4096);
+	assert_int_equal(f0 - th_free_blocks(&e), 2);
+	SHAPE(&e, ino, 2, true, 0);
+	/* the first that does not: a tree with one leaf */
+	wr_blk(&e, ino, 4, 'e', 4096);
+	assert_int_equal(f0 - th_free_blocks(&e), 4);
+	SHAPE(&e, ino, 3, false, 1);
+	rd_expect(&e, ino, 0, 'a');
+	rd_expect(&e, ino, 1, 0);
+	rd_expect(&e, ino, 2, 'c');
+	rd_expect(&e, ino, 4, 'e');
+	th_fsck_clean(e.fs);
+
+	/* truncate back: at the capacity the tree stays, below it the map goes inline */
+	assert_int_equal(th_set_size(&e, ino, 3 * 4096), 0);
+	SHAPE(&e, ino, 2, false, 1);
+	assert_int_equal(f0 - th_free_blocks(&e), 3);
+	assert_int_equal(th_set_size(&e, ino, 4096), 0);
+	SHAPE(&e, ino, 1, true, 0);
+	assert_int_equal(f0 - th_free_blocks(&e), 1);   /* the leaf went with the tree */
+	rd_expect(&e, ino, 0, 'a');
+	th_fsck_clean(e.fs);
+	/* to zero: the empty map, flag cleared */
+	assert_int_equal(th_set_size(&e, ino, 0), 0);
+	SHAPE(&e, ino, 0, false, 0);
+	assert_int_equal(th_free_blocks(&e), f0);
+	th_fsck_clean(e.fs);
+
+	/* punching holes into one inline extent: case D splits it (2 records), a second punch
+	 * needs the tree; filling the holes again keeps the tree (no unmap) */
+	for (uint64_t b = 0; b < 5; b++)
+		wr_blk(&e, ino, b, (uint8_t)('0' + b), 4096);
+	SHAPE(&e, ino, 1, true, 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					     1 * 4096, 4096), 0);
+	SHAPE(&e, ino, 2, true, 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					     3 * 4096, 4096), 0);
+	SHAPE(&e, ino, 3, false, 1);
+	for (uint64_t b = 0; b < 5; b++)
+		rd_expect(&e, ino, b, b == 1 || b == 3 ? 0 : (uint8_t)('0' + b));
+	th_fsck_clean(e.fs);
+	/* punching the ends leaves one record (block 2): inline again */
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					     0, 2 * 4096), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					     3 * 4096, 2 * 4096), 0);
+	SHAPE(&e, ino, 1, true, 0);
+	rd_expect(&e, ino, 2, '2');
+	th_fsck_clean(e.fs);
+	assert_int_equal(th_set_size(&e, ino, 0), 0);
+
+	/* unwritten inline: preallocate two blocks, write one byte into the second */
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 2 * 4096), 0);
+	SHAPE(&e, ino, 1, true, 0);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "x", 1, 4096 + 7, false, &th_cred_user), 1);
+	SHAPE(&e, ino, 2, true, 0);   /* [0] unwritten, [1] written */
+	assert_int_equal(pmfuse_fs_pread(e.fs, ino, buf, 4096, 4096), 4096);
+	for (size_t i = 0; i < 4096; i++)
+		assert_int_equal(buf[i], i == 7 ? 'x' : 0);
+	rd_expect(&e, ino, 0, 0);
+	/* writing the first converts it, and the two merge into one record */
+	wr_blk(&e, ino, 0, 'q', 4096);
+	SHAPE(&e, ino, 1, true, 0);
+	th_fsck_clean(e.fs);
+
+	/* a clone shares the blocks (taking at most the refcount tree's first leaf), inline on
+	 * both sides; copy-on-write in the clone leaves the original alone */
+	cl = th_mkfile(&e, "cl");
+	f0 = th_free_blocks(&e);
+	assert_int_equal(pmfuse_fs_clone_range(e.fs, ino, 0, 0, cl, 0), 0);
+	assert_true(f0 - th_free_blocks(&e) <= 1);
+	SHAPE(&e, cl, 1, true, 0);
+	assert_int_equal(pmfuse_fs_check_space(e.fs, NULL, NULL, 0), 0);
+	wr_blk(&e, cl, 4, 'z', 4096);   /* a second record (a hole before it) */
+	SHAPE(&e, cl, 2, true, 0);
+	wr_blk(&e, cl, 0, 'w', 10);     /* CoW of the shared blocks */
+	{
+		struct shape sh = shape_of(&e, cl);
+
+		assert_true(sh.recs >= 2);
+		assert_int_equal(sh.inl, sh.recs <= PMFUSE_INLINE_EXTENTS);
+	}
+	SHAPE(&e, ino, 1, true, 0);
+	rd_expect(&e, ino, 0, 'q');
+	rd_expect(&e, cl, 4, 'z');
+	assert_int_equal(pmfuse_fs_pread(e.fs, cl, buf, 4096, 0), 4096);
+	assert_memory_equal(buf, "wwwwwwwwwwqq", 12);
+	assert_int_equal(pmfuse_fs_check_space(e.fs, NULL, NULL, 0), 0);
+	th_fsck_clean(e.fs);
+	th_rmfile(&e, "cl", cl);
+
+	/* a malformed inline map: reads refuse it, fsck names it */
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "tail", 4, 6 * 4096, false, &th_cred_user), 4);
+	SHAPE(&e, ino, 2, true, 0);
+	assert_int_equal(pmfuse_inode_locate(e.fs, ino, &ip, &leaf), 0);
+	{
+		struct pmfuse_extent saved[PMFUSE_INLINE_EXTENTS];
+
+		memcpy(saved, ip->inline_map, sizeof(saved));
+		ip->inline_map[0] = saved[1];           /* out of order */
+		ip->inline_map[1] = saved[0];
+		pmfuse_blk_seal(leaf, e.fs->bs);
+		pmfuse_log_set_target(PMFUSE_LOG_QUIET);
+		assert_int_equal(pmfuse_fs_pread(e.fs, ino, buf, 4096, 0), -EUCLEAN);
+		th_fsck_run(e.fs, &fk);
+		assert_true(th_fsck_has(&fk, "overlaps the one before"));
+		memcpy(ip->inline_map, saved, sizeof(saved));
+		memset(&ip->inline_map[1], 0, sizeof(ip->inline_map[1]));   /* blocks disagree */
+		pmfuse_blk_seal(leaf, e.fs->bs);
+		th_fsck_run(e.fs, &fk);
+		assert_true(th_fsck_has(&fk, "its extents map 2 blocks, the inode says 3"));
+		memcpy(ip->inline_map, saved, sizeof(saved));
+		pmfuse_set_le32(&ip->flags, pmfuse_le32(ip->flags) & ~PMFUSE_INODE_INLINE_MAP);
+		pmfuse_blk_seal(leaf, e.fs->bs);      /* records without the flag */
+		assert_int_equal(pmfuse_fs_pread(e.fs, ino, buf, 4096, 0), -EUCLEAN);
+		pmfuse_set_le32(&ip->flags, pmfuse_le32(ip->flags) | PMFUSE_INODE_INLINE_MAP);
+		pmfuse_blk_seal(leaf, e.fs->bs);
+		pmfuse_log_set_target(PMFUSE_LOG_STDERR);
+	}
+	th_fsck_clean(e.fs);
+	th_rmfile(&e, "f", ino);
+	check_space(&e);
+	th_env_free(&e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1408,6 +1636,7 @@ int main(void)
 		cmocka_unit_test(test_budget_split_extent),
 		cmocka_unit_test(test_corruption),
 		cmocka_unit_test(test_unwritten),
+		cmocka_unit_test(test_inline_map),
 		cmocka_unit_test(test_crash_truncate_and_append),
 		cmocka_unit_test(test_model_verified),
 		cmocka_unit_test(test_model_tiny_log),

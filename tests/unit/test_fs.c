@@ -810,6 +810,8 @@ static void check_inode_blocks(struct tctx *t, uint64_t ino, struct blkcount *bc
 	} else if (S_ISREG(mode) || S_ISLNK(mode)) {
 		pmfuse_inode_tree(t->fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
 		check_tree(&bt, bc);
+		if (pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP)
+			assert_int_equal(pmfuse_le16(ip->map.levels), 0);
 		bc->n += pmfuse_le64(ip->blocks);
 	} else {
 		assert_int_equal(pmfuse_le16(ip->map.levels), 0);
@@ -2502,6 +2504,21 @@ static void *first_rec(struct tctx *t, struct pmfuse_btree *bt, struct pmfuse_bl
 	return (void *)pmfuse_btree_cursor_rec(&cur);
 }
 
+/* A file's first extent record, in its inode (inline map) or its map tree, and the block that
+ * holds it, for tampering. */
+static struct pmfuse_extent *first_extent(struct tctx *t, struct pmfuse_inode *ip,
+					  struct pmfuse_blk_hdr *leaf, struct pmfuse_blk_hdr **eleaf)
+{
+	struct pmfuse_btree bt;
+
+	if (pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP) {
+		*eleaf = leaf;
+		return &ip->inline_map[0];
+	}
+	pmfuse_inode_tree(t->fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
+	return first_rec(t, &bt, eleaf);
+}
+
 static void reseal(struct tctx *t, struct pmfuse_blk_hdr *leaf)
 {
 	pmfuse_blk_seal(leaf, t->fs->bs);
@@ -2847,13 +2864,11 @@ static void test_fsck_checks(void **state)
 	expect_fsck(&t, "bytes past end of file (5) in its last block");
 	b[100] = 0;
 	{
-		struct pmfuse_btree bt;
 		struct pmfuse_blk_hdr *eleaf;
 		struct pmfuse_extent *e;
 
 		ip = inode_of(&t, sl, &leaf);
-		pmfuse_inode_tree(t.fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
-		e = first_rec(&t, &bt, &eleaf);
+		e = first_extent(&t, ip, leaf, &eleaf);
 		b = pmfuse_volume_block(t.vol, pmfuse_le64(e->pblock));
 	}
 	b[2] = 0;
@@ -2883,14 +2898,12 @@ static void test_fsck_checks(void **state)
 	/* extent flags (E1, E6): unknown, unwritten without the feature, an unwritten symlink
 	 * target, a block written for one owner and unwritten for another */
 	{
-		struct pmfuse_btree bt;
 		struct pmfuse_blk_hdr *eleaf;
 		struct pmfuse_extent *e;
 		uint64_t cl = mk(&t, 1, "cl", S_IFREG | 0644);
 
 		ip = inode_of(&t, fl, &leaf);
-		pmfuse_inode_tree(t.fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
-		e = first_rec(&t, &bt, &eleaf);
+		e = first_extent(&t, ip, leaf, &eleaf);
 		pmfuse_set_le32(&e->flags, 2);
 		reseal(&t, eleaf);
 		expect_fsck(&t, "flags 0x2");
@@ -2903,8 +2916,7 @@ static void test_fsck_checks(void **state)
 
 		assert_int_equal(pmfuse_data_feature_unwritten(t.fs), 0);
 		ip = inode_of(&t, sl, &leaf);
-		pmfuse_inode_tree(t.fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
-		e = first_rec(&t, &bt, &eleaf);
+		e = first_extent(&t, ip, leaf, &eleaf);
 		pmfuse_set_le32(&e->flags, PMFUSE_EXTENT_UNWRITTEN);
 		reseal(&t, eleaf);
 		expect_fsck(&t, "symlink target at file block 0 is unwritten");
@@ -2914,8 +2926,7 @@ static void test_fsck_checks(void **state)
 		assert_int_equal(pmfuse_fs_clone_range(t.fs, fl, 0, 0, cl, 0), 0);
 		th_fsck_clean(t.fs);
 		ip = inode_of(&t, cl, &leaf);
-		pmfuse_inode_tree(t.fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
-		e = first_rec(&t, &bt, &eleaf);
+		e = first_extent(&t, ip, leaf, &eleaf);
 		pmfuse_set_le32(&e->flags, PMFUSE_EXTENT_UNWRITTEN);
 		reseal(&t, eleaf);
 		expect_fsck(&t, "mapped unwritten 1 times and written 1 times");

@@ -98,14 +98,20 @@ static void print_sb(const struct pmfuse_sb *sb)
 	row("data", "blocks %llu..%llu (%llu)", (ull)pmfuse_le64(sb->data_start),
 	    (ull)(count - 2), (ull)(count - 1 - pmfuse_le64(sb->data_start)));
 	uint64_t incompat = pmfuse_le64(sb->incompat);
-	row("features", "compat 0x%016llx ro_compat 0x%016llx incompat 0x%016llx%s%s%s%s",
-	    (ull)pmfuse_le64(sb->compat), (ull)pmfuse_le64(sb->ro_compat), (ull)incompat,
-	    incompat ? " (" : "",
-	    incompat & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN ? "unwritten" : "",
-	    (incompat & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN) &&
-	    (incompat & PMFUSE_FEATURE_INCOMPAT_LOG_ZERO) ? ", " : "",
-	    incompat & PMFUSE_FEATURE_INCOMPAT_LOG_ZERO ? "log_zero: mounted, or crashed)" :
-	    incompat ? ")" : "");
+	char names[128] = "";
+	static const struct { uint64_t bit; const char *name; } known[] = {
+		{ PMFUSE_FEATURE_INCOMPAT_UNWRITTEN, "unwritten" },
+		{ PMFUSE_FEATURE_INCOMPAT_INLINE_MAP, "inline_map" },
+		{ PMFUSE_FEATURE_INCOMPAT_EDGE_FILL, "edge_fill" },
+		{ PMFUSE_FEATURE_INCOMPAT_LOG_ZERO, "log_zero: mounted, or crashed" },
+	};
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		if (incompat & known[i].bit)
+			snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+				 names[0] ? ", " : " (", known[i].name);
+	row("features", "compat 0x%016llx ro_compat 0x%016llx incompat 0x%016llx%s%s",
+	    (ull)pmfuse_le64(sb->compat), (ull)pmfuse_le64(sb->ro_compat), (ull)incompat, names,
+	    names[0] ? ")" : "");
 	row("clean", "%s", pmfuse_le32(sb->clean) == PMFUSE_SB_CLEAN ? "yes" :
 	    "no (mounted now, or not cleanly unmounted)");
 	row("mount count", "%llu", (ull)pmfuse_le64(sb->mount_count));
