@@ -281,12 +281,14 @@ def start_fuse(cmd, mnt, logfile, cleanup, what):
     return proc, tok
 
 
-def mount_pmfuse(paths, pool, mnt, size, cleanup, logfile):
-    """mkfs.pmfuse -s SIZE POOL, then `pmfuse -f POOL MNT`. Returns the cleanup token."""
+def mount_pmfuse(paths, pool, mnt, size, cleanup, logfile, opts=None):
+    """mkfs.pmfuse -s SIZE POOL, then `pmfuse -f [-o OPTS] POOL MNT`. Returns the cleanup
+    token."""
     run([paths["mkfs"], "-q", "-f", "-s", str(size), pool])
     cleanup.push(f"remove pool {pool}", _rm, pool)
     os.makedirs(mnt, exist_ok=True)
-    _, tok = start_fuse([paths["daemon"], "-f", pool, mnt], mnt, logfile, cleanup, "pmfuse")
+    _, tok = start_fuse([paths["daemon"], "-f"] + (["-o", opts] if opts else []) + [pool, mnt],
+                        mnt, logfile, cleanup, "pmfuse")
     return tok
 
 

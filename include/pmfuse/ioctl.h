@@ -10,6 +10,13 @@
  * daemon checks the caller's rights on every file involved (the kernel only checked the file the
  * ioctl was issued on).
  *
+ * The daemon works on what is on the pool, and the kernel writes back nothing before sending a
+ * FUSE ioctl: a caller fsyncs (or fdatasyncs) every file it hands over first, the destination
+ * of a clone included, when pages may be dirty in the page cache (a shared mapping, or any
+ * write when the daemon runs with -o writeback_cache), or the clone, dedupe, hashes or
+ * extents miss those pages, and a later write-back of the destination's lands over the cloned
+ * blocks. pmfusectl does so. The daemon drops the destination's cached pages after a clone.
+ *
  * All fields are native-endian (they never reach the pool).
  */
 #ifndef PMFUSE_IOCTL_H

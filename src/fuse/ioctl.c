@@ -238,6 +238,23 @@ static bool beyond_cache(uint64_t size, uint64_t off)
 	return size == 0 || off >= (size + folio_max - 1) / folio_max * folio_max;
 }
 
+/*
+ * With the writeback cache: when ino is larger now than old_size, the job stores its last
+ * byte after the invalidation, which tells the kernel the new size (notify.c).
+ */
+static void grown_size(struct pmfuse_fs *fs, uint64_t ino, uint64_t old_size,
+		       struct pmfuse_deferred *job)
+{
+	struct pmfuse_attr a;
+	uint8_t byte;
+
+	if (pmfuse_fs_getattr(fs, ino, &a) || a.size <= old_size ||
+	    pmfuse_fs_pread(fs, ino, &byte, 1, a.size - 1) != 1)
+		return;
+	job->store_off = a.size;
+	job->store_byte = byte;
+}
+
 /* ---- the pmfuse ioctls ---------------------------------------------------------------------- */
 
 /*
@@ -266,6 +283,12 @@ static struct pmfuse_deferred *remap_job(fuse_req_t req, uint64_t src_off, uint6
  * page lock and so is done here: the reply then goes out from this thread, without the trip
  * through the notifier (about a third of the call). The notifier closes the copied descriptor
  * either way (why, see notify.c).
+ *
+ * With the writeback cache, a clone that grew the file also goes through the notifier, which
+ * stores the file's last byte in the kernel's cache: that is how the kernel, which then keeps
+ * its own size of a regular file, learns the new one (notify.c). The kernel flushed none of
+ * the destination's dirty pages before this ioctl (nor the source's): the caller must have
+ * (pmfusectl fsyncs both), or pages written back later land over the cloned blocks.
  */
 static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		      const void *in_buf)
@@ -297,7 +320,9 @@ static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		rc = pmfuse_fs_clone_range_sized(fs_of(req), src_ino, a.src_offset, a.src_length,
 						 ino, a.dest_offset, &old_size);
 		/* also on failure: -ENOSPC may leave part of the range cloned */
-		if (beyond_cache(old_size, a.dest_offset)) {
+		if (daemon_of(req)->writeback_cache)
+			grown_size(fs_of(req), ino, old_size, job);
+		if (beyond_cache(old_size, a.dest_offset) && !job->store_off) {
 			pmfuse_notifier_inval_attr(n, ino);
 			if (rc)
 				fuse_reply_err(req, -rc);
@@ -305,9 +330,11 @@ static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 				fuse_reply_ioctl(req, 0, NULL, 0);
 			job->req = NULL;
 		} else {
+			bool pages = !beyond_cache(old_size, a.dest_offset);
+
 			job->ino = ino;
-			job->off = (int64_t)a.dest_offset;
-			job->len = (int64_t)a.src_length;
+			job->off = pages ? (int64_t)a.dest_offset : -1;
+			job->len = pages ? (int64_t)a.src_length : 0;
 		}
 	}
 	job->err = -rc;

@@ -70,10 +70,11 @@ struct cli {
 	bool noacl;
 	bool nosubtype;
 	bool remount;
+	bool writeback_cache;        /* -o writeback_cache: the kernel's page cache buffers writes */
 	unsigned long remount_flags; /* MS_* from the -o options, for -o remount */
 };
 
-enum { KEY_RO, KEY_RW, KEY_ACL, KEY_NOACL, KEY_NOSUBTYPE, KEY_REMOUNT };
+enum { KEY_RO, KEY_RW, KEY_ACL, KEY_NOACL, KEY_NOSUBTYPE, KEY_REMOUNT, KEY_WRITEBACK };
 
 static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("ro", KEY_RO),
@@ -82,6 +83,7 @@ static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("noacl", KEY_NOACL),
 	FUSE_OPT_KEY("nosubtype", KEY_NOSUBTYPE),
 	FUSE_OPT_KEY("remount", KEY_REMOUNT),
+	FUSE_OPT_KEY("writeback_cache", KEY_WRITEBACK),
 	FUSE_OPT_END
 };
 
@@ -137,6 +139,9 @@ static int cli_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	case KEY_REMOUNT:
 		cli->remount = true;
 		return 0;
+	case KEY_WRITEBACK:
+		cli->writeback_cache = true;
+		return 0;            /* ours: asked for in FUSE_INIT, not a mount option */
 	case FUSE_OPT_KEY_NONOPT:
 		if (cli->pool) {
 			if (!cli->mnt && !(cli->mnt = strdup(arg)))
@@ -168,6 +173,8 @@ static void usage(FILE *f)
 		"                           \"fuse.pmfuse\" (for tools that expect plain fuse)\n"
 		"    -o remount,OPTS        change a mounted pmfuse's flags (ro, rw, nosuid, noexec,\n"
 		"                           ...) as mount -o remount does, then exit\n"
+		"    -o writeback_cache     let the kernel's page cache hold writes back: data is\n"
+		"                           durable at fsync (or close), no longer when write returns\n"
 		"pmfuse always uses -o default_permissions,fsname=POOL,subtype=pmfuse.\n"
 		"\n");
 }
@@ -471,6 +478,7 @@ bad_args:
 
 	/* The session first: it checks the mount options before the pool is touched. */
 	daemon.acl = !cli.noacl;
+	daemon.writeback_cache = cli.writeback_cache;
 	se = fuse_session_new(&args, &pmfuse_ops, sizeof(pmfuse_ops), &daemon);
 	if (!se)
 		goto out;            /* libfuse said why (an unknown option, most likely) */

@@ -34,6 +34,13 @@
  * Invalidating only the attributes (offset -1) takes no page lock, so a handler may do that
  * itself (pmfuse_notifier_inval_attr) and reply, and queue only the close.
  *
+ * With the writeback cache the kernel takes no size of a regular file from the daemon once it
+ * has the inode (fuse_change_attributes keeps i_size: cached writes past EOF may not have
+ * reached the daemon), so a clone that grew a file would stay cut at the old size. A
+ * FUSE_NOTIFY_STORE of the file's last byte is the one message that moves the kernel's size
+ * up (fuse_notify_store: fuse_write_update_attr); it locks the page it fills, so it is sent
+ * here too, after the invalidation and before the reply.
+ *
  * copy_file_range needs none of this: after FUSE_COPY_FILE_RANGE succeeds the kernel itself
  * truncates the destination's pages over the copied range and updates its size, under the
  * inode lock (fs/fuse/file.c, __fuse_copy_file_range), and it wrote back the dirty pages of
@@ -85,6 +92,18 @@ static void run(struct pmfuse_notifier *n, struct pmfuse_deferred *job)
 		if (rc && rc != -ENOENT)
 			pmfuse_log(PMFUSE_LOG_DEBUG, "invalidating inode %llu: %s",
 				   (unsigned long long)job->ino, strerror(-rc));
+	}
+	if (job->ino && job->store_off) {
+		struct fuse_bufvec v = FUSE_BUFVEC_INIT(1);
+		int rc;
+
+		v.buf[0].mem = &job->store_byte;
+		rc = fuse_lowlevel_notify_store(n->se, job->ino, (off_t)(job->store_off - 1), &v,
+						0);
+		if (rc && rc != -ENOENT)
+			pmfuse_log(PMFUSE_LOG_WARN, "inode %llu: cannot tell the kernel its new size "
+				   "%llu: %s", (unsigned long long)job->ino,
+				   (unsigned long long)job->store_off, strerror(-rc));
 	}
 	if (!job->req)
 		;                            /* replied by the handler */

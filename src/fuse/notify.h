@@ -14,7 +14,7 @@
 
 struct pmfuse_notifier;
 
-/* What the notifier does for one request, in this order: invalidate, reply, close fd. */
+/* What the notifier does for one request, in this order: invalidate, store, reply, close fd. */
 struct pmfuse_deferred {
 	fuse_req_t req;              /* NULL: already replied; only close fd */
 	int err;                     /* 0: fuse_reply_ioctl(req, 0, NULL, 0); else reply err */
@@ -22,6 +22,15 @@ struct pmfuse_deferred {
 					  a failed clone may have changed part of the range) */
 	int64_t off;                 /* < 0: attributes only; else pages from off on, and attrs */
 	int64_t len;                 /* 0: up to the end of the file */
+	/*
+	 * After the invalidation, store byte at store_off - 1 in the kernel's page cache
+	 * (FUSE_NOTIFY_STORE), which moves the kernel's size of ino up to store_off if it was
+	 * below: with the writeback cache the kernel keeps its own size of a regular file and
+	 * takes none from the daemon, so this is the only way it learns that a clone grew it.
+	 * 0: nothing to store.
+	 */
+	uint64_t store_off;
+	uint8_t store_byte;
 	int fd;                      /* a descriptor to close after the reply, or -1 */
 	struct pmfuse_deferred *next;
 };

@@ -20,7 +20,10 @@
  * the pool are pread() from the pool file into a per-thread buffer instead (read_emit_fd).
  *
  * Capabilities (op_init) and why:
- * - no writeback cache: a write is acknowledged only when it is durable on the pool;
+ * - no writeback cache unless -o writeback_cache: a write is acknowledged only when it is
+ *   durable on the pool; with the option the kernel's page cache holds writes back, and data
+ *   is durable at fsync (what follows from it: op_write, op_lseek, op_fsync, ioctl.c, and
+ *   doc/design.md);
  * - HANDLE_KILLPRIV_V2 (added to the INIT reply by initx.c; libfuse 3.14 has no bit for it):
  *   the kernel stops asking for security.capability before every write; a truncation (and a
  *   chown) then comes with FATTR_KILL_SUIDGID, set only when the caller lacks CAP_FSETID,
@@ -179,6 +182,16 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	}
 	if (d->export_support)
 		want(conn, FUSE_CAP_EXPORT_SUPPORT);
+	if (d->writeback_cache && !(conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
+		pmfuse_log(PMFUSE_LOG_WARN, "the kernel offers no writeback cache: every write "
+			   "stays durable on return");
+		d->writeback_cache = false;
+	}
+	if (d->writeback_cache) {
+		want(conn, FUSE_CAP_WRITEBACK_CACHE);
+		pmfuse_log(PMFUSE_LOG_INFO, "writeback cache: the kernel buffers writes; data is "
+			   "durable at fsync or close");
+	}
 	d->no_opendir = conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
 
 	/* libfuse has already capped max_write at its request buffer (1 MiB with 4 KiB pages). */
@@ -389,10 +402,12 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 
 /*
  * Contents change only through this daemon, and every change made through the kernel is made
- * to its page cache as well (no writeback cache: writes go through the page cache to us), so
- * the cache stays valid across opens; the changes the kernel does not see (a clone into the
- * file, see ioctl.c) invalidate it explicitly. direct_io stays off so that mmap works. fh
- * records the open flags for the ioctls.
+ * to its page cache as well (writes go through the page cache to us, at once or, with the
+ * writeback cache, later), so the cache stays valid across opens; the changes the kernel does
+ * not see (a clone into the file, see ioctl.c) invalidate it explicitly. direct_io stays off
+ * so that mmap works. fh records the open flags for the ioctls. Nothing checks them for a
+ * read: with the writeback cache the kernel reads through a write-only handle to fill the
+ * rest of a partly written page.
  */
 static void open_flags(struct fuse_file_info *fi)
 {
@@ -596,21 +611,37 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 /*
  * The offset is the kernel's: for O_APPEND it is the kernel's i_size, taken under the inode
  * lock, and the page cache already holds the bytes at that offset, so the fs must not move them.
+ *
+ * With the writeback cache, pages are written back as requests with fi->writepage set and
+ * no credentials (uid, gid and pid 0: the kernel's nocreds), so they clear no setuid or setgid
+ * (pmfuse_data_kill_suid spares uid 0). That is right: the kernel sends a write to a file
+ * whose setuid or setgid must go through straight away, with the writer's credentials
+ * (fuse_cache_write_iter: HANDLE_KILLPRIV_V2 and setattr_should_drop_suidgid), so the bits
+ * are cleared here at write(2) time, as on ext4. A written-back page is all or nothing for
+ * the kernel: it ignores a short count (fuse_writepage_end looks only at the error), so the
+ * bytes past it would be lost without a word; such a write goes on until it is done or fails,
+ * and the failure (ENOSPC) is what fsync and close report.
  */
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	struct pmfuse_cred cred;
-	bool dropped;
+	bool dropped, more;
 	ssize_t n;
 
-	(void)fi;
 	if (off < 0) {
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
 	cred_of(req, &cred);
 	n = pmfuse_fs_write_priv(fs_of(req), ino, buf, size, (uint64_t)off, false, &cred, &dropped);
+	while (fi->writepage && n > 0 && (size_t)n < size) {
+		ssize_t m = pmfuse_fs_write_priv(fs_of(req), ino, buf + n, size - (size_t)n,
+						 (uint64_t)off + (uint64_t)n, false, &cred, &more);
+
+		dropped |= more;
+		n = m <= 0 ? (m < 0 ? m : -EIO) : n + m;
+	}
 	/* The kernel keeps the old mode until its attributes time out unless told (a statx for
 	 * the mode alone, as "stat -c %A" makes, would not even refresh them). */
 	if (dropped)
@@ -628,11 +659,21 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_err(req, 0);
 }
 
+/*
+ * With the writeback cache the kernel has written the file's dirty pages back before it sends
+ * FSYNC, but it keeps showing the st_blocks of before until the attributes time out or the
+ * file is closed (fuse_flush drops them; fsync does not): dropping them here makes st_blocks
+ * right after fsync, as du expects. Attributes only: no page lock, so from the handler.
+ */
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
+	int rc = pmfuse_fs_fsync(fs_of(req), ino);
+
 	(void)datasync;
 	(void)fi;
-	fuse_reply_err(req, -pmfuse_fs_fsync(fs_of(req), ino));
+	if (!rc && daemon_of(req)->writeback_cache)
+		pmfuse_notifier_inval_attr(daemon_of(req)->notifier, ino);
+	fuse_reply_err(req, -rc);
 }
 
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
@@ -662,6 +703,17 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 	int64_t rc;
 
 	(void)fi;
+	/*
+	 * With the writeback cache the kernel sends LSEEK without writing back dirty pages
+	 * first (fs/fuse/file.c, fuse_lseek), so the pool may show a hole, or an EOF, where the
+	 * page cache holds data: SEEK_DATA would skip it (cp --sparse would lose it). ENOSYS
+	 * makes the kernel answer every SEEK_DATA/SEEK_HOLE itself from now on
+	 * (generic_file_llseek over its own i_size: all data, the hole at EOF, as POSIX allows).
+	 */
+	if (daemon_of(req)->writeback_cache) {
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
 	/* The kernel answers SEEK_SET, SEEK_CUR and SEEK_END itself. */
 	if (whence != SEEK_DATA && whence != SEEK_HOLE) {
 		fuse_reply_err(req, EINVAL);

@@ -23,6 +23,7 @@ struct pmfuse_daemon {
 	bool export_support;         /* the fs resolves "." and "..": NFS export may work */
 	bool no_opendir;             /* set by init: the kernel handles opendir/releasedir itself */
 	bool acl;                    /* POSIX ACLs wanted (not -o noacl) */
+	bool writeback_cache;        /* -o writeback_cache; cleared by init if the kernel refuses */
 	uint32_t block_size;         /* the pool's, for byte <-> block conversions */
 	bool dev_known;              /* dev is the st_dev of this mount (from statx at mount) */
 	dev_t dev;                   /* tells a caller's file on this mount from others */

@@ -48,7 +48,7 @@ from reflinkio import (DEDUPE_FMT, PMFUSE_IOC_DEDUPE_RANGE, DEDUPE_BLOCKS_FMT,
                        PMFUSE_IOC_DEDUPE_BLOCKS, PMFUSE_IOC_BLOCK_HASHES, HASH_FMT,
                        HASHES_HDR_FMT, HASHES_SIZE, HASH_ZERO, clone_file, check_sharing, all_files,
                        block_size, ctl, parse_stat, make_data, write_big, same_file, data_map,
-                       refcounts_by_block, COW_EXTENT_BLOCKS)
+                       to_pool, refcounts_by_block, COW_EXTENT_BLOCKS)
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -72,6 +72,7 @@ def check_mount_sharing(m, what):
 def dedupe(src_fd, dst_fd, src_off, length, dst_off, reserved=0):
     """PMFUSE_IOC_DEDUPE_RANGE on src_fd: (status, bytes_deduped). The ioctl's own errors
     raise OSError; the destination's come back in the status as -errno."""
+    to_pool(src_fd, dst_fd)
     buf = bytearray(struct.pack(DEDUPE_FMT, src_off, length, dst_fd, dst_off, 0, 0x5A5A,
                                 reserved))
     fcntl.ioctl(src_fd, PMFUSE_IOC_DEDUPE_RANGE, buf, True)
@@ -84,6 +85,7 @@ def dedupe(src_fd, dst_fd, src_off, length, dst_off, reserved=0):
 def dedupe_blocks(src_fd, dst_fd, src_off, length, dst_off, flags=0, reserved=0):
     """PMFUSE_IOC_DEDUPE_BLOCKS on src_fd: (compared, deduped, same, differ); errors raise
     OSError."""
+    to_pool(src_fd, dst_fd)
     buf = bytearray(struct.pack(DEDUPE_BLOCKS_FMT, src_off, length, dst_fd, dst_off, flags,
                                 reserved, 7, 7, 7, 7, 0, 0, 0))
     fcntl.ioctl(src_fd, PMFUSE_IOC_DEDUPE_BLOCKS, buf, True)
@@ -96,6 +98,7 @@ def dedupe_blocks(src_fd, dst_fd, src_off, length, dst_off, flags=0, reserved=0)
 def block_hashes(fd, start=0, flags=0, reserved=0):
     """One PMFUSE_IOC_BLOCK_HASHES call: (next, block_size, [(logical, physical, hash,
     refcount, flags)]); errors raise OSError."""
+    to_pool(fd)
     buf = bytearray(HASHES_SIZE)
     struct.pack_into(HASHES_HDR_FMT, buf, 0, start, flags, reserved, 0, 0, 0, 0, 0)
     fcntl.ioctl(fd, PMFUSE_IOC_BLOCK_HASHES, buf, True)

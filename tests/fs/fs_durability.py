@@ -34,12 +34,18 @@ def wdata(seed, i, n):
 
 def data_workload(mnt, logpath, seed, first, nfiles_max):
     """Writes, extends, truncates and creates files until the daemon dies. Log records:
-    B i op args...  (before)   D i  (after it returned)."""
+    B i op args...  (before)   D i  (after it returned). With the writeback cache a write is
+    durable only at fsync, so each write and truncate is followed by fsync or fdatasync
+    before it counts as returned: what this then checks is that fsync'd data survives."""
     rng = random.Random(f"{seed}-workload-{first}")
     log = os.open(logpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     fds = {}
     names = sorted(n for n in os.listdir(mnt))
     i = first
+
+    def sync(fd):
+        if pmfs.WRITEBACK_CACHE:
+            (os.fsync if rng.random() < 0.5 else os.fdatasync)(fd)
     try:
         while True:
             if not names or (len(names) < nfiles_max and rng.random() < 0.05):
@@ -61,11 +67,13 @@ def data_workload(mnt, logpath, seed, first, nfiles_max):
                                 rng.randrange(1, 300 << 10)])
                 logline(log, "B", i, "write", name, off, n)
                 pwrite_all(fd, wdata(seed, i, n), off)
+                sync(fd)
                 logline(log, "D", i)
             elif r < 0.95:
                 size = rng.randrange(0, 1 << 20)
                 logline(log, "B", i, "truncate", name, size)
                 os.ftruncate(fd, size)
+                sync(fd)
                 logline(log, "D", i)
             else:
                 logline(log, "B", i, "fsync", name)

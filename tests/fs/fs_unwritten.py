@@ -8,6 +8,7 @@ pmfusectl clone) and copy-on-write into them, mmap reads and writes of unwritten
 remount and fsck; the extent report's unwritten flag as `pmfusectl stat` shows it; and a
 1 GiB fallocate that costs records, not stores (its time is printed, not asserted)."""
 
+import errno
 import mmap
 import os
 import time
@@ -25,12 +26,15 @@ EXTENT_UNWRITTEN = reflinkio.EXTENT_UNWRITTEN
 
 def stale_pool(m):
     """Fills every free block of the pool with STALE (a file written until ENOSPC), then
-    deletes the file: preallocated blocks will hold the pattern."""
+    deletes the file: preallocated blocks will hold the pattern. With the writeback cache
+    write(2) never fails for space: the filler gets the pool's whole size, and fsync and
+    close report the ENOSPC."""
     p = m.path("stale-filler")
     fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
     chunk, off = STALE * 64, 0
+    limit = m.statfs().f_blocks * m.statfs().f_frsize if pmfs.WRITEBACK_CACHE else None
     try:
-        while True:
+        while limit is None or off < limit:
             try:
                 n = os.pwrite(fd, chunk, off)
             except OSError:
@@ -39,7 +43,12 @@ def stale_pool(m):
             if n < len(chunk):
                 break
     finally:
-        os.close(fd)
+        for end in ((os.fsync, os.close) if pmfs.WRITEBACK_CACHE else (os.close,)):
+            try:
+                end(fd)
+            except OSError as e:
+                if e.errno != errno.ENOSPC or not pmfs.WRITEBACK_CACHE:
+                    raise
     os.unlink(p)
     pmfs.wait_until(lambda: m.statfs().f_bfree * m.statfs().f_frsize >= off // 2, 10,
                     "space back after deleting the filler")

@@ -38,7 +38,8 @@ $PMFUSE_CTL, else the first build*/ directory of the checkout that has them), -k
 only tests whose name contains it), -v (print daemon logs of passing tests too), --list.
 Environment: PMFUSE_SEED, PMFUSE_TEST_SCALE (multiplies operation counts; the sanitizer build
 uses 0.25), PMFUSE_TEST_TIMEOUT_FACTOR (multiplies deadlines; 3 by default when ASAN_OPTIONS is
-set), PMFUSE_TEST_DIR, PMFUSE_DAEMON_OPTS (extra -o options), PMFUSE_DAEMON_DEBUG=1 (pass -d).
+set), PMFUSE_TEST_DIR, PMFUSE_DAEMON_OPTS (extra -o options; with writeback_cache, tests that
+depend on when data reaches the pool follow WRITEBACK_CACHE), PMFUSE_DAEMON_DEBUG=1 (pass -d).
 """
 
 import ctypes
@@ -313,6 +314,14 @@ EXIT_TIMEOUT = 30 * TIME_FACTOR
 
 def scaled(n, minimum=1):
     return max(minimum, int(n * SCALE))
+
+
+DAEMON_OPTS = os.environ.get("PMFUSE_DAEMON_OPTS", "")
+# -o writeback_cache (through PMFUSE_DAEMON_OPTS): the kernel's page cache holds writes back,
+# so data is on the pool after fsync or close, not when write(2) returns; write(2) never fails
+# for space (ENOSPC comes from fsync and close); SEEK_DATA/SEEK_HOLE are the kernel's own (all
+# data up to EOF); callers of the pmfuse ioctls fsync the files they hand over first.
+WRITEBACK_CACHE = "writeback_cache" in DAEMON_OPTS.split(",")
 
 
 class Config:
@@ -768,9 +777,8 @@ class Mount:
     # -- daemon
     def daemon_cmd(self, pool=None, mnt=None):
         opts = ["allow_other"] + self.opts
-        extra = os.environ.get("PMFUSE_DAEMON_OPTS")
-        if extra:
-            opts.append(extra)
+        if DAEMON_OPTS:
+            opts.append(DAEMON_OPTS)
         cmd = [self.cfg.daemon, "-f"]
         if os.environ.get("PMFUSE_DAEMON_DEBUG") == "1":
             cmd.append("-d")
@@ -1068,7 +1076,8 @@ def main(name=None):
     sys.stdout.reconfigure(line_buffering=True)
     os.umask(0o022)
     print(f"{name}: daemon {cfg.daemon}, mkfs {cfg.mkfs}, seed {SEED} (PMFUSE_SEED), "
-          f"scale {SCALE}, timeout factor {TIME_FACTOR}, in {BASE_DIR}")
+          f"scale {SCALE}, timeout factor {TIME_FACTOR}, in {BASE_DIR}"
+          + (f", daemon options {DAEMON_OPTS} (PMFUSE_DAEMON_OPTS)" if DAEMON_OPTS else ""))
     WATCHDOG = Watchdog()
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGTERM, _on_term)

@@ -68,8 +68,24 @@ UINT64_MAX = (1 << 64) - 1
 Extent = collections.namedtuple("Extent", "logical physical length flags refcount")
 
 
+def to_pool(*fds):
+    """What a caller of the pmfuse ioctls must do with the daemon's writeback cache: the kernel
+    writes back nothing before a FUSE ioctl, so the files handed over are fsync'd first (as
+    pmfusectl does). Descriptors an error test made bad are left to the ioctl to refuse."""
+    if not pmfs.WRITEBACK_CACHE:
+        return
+    for fd in fds:
+        try:
+            if fd >= 0:
+                os.fsync(fd)
+        except OSError as e:
+            if e.errno not in (errno.EBADF, errno.EINVAL, errno.EISDIR):
+                raise
+
+
 def clone_range(dst_fd, src_fd, src_off=0, length=0, dst_off=0):
     """PMFUSE_IOC_CLONE_RANGE issued on dst_fd (FICLONERANGE semantics); raises OSError."""
+    to_pool(src_fd, dst_fd)
     arg = struct.pack(CLONE_RANGE_FMT, src_fd, src_off, length, dst_off)
     fcntl.ioctl(dst_fd, PMFUSE_IOC_CLONE_RANGE, arg)
 
@@ -89,11 +105,13 @@ def clone_file(src, dst):
 
 
 def unshare(fd, off=0, length=0):
+    to_pool(fd)
     fcntl.ioctl(fd, PMFUSE_IOC_UNSHARE, struct.pack(UNSHARE_FMT, off, length))
 
 
 def get_extents(fd):
     """Every extent of the open file: (block_size, [Extent]) through PMFUSE_IOC_GET_EXTENTS."""
+    to_pool(fd)
     out, start, bs = [], 0, None
     for _ in range(1 << 20):
         buf = bytearray(EXTENTS_SIZE)
@@ -398,7 +416,13 @@ def cfr_all(src_fd, dst_fd, length, soff, doff):
 
 
 def data_map(fd, size):
-    """[(start, end)] of data ranges by SEEK_DATA / SEEK_HOLE."""
+    """[(start, end)] of data ranges by SEEK_DATA / SEEK_HOLE. With the writeback cache those
+    are the kernel's own answers (all data up to EOF: the daemon declines, since the pool may
+    not hold what the page cache does), so the map is what the daemon would have answered,
+    from the pool's extents after an fsync: mapped blocks, unwritten ones included, up to
+    EOF."""
+    if pmfs.WRITEBACK_CACHE:
+        return _pool_data_map(fd, size)
     out, off = [], 0
     while off < size:
         try:
@@ -410,4 +434,19 @@ def data_map(fd, size):
         h = os.lseek(fd, d, pmfs.SEEK_HOLE)
         out.append((d, h))
         off = h
+    return out
+
+
+def _pool_data_map(fd, size):
+    _, exts = get_extents(fd)
+    eof = os.fstat(fd).st_size
+    out = []
+    for e in exts:
+        start, end = e.logical, min(e.logical + e.length, eof)
+        if start >= end or start >= size:
+            continue
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
     return out

@@ -64,6 +64,25 @@ static void clone_err(int e, const char *src, const char *dst, uint32_t bs)
 	}
 }
 
+/*
+ * The clone set dst's mtime and ctime on the pool. With the daemon's writeback cache
+ * (pmfuse -o writeback_cache) the kernel keeps its own times of a regular file and takes none
+ * from the daemon, so they would not show: if fstat still gives the times of before (st), they
+ * are set to now through the kernel, which passes them on. Only the owner may leave atime
+ * alone (UTIME_OMIT); anyone who may write the file may touch both.
+ */
+static void show_times(int dfd, const struct stat *before)
+{
+	const struct timespec mtime_now[2] = { { .tv_nsec = UTIME_OMIT }, { .tv_nsec = UTIME_NOW } };
+	struct stat st;
+
+	if (fstat(dfd, &st) || st.st_mtim.tv_sec != before->st_mtim.tv_sec ||
+	    st.st_mtim.tv_nsec != before->st_mtim.tv_nsec)
+		return;
+	if (futimens(dfd, mtime_now) && errno == EPERM)
+		(void)futimens(dfd, NULL);
+}
+
 /* Opens dst for writing, creating it (mode) if needed; *created says whether it did. */
 static int open_dst(const char *dst, mode_t mode, bool *created)
 {
@@ -134,7 +153,12 @@ int cmd_clone(const struct command *cmd, int argc, char **argv)
 			clone_err(EXDEV, src, dst, bs);
 		goto out;
 	}
-	/* Pages a shared mapping dirtied are not on the pool until written back. */
+	/*
+	 * The daemon clones what is on the pool, and the kernel writes back nothing before a
+	 * pmfuse ioctl: pages a shared mapping dirtied, or (with -o writeback_cache) any write
+	 * not yet written back, must reach the pool first, the destination's too, or their
+	 * write-back would land over the cloned blocks later.
+	 */
 	if (fsync(sfd) || (clone_ranged && fsync(dfd))) {
 		cli_err("%s: fsync: %s", clone_ranged ? dst : src, strerror(errno));
 		goto out;
@@ -150,6 +174,10 @@ int cmd_clone(const struct command *cmd, int argc, char **argv)
 		a.src_length = clone_args[1];
 		a.dest_offset = clone_args[2];
 	}
+	if (fstat(dfd, &ds)) {
+		cli_err("%s: %s", dst, strerror(errno));
+		goto out;
+	}
 	if (ioctl(dfd, PMFUSE_IOC_CLONE_RANGE, &a)) {
 		int e = errno;
 
@@ -159,6 +187,7 @@ int cmd_clone(const struct command *cmd, int argc, char **argv)
 			    " and may hold part of the source" : "");
 		goto out;
 	}
+	show_times(dfd, &ds);
 	if (close(dfd)) {
 		dfd = -1;
 		cli_err("%s: %s", dst, strerror(errno));
@@ -212,6 +241,9 @@ int cmd_unshare(const struct command *cmd, int argc, char **argv)
 	rc = 0;
 	if (!S_ISREG(st.st_mode)) {
 		cli_err("%s: not a regular file", path);
+		rc = EXIT_USAGE;
+	} else if (fsync(fd)) {              /* the blocks on the pool are those unshared */
+		cli_err("%s: fsync: %s", path, strerror(errno));
 		rc = EXIT_USAGE;
 	} else if (ioctl(fd, PMFUSE_IOC_UNSHARE, &a)) {
 		ioc_err(path, "cannot unshare", errno);

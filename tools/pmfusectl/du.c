@@ -149,7 +149,8 @@ static void du_file(struct walk *w, int fd, const char *path, const struct stat 
 	struct du_file f = { .sum = &own, .dev = st->st_dev };
 	int rc;
 
-	rc = walk_extents(fd, du_extent, &f, NULL);
+	/* what the kernel has not written back yet is not on the pool, where the extents are */
+	rc = fsync(fd) ? -errno : walk_extents(fd, du_extent, &f, NULL);
 	close(fd);
 	if (rc) {
 		ioc_err(path, "cannot read its extents", -rc);

@@ -70,7 +70,8 @@ static int stat_file(const char *path)
 		return -1;
 	printf("%s: size %s, block size %u\n", path,
 	       size_str((uint64_t)st.st_size, size, sizeof(size)), bs);
-	rc = walk_extents(fd, stat_extent, &sum, NULL);
+	/* what the kernel has not written back yet is not on the pool, where the extents are */
+	rc = fsync(fd) ? -errno : walk_extents(fd, stat_extent, &sum, NULL);
 	close(fd);
 	if (rc) {
 		ioc_err(path, "cannot read its extents", -rc);
