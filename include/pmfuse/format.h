@@ -67,7 +67,11 @@ static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v
  * mount (with the clean flag cleared) and cleared again at its clean unmount, when the log is
  * empty, as XFS does with its log-incompat bits: only a pool left by a crash carries it. */
 #define PMFUSE_FEATURE_INCOMPAT_LOG_ZERO 0x2ull
-#define PMFUSE_FEATURE_COMPAT_SUPP 0ull
+/* COMPAT_DAMAGED: some inode may carry PMFUSE_INODE_DAMAGED (a memory error met in its data
+ * or metadata). Set (superblock written) before the first such mark; code that does not know
+ * it serves the file as before, and its fsck reports the flag as unknown. */
+#define PMFUSE_FEATURE_COMPAT_DAMAGED 0x1ull
+#define PMFUSE_FEATURE_COMPAT_SUPP PMFUSE_FEATURE_COMPAT_DAMAGED
 #define PMFUSE_FEATURE_RO_COMPAT_SUPP 0ull
 #define PMFUSE_FEATURE_INCOMPAT_SUPP \
 	(PMFUSE_FEATURE_INCOMPAT_UNWRITTEN | PMFUSE_FEATURE_INCOMPAT_LOG_ZERO)
@@ -232,7 +236,10 @@ struct pmfuse_timestamp {
 /* inode flags */
 #define PMFUSE_INODE_LINKABLE (1u << 0)  /* O_TMPFILE, never named yet: nlink 0, an orphan, and
 					    linkat may still give it a name */
-#define PMFUSE_INODE_FLAGS_KNOWN PMFUSE_INODE_LINKABLE
+/* bit 1 is reserved (inline extent maps) */
+#define PMFUSE_INODE_DAMAGED (1u << 2)   /* a memory error hit a request on this inode: some of
+					    its bytes may be lost (fsck.pmfuse reports it) */
+#define PMFUSE_INODE_FLAGS_KNOWN (PMFUSE_INODE_LINKABLE | PMFUSE_INODE_DAMAGED)
 
 struct pmfuse_inode {
 	struct pmfuse_le64 ino;

@@ -244,16 +244,16 @@ void pmfuse_fs_forget(struct pmfuse_fs *fs, uint64_t ino, uint64_t nlookup)
 	if (!zero || fs->readonly || ino == PMFUSE_ROOT_INO)
 		return;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	unlinked = !rc && pmfuse_le32(ip->nlink) == 0;
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	if (!unlinked)
 		return;
 
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = free_if_unused(fs, ino);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	if (rc)
 		pmfuse_log(PMFUSE_LOG_ERR, "freeing unlinked inode %llu: %s (it stays on the "
 			   "orphan list)", (unsigned long long)ino, strerror(-rc));
@@ -525,7 +525,7 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 		fs->alloc = NULL;
 		pmfuse_alloc_close(fs->check_alloc);
 	}
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	if (!fs->readonly) {
 		/* the session's references end here: every orphan goes */
 		pthread_mutex_lock(&fs->lookup_lock);
@@ -537,7 +537,7 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 			pmfuse_log(PMFUSE_LOG_ERR, "freeing orphans at close: %s (the next open "
 				   "retries)", strerror(-rc));
 	}
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	pthread_rwlock_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->lookup_lock);
 	free(fs->lookups);
@@ -559,7 +559,7 @@ int pmfuse_fs_statfs(struct pmfuse_fs *fs, struct pmfuse_statfs *st)
 	uint64_t free_blocks = 0, per_leaf, reserve;
 
 	memset(st, 0, sizeof(*st));
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	if (fs->alloc) {
 		free_blocks = pmfuse_alloc_free_blocks(fs->alloc);
 	} else {
@@ -587,6 +587,6 @@ int pmfuse_fs_statfs(struct pmfuse_fs *fs, struct pmfuse_statfs *st)
 	st->files_free = free_blocks * per_leaf;
 	st->files = pmfuse_btree_count(&fs->inodes) + st->files_free;
 	st->name_max = PMFUSE_NAME_MAX;
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return 0;
 }

@@ -65,6 +65,28 @@ struct pmfuse_fs {
 
 #define PMFUSE_ZERO_BUF (1u << 20)
 
+/*
+ * fs->lock, taken and released only through these, so that recovery from a memory error
+ * (pmfuse_fs_fault_recover) knows whether this thread must let go of it. The lock is never
+ * taken twice by one thread.
+ */
+extern __thread struct pmfuse_fs *pmfuse_fs_lock_held;
+static inline void fs_rdlock(struct pmfuse_fs *fs)
+{
+	pthread_rwlock_rdlock(&fs->lock);
+	pmfuse_fs_lock_held = fs;
+}
+static inline void fs_wrlock(struct pmfuse_fs *fs)
+{
+	pthread_rwlock_wrlock(&fs->lock);
+	pmfuse_fs_lock_held = fs;
+}
+static inline void fs_unlock(struct pmfuse_fs *fs)
+{
+	pmfuse_fs_lock_held = NULL;
+	pthread_rwlock_unlock(&fs->lock);
+}
+
 /* b+tree ops of the fs trees (defined by the module that owns each tree). */
 extern const struct pmfuse_btree_ops pmfuse_inode_ops;   /* inode.c */
 extern const struct pmfuse_btree_ops pmfuse_dirent_ops;  /* dir.c */
