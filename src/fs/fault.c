@@ -16,6 +16,7 @@
  */
 #include "fs/fs_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -166,12 +167,40 @@ static int bad_ext(void *arg, const struct pmfuse_iext *e)
 	return 0;
 }
 
+/* Calls w->fn for every block of a file on a bad range. fs->lock held. */
+static int walk_files(struct pmfuse_fs *fs, struct bad_walk *w)
+{
+	struct pmfuse_btree_cursor cur;
+	int rc;
+
+	for (rc = pmfuse_btree_first(&cur, &fs->inodes); !rc; rc = pmfuse_btree_next(&cur)) {
+		const struct pmfuse_inode *rec = pmfuse_btree_cursor_rec(&cur);
+		uint32_t mode = pmfuse_le32(rec->mode);
+		struct pmfuse_blk_hdr *leaf;
+		struct pmfuse_inode *ip;
+		struct pmfuse_extmap map;
+
+		if (!S_ISREG(mode) && !S_ISLNK(mode))
+			continue;
+		w->ino = pmfuse_le64(rec->ino);
+		rc = pmfuse_inode_locate(fs, w->ino, &ip, &leaf);
+		if (rc)
+			return rc;
+		pmfuse_extmap_open(&map, fs, ip, leaf);
+		rc = pmfuse_extent_walk(&map, 0, map.fmax, bad_ext, w);
+		if (rc)
+			return rc;
+	}
+	return rc == -ENOENT ? 0 : rc;
+}
+
 int pmfuse_fs_badblocks(struct pmfuse_fs *fs, pmfuse_fs_badblock_fn fn, void *arg, size_t *nbad,
 			char *why, size_t why_len)
 {
 	struct bad_ranges bad = { .bs = fs->bs };
-	struct pmfuse_btree_cursor cur;
-	int rc;
+	struct bad_walk w = { .bad = &bad, .fn = fn, .arg = arg };
+	struct pmfuse_pool_fault f;
+	volatile int rc;
 
 	*nbad = 0;
 	rc = pmfuse_pool_badblocks(fs->pool, add_bad, &bad, why, why_len);
@@ -182,29 +211,19 @@ int pmfuse_fs_badblocks(struct pmfuse_fs *fs, pmfuse_fs_badblock_fn fn, void *ar
 	for (size_t i = 0; i < bad.n; i++)
 		*nbad += bad.r[i][1] - bad.r[i][0];
 
+	/* the metadata walked may sit on a bad block too */
 	fs_rdlock(fs);
-	for (rc = pmfuse_btree_first(&cur, &fs->inodes); !rc; rc = pmfuse_btree_next(&cur)) {
-		const struct pmfuse_inode *rec = pmfuse_btree_cursor_rec(&cur);
-		struct bad_walk w = { .bad = &bad, .ino = pmfuse_le64(rec->ino), .fn = fn,
-				      .arg = arg };
-		struct pmfuse_blk_hdr *leaf;
-		struct pmfuse_inode *ip;
-		struct pmfuse_extmap map;
-		uint32_t mode = pmfuse_le32(rec->mode);
-
-		if (!S_ISREG(mode) && !S_ISLNK(mode))
-			continue;
-		rc = pmfuse_inode_locate(fs, w.ino, &ip, &leaf);
-		if (rc)
-			break;
-		pmfuse_extmap_open(&map, fs, ip, leaf);
-		rc = pmfuse_extent_walk(&map, 0, map.fmax, bad_ext, &w);
-		if (rc)
-			break;
+	if (sigsetjmp(f.env, 0)) {
+		fs_unlock(fs);
+		snprintf(why, why_len, "memory error at pool block %llu while walking the "
+			 "files", ULL(f.off / fs->bs));
+		rc = -EIO;
+		goto out;
 	}
+	pmfuse_pool_fault_arm(fs->pool, &f);
+	rc = walk_files(fs, &w);
+	pmfuse_pool_fault_disarm(&f);
 	fs_unlock(fs);
-	if (rc == -ENOENT)
-		rc = 0;
 out:
 	free(bad.r);
 	return rc;

@@ -367,7 +367,8 @@ void pmfuse_fs_probe(struct pmfuse_fs *fs, const void *addr, size_t len);
  * The files on the platform's bad blocks (pool.h: pmfuse_pool_badblocks): fn(arg, ino, file
  * block, pool block) for each block of a regular file or symlink that lies on one; *nbad gets
  * the number of bad pool blocks. -EOPNOTSUPP with the reason in why when the pool's source
- * keeps no list (a pool file outside fsdax); -EUCLEAN, -ENOMEM.
+ * keeps no list (a pool file outside fsdax); -EIO (why says where) when the metadata walked
+ * faults; -EUCLEAN, -ENOMEM.
  */
 typedef void (*pmfuse_fs_badblock_fn)(void *arg, uint64_t ino, uint64_t fblock, uint64_t pblock);
 int pmfuse_fs_badblocks(struct pmfuse_fs *fs, pmfuse_fs_badblock_fn fn, void *arg, size_t *nbad,

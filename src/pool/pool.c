@@ -67,6 +67,7 @@ struct pmfuse_pool {
 	enum pmfuse_data_path data_path;
 	int read_fd;                  /* pmfuse_pool_read_fd */
 	size_t page_size;             /* of the mapping (2 MiB on a dax device) */
+	bool file_dax;                /* a pool file with STATX_ATTR_DAX (on fsdax) */
 
 	/* libpmem2 (real pools) */
 	struct pmem2_source *src;
@@ -141,15 +142,13 @@ const char *pmfuse_data_path_name(enum pmfuse_data_path p)
 static enum pmfuse_data_path choose_data_path(const struct pmfuse_pool *pool)
 {
 	const char *force = getenv("PMFUSE_DATA_PATH");
-	struct statx stx;
 	bool dax;
 
 	if (pool->kind != PMFUSE_SOURCE_FILE || pool->readonly)
 		return PMFUSE_DATA_MAP;
 	if (force && !strcmp(force, "map"))
 		return PMFUSE_DATA_MAP;
-	dax = !statx(pool->fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &stx) &&
-	      (stx.stx_attributes_mask & STATX_ATTR_DAX) && (stx.stx_attributes & STATX_ATTR_DAX);
+	dax = pool->file_dax;
 	if (dax && pool->gran != PMFUSE_GRAN_PAGE && !(force && !strcmp(force, "fd")))
 		return PMFUSE_DATA_FD_DAX;
 	return PMFUSE_DATA_FD;
@@ -326,6 +325,13 @@ int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out)
 	pool->drain_fn = pmem2_get_drain_fn(pool->map);
 	pool->memcpy_fn = pmem2_get_memcpy_fn(pool->map);
 	pool->memset_fn = pmem2_get_memset_fn(pool->map);
+	if (pool->kind == PMFUSE_SOURCE_FILE) {
+		struct statx stx;
+
+		pool->file_dax = !statx(pool->fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &stx) &&
+				 (stx.stx_attributes_mask & STATX_ATTR_DAX) &&
+				 (stx.stx_attributes & STATX_ATTR_DAX);
+	}
 	pool->data_path = choose_data_path(pool);
 	if (pool->kind == PMFUSE_SOURCE_FILE) {
 		const char *rp = getenv("PMFUSE_READ_PATH");
@@ -769,12 +775,22 @@ static void sigbus_handler(int sig, siginfo_t *si, void *uctx)
 static void sigbus_install(void)
 {
 	struct sigaction sa = { .sa_sigaction = sigbus_handler,
-				.sa_flags = SA_SIGINFO | SA_NODEFER };
+				.sa_flags = SA_SIGINFO | SA_NODEFER }, old;
 
 	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGBUS, &sa, &sigbus_before))
+	if (sigaction(SIGBUS, &sa, &old)) {
 		pmfuse_log(PMFUSE_LOG_ERR, "cannot install the SIGBUS handler: %s",
 			   strerror(errno));
+		return;
+	}
+	if (!(old.sa_flags & SA_SIGINFO) || old.sa_sigaction != sigbus_handler)
+		sigbus_before = old;
+}
+
+void pmfuse_pool_fault_init(void)
+{
+	pthread_once(&sigbus_once, sigbus_install);
+	sigbus_install();
 }
 
 void pmfuse_pool_fault_arm(const struct pmfuse_pool *pool, struct pmfuse_pool_fault *f)
@@ -819,7 +835,15 @@ int pmfuse_pool_badblocks(struct pmfuse_pool *pool,
 	int rc;
 
 	if (pool->kind == PMFUSE_SOURCE_FAKE) {
-		snprintf(why, why_len, "fake media has no bad-block list");
+		/* the poisoned range is the fake media's list, so tests can check the mapping */
+		if (pool->poison_save)
+			fn(arg, pool->poison_off, pool->poison_len);
+		return 0;
+	}
+	/* libpmem2 answers "no bad blocks" for a file with no pmem device behind it: say why */
+	if (pool->kind == PMFUSE_SOURCE_FILE && !pool->file_dax) {
+		snprintf(why, why_len, "the pool file is not on a DAX file system, so no "
+			 "persistent memory device keeps a list for it");
 		return -EOPNOTSUPP;
 	}
 	rc = pmem2_badblock_context_new(&bbctx, pool->src);

@@ -179,6 +179,9 @@ struct pmfuse_pool_fault {
 	uint64_t off;                 /* after a catch: the pool offset of the faulting access */
 };
 void pmfuse_pool_fault_arm(const struct pmfuse_pool *pool, struct pmfuse_pool_fault *f);
+/* Installs the handler now, again if something replaced it since (a test framework that sets
+ * its own per test); the first arm does it otherwise. */
+void pmfuse_pool_fault_init(void);
 /* Disarms f, which must be the newest armed point of this thread. */
 void pmfuse_pool_fault_disarm(struct pmfuse_pool_fault *f);
 /* True when this thread has a recovery point armed. */
@@ -194,8 +197,9 @@ void pmfuse_pool_probe(const struct pmfuse_pool *pool, const void *addr, size_t 
 /*
  * Bad blocks known to the platform (libpmem2's pmem2_badblock_* over the pool's source: dax
  * devices and files on fsdax). Calls fn(arg, off, len) for each bad range, as pool byte
- * offsets clipped to the pool. Returns 0, or -EOPNOTSUPP when the source cannot report them
- * (a file on a file system without DAX, fake media), with the reason in why; other -errno.
+ * offsets clipped to the pool; on fake media the poisoned range (pmfuse_pool_fake_poison).
+ * Returns 0, or -EOPNOTSUPP when the source cannot report them (a file on a file system
+ * without DAX), with the reason in why; other -errno.
  */
 int pmfuse_pool_badblocks(struct pmfuse_pool *pool,
 			  void (*fn)(void *arg, uint64_t off, uint64_t len), void *arg,
