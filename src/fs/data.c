@@ -329,6 +329,7 @@ static int iov_push(struct iov_list *l, const void *base, size_t len)
 		if (!v)
 			return -ENOMEM;
 		l->v = v;
+		pmfuse_fs_scratch = v;
 		l->cap = cap;
 	}
 	l->v[l->cnt].iov_base = (void *)base;
@@ -382,6 +383,7 @@ int pmfuse_fs_read(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, size_t len,
 		rc = n < 0 ? (int)n : emit(arg, l.v, l.cnt);
 	}
 	fs_unlock(fs);
+	pmfuse_fs_scratch = NULL;
 	free(l.v);
 	return rc;
 }

@@ -27,6 +27,7 @@
 #define ULL(x) ((unsigned long long)(x))
 
 __thread struct pmfuse_fs *pmfuse_fs_lock_held;
+__thread void *pmfuse_fs_scratch;
 
 void pmfuse_fs_fault_arm(struct pmfuse_fs *fs, struct pmfuse_pool_fault *f)
 {
@@ -51,6 +52,8 @@ static void release_held(struct pmfuse_fs *fs)
 	pmfuse_alloc_release_held();
 	if (pmfuse_fs_lock_held == fs)
 		fs_unlock(fs);
+	free(pmfuse_fs_scratch);
+	pmfuse_fs_scratch = NULL;
 }
 
 /* Sets DAMAGED on ino (and the compat feature bit first): 1 if it was not set, 0 if it was.

@@ -71,6 +71,9 @@ struct pmfuse_fs {
  * taken twice by one thread.
  */
 extern __thread struct pmfuse_fs *pmfuse_fs_lock_held;
+/* A malloc'd buffer of the running request (the read path's vector list), which recovery from
+ * a memory error frees: the frames that would have freed it are gone. NULL when none. */
+extern __thread void *pmfuse_fs_scratch;
 static inline void fs_rdlock(struct pmfuse_fs *fs)
 {
 	pthread_rwlock_rdlock(&fs->lock);
