@@ -525,8 +525,16 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 		fs->alloc = NULL;
 		pmfuse_alloc_close(fs->check_alloc);
 	}
-	fs_wrlock(fs);
 	if (!fs->readonly) {
+		/* a memory error freeing them must not stop the unmount: the next open retries */
+		struct pmfuse_pool_fault f;
+
+		if (sigsetjmp(f.env, 0)) {
+			pmfuse_fs_fault_recover(fs, 0, f.off);   /* rolls back, unlocks, logs */
+			goto closed;
+		}
+		pmfuse_pool_fault_arm(fs->pool, &f);
+		fs_wrlock(fs);
 		/* the session's references end here: every orphan goes */
 		pthread_mutex_lock(&fs->lookup_lock);
 		memset(fs->lookups, 0, fs->nlookups * sizeof(*fs->lookups));
@@ -536,8 +544,13 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 		if (rc)
 			pmfuse_log(PMFUSE_LOG_ERR, "freeing orphans at close: %s (the next open "
 				   "retries)", strerror(-rc));
+		fs_unlock(fs);
+		pmfuse_pool_fault_disarm(&f);
+	} else {
+		fs_wrlock(fs);   /* waits for the last readers */
+		fs_unlock(fs);
 	}
-	fs_unlock(fs);
+closed:
 	pthread_rwlock_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->lookup_lock);
 	free(fs->lookups);

@@ -442,6 +442,9 @@ struct read_reply {
 	bool replied;
 };
 
+/* The request of this thread has had its reply (GUARDED must not send another). */
+static __thread bool reply_sent;
+
 /*
  * A reply buffer per worker thread, kept for the thread's life: a buffer allocated per request
  * (as libfuse's fuse_reply_data fallback does, posix_memalign + free) comes back from the
@@ -542,6 +545,23 @@ static int read_emit_fd(struct read_reply *r, const struct iovec *iov, int cnt)
 	return fuse_reply_buf(r->req, buf, len);
 }
 
+/*
+ * The kernel met a memory error copying a read reply out of the pool (writev to /dev/fuse
+ * fails with EFAULT; the kernel has already ended the request with EIO). Touching the vectors
+ * again faults in this thread, under the request's recovery point (GUARDED), which logs the
+ * block and marks the inode; no second reply. Only after a failure: probing every reply first
+ * cost 3x on 1 MiB reads here (a first touch from user space faults the page into this
+ * process; the kernel's copy reads it through its own mapping).
+ */
+static void find_bad_page(struct read_reply *r, const struct iovec *iov, int cnt)
+{
+	reply_sent = true;
+	for (int i = 0; i < cnt; i++)
+		pmfuse_fs_probe(r->fs, iov[i].iov_base, iov[i].iov_len);
+	pmfuse_log(PMFUSE_LOG_ERR, "a read reply failed with EFAULT, but its pages read fine "
+		   "on a second look");
+}
+
 /* Called by the fs under its lock with vectors into the pool: they go out before it returns. */
 static int read_emit(void *arg, const struct iovec *iov, int cnt)
 {
@@ -550,19 +570,18 @@ static int read_emit(void *arg, const struct iovec *iov, int cnt)
 	char *buf, *p;
 	int rc;
 
-	if (cnt <= 0) {
-		r->replied = true;
-		return fuse_reply_buf(r->req, NULL, 0);
-	}
-	/* a memory error must fault here, under the request's recovery point, not in writev */
-	for (int i = 0; i < cnt; i++)
-		pmfuse_fs_probe(r->fs, iov[i].iov_base, iov[i].iov_len);
 	r->replied = true;
+	if (cnt <= 0)
+		return fuse_reply_buf(r->req, NULL, 0);
 	rc = read_emit_fd(r, iov, cnt);
 	if (rc != 1)
 		return rc;
-	if (cnt < IOV_MAX)           /* fuse_reply_iov adds one vector for the header */
-		return fuse_reply_iov(r->req, iov, cnt);
+	if (cnt < IOV_MAX) {         /* fuse_reply_iov adds one vector for the header */
+		rc = fuse_reply_iov(r->req, iov, cnt);
+		if (rc == -EFAULT)
+			find_bad_page(r, iov, cnt);
+		return rc;
+	}
 
 	/* Very fragmented: more vectors than one writev takes. */
 	for (int i = 0; i < cnt; i++)
@@ -1101,17 +1120,22 @@ bool pmfuse_ops_probe_export(struct pmfuse_fs *fs)
  * lets go of what it held, logs the inode and block and marks the inode damaged, and every
  * other request goes on. Arming costs a sigsetjmp without the signal mask (no system call).
  * The reply is the last thing each handler does after its fs call returned, so a fault is
- * always before it: read replies point into the pool, and read_emit probes them first.
+ * before it, but for read replies, which point into the pool: a fault there surfaces as EFAULT
+ * from writev after the kernel ended the request, and read_emit looks for it (find_bad_page).
  */
 #define GUARDED(req, ino, call, fault_reply)                                              \
 	do {                                                                              \
 		struct pmfuse_pool_fault f_;                                              \
+		/* req may be freed by the time a fault comes back (a sent reply) */     \
+		struct pmfuse_fs *fs_ = fs_of(req);                                       \
+		reply_sent = false;                                                       \
 		if (sigsetjmp(f_.env, 0)) {                                               \
-			pmfuse_fs_fault_recover(fs_of(req), (ino), f_.off);               \
-			fault_reply;                                                      \
+			pmfuse_fs_fault_recover(fs_, (ino), f_.off);                      \
+			if (!reply_sent)                                                  \
+				fault_reply;                                              \
 			return;                                                           \
 		}                                                                         \
-		pmfuse_fs_fault_arm(fs_of(req), &f_);                                     \
+		pmfuse_fs_fault_arm(fs_, &f_);                                            \
 		call;                                                                     \
 		pmfuse_fs_fault_disarm(&f_);                                              \
 	} while (0)
