@@ -1325,7 +1325,8 @@ static void g_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
 		struct fuse_file_info *fi, unsigned flags, const void *in_buf, size_t in_bufsz,
 		size_t out_bufsz)
 {
-	GUARDED(req, ino, pmfuse_op_ioctl(req, ino, cmd, arg, fi, flags, in_buf, in_bufsz, out_bufsz),
+	GUARDED(req, ino, pmfuse_op_ioctl(req, ino, cmd, arg, fi, flags, in_buf, in_bufsz,
+					  out_bufsz),
 		fuse_reply_err(req, EIO));
 }
 
