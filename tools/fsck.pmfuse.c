@@ -18,7 +18,11 @@
  *   4. phase 2, allocator and b+trees: the bitmap, every tree's structure and records, then
  *      refcounts and exact block accounting (fs/check.h);
  *   5. phase 3, namespace: entries, link counts, "..", reachability, the orphan list;
- *   6. the summary; exit 0 (no problem) or 4 (problems left uncorrected).
+ *   6. with -b, phase 4: the platform's bad-block list (libpmem2; dax devices and files on
+ *      fsdax) and the file blocks on it, each a problem; unavailable on other pool files;
+ *   7. the summary; exit 0 (no problem) or 4 (problems left uncorrected).
+ * A memory error (SIGBUS) while reading the pool stops the check with a problem naming the
+ * block (the recovery point of pool.h), instead of killing fsck.
  * Every problem is one line on stdout as it is found. Operational errors (cannot open, in use,
  * out of memory) go to stderr and exit 8; SIGINT and SIGTERM exit 32 at once (nothing to undo:
  * nothing was written). As e2fsck's, the status is a sum: 4 is added to 8 or 32 when problems
@@ -29,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -62,13 +67,14 @@ static const char *prog = "fsck.pmfuse";
 struct args {
 	const char *path;
 	bool force, verbose, quiet;
+	bool badblocks;         /* -b: list the files on the platform's bad blocks */
 	char repair;            /* 'p' (also -a), 'y', or 0 */
 };
 
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: %s [-n] [-f] [-v] [-q] POOL\n"
+		"Usage: %s [-n] [-f] [-b] [-v] [-q] POOL\n"
 		"Check the pmfuse filesystem in POOL (a /dev/dax device or a pool file) without\n"
 		"changing it.\n"
 		"\n"
@@ -76,6 +82,8 @@ static void usage(FILE *f)
 		"  -p, -a, -y        accepted for fsck(8), but repair is not implemented: the\n"
 		"                    check runs read-only as with -n\n"
 		"  -f, --force       check even a pool marked clean\n"
+		"  -b, --badblocks   also list the files on the platform's bad blocks (dax\n"
+		"                    devices, files on fsdax); implies -f\n"
 		"  -v, --verbose     also print the library's diagnostics and detailed counts\n"
 		"  -q, --quiet       print nothing but problems\n"
 		"  -h, --help        show this help and exit\n"
@@ -238,6 +246,7 @@ static int parse(int argc, char **argv, struct args *a)
 {
 	static const struct option opts[] = {
 		{ "force", no_argument, NULL, 'f' },
+		{ "badblocks", no_argument, NULL, 'b' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -248,7 +257,7 @@ static int parse(int argc, char **argv, struct args *a)
 	int c;
 
 	memset(a, 0, sizeof(*a));
-	while ((c = getopt_long(argc, argv, "nfvqpayhV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "nfbvqpayhV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'n':
 		case 'p':
@@ -263,6 +272,7 @@ static int parse(int argc, char **argv, struct args *a)
 			mode = (char)c;
 			break;
 		case 'f': a->force = true; break;
+		case 'b': a->badblocks = a->force = true; break;
 		case 'v': a->verbose = true; break;
 		case 'q': a->quiet = true; break;
 		case 'h':
@@ -416,7 +426,9 @@ static bool skip_clean(struct out *o, const struct args *a, const struct pmfuse_
 	};
 	uint64_t free_blocks;
 
+	/* a pool with damaged files (compat DAMAGED) is always checked: they are reported */
 	if (a->force || !vol->was_clean || vol->log_pending || o->problems ||
+	    (pmfuse_le64(sb->compat) & PMFUSE_FEATURE_COMPAT_DAMAGED) ||
 	    !probe->valid[0] || !probe->valid[1] || probe->seq[0] != probe->seq[1] ||
 	    pmfuse_alloc_count_free(vol->pool, &g, &free_blocks))
 		return false;
@@ -495,8 +507,6 @@ static void summary(struct out *o, const struct args *a, const struct pmfuse_che
 		       (double)r->block_count : 0.0, ULL(r->free_blocks));
 }
 
-/* ---- main ----------------------------------------------------------------------------------- */
-
 /* Maps a check's -errno to what main does: 0 go on (problems are counted as reported). */
 static int check_rc(struct out *o, int rc, const char *what)
 {
@@ -509,6 +519,84 @@ static int check_rc(struct out *o, int rc, const char *what)
 		return FSCK_CANCELED;
 	return 0;
 }
+
+/* ---- phase 4: bad blocks -------------------------------------------------------------------- */
+
+static void on_bad(void *arg, uint64_t ino, uint64_t fblock, uint64_t pblock)
+{
+	problem(arg, "inode %llu: file block %llu is on bad pool block %llu", ULL(ino),
+		ULL(fblock), ULL(pblock));
+}
+
+static int phase4(struct out *o, struct pmfuse_fs *fs)
+{
+	uint64_t before = o->problems;
+	char why[256] = "";
+	size_t nbad;
+	int rc = pmfuse_fs_badblocks(fs, on_bad, o, &nbad, why, sizeof(why));
+
+	if (rc == -EOPNOTSUPP) {
+		note(o, "bad-block list unavailable: %s", why);
+		return 0;
+	}
+	if (rc == -EIO) {
+		problem(o, "bad blocks: %s", why);
+		return 0;
+	}
+	if (rc)
+		return rc;
+	if (nbad)
+		note(o, "%zu bad pool blocks, %llu file blocks on them", nbad,
+		     ULL(o->problems - before));
+	return 0;
+}
+
+/*
+ * Phases 2 to 4 under a recovery point: a memory error stops them with a problem naming the
+ * block. 0 (problems counted as reported), or FSCK_ERROR / FSCK_CANCELED.
+ */
+static int run_checks(struct out *o, const struct args *a, const struct pmfuse_check_ops *ops,
+		      struct pmfuse_pool *pool, struct pmfuse_volume *vol, struct pmfuse_fs *fs,
+		      struct pmfuse_check_result *res)
+{
+	struct pmfuse_pool_fault fault;
+	int status;
+
+	if (sigsetjmp(fault.env, 0)) {
+		pmfuse_fs_fault_recover(fs, 0, fault.off);   /* lets go of the fs lock */
+		problem(o, "memory error reading pool block %llu: the check stops here",
+			ULL(fault.off / vol->block_size));
+		return 0;
+	}
+	pmfuse_pool_fault_arm(pool, &fault);
+	phase_begin(o, "Phase 2: allocator, b+trees, refcounts and block accounting");
+	if ((status = check_rc(o, pmfuse_fs_check_bitmap(fs, ops, res), "bitmap check")) ||
+	    (status = check_rc(o, pmfuse_fs_check_trees(fs, ops, res), "tree check")))
+		goto out;
+	if (!res->bitmap_ok || !res->trees_ok)
+		note(o, "refcounts and block accounting not checked: %s",
+		     res->bitmap_ok ? "some tree is damaged" : "the bitmap is damaged");
+	else if ((status = check_rc(o, pmfuse_fs_check_blocks(fs, ops, res),
+				    "block check")))
+		goto out;
+
+	phase_begin(o, "Phase 3: namespace");
+	if (!res->inode_table_ok)
+		note(o, "namespace not checked: the inode table or the orphan list is damaged");
+	else if ((status = check_rc(o, pmfuse_fs_check_namespace(fs, ops, res),
+				    "namespace check")))
+		goto out;
+
+	if (a->badblocks) {
+		phase_begin(o, "Phase 4: bad blocks");
+		status = check_rc(o, phase4(o, fs), "bad-block listing");
+	}
+out:
+	pmfuse_pool_fault_disarm(&fault);
+	return status;
+}
+
+/* ---- main ----------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
@@ -566,21 +654,8 @@ int main(int argc, char **argv)
 		goto report;
 	}
 
-	phase_begin(&o, "Phase 2: allocator, b+trees, refcounts and block accounting");
-	if ((status = check_rc(&o, pmfuse_fs_check_bitmap(fs, &ops, &res), "bitmap check")) ||
-	    (status = check_rc(&o, pmfuse_fs_check_trees(fs, &ops, &res), "tree check")))
-		goto out;
-	if (!res.bitmap_ok || !res.trees_ok)
-		note(&o, "refcounts and block accounting not checked: %s",
-		     res.bitmap_ok ? "some tree is damaged" : "the bitmap is damaged");
-	else if ((status = check_rc(&o, pmfuse_fs_check_blocks(fs, &ops, &res), "block check")))
-		goto out;
-
-	phase_begin(&o, "Phase 3: namespace");
-	if (!res.inode_table_ok)
-		note(&o, "namespace not checked: the inode table or the orphan list is damaged");
-	else if ((status = check_rc(&o, pmfuse_fs_check_namespace(fs, &ops, &res),
-				    "namespace check")))
+	status = run_checks(&o, &a, &ops, pool, vol, fs, &res);
+	if (status)
 		goto out;
 
 report:

@@ -77,7 +77,11 @@ static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v
  * inserts (inode numbers) split off the new slot alone and leave full nodes behind. Set by a
  * writable fs open (superblock written and persisted before any transaction), never cleared. */
 #define PMFUSE_FEATURE_INCOMPAT_EDGE_FILL 0x8ull
-#define PMFUSE_FEATURE_COMPAT_SUPP 0ull
+/* COMPAT_DAMAGED: some inode may carry PMFUSE_INODE_DAMAGED (a memory error met in its data
+ * or metadata). Set (superblock written) before the first such mark; code that does not know
+ * it serves the file as before, and its fsck reports the flag as unknown. */
+#define PMFUSE_FEATURE_COMPAT_DAMAGED 0x1ull
+#define PMFUSE_FEATURE_COMPAT_SUPP PMFUSE_FEATURE_COMPAT_DAMAGED
 #define PMFUSE_FEATURE_RO_COMPAT_SUPP 0ull
 #define PMFUSE_FEATURE_INCOMPAT_SUPP \
 	(PMFUSE_FEATURE_INCOMPAT_UNWRITTEN | PMFUSE_FEATURE_INCOMPAT_LOG_ZERO | \
@@ -265,8 +269,10 @@ struct pmfuse_extent {
 					    1..PMFUSE_INLINE_EXTENTS records of inline_map[] (in
 					    order, the rest zero) and map is an empty root;
 					    only with PMFUSE_FEATURE_INCOMPAT_INLINE_MAP */
-/* bit 2 is reserved */
-#define PMFUSE_INODE_FLAGS_KNOWN (PMFUSE_INODE_LINKABLE | PMFUSE_INODE_INLINE_MAP)
+#define PMFUSE_INODE_DAMAGED (1u << 2)   /* a memory error hit a request on this inode: some of
+					    its bytes may be lost (fsck.pmfuse reports it) */
+#define PMFUSE_INODE_FLAGS_KNOWN \
+	(PMFUSE_INODE_LINKABLE | PMFUSE_INODE_INLINE_MAP | PMFUSE_INODE_DAMAGED)
 #define PMFUSE_INLINE_EXTENTS 2
 
 struct pmfuse_inode {

@@ -105,7 +105,7 @@ int pmfuse_fs_block_hashes(struct pmfuse_fs *fs, uint64_t ino, uint64_t from,
 	if (!max)
 		return -EINVAL;
 	h.zero_hash = XXH3_64bits(fs->zeroes, fs->bs);
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc) {
 		mode = pmfuse_le32(ip->mode);
@@ -126,6 +126,6 @@ int pmfuse_fs_block_hashes(struct pmfuse_fs *fs, uint64_t ino, uint64_t from,
 		*next = h.next;
 	}
 out:
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc ? rc : (int)h.n;
 }

@@ -194,7 +194,7 @@ int pmfuse_fs_check_bitmap(struct pmfuse_fs *fs, const struct pmfuse_check_ops *
 	ck_init(&k, fs, ops, res);
 	res->block_count = geom.block_count;
 	res->bitmap_ok = false;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	if (fs->alloc) {
 		/* a live index (writable fs): it must match the bitmap */
 		rc = pmfuse_alloc_count_free(fs->pool, &geom, &res->free_blocks);
@@ -207,7 +207,7 @@ int pmfuse_fs_check_bitmap(struct pmfuse_fs *fs, const struct pmfuse_check_ops *
 			res->free_blocks = pmfuse_alloc_free_blocks(al);
 		}
 	}
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	if (rc == -ENOMEM)
 		return rc;
 	if (rc == -EINVAL)
@@ -466,6 +466,9 @@ static void check_inode(struct ck *k, const struct pmfuse_inode *ip, struct pmfu
 			 ULL(gen), ULL(pmfuse_le64(st->generation)));
 	if (pmfuse_le32(ip->flags) & ~PMFUSE_INODE_FLAGS_KNOWN)
 		iproblem(&c, "unknown flags %#x", pmfuse_le32(ip->flags));
+	if (pmfuse_le32(ip->flags) & PMFUSE_INODE_DAMAGED)
+		iproblem(&c, "damaged: a memory error failed a request on it, some of "
+			 "its bytes may be lost");
 	if ((pmfuse_le32(ip->flags) & PMFUSE_INODE_LINKABLE) &&
 	    (pmfuse_le32(ip->nlink) || !S_ISREG(pmfuse_le32(ip->mode))))
 		iproblem(&c, "linkable (O_TMPFILE) but has links or is not a regular file");
@@ -558,7 +561,7 @@ int pmfuse_fs_check_trees(struct pmfuse_fs *fs, const struct pmfuse_check_ops *o
 	int rc;
 
 	ck_init(&k, fs, ops, res);
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	check_state(&k);
 	inodes_ok = tree_ok(&k, &fs->inodes, "inode table: ");
 	if (!inodes_ok)
@@ -581,7 +584,7 @@ int pmfuse_fs_check_trees(struct pmfuse_fs *fs, const struct pmfuse_check_ops *o
 		if (progress(&k, done, total > done ? total : done))
 			break;
 	}
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	res->inodes = done;
 	res->trees_ok = !k.bad_trees;
 	return ck_end(&k);
@@ -899,7 +902,7 @@ int pmfuse_fs_check_namespace(struct pmfuse_fs *fs, const struct pmfuse_check_op
 	if (!res->inode_table_ok)
 		return -EAGAIN;
 	ck_init(&s.k, fs, ops, res);
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = ns_load(&s);
 	if (rc)
 		goto out;
@@ -949,7 +952,7 @@ int pmfuse_fs_check_namespace(struct pmfuse_fs *fs, const struct pmfuse_check_op
 	}
 	res->namespace_checked = true;
 out:
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	free(path);
 	free(s.v);
 	if (rc)

@@ -329,6 +329,7 @@ static int iov_push(struct iov_list *l, const void *base, size_t len)
 		if (!v)
 			return -ENOMEM;
 		l->v = v;
+		pmfuse_fs_scratch = v;
 		l->cap = cap;
 	}
 	l->v[l->cnt].iov_base = (void *)base;
@@ -375,13 +376,14 @@ int pmfuse_fs_read(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, size_t len,
 	ssize_t n;
 	int rc;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = file_get(fs, ino, false, &f);
 	if (!rc) {
 		n = read_walk(&f, off, len, iov_piece, &l);
 		rc = n < 0 ? (int)n : emit(arg, l.v, l.cnt);
 	}
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
+	pmfuse_fs_scratch = NULL;
 	free(l.v);
 	return rc;
 }
@@ -420,9 +422,9 @@ ssize_t pmfuse_fs_pread(struct pmfuse_fs *fs, uint64_t ino, void *buf, size_t le
 {
 	ssize_t n;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	n = pread_core(fs, ino, false, buf, len, off);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return n;
 }
 
@@ -1369,9 +1371,9 @@ ssize_t pmfuse_fs_write_priv(struct pmfuse_fs *fs, uint64_t ino, const void *buf
 	ssize_t n;
 
 	*privs_dropped = false;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	n = write_core(fs, ino, false, buf, len, off, append, cred, privs_dropped);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return n;
 }
 
@@ -1914,7 +1916,7 @@ int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t o
 	if (fs->readonly)
 		return -EROFS;
 
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = file_get(fs, ino, false, &f);
 	if (rc == -EINVAL)
 		rc = -ENODEV;   /* what fallocate(2) says for a non-regular file */
@@ -1926,7 +1928,7 @@ int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t o
 		else
 			rc = allocate(&f, off, off + len, keep);
 	}
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -1971,11 +1973,11 @@ int64_t pmfuse_fs_lseek(struct pmfuse_fs *fs, uint64_t ino, int64_t off, int whe
 		return -EINVAL;
 	if (off < 0)
 		return -ENXIO;
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	r = file_get(fs, ino, false, &f);
 	if (!r)
 		r = seek_data_hole(&f, (uint64_t)off, whence);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return r;
 }
 
@@ -1985,10 +1987,10 @@ int pmfuse_fs_fsync(struct pmfuse_fs *fs, uint64_t ino)
 	struct pmfuse_inode *ip;
 	int rc;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc)
 		pmfuse_pool_drain(fs->pool);   /* nothing is buffered: a barrier is all there is */
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }

@@ -441,7 +441,7 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	rc = name_check(name, &len);
 	if (rc)
 		return rc;
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = get_dir(fs, parent, false, &dp, &leaf);
 	if (rc == -ENOTDIR && len == 1 && name[0] == '.') {
 		/*
@@ -475,7 +475,7 @@ found:
 		rc = PMFUSE_CORRUPT("directory %llu: entry \"%s\" names missing inode %llu",
 				    (unsigned long long)parent, name, (unsigned long long)ino);
 out:
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -501,7 +501,7 @@ int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfus
 	struct pmfuse_le64 k;
 	int rc;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = get_dir(fs, ino, false, &dp, &leaf);
 	if (!rc && !pmfuse_le32(dp->nlink))
 		rc = -ENOENT;   /* removed: as Linux's iterate_dir says for a dead directory */
@@ -530,7 +530,7 @@ int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfus
 	if (rc == -ENOENT)
 		rc = 0;
 out:
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -604,7 +604,7 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 	rc = name_check(name, &len);
 	if (rc)
 		return rc;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = prepare_create(fs, parent, name, len, S_ISDIR(mode), &dp, &leaf, &f);
 	if (rc)
 		goto out;
@@ -621,7 +621,7 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 		rc = pmfuse_acl_inherit_apply(fs, tx, ino, &inh);
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	pmfuse_acl_inherit_done(&inh);
 	return rc;
 }
@@ -643,7 +643,7 @@ int pmfuse_fs_tmpfile(struct pmfuse_fs *fs, uint64_t parent, uint32_t mode,
 	int rc;
 
 	mode = S_IFREG | (mode & 07777);
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = fs->readonly ? -EROFS : get_dir(fs, parent, true, &dp, &leaf);
 	if (!rc)
 		rc = pmfuse_acl_inherit_prepare(fs, dp, leaf, cred, &mode, &inh);
@@ -667,7 +667,7 @@ int pmfuse_fs_tmpfile(struct pmfuse_fs *fs, uint64_t parent, uint32_t mode,
 	}
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	pmfuse_acl_inherit_done(&inh);
 	return rc;
 }
@@ -763,7 +763,7 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		return -ENOENT;
 	if (tlen > PMFUSE_SYMLINK_MAX)
 		return -ENAMETOOLONG;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = prepare_create(fs, parent, name, len, false, &dp, &leaf, &f);
 	if (rc)
 		goto out;
@@ -776,7 +776,7 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		rc = symlink_store(fs, tx, ino, target, tlen);
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -788,7 +788,7 @@ int pmfuse_fs_readlink(struct pmfuse_fs *fs, uint64_t ino, char *buf, size_t siz
 	ssize_t n;
 	int rc;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
 		goto out;
@@ -819,7 +819,7 @@ int pmfuse_fs_readlink(struct pmfuse_fs *fs, uint64_t ino, char *buf, size_t siz
 	buf[len] = '\0';
 	rc = (int)len;
 out:
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -839,7 +839,7 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 	rc = name_check(newname, &len);
 	if (rc)
 		return rc;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
 		goto out;
@@ -885,7 +885,7 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 		rc = target_changed(tx, leaf, ip, &now, 1);
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -910,7 +910,7 @@ static int remove_entry(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		return rc;
 	if (is_dot(name, len))
 		return rmdir ? (len == 1 ? -EINVAL : -ENOTEMPTY) : -EISDIR;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	if (fs->readonly) {
 		rc = -EROFS;
 		goto out;
@@ -973,7 +973,7 @@ static int remove_entry(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 out:
 	if (tx)
 		pmfuse_tx_abort(tx);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -1181,7 +1181,7 @@ int pmfuse_fs_rename(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	/* both names are checked before anything is looked up, as path resolution would */
 	if ((rc = name_check(name, &len)) || (rc = name_check(newname, &len)))
 		return rc;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	if (fs->readonly) {
 		rc = -EROFS;
 		goto out;
@@ -1213,6 +1213,6 @@ int pmfuse_fs_rename(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 out:
 	if (tx)
 		pmfuse_tx_abort(tx);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }

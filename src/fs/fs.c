@@ -244,16 +244,16 @@ void pmfuse_fs_forget(struct pmfuse_fs *fs, uint64_t ino, uint64_t nlookup)
 	if (!zero || fs->readonly || ino == PMFUSE_ROOT_INO)
 		return;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	unlinked = !rc && pmfuse_le32(ip->nlink) == 0;
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	if (!unlinked)
 		return;
 
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = free_if_unused(fs, ino);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	if (rc)
 		pmfuse_log(PMFUSE_LOG_ERR, "freeing unlinked inode %llu: %s (it stays on the "
 			   "orphan list)", (unsigned long long)ino, strerror(-rc));
@@ -536,8 +536,16 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 		fs->alloc = NULL;
 		pmfuse_alloc_close(fs->check_alloc);
 	}
-	pthread_rwlock_wrlock(&fs->lock);
 	if (!fs->readonly) {
+		/* a memory error freeing them must not stop the unmount: the next open retries */
+		struct pmfuse_pool_fault f;
+
+		if (sigsetjmp(f.env, 0)) {
+			pmfuse_fs_fault_recover(fs, 0, f.off);   /* rolls back, unlocks, logs */
+			goto closed;
+		}
+		pmfuse_pool_fault_arm(fs->pool, &f);
+		fs_wrlock(fs);
 		/* the session's references end here: every orphan goes */
 		pthread_mutex_lock(&fs->lookup_lock);
 		memset(fs->lookups, 0, fs->nlookups * sizeof(*fs->lookups));
@@ -547,8 +555,13 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 		if (rc)
 			pmfuse_log(PMFUSE_LOG_ERR, "freeing orphans at close: %s (the next open "
 				   "retries)", strerror(-rc));
+		fs_unlock(fs);
+		pmfuse_pool_fault_disarm(&f);
+	} else {
+		fs_wrlock(fs);   /* waits for the last readers */
+		fs_unlock(fs);
 	}
-	pthread_rwlock_unlock(&fs->lock);
+closed:
 	pthread_rwlock_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->lookup_lock);
 	free(fs->lookups);
@@ -571,7 +584,7 @@ int pmfuse_fs_statfs(struct pmfuse_fs *fs, struct pmfuse_statfs *st)
 	uint64_t free_blocks = 0, per_leaf, reserve;
 
 	memset(st, 0, sizeof(*st));
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	if (fs->alloc) {
 		free_blocks = pmfuse_alloc_free_blocks(fs->alloc);
 	} else {
@@ -599,6 +612,6 @@ int pmfuse_fs_statfs(struct pmfuse_fs *fs, struct pmfuse_statfs *st)
 	st->files_free = free_blocks * per_leaf;
 	st->files = pmfuse_btree_count(&fs->inodes) + st->files_free;
 	st->name_max = PMFUSE_NAME_MAX;
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return 0;
 }

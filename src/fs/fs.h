@@ -35,6 +35,7 @@
 
 struct pmfuse_fs;
 struct pmfuse_volume;
+struct pmfuse_pool_fault;
 
 #define PMFUSE_ROOT_INO 1ull
 
@@ -335,5 +336,42 @@ ssize_t pmfuse_fs_getxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name,
 /* NUL-separated names; size 0: returns the size needed. */
 ssize_t pmfuse_fs_listxattr(struct pmfuse_fs *fs, uint64_t ino, char *list, size_t size);
 int pmfuse_fs_removexattr(struct pmfuse_fs *fs, uint64_t ino, const char *name);
+
+/*
+ * Memory errors (pool.h: struct pmfuse_pool_fault). A caller that serves requests arms a
+ * recovery point around each one:
+ *
+ *	struct pmfuse_pool_fault f;
+ *	if (sigsetjmp(f.env, 0)) {
+ *		rc = pmfuse_fs_fault_recover(fs, ino, f.off);    (-EIO for the request)
+ *		...
+ *	}
+ *	pmfuse_fs_fault_arm(fs, &f);
+ *	... pmfuse_fs_* calls ...
+ *	pmfuse_fs_fault_disarm(&f);
+ *
+ * pmfuse_fs_fault_recover must come first after the catch: it rolls back the transaction the
+ * thread was running, releases the locks it held, logs the inode and the pool block, and marks
+ * ino damaged (PMFUSE_INODE_DAMAGED, which fsck reports) unless ino is 0 or the fs read-only;
+ * when the mark cannot be written (the inode table faults too) it logs that and goes on.
+ * Returns -EIO.
+ */
+void pmfuse_fs_fault_arm(struct pmfuse_fs *fs, struct pmfuse_pool_fault *f);
+void pmfuse_fs_fault_disarm(struct pmfuse_pool_fault *f);
+int pmfuse_fs_fault_recover(struct pmfuse_fs *fs, uint64_t ino, uint64_t off);
+/* Touches every page of [addr, addr + len) (vectors from pmfuse_fs_read) so that a memory error
+ * faults under the caller's recovery point rather than in the system call that sends them. */
+void pmfuse_fs_probe(struct pmfuse_fs *fs, const void *addr, size_t len);
+
+/*
+ * The files on the platform's bad blocks (pool.h: pmfuse_pool_badblocks): fn(arg, ino, file
+ * block, pool block) for each block of a regular file or symlink that lies on one; *nbad gets
+ * the number of bad pool blocks. -EOPNOTSUPP with the reason in why when the pool's source
+ * keeps no list (a pool file outside fsdax); -EIO (why says where) when the metadata walked
+ * faults; -EUCLEAN, -ENOMEM.
+ */
+typedef void (*pmfuse_fs_badblock_fn)(void *arg, uint64_t ino, uint64_t fblock, uint64_t pblock);
+int pmfuse_fs_badblocks(struct pmfuse_fs *fs, pmfuse_fs_badblock_fn fn, void *arg, size_t *nbad,
+			char *why, size_t why_len);
 
 #endif /* PMFUSE_FS_H */

@@ -71,6 +71,31 @@ struct pmfuse_fs {
  * beside the compare, at most PMFUSE_ZERO_BUF (a hole compares against the zeros). */
 #define PMFUSE_CMP_CHUNK (256u << 10)
 
+/*
+ * fs->lock, taken and released only through these, so that recovery from a memory error
+ * (pmfuse_fs_fault_recover) knows whether this thread must let go of it. The lock is never
+ * taken twice by one thread.
+ */
+extern __thread struct pmfuse_fs *pmfuse_fs_lock_held;
+/* A malloc'd buffer of the running request (the read path's vector list), which recovery from
+ * a memory error frees: the frames that would have freed it are gone. NULL when none. */
+extern __thread void *pmfuse_fs_scratch;
+static inline void fs_rdlock(struct pmfuse_fs *fs)
+{
+	pthread_rwlock_rdlock(&fs->lock);
+	pmfuse_fs_lock_held = fs;
+}
+static inline void fs_wrlock(struct pmfuse_fs *fs)
+{
+	pthread_rwlock_wrlock(&fs->lock);
+	pmfuse_fs_lock_held = fs;
+}
+static inline void fs_unlock(struct pmfuse_fs *fs)
+{
+	pmfuse_fs_lock_held = NULL;
+	pthread_rwlock_unlock(&fs->lock);
+}
+
 /* b+tree ops of the fs trees (defined by the module that owns each tree). */
 extern const struct pmfuse_btree_ops pmfuse_inode_ops;   /* inode.c */
 extern const struct pmfuse_btree_ops pmfuse_dirent_ops;  /* dir.c */

@@ -299,11 +299,11 @@ int pmfuse_fs_getattr(struct pmfuse_fs *fs, uint64_t ino, struct pmfuse_attr *at
 	struct pmfuse_inode *ip;
 	int rc;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc)
 		pmfuse_inode_to_attr(fs, ip, attr);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -345,7 +345,7 @@ int pmfuse_fs_setattr(struct pmfuse_fs *fs, uint64_t ino, const struct pmfuse_se
 	    ((valid & PMFUSE_SET_CTIME) && !ts_valid(&sa->ctime)))
 		return -EINVAL;
 
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
 		goto out;
@@ -428,6 +428,6 @@ done:
 out:
 	if (tx)
 		pmfuse_tx_abort(tx);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }

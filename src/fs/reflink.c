@@ -374,7 +374,7 @@ int pmfuse_fs_clone_range_sized(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t
 
 	if (fs->readonly)
 		return -EROFS;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
 	if (!rc && dst_size_before)
 		*dst_size_before = rsize(dp);
@@ -382,7 +382,7 @@ int pmfuse_fs_clone_range_sized(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t
 		rc = clone_prep(fs, &s, src_off, len, dp, dst_off, &c);
 	if (!rc)
 		rc = clone_run(&c);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc < 0 ? rc : 0;
 }
 
@@ -504,9 +504,9 @@ ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t sr
 
 	if (fs->readonly)
 		return -EROFS;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	n = copy_range_locked(fs, src_ino, src_off, dst_ino, dst_off, len, cred);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return n;
 }
 
@@ -702,7 +702,7 @@ int pmfuse_fs_dedupe_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_
 	*deduped = 0;
 	if (fs->readonly)
 		return -EROFS;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
 	if (!rc)
 		rc = dedupe_prep(fs, &s, src_off, &n, dp, dst_off, &c);
@@ -716,7 +716,7 @@ int pmfuse_fs_dedupe_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_
 		if (!rc)
 			*deduped = n;
 	}
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc < 0 ? rc : 0;
 }
 
@@ -851,7 +851,7 @@ int pmfuse_fs_dedupe_blocks(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src
 		struct clone c;
 		uint64_t n;
 
-		pthread_rwlock_wrlock(&fs->lock);
+		fs_wrlock(fs);
 		rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
 		if (!rc && !pos) {
 			/* the whole request, once: inside both files, no overlap */
@@ -875,7 +875,7 @@ int pmfuse_fs_dedupe_blocks(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src
 			if (!rc)
 				cnt->compared += n;
 		}
-		pthread_rwlock_unlock(&fs->lock);
+		fs_unlock(fs);
 		if (rc || !n)
 			break;
 		pos += n;
@@ -898,11 +898,11 @@ int pmfuse_fs_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t
 		return -EROFS;
 	if (off > PMFUSE_FILE_SIZE_MAX || len > PMFUSE_FILE_SIZE_MAX - off)
 		return -EFBIG;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = rfile_get(fs, ino, &f);
 	if (!rc)
 		rc = pmfuse_data_unshare(fs, ino, off, len);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -954,7 +954,7 @@ int pmfuse_fs_get_extents(struct pmfuse_fs *fs, uint64_t ino, uint64_t start,
 	int rc;
 
 	*next = UINT64_MAX;
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = rfile_get(fs, ino, &f);
 	if (!rc && max) {
 		pmfuse_refcount_tree(fs->vol, &g.rc);
@@ -968,7 +968,7 @@ int pmfuse_fs_get_extents(struct pmfuse_fs *fs, uint64_t ino, uint64_t start,
 	} else if (!rc) {
 		*next = start;
 	}
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc ? rc : (int)g.n;
 }
 
@@ -992,11 +992,11 @@ int pmfuse_fs_get_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t *block
 	struct pmfuse_inode *ip;
 	int rc;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = hint_inode(fs, ino, &ip, &leaf);
 	if (!rc)
 		*blocks = pmfuse_le32(ip->cowextsize);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -1011,7 +1011,7 @@ int pmfuse_fs_set_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t blocks
 		return -EINVAL;
 	if (fs->readonly)
 		return -EROFS;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = hint_inode(fs, ino, &ip, &leaf);
 	if (!rc) {
 		tx = pmfuse_tx_begin(fs->txm);
@@ -1025,7 +1025,7 @@ int pmfuse_fs_set_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t blocks
 		else
 			pmfuse_tx_commit(tx);
 	}
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -1273,7 +1273,7 @@ int pmfuse_fs_check_space(struct pmfuse_fs *fs, struct pmfuse_space_report *rep,
 	k.data_start = pmfuse_le64(sb->data_start);
 	k.data_end = pmfuse_le64(sb->sb2_block);
 	pmfuse_refcount_tree(fs->vol, &rt);
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 
 	if (check_tree(&k, &fs->inodes) || check_tree(&k, &fs->orphans) || check_tree(&k, &rt))
 		goto out;
@@ -1323,7 +1323,7 @@ int pmfuse_fs_check_space(struct pmfuse_fs *fs, struct pmfuse_space_report *rep,
 			check_fail(&k, "allocator index does not match its bitmap");
 	}
 out:
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	free(k.v);
 	if (rep)
 		*rep = k.rep;

@@ -300,7 +300,7 @@ int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, con
 		return -E2BIG;
 	if (size && !value)
 		return -EFAULT;
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
 		goto out;
@@ -339,7 +339,7 @@ int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, con
 out:
 	if (tx)
 		pmfuse_tx_abort(tx);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -351,13 +351,13 @@ ssize_t pmfuse_fs_getxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name,
 	ssize_t rc;
 	size_t len;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc)
 		rc = name_check(name, pmfuse_le32(ip->mode), false, &len);
 	if (!rc)
 		rc = pmfuse_xattr_read(fs, ip, leaf, name, value, size);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }
 
@@ -370,7 +370,7 @@ ssize_t pmfuse_fs_listxattr(struct pmfuse_fs *fs, uint64_t ino, char *list, size
 	size_t total = 0;
 	int rc;
 
-	pthread_rwlock_rdlock(&fs->lock);
+	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
 		goto out;
@@ -398,7 +398,7 @@ ssize_t pmfuse_fs_listxattr(struct pmfuse_fs *fs, uint64_t ino, char *list, size
 	if (rc == -ENOENT)
 		rc = 0;
 out:
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc ? rc : (ssize_t)total;
 }
 
@@ -412,7 +412,7 @@ int pmfuse_fs_removexattr(struct pmfuse_fs *fs, uint64_t ino, const char *name)
 	size_t len;
 	int rc;
 
-	pthread_rwlock_wrlock(&fs->lock);
+	fs_wrlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc)
 		rc = name_check(name, pmfuse_le32(ip->mode), true, &len);
@@ -443,6 +443,6 @@ int pmfuse_fs_removexattr(struct pmfuse_fs *fs, uint64_t ino, const char *name)
 out:
 	if (tx)
 		pmfuse_tx_abort(tx);
-	pthread_rwlock_unlock(&fs->lock);
+	fs_unlock(fs);
 	return rc;
 }

@@ -289,6 +289,44 @@ static int lock_shared(struct mount *m)
 	return 0;
 }
 
+struct bad_report {
+	const char *path;
+	uint64_t blocks;
+};
+
+static void report_bad(void *arg, uint64_t ino, uint64_t fblock, uint64_t pblock)
+{
+	struct bad_report *r = arg;
+
+	/* one line per block up to a limit: a whole bad region would flood the log */
+	if (r->blocks++ < 64)
+		pmfuse_log(PMFUSE_LOG_WARN, "%s: inode %llu, file block %llu is on bad pool block "
+			   "%llu: reading it fails with EIO", r->path, (unsigned long long)ino,
+			   (unsigned long long)fblock, (unsigned long long)pblock);
+}
+
+/*
+ * Reports the files on the platform's bad blocks (libpmem2's list: dax devices and files on
+ * fsdax). A pool file elsewhere keeps no list: said once, with libpmem2's reason.
+ */
+static void mount_badblocks(struct mount *m)
+{
+	struct bad_report r = { .path = m->path };
+	char why[256] = "";
+	size_t nbad;
+	int rc = pmfuse_fs_badblocks(m->fs, report_bad, &r, &nbad, why, sizeof(why));
+
+	if (rc == -EOPNOTSUPP)
+		pmfuse_log(PMFUSE_LOG_INFO, "%s: bad-block list unavailable (%s)", m->path, why);
+	else if (rc)
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: cannot read the bad-block list: %s", m->path,
+			   why[0] ? why : strerror(-rc));
+	else if (nbad)
+		pmfuse_log(PMFUSE_LOG_WARN, "%s: %zu bad blocks, %llu of them in files; "
+			   "fsck.pmfuse --badblocks lists them", m->path, nbad,
+			   (unsigned long long)r.blocks);
+}
+
 static int mount_open(struct mount *m)
 {
 	struct pmfuse_fs_opts fs_opts = { .readonly = m->ro };
@@ -326,6 +364,7 @@ static int mount_open(struct mount *m)
 			   strerror(-rc), rc == -EUCLEAN ? " (fsck.pmfuse -f lists what is wrong)" : "");
 		return rc;
 	}
+	mount_badblocks(m);
 	return 0;
 }
 

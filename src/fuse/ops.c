@@ -61,6 +61,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +72,7 @@
 #include <unistd.h>
 
 #include "fs/fs.h"
+#include "pool/pool.h"
 #include "fuse/initx.h"
 #include "fuse/notify.h"
 #include "util/util.h"
@@ -455,6 +457,9 @@ struct read_reply {
 	bool replied;
 };
 
+/* The request of this thread has had its reply (GUARDED must not send another). */
+static __thread bool reply_sent;
+
 /*
  * A reply buffer per worker thread, kept for the thread's life: a buffer allocated per request
  * (as libfuse's fuse_reply_data fallback does, posix_memalign + free) comes back from the
@@ -555,6 +560,23 @@ static int read_emit_fd(struct read_reply *r, const struct iovec *iov, int cnt)
 	return fuse_reply_buf(r->req, buf, len);
 }
 
+/*
+ * The kernel met a memory error copying a read reply out of the pool (writev to /dev/fuse
+ * fails with EFAULT; the kernel has already ended the request with EIO). Touching the vectors
+ * again faults in this thread, under the request's recovery point (GUARDED), which logs the
+ * block and marks the inode; no second reply. Only after a failure: probing every reply first
+ * cost 3x on 1 MiB reads here (a first touch from user space faults the page into this
+ * process; the kernel's copy reads it through its own mapping).
+ */
+static void find_bad_page(struct read_reply *r, const struct iovec *iov, int cnt)
+{
+	reply_sent = true;
+	for (int i = 0; i < cnt; i++)
+		pmfuse_fs_probe(r->fs, iov[i].iov_base, iov[i].iov_len);
+	pmfuse_log(PMFUSE_LOG_ERR, "a read reply failed with EFAULT, but its pages read fine "
+		   "on a second look");
+}
+
 /* Called by the fs under its lock with vectors into the pool: they go out before it returns. */
 static int read_emit(void *arg, const struct iovec *iov, int cnt)
 {
@@ -569,8 +591,12 @@ static int read_emit(void *arg, const struct iovec *iov, int cnt)
 	rc = read_emit_fd(r, iov, cnt);
 	if (rc != 1)
 		return rc;
-	if (cnt < IOV_MAX)           /* fuse_reply_iov adds one vector for the header */
-		return fuse_reply_iov(r->req, iov, cnt);
+	if (cnt < IOV_MAX) {         /* fuse_reply_iov adds one vector for the header */
+		rc = fuse_reply_iov(r->req, iov, cnt);
+		if (rc == -EFAULT)
+			find_bad_page(r, iov, cnt);
+		return rc;
+	}
 
 	/* Very fragmented: more vectors than one writev takes. */
 	for (int i = 0; i < cnt; i++)
@@ -1138,6 +1164,224 @@ bool pmfuse_ops_probe_export(struct pmfuse_fs *fs)
 	return ok;
 }
 
+/* ---- memory errors ----------------------------------------------------------------------- */
+
+/*
+ * Every request runs under a recovery point (pool.h, fs.h): a SIGBUS on a pool access (a
+ * poisoned line, a shortened pool file) fails that request with EIO, the fs rolls back and
+ * lets go of what it held, logs the inode and block and marks the inode damaged, and every
+ * other request goes on. Arming costs a sigsetjmp without the signal mask (no system call).
+ * The reply is the last thing each handler does after its fs call returned, so a fault is
+ * before it, but for read replies, which point into the pool: a fault there surfaces as EFAULT
+ * from writev after the kernel ended the request, and read_emit looks for it (find_bad_page).
+ */
+#define GUARDED(req, ino, call, fault_reply)                                              \
+	do {                                                                              \
+		struct pmfuse_pool_fault f_;                                              \
+		/* req may be freed by the time a fault comes back (a sent reply) */     \
+		struct pmfuse_fs *fs_ = fs_of(req);                                       \
+		reply_sent = false;                                                       \
+		if (sigsetjmp(f_.env, 0)) {                                               \
+			pmfuse_fs_fault_recover(fs_, (ino), f_.off);                      \
+			if (!reply_sent)                                                  \
+				fault_reply;                                              \
+			return;                                                           \
+		}                                                                         \
+		pmfuse_fs_fault_arm(fs_, &f_);                                            \
+		call;                                                                     \
+		pmfuse_fs_fault_disarm(&f_);                                              \
+	} while (0)
+
+static void g_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	GUARDED(req, parent, op_lookup(req, parent, name), fuse_reply_err(req, EIO));
+}
+
+static void g_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	GUARDED(req, ino, op_forget(req, ino, nlookup), fuse_reply_none(req));
+}
+
+static void g_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	GUARDED(req, 0, op_forget_multi(req, count, forgets), fuse_reply_none(req));
+}
+
+static void g_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_getattr(req, ino, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *st, int to_set,
+		struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_setattr(req, ino, st, to_set, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	GUARDED(req, ino, op_readlink(req, ino), fuse_reply_err(req, EIO));
+}
+
+static void g_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	GUARDED(req, parent, op_mknod(req, parent, name, mode, rdev), fuse_reply_err(req, EIO));
+}
+
+static void g_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	GUARDED(req, parent, op_mkdir(req, parent, name, mode), fuse_reply_err(req, EIO));
+}
+
+static void g_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	GUARDED(req, parent, op_unlink(req, parent, name), fuse_reply_err(req, EIO));
+}
+
+static void g_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	GUARDED(req, parent, op_rmdir(req, parent, name), fuse_reply_err(req, EIO));
+}
+
+static void g_symlink(fuse_req_t req, const char *target, fuse_ino_t parent, const char *name)
+{
+	GUARDED(req, parent, op_symlink(req, target, parent, name), fuse_reply_err(req, EIO));
+}
+
+static void g_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		const char *newname, unsigned int flags)
+{
+	GUARDED(req, parent, op_rename(req, parent, name, newparent, newname, flags),
+		fuse_reply_err(req, EIO));
+}
+
+static void g_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	GUARDED(req, ino, op_link(req, ino, newparent, newname), fuse_reply_err(req, EIO));
+}
+
+static void g_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_open(req, ino, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_read(req, ino, size, off, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_write(req, ino, buf, size, off, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_release(req, ino, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_fsync(req, ino, datasync, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_opendir(req, ino, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_readdir(req, ino, size, off, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_readdirplus(req, ino, size, off, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_releasedir(req, ino, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_fsyncdir(req, ino, datasync, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	GUARDED(req, ino, op_statfs(req, ino), fuse_reply_err(req, EIO));
+}
+
+static void g_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+		size_t size, int flags)
+{
+	GUARDED(req, ino, op_setxattr(req, ino, name, value, size, flags),
+		fuse_reply_err(req, EIO));
+}
+
+static void g_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	GUARDED(req, ino, op_getxattr(req, ino, name, size), fuse_reply_err(req, EIO));
+}
+
+static void g_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	GUARDED(req, ino, op_listxattr(req, ino, size), fuse_reply_err(req, EIO));
+}
+
+static void g_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	GUARDED(req, ino, op_removexattr(req, ino, name), fuse_reply_err(req, EIO));
+}
+
+static void g_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	GUARDED(req, ino, op_access(req, ino, mask), fuse_reply_err(req, EIO));
+}
+
+static void g_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		struct fuse_file_info *fi)
+{
+	GUARDED(req, parent, op_create(req, parent, name, mode, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+		struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_fallocate(req, ino, mode, off, len, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		struct fuse_file_info *fi)
+{
+	GUARDED(req, ino, op_lseek(req, ino, off, whence, fi), fuse_reply_err(req, EIO));
+}
+
+static void g_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+		struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+		struct fuse_file_info *fi_out, size_t len, int flags)
+{
+	GUARDED(req, ino_in, pmfuse_op_copy_file_range(req, ino_in, off_in, fi_in, ino_out,
+							off_out, fi_out, len, flags),
+		fuse_reply_err(req, EIO));
+}
+
+static void g_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
+		struct fuse_file_info *fi, unsigned flags, const void *in_buf, size_t in_bufsz,
+		size_t out_bufsz)
+{
+	GUARDED(req, ino, pmfuse_op_ioctl(req, ino, cmd, arg, fi, flags, in_buf, in_bufsz,
+					  out_bufsz),
+		fuse_reply_err(req, EIO));
+}
+
 /*
  * copy_file_range and ioctl are in ioctl.c. Not here: locks (the kernel keeps POSIX and flock
  * locks locally for the mount), bmap, poll, write_buf (see the splice note at the top), and
@@ -1148,38 +1392,38 @@ bool pmfuse_ops_probe_export(struct pmfuse_fs *fs)
 const struct fuse_lowlevel_ops pmfuse_ops = {
 	.init = op_init,
 	.destroy = op_destroy,
-	.lookup = op_lookup,
-	.forget = op_forget,
-	.forget_multi = op_forget_multi,
-	.getattr = op_getattr,
-	.setattr = op_setattr,
-	.readlink = op_readlink,
-	.mknod = op_mknod,
-	.mkdir = op_mkdir,
-	.unlink = op_unlink,
-	.rmdir = op_rmdir,
-	.symlink = op_symlink,
-	.rename = op_rename,
-	.link = op_link,
-	.open = op_open,
-	.read = op_read,
-	.write = op_write,
-	.release = op_release,
-	.fsync = op_fsync,
-	.opendir = op_opendir,
-	.readdir = op_readdir,
-	.readdirplus = op_readdirplus,
-	.releasedir = op_releasedir,
-	.fsyncdir = op_fsyncdir,
-	.statfs = op_statfs,
-	.setxattr = op_setxattr,
-	.getxattr = op_getxattr,
-	.listxattr = op_listxattr,
-	.removexattr = op_removexattr,
-	.access = op_access,
-	.create = op_create,
-	.fallocate = op_fallocate,
-	.lseek = op_lseek,
-	.copy_file_range = pmfuse_op_copy_file_range,
-	.ioctl = pmfuse_op_ioctl,
+	.lookup = g_lookup,
+	.forget = g_forget,
+	.forget_multi = g_forget_multi,
+	.getattr = g_getattr,
+	.setattr = g_setattr,
+	.readlink = g_readlink,
+	.mknod = g_mknod,
+	.mkdir = g_mkdir,
+	.unlink = g_unlink,
+	.rmdir = g_rmdir,
+	.symlink = g_symlink,
+	.rename = g_rename,
+	.link = g_link,
+	.open = g_open,
+	.read = g_read,
+	.write = g_write,
+	.release = g_release,
+	.fsync = g_fsync,
+	.opendir = g_opendir,
+	.readdir = g_readdir,
+	.readdirplus = g_readdirplus,
+	.releasedir = g_releasedir,
+	.fsyncdir = g_fsyncdir,
+	.statfs = g_statfs,
+	.setxattr = g_setxattr,
+	.getxattr = g_getxattr,
+	.listxattr = g_listxattr,
+	.removexattr = g_removexattr,
+	.access = g_access,
+	.create = g_create,
+	.fallocate = g_fallocate,
+	.lseek = g_lseek,
+	.copy_file_range = g_copy_file_range,
+	.ioctl = g_ioctl,
 };

@@ -86,6 +86,29 @@ struct pmfuse_alloc {
 	pthread_mutex_t lock;
 };
 
+/* The allocator whose lock this thread holds: a memory error in the bitmap (pool.h) is caught
+ * above this module, which must not be left holding the lock (pmfuse_alloc_release_held). */
+static __thread struct pmfuse_alloc *held;
+
+static void al_lock(struct pmfuse_alloc *al)
+{
+	pthread_mutex_lock(&al->lock);
+	held = al;
+}
+
+static void al_unlock(struct pmfuse_alloc *al)
+{
+	held = NULL;
+	pthread_mutex_unlock(&al->lock);
+}
+
+void pmfuse_alloc_release_held(void)
+{
+	if (held)
+		al_unlock(held);
+}
+
+
 struct run {
 	uint64_t start, len;
 };
@@ -556,7 +579,7 @@ int pmfuse_alloc_check(struct pmfuse_alloc *al)
 	uint64_t npm = al->geom.bitmap_blocks * (al->bpb / 64), zeros = 0;
 	int rc = 0;
 
-	pthread_mutex_lock(&al->lock);
+	al_lock(al);
 	for (uint64_t w = 0; w < nmap; w++) {
 		uint64_t pm = w < npm ? pmfuse_le64(*pm_word(al, w)) : ~0ull;
 
@@ -584,7 +607,7 @@ int pmfuse_alloc_check(struct pmfuse_alloc *al)
 		rc = PMFUSE_CORRUPT("allocator: %llu free blocks counted, %llu in the index",
 				    ULL(zeros), ULL(al->nfree));
 out:
-	pthread_mutex_unlock(&al->lock);
+	al_unlock(al);
 	return rc;
 }
 
@@ -597,9 +620,9 @@ static void alloc_end(void *arg, uint64_t s, uint64_t l, bool committed)
 
 	if (committed)
 		return;
-	pthread_mutex_lock(&al->lock);
+	al_lock(al);
 	map_set(al, s, l, false);
-	pthread_mutex_unlock(&al->lock);
+	al_unlock(al);
 }
 
 static void free_end(void *arg, uint64_t s, uint64_t l, bool committed)
@@ -608,9 +631,9 @@ static void free_end(void *arg, uint64_t s, uint64_t l, bool committed)
 
 	if (!committed)
 		return;
-	pthread_mutex_lock(&al->lock);
+	al_lock(al);
 	map_set(al, s, l, false);
-	pthread_mutex_unlock(&al->lock);
+	al_unlock(al);
 }
 
 int pmfuse_alloc_extent(struct pmfuse_tx *tx, struct pmfuse_alloc *al, uint64_t goal,
@@ -627,7 +650,7 @@ int pmfuse_alloc_extent(struct pmfuse_tx *tx, struct pmfuse_alloc *al, uint64_t 
 	maxlen = PMFUSE_MIN(maxlen, g->sb2_block - g->data_start);
 	if (goal < g->data_start || goal >= g->sb2_block)
 		goal = g->data_start;
-	pthread_mutex_lock(&al->lock);
+	al_lock(al);
 	if (minlen > maxlen || minlen > al->nfree || !search(al, goal, minlen, maxlen, &r)) {
 		rc = -ENOSPC;
 		goto out;
@@ -649,7 +672,7 @@ int pmfuse_alloc_extent(struct pmfuse_tx *tx, struct pmfuse_alloc *al, uint64_t 
 	*start = r.start;
 	*len = r.len;
 out:
-	pthread_mutex_unlock(&al->lock);
+	al_unlock(al);
 	return rc;
 }
 
@@ -667,7 +690,7 @@ int pmfuse_alloc_free(struct pmfuse_tx *tx, struct pmfuse_alloc *al, uint64_t st
 		return PMFUSE_CORRUPT("freeing blocks %llu+%llu: outside the data area %llu..%llu",
 				      ULL(start), ULL(len), ULL(g->data_start),
 				      ULL(g->sb2_block - 1));
-	pthread_mutex_lock(&al->lock);
+	al_lock(al);
 	bad = find_other(al, true, start, len, true);
 	if (bad != NONE) {
 		rc = PMFUSE_CORRUPT("freeing block %llu, which is not allocated", ULL(bad));
@@ -687,7 +710,7 @@ int pmfuse_alloc_free(struct pmfuse_tx *tx, struct pmfuse_alloc *al, uint64_t st
 	pm_set(al, start, len, false);
 	pmfuse_tx_seal(tx);
 out:
-	pthread_mutex_unlock(&al->lock);
+	al_unlock(al);
 	return rc;
 }
 
@@ -695,9 +718,9 @@ uint64_t pmfuse_alloc_free_blocks(struct pmfuse_alloc *al)
 {
 	uint64_t n;
 
-	pthread_mutex_lock(&al->lock);
+	al_lock(al);
 	n = al->nfree;
-	pthread_mutex_unlock(&al->lock);
+	al_unlock(al);
 	return n;
 }
 
@@ -707,8 +730,8 @@ int pmfuse_alloc_is_used(struct pmfuse_alloc *al, uint64_t block)
 
 	if (block >= al->geom.block_count)
 		return -ERANGE;
-	pthread_mutex_lock(&al->lock);
+	al_lock(al);
 	used = (int)(pmfuse_le64(*pm_word(al, block / 64)) >> (block % 64) & 1);
-	pthread_mutex_unlock(&al->lock);
+	al_unlock(al);
 	return used;
 }

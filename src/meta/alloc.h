@@ -46,6 +46,10 @@ int pmfuse_alloc_format(struct pmfuse_pool *pool, const struct pmfuse_alloc_geom
 int pmfuse_alloc_open(struct pmfuse_pool *pool, const struct pmfuse_alloc_geom *geom,
 		      struct pmfuse_alloc **out);
 void pmfuse_alloc_close(struct pmfuse_alloc *al);
+/* Releases the allocator lock if this thread holds it: recovery from a memory error caught in
+ * the middle of an allocator call (pool.h). The DRAM index stays usable; at worst a few free
+ * blocks stay unavailable until the next mount rebuilds it. */
+void pmfuse_alloc_release_held(void);
 
 /*
  * Allocates one contiguous extent of between minlen and maxlen blocks (1 <= minlen <= maxlen),

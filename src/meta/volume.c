@@ -308,16 +308,29 @@ int pmfuse_sb_probe(struct pmfuse_pool *pool, struct pmfuse_sb_probe *p)
 /* ---- superblock writes -------------------------------------------------------------------------- */
 
 /* Writes the DRAM superblock as copy `copy` and persists it. */
-static void sb_write_copy(struct pmfuse_pool *pool, const struct pmfuse_sb *sb, int copy)
+/*
+ * Writes one copy. A memory error on it (pool.h) is caught here, so that the other copy is
+ * still written and an unmount still finishes: -EIO, logged.
+ */
+static int sb_write_copy(struct pmfuse_pool *pool, const struct pmfuse_sb *sb, int copy)
 {
 	struct pmfuse_sb s = *sb;
-	uint64_t blk = copy ? pmfuse_le64(sb->sb2_block) : 0;
+	volatile uint64_t blk = copy ? pmfuse_le64(sb->sb2_block) : 0;
+	struct pmfuse_pool_fault f;
 
 	pmfuse_set_le32(&s.copy, (uint32_t)copy);
 	pmfuse_set_le32(&s.crc, 0);
 	pmfuse_set_le32(&s.crc, sb_crc(&s));
+	if (sigsetjmp(f.env, 0)) {
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: superblock copy %d (block %llu): memory error, "
+			   "not written", pmfuse_pool_path(pool), copy, (unsigned long long)blk);
+		return -EIO;
+	}
+	pmfuse_pool_fault_arm(pool, &f);
 	pmfuse_pool_memcpy(pool, pmfuse_pool_at(pool, blk * pmfuse_le32(sb->block_size)), &s,
 			   sizeof(s), 0);
+	pmfuse_pool_fault_disarm(&f);
+	return 0;
 }
 
 int pmfuse_volume_write_sb(struct pmfuse_volume *vol)
@@ -325,9 +338,9 @@ int pmfuse_volume_write_sb(struct pmfuse_volume *vol)
 	if (vol->readonly)
 		return -EROFS;
 	pmfuse_set_le64(&vol->sb.seq, pmfuse_le64(vol->sb.seq) + 1);
-	sb_write_copy(vol->pool, &vol->sb, 0);
-	sb_write_copy(vol->pool, &vol->sb, 1);
-	return 0;
+	int rc0 = sb_write_copy(vol->pool, &vol->sb, 0);
+	int rc1 = sb_write_copy(vol->pool, &vol->sb, 1);
+	return rc0 ? rc0 : rc1;
 }
 
 /* ---- mkfs ------------------------------------------------------------------------------------ */

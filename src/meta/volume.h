@@ -94,7 +94,8 @@ int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_v
 /* Closes; with PMFUSE_VOL_MOUNT set at open, marks the superblock clean first. */
 void pmfuse_volume_close(struct pmfuse_volume *vol);
 
-/* Writes the DRAM superblock to both copies with the two-copy protocol (seq bumped). */
+/* Writes the DRAM superblock to both copies with the two-copy protocol (seq bumped). -EROFS;
+ * -EIO when a copy met a memory error (logged; the other copy is written all the same). */
 int pmfuse_volume_write_sb(struct pmfuse_volume *vol);
 
 /*

@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <libpmem2.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +70,7 @@ struct pmfuse_pool {
 	pid_t pagemap_pid;
 	pthread_mutex_t pagemap_lock;
 	size_t page_size;             /* of the mapping (2 MiB on a dax device) */
+	bool file_dax;                /* a pool file with STATX_ATTR_DAX (on fsdax) */
 
 	/* libpmem2 (real pools) */
 	struct pmem2_source *src;
@@ -86,6 +88,9 @@ struct pmfuse_pool {
 	size_t npending, pending_cap;
 	pthread_mutex_t fake_lock;    /* the fake model is shared by all threads of the pool */
 	struct pmfuse_pool_fake_hook hook;
+	uint8_t *poison_save;         /* bytes of the poisoned range (pmfuse_pool_fake_poison) */
+	uint64_t poison_off;
+	size_t poison_len;
 };
 
 const char *pmfuse_granularity_name(enum pmfuse_granularity g)
@@ -140,15 +145,13 @@ const char *pmfuse_data_path_name(enum pmfuse_data_path p)
 static enum pmfuse_data_path choose_data_path(const struct pmfuse_pool *pool)
 {
 	const char *force = getenv("PMFUSE_DATA_PATH");
-	struct statx stx;
 	bool dax;
 
 	if (pool->kind != PMFUSE_SOURCE_FILE || pool->readonly)
 		return PMFUSE_DATA_MAP;
 	if (force && !strcmp(force, "map"))
 		return PMFUSE_DATA_MAP;
-	dax = !statx(pool->fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &stx) &&
-	      (stx.stx_attributes_mask & STATX_ATTR_DAX) && (stx.stx_attributes & STATX_ATTR_DAX);
+	dax = pool->file_dax;
 	if (dax && pool->gran != PMFUSE_GRAN_PAGE && !(force && !strcmp(force, "fd")))
 		return PMFUSE_DATA_FD_DAX;
 	return PMFUSE_DATA_FD;
@@ -327,6 +330,13 @@ int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out)
 	pool->drain_fn = pmem2_get_drain_fn(pool->map);
 	pool->memcpy_fn = pmem2_get_memcpy_fn(pool->map);
 	pool->memset_fn = pmem2_get_memset_fn(pool->map);
+	if (pool->kind == PMFUSE_SOURCE_FILE) {
+		struct statx stx;
+
+		pool->file_dax = !statx(pool->fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &stx) &&
+				 (stx.stx_attributes_mask & STATX_ATTR_DAX) &&
+				 (stx.stx_attributes & STATX_ATTR_DAX);
+	}
 	pool->data_path = choose_data_path(pool);
 	if (pool->kind == PMFUSE_SOURCE_FILE) {
 		const char *rp = getenv("PMFUSE_READ_PATH");
@@ -399,6 +409,7 @@ void pmfuse_pool_close(struct pmfuse_pool *pool)
 		close(pool->pagemap_fd);
 	pthread_mutex_destroy(&pool->pagemap_lock);
 	if (pool->kind == PMFUSE_SOURCE_FAKE) {
+		free(pool->poison_save);
 		munmap(pool->base, pool->size);
 		munmap(pool->media, pool->size);
 		free(pool->pending_bits);
@@ -651,10 +662,23 @@ void *pmfuse_pool_memset(struct pmfuse_pool *pool, void *dst, int c, size_t len,
 	return pool->memset_fn(dst, c, len, pmem2_mem_flags(flags));
 }
 
-/* pwrite(2) of len bytes from buf (NULL: zeros) at off, to the end. */
+/*
+ * pwrite(2) of len bytes from buf (NULL: zeros) at off, to the end. A pool file never shrinks
+ * while open unless someone cut it under us: then a pwrite past its end would silently grow it
+ * back with a hole (zeros where metadata and data were), so that is refused as the memory error
+ * it is; reads of those pages fault (SIGBUS) and are failed the same way. One fstat per write.
+ */
 static int fd_write(struct pmfuse_pool *pool, uint64_t off, const void *buf, size_t len)
 {
 	struct iovec iov[64];
+	struct stat st;
+
+	if (!fstat(pool->fd, &st) && (uint64_t)st.st_size < off + len) {
+		pmfuse_log(PMFUSE_LOG_ERR, "%s: the pool file was shortened to %llu bytes under "
+			   "the daemon; data at %llu is gone", pool->path,
+			   (unsigned long long)st.st_size, (unsigned long long)off);
+		return -EIO;
+	}
 
 	while (len) {
 		ssize_t n;
@@ -780,4 +804,177 @@ void pmfuse_pool_flush_data(struct pmfuse_pool *pool, uint64_t off, size_t len)
 	assert(off <= pool->size && len <= pool->size - off);
 	if (len && pool->data_path != PMFUSE_DATA_FD_DAX)
 		pmfuse_pool_flush(pool, pmfuse_pool_at(pool, off), len);
+}
+
+/* ---- memory errors ------------------------------------------------------------------------- */
+
+static __thread struct pmfuse_pool_fault *armed;  /* this thread's newest recovery point */
+static struct sigaction sigbus_before;             /* the action our handler replaced */
+static pthread_once_t sigbus_once = PTHREAD_ONCE_INIT;
+
+/*
+ * Jumps back to the thread's newest recovery point when the fault lies in its pool. Anything
+ * else is not ours: put back the action we replaced and let the access fault again (or raise
+ * the signal again when it was sent, not a fault), so the process ends as it would have.
+ */
+static void sigbus_handler(int sig, siginfo_t *si, void *uctx)
+{
+	struct pmfuse_pool_fault *f = armed;
+	const char *a = si->si_addr;
+
+	if (f && si->si_code > 0 && a >= (const char *)f->pool->base &&
+	    a < (const char *)f->pool->base + f->pool->size) {
+		f->off = (uint64_t)(a - (const char *)f->pool->base);
+		armed = f->prev;
+		siglongjmp(f->env, 1);
+	}
+	if (sigbus_before.sa_flags & SA_SIGINFO && sigbus_before.sa_sigaction) {
+		sigbus_before.sa_sigaction(sig, si, uctx);
+		return;
+	}
+	sigaction(SIGBUS, &sigbus_before, NULL);
+	if (si->si_code <= 0)
+		raise(sig);
+}
+
+static void sigbus_install(void)
+{
+	struct sigaction sa = { .sa_sigaction = sigbus_handler,
+				.sa_flags = SA_SIGINFO | SA_NODEFER }, old;
+
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, &old)) {
+		pmfuse_log(PMFUSE_LOG_ERR, "cannot install the SIGBUS handler: %s",
+			   strerror(errno));
+		return;
+	}
+	if (!(old.sa_flags & SA_SIGINFO) || old.sa_sigaction != sigbus_handler)
+		sigbus_before = old;
+}
+
+void pmfuse_pool_fault_init(void)
+{
+	pthread_once(&sigbus_once, sigbus_install);
+	sigbus_install();
+}
+
+void pmfuse_pool_fault_arm(const struct pmfuse_pool *pool, struct pmfuse_pool_fault *f)
+{
+	pthread_once(&sigbus_once, sigbus_install);
+	f->pool = pool;
+	f->off = 0;
+	f->prev = armed;
+	armed = f;
+}
+
+void pmfuse_pool_fault_disarm(struct pmfuse_pool_fault *f)
+{
+	assert(armed == f);
+	armed = f->prev;
+}
+
+bool pmfuse_pool_fault_armed(void) { return armed != NULL; }
+
+void pmfuse_pool_probe(const struct pmfuse_pool *pool, const void *addr, size_t len)
+{
+	const volatile char *p = addr;
+	size_t step = pool->page_size ? pool->page_size : 4096;
+	size_t head = (size_t)((uintptr_t)p % step);
+
+	/* vectors of zeros for holes are DRAM: nothing to probe */
+	if (!len || (const char *)addr < (const char *)pool->base ||
+	    (const char *)addr >= (const char *)pool->base + pool->size)
+		return;
+	(void)p[0];
+	for (size_t i = step - head; i < len; i += step)
+		(void)p[i];
+	(void)p[len - 1];
+}
+
+int pmfuse_pool_badblocks(struct pmfuse_pool *pool,
+			  void (*fn)(void *arg, uint64_t off, uint64_t len), void *arg,
+			  char *why, size_t why_len)
+{
+	struct pmem2_badblock_context *bbctx = NULL;
+	struct pmem2_badblock bb;
+	int rc;
+
+	if (pool->kind == PMFUSE_SOURCE_FAKE) {
+		/* the poisoned range is the fake media's list, so tests can check the mapping */
+		if (pool->poison_save)
+			fn(arg, pool->poison_off, pool->poison_len);
+		return 0;
+	}
+	/* libpmem2 answers "no bad blocks" for a file with no pmem device behind it: say why */
+	if (pool->kind == PMFUSE_SOURCE_FILE && !pool->file_dax) {
+		snprintf(why, why_len, "the pool file is not on a DAX file system, so no "
+			 "persistent memory device keeps a list for it");
+		return -EOPNOTSUPP;
+	}
+	rc = pmem2_badblock_context_new(&bbctx, pool->src);
+	if (rc) {
+		/* a file outside fsdax (tmpfs, ext4 on a disk) has no pmem region behind it */
+		snprintf(why, why_len, "%s", pmem2_errormsg());
+		return rc == PMEM2_E_NOSUPP || rc == PMEM2_E_SOURCE_TYPE_NOT_SUPPORTED ||
+		       rc < PMEM2_E_UNKNOWN || rc >= 0 ? -EOPNOTSUPP : rc;
+	}
+	while ((rc = pmem2_badblock_next(bbctx, &bb)) == 0) {
+		if (bb.offset >= pool->size)
+			continue;
+		fn(arg, bb.offset, PMFUSE_MIN((uint64_t)bb.length, pool->size - bb.offset));
+	}
+	pmem2_badblock_context_delete(&bbctx);
+	if (rc == PMEM2_E_NO_BAD_BLOCK_FOUND)
+		return 0;
+	snprintf(why, why_len, "%s", pmem2_errormsg());
+	return rc < 0 && rc > PMEM2_E_UNKNOWN ? rc : -EIO;
+}
+
+int pmfuse_pool_fake_poison(struct pmfuse_pool *pool, uint64_t off, size_t len)
+{
+	void *at;
+	int fd;
+
+	assert(pool->kind == PMFUSE_SOURCE_FAKE);
+	if (pool->poison_save || !len || off % 4096 || len % 4096 || off > pool->size ||
+	    len > pool->size - off)
+		return -EINVAL;
+	pool->poison_save = malloc(len);
+	if (!pool->poison_save)
+		return -ENOMEM;
+	memcpy(pool->poison_save, (uint8_t *)pool->base + off, len);
+	/* pages of an empty shared file: every access is past its end, which is SIGBUS */
+	fd = memfd_create("pmfuse-poison", MFD_CLOEXEC);
+	at = fd < 0 ? MAP_FAILED : mmap((uint8_t *)pool->base + off, len, PROT_READ | PROT_WRITE,
+					MAP_SHARED | MAP_FIXED, fd, 0);
+	if (at == MAP_FAILED) {
+		int err = errno;
+
+		if (fd >= 0)
+			close(fd);
+		free(pool->poison_save);
+		pool->poison_save = NULL;
+		return -err;
+	}
+	close(fd);
+	pool->poison_off = off;
+	pool->poison_len = len;
+	return 0;
+}
+
+void pmfuse_pool_fake_unpoison(struct pmfuse_pool *pool)
+{
+	void *at;
+
+	assert(pool->kind == PMFUSE_SOURCE_FAKE);
+	if (!pool->poison_save)
+		return;
+	at = mmap((uint8_t *)pool->base + pool->poison_off, pool->poison_len,
+		  PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	if (at == MAP_FAILED)
+		abort(); /* test-only model: the range would stay poisoned */
+	memcpy(at, pool->poison_save, pool->poison_len);
+	free(pool->poison_save);
+	pool->poison_save = NULL;
+	pool->poison_len = 0;
 }

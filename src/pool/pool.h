@@ -23,6 +23,7 @@
 #ifndef PMFUSE_POOL_H
 #define PMFUSE_POOL_H
 
+#include <setjmp.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -163,6 +164,60 @@ int pmfuse_pool_read_fd(const struct pmfuse_pool *pool);
 /* Number of drains since open (every persist and every draining memcpy/memset counts as one). */
 uint64_t pmfuse_pool_barriers(const struct pmfuse_pool *pool);
 
+/* ---- memory errors -------------------------------------------------------------------------
+ *
+ * A poisoned line of persistent memory, or a page of a pool file that was shortened under the
+ * mapping, raises SIGBUS in the thread that touches it. Code that can fail the work it is doing
+ * instead arms a recovery point in its own frame:
+ *
+ *	struct pmfuse_pool_fault f;
+ *	if (sigsetjmp(f.env, 0)) {
+ *		... f.off is the pool offset that faulted; f is already disarmed ...
+ *	}
+ *	pmfuse_pool_fault_arm(pool, &f);
+ *	... pool accesses ...
+ *	pmfuse_pool_fault_disarm(&f);
+ *
+ * Points nest per thread (the newest catches). The handler (installed by the first arm) jumps
+ * back only when this thread has a point armed and the faulting address lies in that point's
+ * pool; any other SIGBUS gets the action that was there before (by default the process dies
+ * as it always did). sigsetjmp(..., 0) saves no signal mask, so arming costs no system call;
+ * the handler runs with SA_NODEFER, so leaving it by a jump leaves SIGBUS unblocked.
+ * What the interrupted code held (locks, a transaction) is the catcher's to release.
+ */
+struct pmfuse_pool_fault {
+	sigjmp_buf env;
+	struct pmfuse_pool_fault *prev;
+	const struct pmfuse_pool *pool;
+	uint64_t off;                 /* after a catch: the pool offset of the faulting access */
+};
+void pmfuse_pool_fault_arm(const struct pmfuse_pool *pool, struct pmfuse_pool_fault *f);
+/* Installs the handler now, again if something replaced it since (a test framework that sets
+ * its own per test); the first arm does it otherwise. */
+void pmfuse_pool_fault_init(void);
+/* Disarms f, which must be the newest armed point of this thread. */
+void pmfuse_pool_fault_disarm(struct pmfuse_pool_fault *f);
+/* True when this thread has a recovery point armed. */
+bool pmfuse_pool_fault_armed(void);
+
+/*
+ * Reads one byte of every page of [addr, addr + len), which must lie in the pool: a poisoned
+ * page then faults here, under a recovery point, rather than inside a system call that is
+ * handed the range (writev to /dev/fuse would fail with EFAULT after the request is gone).
+ */
+void pmfuse_pool_probe(const struct pmfuse_pool *pool, const void *addr, size_t len);
+
+/*
+ * Bad blocks known to the platform (libpmem2's pmem2_badblock_* over the pool's source: dax
+ * devices and files on fsdax). Calls fn(arg, off, len) for each bad range, as pool byte
+ * offsets clipped to the pool; on fake media the poisoned range (pmfuse_pool_fake_poison).
+ * Returns 0, or -EOPNOTSUPP when the source cannot report them (a file on a file system
+ * without DAX), with the reason in why; other -errno.
+ */
+int pmfuse_pool_badblocks(struct pmfuse_pool *pool,
+			  void (*fn)(void *arg, uint64_t off, uint64_t len), void *arg,
+			  char *why, size_t why_len);
+
 /* ---- fake media (tests) ---------------------------------------------------------------------
  *
  * Model: the pool's memory is the CPU's view ("working image"). A second image holds what has
@@ -192,6 +247,15 @@ void pmfuse_pool_fake_set_hook(struct pmfuse_pool *pool, const struct pmfuse_poo
  */
 size_t pmfuse_pool_fake_crash_image(const struct pmfuse_pool *pool, void *out,
 				    bool (*keep)(void *arg, size_t unit), void *arg);
+
+/*
+ * Makes every access to [off, off + len) (page-aligned) raise SIGBUS, as a poisoned range of
+ * real persistent memory does, until pmfuse_pool_fake_unpoison, which puts the bytes back.
+ * One range at a time. Returns 0, -EINVAL (not aligned, outside the pool, or a range is
+ * already poisoned), -errno.
+ */
+int pmfuse_pool_fake_poison(struct pmfuse_pool *pool, uint64_t off, size_t len);
+void pmfuse_pool_fake_unpoison(struct pmfuse_pool *pool);
 
 /* The current media image (read only; valid until the next drain or close). */
 const void *pmfuse_pool_fake_media(const struct pmfuse_pool *pool);

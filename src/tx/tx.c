@@ -64,6 +64,7 @@ struct end_hook {
 
 struct pmfuse_tx {
 	struct pmfuse_txm *txm;
+	bool committing;               /* the commit record (gen) was stored */
 	size_t tail;                   /* bytes of entries written */
 	struct range *ranges;          /* declared ranges, in order */
 	size_t nranges, ranges_cap;
@@ -240,6 +241,9 @@ static void roll_back(struct pmfuse_txm *txm, const size_t *list, size_t n)
 	pmfuse_set_le64(&txm->hdr->gen, pmfuse_le64(txm->hdr->gen) + 1);
 	pmfuse_pool_persist(pool, &txm->hdr->gen, sizeof(txm->hdr->gen));
 }
+
+/* The transaction this thread runs, if any: what a recovery from a memory error must abort. */
+static __thread struct pmfuse_tx *running;
 
 /* ---- manager ------------------------------------------------------------------------------------ */
 
@@ -468,6 +472,8 @@ struct pmfuse_tx *pmfuse_tx_begin(struct pmfuse_txm *txm)
 	struct pmfuse_tx *tx = &txm->tx;
 
 	pthread_mutex_lock(&txm->lock);
+	running = tx;
+	tx->committing = false;
 	tx->tail = 0;
 	tx->nranges = 0;
 	tx->nseal = 0;
@@ -740,6 +746,7 @@ static void finish(struct pmfuse_tx *tx, bool committed)
 	for (size_t i = 0; i < tx->nhooks; i++)
 		tx->hooks[i].fn(tx->hooks[i].arg, tx->hooks[i].a, tx->hooks[i].b, committed);
 	tx->nhooks = 0;
+	running = NULL;
 	pthread_mutex_unlock(&tx->txm->lock);
 }
 
@@ -767,11 +774,27 @@ int pmfuse_tx_commit(struct pmfuse_tx *tx)
 		pmfuse_pool_drain(pool);
 	}
 	if (tx->tail) {
+		tx->committing = true;
 		pmfuse_set_le64(&txm->hdr->gen, pmfuse_le64(txm->hdr->gen) + 1);
 		pmfuse_pool_persist(pool, &txm->hdr->gen, sizeof(txm->hdr->gen));
 	}
 	finish(tx, true);
 	return 0;
+}
+
+bool pmfuse_tx_abort_running(void)
+{
+	struct pmfuse_tx *tx = running;
+
+	if (!tx)
+		return false;
+	if (tx->committing) {
+		/* the gen store was made: only the end hooks were left to run */
+		finish(tx, true);
+		return true;
+	}
+	pmfuse_tx_abort(tx);
+	return true;
 }
 
 void pmfuse_tx_abort(struct pmfuse_tx *tx)

@@ -100,6 +100,14 @@ int pmfuse_tx_commit(struct pmfuse_tx *tx);
 /* Restores every logged range, persists, and ends the transaction; the tx is freed. */
 void pmfuse_tx_abort(struct pmfuse_tx *tx);
 
+/*
+ * After a memory error (pool.h: a recovery point caught SIGBUS) interrupted this thread inside
+ * a transaction: aborts it (its entries are exactly those whose persist completed, so the
+ * rollback is the same as after a crash) and releases the manager. Returns whether there was
+ * one. A transaction whose commit record was already stored is finished as committed.
+ */
+bool pmfuse_tx_abort_running(void);
+
 struct pmfuse_pool *pmfuse_tx_pool(const struct pmfuse_tx *tx);
 uint32_t pmfuse_tx_block_size(const struct pmfuse_tx *tx);
 
