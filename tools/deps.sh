@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages pmfuse needs to build, test and run, if any is missing.
-# Sourced by tools/demo and tools/test; run it alone to install without building.
-set -euo pipefail
+# Sourced by tools/demo and tools/test; run it alone to install without building. Shell options
+# are set only when it runs alone: sourced, `set -e` would end tools/test at the first failing
+# suite and skip the sanitizer and fuzz builds.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+	set -euo pipefail
+fi
 
 PMFUSE_PACKAGES=(
 	gcc pkg-config meson ninja-build     # build
