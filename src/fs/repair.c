@@ -95,6 +95,11 @@ struct rino {
 	uint8_t orphan, reach, lost;
 };
 
+/* An xattr value block run whose bytes after the value are not zero. */
+struct xtail {
+	uint64_t ino, blk, off, len;
+};
+
 /* One directory entry. */
 struct rent {
 	size_t dir;              /* index into inos */
@@ -115,7 +120,7 @@ struct rp {
 	struct pmfuse_repair_result *res;
 	bool preen;
 	uint64_t data_start, data_end, block_count;
-	struct vec evs, inos, ents, bad, orphans, rcrecs;
+	struct vec evs, inos, ents, bad, orphans, rcrecs, xtails;
 	bool refcount_damaged;
 	bool names_pending;      /* preen: a name fix needs a decision, so counts wait */
 	bool table_rebuilt;      /* the inode table was rebuilt: a missing root is remade */
@@ -249,8 +254,24 @@ static int xattr_rec(void *arg, const void *rec)
 			w->dropped++;
 			return 0;
 		}
-		if (!w->keep)
+		if (!w->keep) {
+			uint32_t vlen = pmfuse_le32(x->value_len), bs = w->r->fs->bs;
+			const uint8_t *v = pmfuse_volume_block(w->r->fs->vol, blk);
+			struct xtail *t;
+
 			ev_add(w->r, blk, n, true);
+			/* E5-like rule of xattr values: zeros after the value */
+			if ((uint64_t)vlen <= n * bs) {
+				for (uint64_t i = vlen; i < n * bs; i++) {
+					if (!v[i])
+						continue;
+					if (!(t = vec_push(&w->r->xtails)))
+						return -ENOMEM;
+					*t = (struct xtail){ w->ino->ino, blk, vlen, n * bs - vlen };
+					break;
+				}
+			}
+		}
 	}
 	return w->r->err ? w->r->err : keep_rec(w, rec, sizeof(*x));
 }
@@ -388,6 +409,7 @@ static int collect(struct rp *r)
 	vec_reset(&r->bad, sizeof(struct rtree));
 	vec_reset(&r->orphans, sizeof(uint64_t));
 	vec_reset(&r->rcrecs, sizeof(struct pmfuse_refcount_rec));
+	vec_reset(&r->xtails, sizeof(struct xtail));
 
 	memset(&w, 0, sizeof(w));
 	w.r = r;
@@ -865,6 +887,8 @@ static const char *entry_fault(struct rp *r, struct rent *e, size_t root)
 		return "has the wrong type for its inode";
 	if (t == root)
 		return "names the root directory";
+	if (S_ISLNK(v[t].mode) && v[t].size && !v[t].mapped)
+		return "names a symlink whose target was lost";
 	if (!v[e->dir].nlink && e->dir != root)
 		return "is in a removed directory";
 	if (S_ISDIR(v[t].mode)) {
@@ -1194,8 +1218,21 @@ static int fix_counts(struct rp *r)
 	struct pmfuse_tx *tx;
 	int rc = 0;
 
-	if (root == NONE)
-		return 0;
+	for (size_t k = 0; k < r->xtails.n && !rc; k++) {
+		const struct xtail *t = VEC_AT(r->xtails, struct xtail, k);
+		uint8_t *p = (uint8_t *)pmfuse_volume_block(fs->vol, t->blk) + t->off;
+
+		tx = pmfuse_tx_begin(fs->txm);
+		rc = pmfuse_tx_add(tx, p, t->len);
+		if (!rc)
+			memset(p, 0, t->len);
+		rc = commit(r, tx, rc);
+		if (!rc)
+			fixed(r, "inode %llu: bytes after an xattr value (block %llu) were not zero: "
+			      "zeroed", ULL(t->ino), ULL(t->blk));
+	}
+	if (rc || root == NONE)
+		return rc;
 	count_names(r);
 	for (size_t i = 0; i < r->inos.n && !rc; i++) {
 		struct rino *e = VEC_AT(r->inos, struct rino, i);
@@ -1325,6 +1362,7 @@ int pmfuse_fs_repair(struct pmfuse_fs *fs, bool preen, const struct pmfuse_repai
 	free(r.bad.v);
 	free(r.orphans.v);
 	free(r.rcrecs.v);
+	free(r.xtails.v);
 	if (rc)
 		return rc;
 	return res->left ? -EUCLEAN : 0;
