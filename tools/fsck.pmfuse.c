@@ -7,11 +7,13 @@
  *
  * Order of work:
  *   1. parse (usage errors exit 16);
- *   2. map the pool read-only (PMFUSE_POOL_RDONLY: the mapping cannot be written, so nothing in
- *      this program can change the pool), then take a SHARED flock on it: a mounted pool (the
+ *   2. -n: map the pool read-only (PMFUSE_POOL_RDONLY: the mapping cannot be written, so nothing
+ *      in this program can change the pool), then take a SHARED flock on it: a mounted pool (the
  *      daemon holds the exclusive lock) is refused, naming the holder, and while the check runs
- *      no daemon or mkfs can take the pool;
- *   3. phase 1, superblocks and log: both copies probed, the volume opened read-only. A
+ *      no daemon or mkfs can take the pool. -p, -y: map it writable, which takes the
+ *      EXCLUSIVE lock (a mounted pool is refused the same way);
+ *   3. phase 1, superblocks and log: both copies probed, the volume opened read-only (-p, -y:
+ *      with PMFUSE_VOL_REPAIR, which recovers the log and rewrites a bad copy as a mount does). A
  *      transaction left in the log is reported as needing recovery (mounting replays it); the
  *      volume then shows the metadata as it is before the rollback, which the later phases
  *      check as it is, and the summary says so. Like e2fsck, a pool marked clean with both
@@ -19,7 +21,9 @@
  *   4. phase 2, allocator and b+trees: the bitmap, every tree's structure and records, then
  *      refcounts and exact block accounting (fs/check.h);
  *   5. phase 3, namespace: entries, link counts, "..", reachability, the orphan list;
- *   6. the summary; exit 0 (no problem) or 4 (problems left uncorrected).
+ *   6. with -p or -y and problems found: phase 4 repairs (fs/repair.h), phase 5 checks again;
+ *      what it still finds is "left";
+ *   7. the summary; exit 0 (no problem), 1 (all repaired), 4 (problems left uncorrected).
  * Every problem is one line on stdout as it is found. Operational errors (cannot open, in use,
  * out of memory) go to stderr and exit 8; SIGINT and SIGTERM exit 32 at once (nothing to undo:
  * nothing was written). As e2fsck's, the status is a sum: 4 is added to 8 or 32 when problems
