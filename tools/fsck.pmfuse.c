@@ -452,6 +452,21 @@ static int phase1(struct out *o, struct pmfuse_pool *pool, struct pmfuse_sb_prob
 		if (!(*vol)->alloc)
 			note(o, "free-space bitmap damaged: the checks report it, the repair "
 			     "rewrites it");
+		if ((*vol)->state_bad) {
+			struct pmfuse_repair_ops rops = { .fixed = on_fixed, .left = on_left,
+							  .arg = o };
+			struct pmfuse_repair_result rr;
+
+			problem(o, "state block (block %llu) is damaged: %s",
+				ULL(pmfuse_le64((*vol)->sb.state_block)), msg);
+			repairing = 1;
+			rc = pmfuse_fs_repair_state(*vol, &rops, &rr);
+			repairing = 0;
+			if (rc) {
+				on_left(o, "the state block could not be rebuilt");
+				return rc == -ENOMEM ? FSCK_ERROR : FSCK_UNCORRECTED;
+			}
+		}
 	} else if ((*vol)->log_pending) {
 		note(o, "the log holds an unfinished transaction: the pool needs log recovery "
 		     "(mount once to replay it); checking the metadata as it is now, before the "

@@ -1367,3 +1367,164 @@ int pmfuse_fs_repair(struct pmfuse_fs *fs, bool preen, const struct pmfuse_repai
 		return rc;
 	return res->left ? -EUCLEAN : 0;
 }
+
+/* ---- the state block ------------------------------------------------------------------------ */
+
+/* A sound node of one of the state block's trees, found by scanning the data area. */
+struct cand {
+	uint64_t blk, owner;
+	uint16_t level;
+	uint8_t referenced;
+};
+
+static int cand_cmp(const void *a, const void *b)
+{
+	const struct cand *x = a, *y = b;
+
+	return (x->blk > y->blk) - (x->blk < y->blk);
+}
+
+static int count_rec(void *arg, const void *rec)
+{
+	(void)rec;
+	++*(uint64_t *)arg;
+	return 0;
+}
+
+struct maxes {
+	uint64_t ino, gen;
+};
+
+static int inode_max(void *arg, const void *rec)
+{
+	const struct pmfuse_inode *ip = rec;
+	struct maxes *m = arg;
+
+	if (pmfuse_le64(ip->ino) > m->ino)
+		m->ino = pmfuse_le64(ip->ino);
+	if (pmfuse_le64(ip->generation) > m->gen)
+		m->gen = pmfuse_le64(ip->generation);
+	return 0;
+}
+
+int pmfuse_fs_repair_state(struct pmfuse_volume *vol, const struct pmfuse_repair_ops *ops,
+			   struct pmfuse_repair_result *res)
+{
+	static const uint64_t owners[3] = { PMFUSE_TREE_INODES, PMFUSE_TREE_REFCOUNT,
+					    PMFUSE_TREE_ORPHANS };
+	static const unsigned slots[3] = { PMFUSE_ROOT_INODES, PMFUSE_ROOT_REFCOUNT,
+					   PMFUSE_ROOT_ORPHANS };
+	const struct pmfuse_btree_ops *tops[3] = { &pmfuse_inode_ops, NULL, &pmfuse_orphan_ops };
+	uint64_t data_start = pmfuse_le64(vol->sb.data_start), sb2 = pmfuse_le64(vol->sb.sb2_block);
+	uint64_t sblk = pmfuse_le64(vol->sb.state_block);
+	struct pmfuse_state *st = pmfuse_volume_block(vol, sblk);
+	struct pmfuse_btree_root roots[3];
+	struct rp r = { .ops = ops, .res = res };
+	struct vec c = { .size = sizeof(struct cand) };
+	struct maxes mx = { 0, 0 };
+	struct pmfuse_btree rt;
+	struct pmfuse_tx *tx;
+	uint32_t bs = vol->block_size;
+	int rc = 0;
+
+	memset(res, 0, sizeof(*res));
+	if (vol->readonly || !vol->txm)
+		return -EROFS;
+	pmfuse_refcount_tree(vol, &rt);   /* for its ops: the refcount module owns them */
+	tops[1] = rt.ops;
+	/* every sound node of those trees that the bitmap (when it can be read) says is in use */
+	for (uint64_t b = data_start; b < sb2; b++) {
+		const struct pmfuse_blk_hdr *h = pmfuse_volume_block(vol, b);
+		uint64_t owner = pmfuse_le64(h->owner);
+		struct cand *e;
+
+		if (pmfuse_le32(h->magic) != PMFUSE_BLK_BTREE || pmfuse_le64(h->blkno) != b ||
+		    owner < PMFUSE_TREE_INODES || owner > PMFUSE_TREE_ORPHANS ||
+		    pmfuse_le16(h->level) >= PMFUSE_BTREE_MAX_LEVELS ||
+		    pmfuse_le32(h->crc) != pmfuse_blk_crc(h, bs) ||
+		    (vol->alloc && pmfuse_alloc_is_used(vol->alloc, b) != 1))
+			continue;
+		if (!(e = vec_push(&c))) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		*e = (struct cand){ b, owner, pmfuse_le16(h->level), 0 };
+	}
+	/* a node another node of its tree points to is not a root (keys are 8 bytes: 16-byte
+	 * interior entries) */
+	for (size_t i = 0; i < c.n; i++) {
+		const struct cand *e = VEC_AT(c, struct cand, i);
+		const struct pmfuse_blk_hdr *h = pmfuse_volume_block(vol, e->blk);
+
+		if (!e->level)
+			continue;
+		for (unsigned k = 0; k < pmfuse_le16(h->nrecs) && 32 + 16 * (k + 1) <= bs; k++) {
+			struct pmfuse_le64 ch;
+			struct cand key = { 0 }, *f;
+
+			memcpy(&ch, (const uint8_t *)h + 32 + 16 * k + 8, 8);
+			key.blk = pmfuse_le64(ch);
+			f = bsearch(&key, c.v, c.n, c.size, cand_cmp);
+			if (f && f->owner == e->owner && f->level + 1 == e->level)
+				f->referenced = 1;
+		}
+	}
+	/* per tree, the unreferenced node of the highest level, then of the most records */
+	for (unsigned t = 0; t < 3; t++) {
+		uint64_t best_n = 0;
+
+		memset(&roots[t], 0, sizeof(roots[t]));
+		for (size_t i = 0; i < c.n; i++) {
+			const struct cand *e = VEC_AT(c, struct cand, i);
+			struct pmfuse_btree_salvage_ops so = { .rec = count_rec };
+			struct pmfuse_btree_root cr = { 0 };
+			struct pmfuse_btree bt;
+			uint64_t n = 0, dropped;
+
+			if (e->owner != owners[t] || e->referenced)
+				continue;
+			pmfuse_set_le64(&cr.root, e->blk);
+			pmfuse_set_le16(&cr.levels, (uint16_t)(e->level + 1));
+			pmfuse_btree_init(&bt, vol->pool, NULL, tops[t], &cr, NULL, owners[t], bs);
+			so.arg = &n;
+			if (pmfuse_btree_salvage(&bt, &so, &dropped))
+				continue;
+			if (pmfuse_le16(roots[t].levels) > e->level + 1 ||
+			    (pmfuse_le16(roots[t].levels) == e->level + 1 && n <= best_n))
+				continue;
+			roots[t] = cr;
+			pmfuse_set_le64(&roots[t].nrecs, n);
+			best_n = n;
+		}
+		if (t == 0 && pmfuse_le16(roots[0].levels)) {
+			struct pmfuse_btree_salvage_ops so = { .rec = inode_max, .arg = &mx };
+			struct pmfuse_btree bt;
+			uint64_t dropped;
+
+			pmfuse_btree_init(&bt, vol->pool, NULL, tops[0], &roots[0], NULL, owners[0], bs);
+			pmfuse_btree_salvage(&bt, &so, &dropped);
+		}
+	}
+	tx = pmfuse_tx_begin(vol->txm);
+	rc = pmfuse_tx_add(tx, st, bs);
+	if (!rc) {
+		pmfuse_blk_init(&st->hdr, PMFUSE_BLK_STATE, sblk, PMFUSE_OWNER_FS, 0, bs);
+		for (unsigned t = 0; t < 3; t++)
+			st->roots[slots[t]] = roots[t];
+		pmfuse_set_le64(&st->root_ino, PMFUSE_ROOT_INO);
+		pmfuse_set_le64(&st->next_ino, mx.ino >= PMFUSE_ROOT_INO ? mx.ino + 1 :
+				PMFUSE_ROOT_INO + 1);
+		pmfuse_set_le64(&st->generation, mx.gen + 1);
+		pmfuse_blk_seal(&st->hdr, bs);
+	}
+	if ((rc = commit(&r, tx, rc)))
+		goto out;
+	vol->state_bad = false;
+	fixed(&r, "state block rebuilt: the roots of the inode table (%llu inodes), the refcount "
+	      "tree (%llu records) and the orphan list (%llu) found by scanning the pool",
+	      ULL(pmfuse_le64(roots[0].nrecs)), ULL(pmfuse_le64(roots[1].nrecs)),
+	      ULL(pmfuse_le64(roots[2].nrecs)));
+out:
+	free(c.v);
+	return rc;
+}

@@ -50,4 +50,17 @@ struct pmfuse_repair_result {
 int pmfuse_fs_repair(struct pmfuse_fs *fs, bool preen, const struct pmfuse_repair_ops *ops,
 		     struct pmfuse_repair_result *res);
 
+/*
+ * Rebuilds a state block that fails its checks (vol->state_bad, a volume opened with
+ * PMFUSE_VOL_REPAIR), before the filesystem is opened: the roots of the inode table, the
+ * refcount tree and the orphan list are the sound nodes of those trees (found by scanning the
+ * data area; only blocks the bitmap marks used, when it can be read) that no other node of
+ * their tree points to, the highest and fullest when several; the counters are set above every
+ * inode found. One transaction. What the found trees lack (a damaged node below the root hides
+ * its subtree) is the later repair's to report. 0, -ENOMEM, -EROFS, -ENOSPC (log).
+ */
+struct pmfuse_volume;
+int pmfuse_fs_repair_state(struct pmfuse_volume *vol, const struct pmfuse_repair_ops *ops,
+			   struct pmfuse_repair_result *res);
+
 #endif /* PMFUSE_FS_REPAIR_H */

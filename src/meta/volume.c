@@ -742,7 +742,12 @@ int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_v
 
 	vol->state = pmfuse_volume_block(vol, pmfuse_le64(vol->sb.state_block));
 	rc = check_state(vol, tmp, sizeof(tmp));
-	if (rc) {
+	if (rc && !rdonly && (flags & PMFUSE_VOL_REPAIR)) {
+		/* fsck rebuilds it (pmfuse_fs_repair_state) before anything reads it */
+		note(msg, msglen, "%s", tmp);
+		vol->state_bad = true;
+		rc = 0;
+	} else if (rc) {
 		if (!vol->log_pending) {
 			note(msg, msglen, "%s", tmp);
 			goto fail;

@@ -4,7 +4,7 @@
  * data, a hard link, reflinked clones, xattrs with a value block, enough files that the inode
  * table and the root directory have several nodes) is damaged, one kind of damage per case:
  * a metadata block of each kind has bytes flipped, is zeroed, or is swapped with another (the
- * primary superblock, the log header, a bitmap block, inode table leaves, the root directory's
+ * primary superblock, the state block, the log header, a bitmap block, inode table leaves, the root directory's
  * nodes, extent maps, xattrs, the refcount tree), or a record is changed and resealed (a link
  * count, a directory size, an entry's target, a block count, a leaked and a lost bitmap bit, an
  * orphan naming nothing). For each case:
@@ -221,7 +221,7 @@ struct dmg {
 	uint64_t ino, ino2;
 };
 
-#define NDMG 22
+#define NDMG 24
 
 /* Applies damage number k to im; says what it may affect. */
 static void damage(unsigned k, uint8_t *im, struct th_rng *r, struct dmg *d)
@@ -271,6 +271,8 @@ static void damage(unsigned k, uint8_t *im, struct th_rng *r, struct dmg *d)
 	case 21: d->name = "parent field wrong"; v64 = 5;
 		set_inode_field(im, PMFUSE_ROOT_INO, offsetof(struct pmfuse_inode, parent), &v64, 8);
 		break;
+	case 22: d->name = "state block zeroed"; zero(im, 1); break;
+	case 23: d->name = "state block flipped"; flip(im, 1, r); break;
 	}
 }
 
@@ -315,6 +317,12 @@ static uint64_t repair_pool(struct pmfuse_pool *pool, struct pmfuse_repair_resul
 	rc = pmfuse_volume_open(pool, PMFUSE_VOL_REPAIR, &vol, msg, sizeof(msg));
 	if (rc) {
 		snprintf(why, len, "volume does not open for repair: %d %s", rc, msg);
+		return 1;
+	}
+	memset(rr, 0, sizeof(*rr));
+	if (vol->state_bad && (rc = pmfuse_fs_repair_state(vol, &ops, rr))) {
+		snprintf(why, len, "state block repair: %d", rc);
+		pmfuse_volume_close(vol);
 		return 1;
 	}
 	rc = pmfuse_fs_open(vol, &ro, &fs);

@@ -95,7 +95,7 @@ class Layout:
     def walk(self):
         self.blocks[0] = ('superblock', None)
         self.blocks[self.sb2] = ('superblock', None)
-        # the state block is not in the rounds: repair cannot rebuild it yet (doc/design.md)
+        self.blocks[1] = ('state', None)
         self.blocks[self.log_start] = ('log', set())
         for i in range(self.bitmap_blocks):
             self.blocks[self.bitmap_start + i] = ('bitmap', set())
