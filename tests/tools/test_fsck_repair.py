@@ -18,7 +18,7 @@ bytes flipped, the block zeroed, the block swapped with another metadata block. 
 
 Every MOUNT_EVERY rounds the repaired pool is mounted with the daemon and every file not
 touched by the damage (its inode record's leaf, and its own trees' nodes, were not the damaged
-block) is read back by inode number and compared. Rounds: PMFUSE_FSCK_ROUNDS (default 1000),
+block) is read back by inode number and compared. Rounds: PMFUSE_FSCK_ROUNDS (default 2000),
 times PMFUSE_TEST_SCALE; PMFUSE_SEED replays a run. Needs root, /dev/fuse and fusermount3 for
 the population (exit 77, skipped, without them).
 """
@@ -253,7 +253,7 @@ def main():
         print(f'# skipped: {why}')
         sys.exit(77)
     scale = float(os.environ.get('PMFUSE_TEST_SCALE', '1'))
-    rounds = max(20, int(int(os.environ.get('PMFUSE_FSCK_ROUNDS', '1000')) * scale))
+    rounds = max(20, int(int(os.environ.get('PMFUSE_FSCK_ROUNDS', '2000')) * scale))
     seed = int(os.environ.get('PMFUSE_SEED', str(random.randrange(1 << 30))))
     print(f'# seed {seed} (PMFUSE_SEED replays), {rounds} rounds')
     rng = random.Random(seed)

@@ -623,6 +623,21 @@ EOF
 	repaired "$Q" "wrong link count"
 
 	cp "$P" "$Q"
+	poke "$Q" set-inode "$ino_f1" 28 '<I' 5 >/dev/null
+	fsck_run "$Q" -f -p
+	check "-p fixes a wrong link count, which needs no decision (exit 1)" \
+		eval '[ $rc -eq 1 ] && has "$OUT" "^fixed: inode $ino_f1: set link count 5 -> 2$"'
+	fsck_run "$Q" -f -n
+	check "after -p, fsck -f -n is clean" [ $rc -eq 0 ]
+
+	cp "$P" "$Q"
+	poke "$Q" dirent 1 fifo 8 '<Q' 999999 >/dev/null
+	fsck_run "$Q" -f -p
+	check "-p leaves a dangling entry to -y (exit 4, says so)" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "^left: directory 1: entry for inode 999999 names an inode that does not exist: needs -y"'
+	fsck_run "$Q" -f -n
+	check "-p left the entry in place" has "$OUT" "names inode 999999, which does not exist"
+	cp "$P" "$Q"
 	poke "$Q" dirent 1 fifo 8 '<Q' 999999 >/dev/null
 	fsck_run "$Q" -f
 	check "a dangling entry (resealed): exit 4, entry and inode named" \
