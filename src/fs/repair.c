@@ -875,6 +875,12 @@ static void count_names(struct rp *r)
 	}
 }
 
+/* A symlink whose target was lost: nothing can make it valid again. */
+static bool broken_link(const struct rino *e)
+{
+	return S_ISLNK(e->mode) && e->size && !e->mapped;
+}
+
 /* Marks the entries to remove (e->drop); the reason for each goes to *why. */
 static const char *entry_fault(struct rp *r, struct rent *e, size_t root)
 {
@@ -887,7 +893,7 @@ static const char *entry_fault(struct rp *r, struct rent *e, size_t root)
 		return "has the wrong type for its inode";
 	if (t == root)
 		return "names the root directory";
-	if (S_ISLNK(v[t].mode) && v[t].size && !v[t].mapped)
+	if (broken_link(&v[t]))
 		return "names a symlink whose target was lost";
 	if (!v[e->dir].nlink && e->dir != root)
 		return "is in a removed directory";
@@ -1098,7 +1104,7 @@ static int fix_names(struct rp *r)
 	for (size_t i = 0; i < r->inos.n && !rc; i++) {
 		struct rino *e = &v[i];
 
-		if (i == root || !e->nlink)
+		if (i == root || !e->nlink || broken_link(e))
 			continue;
 		if (S_ISDIR(e->mode) ? !e->lost : e->names > 0)
 			continue;
@@ -1209,6 +1215,35 @@ static int fix_inode(struct rp *r, struct rino *e, size_t root)
 	return 0;
 }
 
+/* Frees an inode nothing names and nothing can make valid (pmfuse_inode_free: restartable
+ * through the orphan list it puts the inode on first). */
+static int drop_inode(struct rp *r, struct rino *e)
+{
+	struct pmfuse_fs *fs = r->fs;
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+	struct pmfuse_tx *tx;
+	int rc;
+
+	tx = pmfuse_tx_begin(fs->txm);
+	rc = pmfuse_inode_locate(fs, e->ino, &ip, &leaf);
+	if (!rc)
+		rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
+	if (!rc) {
+		pmfuse_set_le32(&ip->nlink, 0);
+		pmfuse_set_le64(&ip->blocks, e->mapped);
+	}
+	if ((rc = commit(r, tx, rc)))
+		return rc;
+	pthread_rwlock_wrlock(&fs->lock);
+	rc = pmfuse_inode_free(fs, e->ino);
+	pthread_rwlock_unlock(&fs->lock);
+	if (!rc)
+		fixed(r, "inode %llu (symlink): its target was lost and nothing names it: freed",
+		      ULL(e->ino));
+	return rc;
+}
+
 static int fix_counts(struct rp *r)
 {
 	struct pmfuse_fs *fs = r->fs;
@@ -1241,6 +1276,10 @@ static int fix_counts(struct rp *r)
 			max_ino = e->ino;
 		if (e->gen > max_gen)
 			max_gen = e->gen;
+		if (broken_link(e) && !e->names) {
+			rc = drop_inode(r, e);
+			continue;
+		}
 		rc = fix_inode(r, e, root);
 		if (rc || e->nlink || on_orphans(r, e->ino))
 			continue;
