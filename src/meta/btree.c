@@ -1067,12 +1067,11 @@ static int check_fail(struct check *c, int line, const struct place *at, const c
 
 #define FAIL(c, at, ...) check_fail(c, __LINE__, at, __VA_ARGS__)
 
+/* Zero bytes: the first is zero and every byte equals the one before it (memcmp is vectorised;
+ * a byte loop here was a third of fsck's time on a big pool). */
 static bool all_zero(const uint8_t *p, size_t len)
 {
-	for (size_t i = 0; i < len; i++)
-		if (p[i])
-			return false;
-	return true;
+	return !len || (!p[0] && !memcmp(p, p + 1, len - 1));
 }
 
 /* The header of the node at `at`: block, magic, self, owner, crc, level, pad, slot count. */
