@@ -122,6 +122,7 @@ struct rp {
 	uint64_t data_start, data_end, block_count;
 	struct vec evs, inos, ents, bad, orphans, rcrecs, xtails;
 	bool refcount_damaged;
+	bool incomplete;         /* some inode's trees were not read: free nothing this round */
 	bool names_pending;      /* preen: a name fix needs a decision, so counts wait */
 	bool table_rebuilt;      /* the inode table was rebuilt: a missing root is remade */
 	uint64_t changes;        /* fixes made this round */
@@ -410,6 +411,7 @@ static int collect(struct rp *r)
 	vec_reset(&r->orphans, sizeof(uint64_t));
 	vec_reset(&r->rcrecs, sizeof(struct pmfuse_refcount_rec));
 	vec_reset(&r->xtails, sizeof(struct xtail));
+	r->incomplete = false;
 
 	memset(&w, 0, sizeof(w));
 	w.r = r;
@@ -440,8 +442,25 @@ static int collect(struct rp *r)
 		struct pmfuse_btree bt;
 		bool damaged;
 
-		if ((rc = pmfuse_inode_locate(fs, e->ino, &ip, &leaf)))
-			return rc == -ENOENT ? -EUCLEAN : rc;
+		rc = pmfuse_inode_locate(fs, e->ino, &ip, &leaf);
+		if (rc == -ENOENT || rc == -EUCLEAN) {
+			/* read by the salvage but not found by a lookup: the table's structure
+			 * is at fault; its trees are not walked, so this round may not free
+			 * blocks (r->incomplete) and the table is rebuilt */
+			r->incomplete = true;
+			if (!r->bad.n || VEC_AT(r->bad, struct rtree, 0)->kind != T_INODES) {
+				if ((rc = add_bad(r, 0, T_INODES)))
+					return rc;
+				/* first in the list: the other rebuilds locate inodes */
+				struct rtree *b = r->bad.v, t = b[r->bad.n - 1];
+
+				memmove(b + 1, b, (r->bad.n - 1) * sizeof(*b));
+				b[0] = t;
+			}
+			continue;
+		}
+		if (rc)
+			return rc;
 		if (S_ISREG(e->mode) || S_ISLNK(e->mode) || S_ISDIR(e->mode)) {
 			memset(&w, 0, sizeof(w));
 			w.r = r;
@@ -658,6 +677,8 @@ static int fix_bitmap(struct rp *r, const uint64_t *used)
 			for (uint64_t j = 0; j < wpb; j++) {
 				uint64_t have = pmfuse_le64(bb->words[j]);
 
+				if (r->incomplete)
+					want[j] |= have;     /* only mark, never free */
 				if (have == want[j])
 					continue;
 				freed += (uint64_t)__builtin_popcountll(have & ~want[j]);
@@ -675,6 +696,9 @@ static int fix_bitmap(struct rp *r, const uint64_t *used)
 			rc = commit(r, tx, rc);
 			continue;
 		}
+		if (r->incomplete)          /* what it held is unknown: all in use until a later round */
+			for (uint64_t j = 0; j < wpb; j++)
+				want[j] = ~0ull;
 		tx = pmfuse_tx_begin(fs->txm);
 		rc = pmfuse_tx_add(tx, bb, fs->bs);
 		if (!rc) {
@@ -1017,7 +1041,7 @@ static int fix_names(struct rp *r)
 {
 	struct rino *v = r->inos.v;
 	size_t root = find_ino(r, PMFUSE_ROOT_INO), *path = NULL;
-	uint64_t before = r->changes, lf = 0;
+	uint64_t lf = 0;
 	int rc = 0;
 
 	if (root == NONE && (r->inos.n || r->table_rebuilt)) {
@@ -1138,7 +1162,6 @@ static int fix_names(struct rp *r)
 		left(r, "/lost+found is not a directory: unreachable inodes left where they are");
 		rc = 0;
 	}
-	(void)before;
 	return rc;
 }
 
