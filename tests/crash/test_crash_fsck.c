@@ -9,7 +9,8 @@
  * count, a directory size, an entry's target, a block count, a leaked and a lost bitmap bit, an
  * orphan naming nothing). For each case:
  *   1. the checks of fs/check.h report the damage;
- *   2. a repair (as fsck -y: volume opened with PMFUSE_VOL_REPAIR, fs with opts.repair) leaves
+ *   2. a repair (as fsck -y: volume opened with PMFUSE_VOL_REPAIR, fs with opts.repair; every
+ *      transaction verified to change only what it declared, in debug builds) leaves
  *      a filesystem the checks find clean, that mounts, and where every file the damage did not
  *      touch reads back its bytes, by inode number;
  *   3. the repair is run again from the damaged image with a hook at every persistence barrier
@@ -302,9 +303,10 @@ static bool affected(const struct dmg *d, uint64_t ino)
 	}
 }
 
-/* Runs a repair on pool; returns the problems a check finds after it (why: the first). */
+/* Runs a repair on pool; returns the problems a check finds after it (why: the first). With
+ * verify, every repair transaction is checked to change only what it declared (debug builds). */
 static uint64_t repair_pool(struct pmfuse_pool *pool, struct pmfuse_repair_result *rr,
-			    char *why, size_t len)
+			    bool verify, char *why, size_t len)
 {
 	struct pmfuse_repair_ops ops = { .fixed = quiet, .left = quiet };
 	struct pmfuse_fs_opts ro = { .repair = true }, co = { .check = true };
@@ -320,6 +322,7 @@ static uint64_t repair_pool(struct pmfuse_pool *pool, struct pmfuse_repair_resul
 		return 1;
 	}
 	memset(rr, 0, sizeof(*rr));
+	pmfuse_txm_set_verify(vol->txm, verify);
 	if (vol->state_bad && (rc = pmfuse_fs_repair_state(vol, &ops, rr))) {
 		snprintf(why, len, "state block repair: %d", rc);
 		pmfuse_volume_close(vol);
@@ -405,7 +408,7 @@ static void check_state(struct crash *c, const char *variant)
 
 	pmfuse_pool_fake_reset(c->scratch, c->cimg);
 	c->states++;
-	if (repair_pool(c->scratch, &rr, why, sizeof(why)) ||
+	if (repair_pool(c->scratch, &rr, false, why, sizeof(why)) ||
 	    !files_ok(c->scratch, c->d, why, sizeof(why))) {
 		fprintf(stderr, "%s: crash at barrier %llu (%s): after a further repair: %s\n",
 			c->d->name, ULL(c->barriers), variant, why);
@@ -454,7 +457,7 @@ static void test_repair(void **state)
 		struct pmfuse_repair_result rr;
 
 		assert_int_equal(pmfuse_pool_fake_new(pool_size, pristine, &pool), 0);
-		assert_int_equal(repair_pool(pool, &rr, why, sizeof(why)), 0);
+		assert_int_equal(repair_pool(pool, &rr, true, why, sizeof(why)), 0);
 		assert_int_equal(rr.fixed, 0);
 		assert_int_equal(rr.transactions, 0);
 		assert_int_equal(memcmp(pmfuse_pool_base(pool), pristine, pool_size), 0);
@@ -495,7 +498,7 @@ static void test_repair(void **state)
 				fail_msg("%s: the checks do not see it", d.name);
 		}
 		/* 2. a repair leaves it clean, mounting, the untouched files intact */
-		left = repair_pool(pool, &rr, why, sizeof(why));
+		left = repair_pool(pool, &rr, true, why, sizeof(why));
 		if (left)
 			fail_msg("%s: after repair: %s", d.name, why);
 		if (!files_ok(pool, &d, why, sizeof(why)))
@@ -512,7 +515,7 @@ static void test_repair(void **state)
 			struct pmfuse_pool_fake_hook hook = { .barrier = on_barrier, .arg = &c };
 
 			pmfuse_pool_fake_set_hook(pool, &hook);
-			repair_pool(pool, &rr, why, sizeof(why));
+			repair_pool(pool, &rr, false, why, sizeof(why));
 			pmfuse_pool_fake_set_hook(pool, NULL);
 		}
 		if (c.failed)
