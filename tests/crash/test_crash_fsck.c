@@ -163,10 +163,14 @@ static uint8_t *blk_at(uint8_t *im, uint64_t b)
 	return im + b * bs;
 }
 
-static void flip(uint8_t *im, uint64_t b, struct th_rng *r)
+/* Flips a bit in each of 4 neighbouring bytes among the first span bytes of block b (what a
+ * reader of that block looks at): distinct bytes, so the block always changes. */
+static void flip(uint8_t *im, uint64_t b, size_t span, struct th_rng *r)
 {
-	for (int i = 0; i < 4; i++)
-		blk_at(im, b)[th_rng_below(r, bs)] ^= (uint8_t)(1u << th_rng_below(r, 8));
+	size_t o = (size_t)th_rng_below(r, span);
+
+	for (size_t i = 0; i < 4; i++)
+		blk_at(im, b)[(o + i) % span] ^= (uint8_t)(1u << th_rng_below(r, 8));
 }
 
 static void zero(uint8_t *im, uint64_t b)
@@ -232,25 +236,26 @@ static void damage(unsigned k, uint8_t *im, struct th_rng *r, struct dmg *d)
 
 	memset(d, 0, sizeof(*d));
 	switch (k) {
-	case 0: d->name = "primary superblock flipped"; flip(im, 0, r); break;
+	case 0: d->name = "primary superblock flipped";
+		flip(im, 0, sizeof(struct pmfuse_sb), r); break;
 	case 1: d->name = "primary superblock zeroed"; zero(im, 0); break;
 	case 2: d->name = "log header zeroed"; zero(im, log_blk); break;
-	case 3: d->name = "bitmap block flipped"; flip(im, bitmap_blk, r); break;
+	case 3: d->name = "bitmap block flipped"; flip(im, bitmap_blk, bs, r); break;
 	case 4: d->name = "bitmap block zeroed"; zero(im, bitmap_blk); break;
 	case 5: d->name = "inode table leaf flipped"; d->affect = AFFECT_LEAF; d->ino = 0;
-		flip(im, inode_leaf[1], r); break;
+		flip(im, inode_leaf[1], bs, r); break;
 	case 6: d->name = "inode table leaf zeroed"; d->affect = AFFECT_LEAF; d->ino = 0;
 		zero(im, inode_leaf[1]); break;
 	case 7: d->name = "inode table leaves swapped"; d->affect = AFFECT_LEAF; d->ino = 1;
 		swap(im, inode_leaf[0], inode_leaf[1]); break;
-	case 8: d->name = "root directory node flipped"; flip(im, root_dir_node[0], r); break;
+	case 8: d->name = "root directory node flipped"; flip(im, root_dir_node[0], bs, r); break;
 	case 9: d->name = "root directory nodes swapped";
 		swap(im, root_dir_node[0], root_dir_node[1]); break;
 	case 10: d->name = "extent map node zeroed"; d->affect = AFFECT_INO; d->ino = map_ino[0];
 		zero(im, map_node[0]); break;
 	case 11: d->name = "extent map nodes swapped"; d->affect = AFFECT_INO; d->ino = map_ino[0];
 		d->ino2 = map_ino[1]; swap(im, map_node[0], map_node[1]); break;
-	case 12: d->name = "xattr node flipped"; flip(im, xattr_node, r); break;
+	case 12: d->name = "xattr node flipped"; flip(im, xattr_node, bs, r); break;
 	case 13: d->name = "refcount node zeroed"; zero(im, refcount_node); break;
 	case 14: d->name = "refcount node swapped with an extent map node";
 		d->affect = AFFECT_INO; d->ino = map_ino[1];
@@ -273,7 +278,7 @@ static void damage(unsigned k, uint8_t *im, struct th_rng *r, struct dmg *d)
 		set_inode_field(im, PMFUSE_ROOT_INO, offsetof(struct pmfuse_inode, parent), &v64, 8);
 		break;
 	case 22: d->name = "state block zeroed"; zero(im, 1); break;
-	case 23: d->name = "state block flipped"; flip(im, 1, r); break;
+	case 23: d->name = "state block flipped"; flip(im, 1, bs, r); break;
 	}
 }
 
