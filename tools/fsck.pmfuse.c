@@ -1,16 +1,19 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
- * fsck.pmfuse: check a pmfuse pool, read only, with e2fsck's conventions (options, phases, a
- * summary line, exit codes). Repair is not implemented: -p, -a and -y are accepted, said to be
- * unsupported, and the check runs read only as with -n.
+ * fsck.pmfuse: check a pmfuse pool, and with -p or -y repair it, with e2fsck's conventions
+ * (options, phases, a summary line, exit codes). -n (the default) never writes; -p and -y map
+ * the pool writable (taking the exclusive lock), check it, repair it through fs/repair.h and
+ * check it again: what that last check still finds is reported as left uncorrected.
  *
  * Order of work:
  *   1. parse (usage errors exit 16);
- *   2. map the pool read-only (PMFUSE_POOL_RDONLY: the mapping cannot be written, so nothing in
- *      this program can change the pool), then take a SHARED flock on it: a mounted pool (the
+ *   2. -n: map the pool read-only (PMFUSE_POOL_RDONLY: the mapping cannot be written, so nothing
+ *      in this program can change the pool), then take a SHARED flock on it: a mounted pool (the
  *      daemon holds the exclusive lock) is refused, naming the holder, and while the check runs
- *      no daemon or mkfs can take the pool;
- *   3. phase 1, superblocks and log: both copies probed, the volume opened read-only. A
+ *      no daemon or mkfs can take the pool. -p, -y: map it writable, which takes the
+ *      EXCLUSIVE lock (a mounted pool is refused the same way);
+ *   3. phase 1, superblocks and log: both copies probed, the volume opened read-only (-p, -y:
+ *      with PMFUSE_VOL_REPAIR, which recovers the log and rewrites a bad copy as a mount does). A
  *      transaction left in the log is reported as needing recovery (mounting replays it); the
  *      volume then shows the metadata as it is before the rollback, which the later phases
  *      check as it is, and the summary says so. Like e2fsck, a pool marked clean with both
@@ -20,7 +23,9 @@
  *   5. phase 3, namespace: entries, link counts, "..", reachability, the orphan list;
  *   6. with -b, phase 4: the platform's bad-block list (libpmem2; dax devices and files on
  *      fsdax) and the file blocks on it, each a problem; unavailable on other pool files;
- *   7. the summary; exit 0 (no problem) or 4 (problems left uncorrected).
+ *   7. with -p or -y and problems found: phase 5 repairs (fs/repair.h), phase 6 checks again;
+ *      what it still finds is "left";
+ *   8. the summary; exit 0 (no problem), 1 (all repaired), 4 (problems left uncorrected).
  * A memory error (SIGBUS) while reading the pool stops the check with a problem naming the
  * block (the recovery point of pool.h), instead of killing fsck.
  * Every problem is one line on stdout as it is found. Operational errors (cannot open, in use,
@@ -46,6 +51,7 @@
 
 #include "fs/check.h"
 #include "fs/fs.h"
+#include "fs/repair.h"
 #include "meta/alloc.h"
 #include "meta/volume.h"
 #include "pool/pool.h"
@@ -55,6 +61,7 @@
 
 /* Exit codes of fsck(8). */
 #define FSCK_OK          0
+#define FSCK_CORRECTED   1
 #define FSCK_UNCORRECTED 4
 #define FSCK_ERROR       8
 #define FSCK_USAGE       16
@@ -74,23 +81,26 @@ struct args {
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: %s [-n] [-f] [-b] [-v] [-q] POOL\n"
-		"Check the pmfuse filesystem in POOL (a /dev/dax device or a pool file) without\n"
-		"changing it.\n"
+		"Usage: %s [-n|-p|-y] [-f] [-b] [-v] [-q] POOL\n"
+		"Check the pmfuse filesystem in POOL (a /dev/dax device or a pool file), and\n"
+		"repair it with -p or -y.\n"
 		"\n"
-		"  -n                check read-only, changing nothing (the only mode there is)\n"
-		"  -p, -a, -y        accepted for fsck(8), but repair is not implemented: the\n"
-		"                    check runs read-only as with -n\n"
+		"  -n                check read-only, changing nothing (the default)\n"
+		"  -p, -a            preen: make the repairs that need no decision (bitmap,\n"
+		"                    refcounts, link counts, sizes, orphan list, superblock copy,\n"
+		"                    log recovery); anything else is left and exits 4\n"
+		"  -y                make every repair, dropping what cannot be read\n"
 		"  -f, --force       check even a pool marked clean\n"
 		"  -b, --badblocks   also list the files on the platform's bad blocks (dax\n"
 		"                    devices, files on fsdax); implies -f\n"
 		"  -v, --verbose     also print the library's diagnostics and detailed counts\n"
-		"  -q, --quiet       print nothing but problems\n"
+		"  -q, --quiet       print nothing but problems and repairs\n"
 		"  -h, --help        show this help and exit\n"
 		"  -V, --version     show the version and exit\n"
 		"\n"
-		"Exit status: 0 no problems, 4 problems found and left uncorrected, 8 operational\n"
-		"error (cannot open, in use, out of memory), 16 usage error, 32 interrupted.\n",
+		"Exit status (a sum, as e2fsck's): 0 no problems, 1 problems corrected, 4 problems\n"
+		"left uncorrected, 8 operational error (cannot open, in use, out of memory),\n"
+		"16 usage error, 32 interrupted.\n",
 		prog);
 }
 
@@ -108,6 +118,8 @@ struct out {
 	bool line_open;            /* the terminal's cursor is on the phase line */
 	struct timespec last;      /* last progress drawn */
 	uint64_t problems;
+	uint64_t fixed, left;      /* repairs made, problems a repair left */
+	bool recheck;              /* the check after a repair: problems are "left" */
 };
 
 static void phase_end(struct out *o)
@@ -150,9 +162,30 @@ static void on_problem(void *arg, const char *msg)
 {
 	struct out *o = arg;
 
+	if (o->recheck) {
+		o->left++;
+		out_line(o, "left: ", msg);
+		return;
+	}
 	o->problems++;
 	found_problems = 1;
 	out_line(o, "", msg);
+}
+
+static void on_fixed(void *arg, const char *msg)
+{
+	struct out *o = arg;
+
+	o->fixed++;
+	out_line(o, "fixed: ", msg);
+}
+
+static void on_left(void *arg, const char *msg)
+{
+	struct out *o = arg;
+
+	o->left++;
+	out_line(o, "left: ", msg);
 }
 
 static void on_note(void *arg, const char *msg)
@@ -212,19 +245,25 @@ static int on_progress(void *arg, uint64_t done, uint64_t total, const char *uni
 
 /* ---- signals -------------------------------------------------------------------------------- */
 
-static volatile sig_atomic_t stdout_tty;
+static volatile sig_atomic_t stdout_tty, repairing;
 
-/* Nothing was written, so nothing to undo: say so and go (async-signal-safe calls only). */
+/* A check wrote nothing, and a repair's every change is a transaction that the next open rolls
+ * back or finds committed: say so and go (async-signal-safe calls only). */
 static void on_signal(int sig)
 {
 	static const char clear[] = "\r\033[K";
 	static const char msg[] = "fsck.pmfuse: interrupted; nothing was changed\n";
+	static const char rmsg[] = "fsck.pmfuse: interrupted during repair; every change made "
+				   "is whole, run fsck again to finish\n";
 	ssize_t r;
 
 	(void)sig;
 	if (stdout_tty)
 		r = write(STDOUT_FILENO, clear, sizeof(clear) - 1);
-	r = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+	if (repairing)
+		r = write(STDERR_FILENO, rmsg, sizeof(rmsg) - 1);
+	else
+		r = write(STDERR_FILENO, msg, sizeof(msg) - 1);
 	(void)r;
 	_exit(FSCK_CANCELED | (found_problems ? FSCK_UNCORRECTED : 0));
 }
@@ -327,10 +366,18 @@ static int lock_shared(const char *path, int *fd)
 	return FSCK_ERROR;
 }
 
-static int open_pool(const char *path, struct pmfuse_pool **pool)
+static int open_pool(const char *path, bool repair, struct pmfuse_pool **pool)
 {
-	int rc = pmfuse_pool_open(path, PMFUSE_POOL_RDONLY, pool);
+	/* a repair maps writable, which takes the exclusive lock: a mounted pool is refused */
+	int rc = pmfuse_pool_open(path, repair ? 0 : PMFUSE_POOL_RDONLY, pool);
 
+	if (rc == -EBUSY) {
+		char who[128];
+
+		pmfuse_pool_lock_holder(path, who, sizeof(who));
+		cli_err("%s: in use by %s (mounted?); unmount it before repairing", path, who);
+		return FSCK_ERROR;
+	}
 	if (rc == -EINVAL)
 		cli_err("%s: not a usable pool (empty, or neither a regular file nor a dax device)",
 		    path);
@@ -359,7 +406,7 @@ static void volume_notes(struct out *o, const char *msg)
  * be checked further because of damage (reported), FSCK_ERROR on operational errors.
  */
 static int phase1(struct out *o, struct pmfuse_pool *pool, struct pmfuse_sb_probe *probe,
-		  struct pmfuse_volume **vol)
+		  bool repair, struct pmfuse_volume **vol)
 {
 	static const char *const name[2] = { "primary", "secondary" };
 	char msg[1024];
@@ -386,7 +433,8 @@ static int phase1(struct out *o, struct pmfuse_pool *pool, struct pmfuse_sb_prob
 	if (rc)
 		return FSCK_UNCORRECTED;   /* no valid copy: nothing else can be read */
 
-	rc = pmfuse_volume_open(pool, PMFUSE_VOL_RDONLY, vol, msg, sizeof(msg));
+	rc = pmfuse_volume_open(pool, repair ? PMFUSE_VOL_REPAIR : PMFUSE_VOL_RDONLY, vol, msg,
+				sizeof(msg));
 	if (rc == -EUCLEAN) {
 		problem(o, "%s", msg);
 		return FSCK_UNCORRECTED;
@@ -400,7 +448,36 @@ static int phase1(struct out *o, struct pmfuse_pool *pool, struct pmfuse_sb_prob
 		    msg);
 		return FSCK_ERROR;
 	}
-	if ((*vol)->log_pending) {
+	if (repair) {
+		/* the writable open did what a mount does first */
+		if ((*vol)->log_reformatted)
+			on_fixed(o, "log header damaged: log formatted anew (a transaction it held, "
+				 "if any, is lost; the checks below see what it left)");
+		if ((*vol)->recovered)
+			on_fixed(o, "log: an unfinished transaction was rolled back, as a mount "
+				 "would");
+		if ((*vol)->sb_other_bad)
+			on_fixed(o, (*vol)->sb_copy ? "primary superblock rewritten from the "
+				 "secondary" : "secondary superblock rewritten from the primary");
+		if (!(*vol)->alloc)
+			note(o, "free-space bitmap damaged: the checks report it, the repair "
+			     "rewrites it");
+		if ((*vol)->state_bad) {
+			struct pmfuse_repair_ops rops = { .fixed = on_fixed, .left = on_left,
+							  .arg = o };
+			struct pmfuse_repair_result rr;
+
+			problem(o, "state block (block %llu) is damaged: %s",
+				ULL(pmfuse_le64((*vol)->sb.state_block)), msg);
+			repairing = 1;
+			rc = pmfuse_fs_repair_state(*vol, &rops, &rr);
+			repairing = 0;
+			if (rc) {
+				on_left(o, "the state block could not be rebuilt");
+				return rc == -ENOMEM ? FSCK_ERROR : FSCK_UNCORRECTED;
+			}
+		}
+	} else if ((*vol)->log_pending) {
 		note(o, "the log holds an unfinished transaction: the pool needs log recovery "
 		     "(mount once to replay it); checking the metadata as it is now, before the "
 		     "rollback");
@@ -427,7 +504,7 @@ static bool skip_clean(struct out *o, const struct args *a, const struct pmfuse_
 	uint64_t free_blocks;
 
 	/* a pool with damaged files (compat DAMAGED) is always checked: they are reported */
-	if (a->force || !vol->was_clean || vol->log_pending || o->problems ||
+	if (a->force || !vol->was_clean || vol->log_pending || o->problems || o->fixed ||
 	    (pmfuse_le64(sb->compat) & PMFUSE_FEATURE_COMPAT_DAMAGED) ||
 	    !probe->valid[0] || !probe->valid[1] || probe->seq[0] != probe->seq[1] ||
 	    pmfuse_alloc_count_free(vol->pool, &g, &free_blocks))
@@ -450,10 +527,14 @@ static void summary(struct out *o, const struct args *a, const struct pmfuse_che
 	phase_end(o);
 	if (a->quiet)
 		return;
-	if (o->problems)
-		printf("%s: %llu problem%s found and left uncorrected (fsck.pmfuse does not "
-		       "repair)\n", o->path, ULL(o->problems), o->problems == 1 ? "" : "s");
-	if (vol && vol->log_pending && o->problems)
+	if (o->problems && !a->repair)
+		printf("%s: %llu problem%s found and left uncorrected (-y repairs)\n", o->path,
+		       ULL(o->problems), o->problems == 1 ? "" : "s");
+	else if (o->problems || o->fixed || o->left)
+		printf("%s: %llu problem%s found; %llu repair%s made, %llu problem%s left\n",
+		       o->path, ULL(o->problems), o->problems == 1 ? "" : "s", ULL(o->fixed),
+		       o->fixed == 1 ? "" : "s", ULL(o->left), o->left == 1 ? "" : "s");
+	if (vol && vol->log_pending && o->problems && !a->repair)
 		printf("%s: the log holds an unfinished transaction: the problems may be its "
 		       "half-done changes; mount once to replay it, then check again\n", o->path);
 	if (!checked) {
@@ -569,7 +650,8 @@ static int run_checks(struct out *o, const struct args *a, const struct pmfuse_c
 		return 0;
 	}
 	pmfuse_pool_fault_arm(pool, &fault);
-	phase_begin(o, "Phase 2: allocator, b+trees, refcounts and block accounting");
+	phase_begin(o, o->recheck ? "Phase 6: checking the repaired pool" :
+		    "Phase 2: allocator, b+trees, refcounts and block accounting");
 	if ((status = check_rc(o, pmfuse_fs_check_bitmap(fs, ops, res), "bitmap check")) ||
 	    (status = check_rc(o, pmfuse_fs_check_trees(fs, ops, res), "tree check")))
 		goto out;
@@ -580,20 +662,65 @@ static int run_checks(struct out *o, const struct args *a, const struct pmfuse_c
 				    "block check")))
 		goto out;
 
-	phase_begin(o, "Phase 3: namespace");
+	if (!o->recheck)
+		phase_begin(o, "Phase 3: namespace");
 	if (!res->inode_table_ok)
 		note(o, "namespace not checked: the inode table or the orphan list is damaged");
 	else if ((status = check_rc(o, pmfuse_fs_check_namespace(fs, ops, res),
 				    "namespace check")))
 		goto out;
 
-	if (a->badblocks) {
+	if (a->badblocks && !o->recheck) {
 		phase_begin(o, "Phase 4: bad blocks");
 		status = check_rc(o, phase4(o, fs), "bad-block listing");
 	}
 out:
 	pmfuse_pool_fault_disarm(&fault);
 	return status;
+}
+
+
+/* Phase 5 (-p, -y): repair, then check again (phase 6); fs is reopened for each. */
+static int repair(struct out *o, const struct args *a, struct pmfuse_pool *pool,
+		  struct pmfuse_volume *vol, struct pmfuse_fs **fs,
+		  const struct pmfuse_check_ops *ops, struct pmfuse_check_result *res)
+{
+	struct pmfuse_repair_ops rops = { .fixed = on_fixed, .left = on_left, .arg = o };
+	struct pmfuse_fs_opts ro = { .repair = true }, co = { .check = true };
+	struct pmfuse_repair_result rr;
+	int rc;
+
+	pmfuse_fs_close(*fs);
+	*fs = NULL;
+	phase_begin(o, a->repair == 'p' ? "Phase 5: repair (preen)" : "Phase 5: repair");
+	rc = pmfuse_fs_open(vol, &ro, fs);
+	if (!rc) {
+		repairing = 1;
+		rc = pmfuse_fs_repair(*fs, a->repair == 'p', &rops, &rr);
+		repairing = 0;
+		pmfuse_fs_close(*fs);
+		*fs = NULL;
+		if (a->verbose)
+			note(o, "repair: %u round%s, %llu transactions", rr.rounds,
+			     rr.rounds == 1 ? "" : "s", ULL(rr.transactions));
+	}
+	if (rc == -ENOMEM)
+		return check_rc(o, rc, "repair");
+	if (rc && rc != -EUCLEAN) {
+		phase_end(o);
+		cli_err("%s: repair stopped: %s (every change made is whole; run fsck again)",
+		    o->path, strerror(-rc));
+		return FSCK_ERROR;
+	}
+	/* the repaired pool is checked as a fresh run would: what remains is left */
+	memset(res, 0, sizeof(*res));
+	o->recheck = true;
+	rc = pmfuse_fs_open(vol, &co, fs);
+	if (rc) {
+		on_left(o, "the filesystem does not open after repair");
+		return 0;
+	}
+	return run_checks(o, a, ops, pool, vol, *fs, res);
 }
 
 /* ---- main ----------------------------------------------------------------------------------- */
@@ -626,17 +753,15 @@ int main(int argc, char **argv)
 	o.tty = !a.quiet && isatty(STDOUT_FILENO);
 	stdout_tty = o.tty;
 	ops.arg = &o;
-	if (a.repair)
-		cli_err("-%c: repair is not implemented; checking read-only, as with -n", a.repair);
 
-	status = open_pool(a.path, &pool);
-	if (!status)
+	status = open_pool(a.path, a.repair, &pool);
+	if (!status && !a.repair)
 		status = lock_shared(a.path, &lockfd);
 	if (status)
 		goto out;
 
 	phase_begin(&o, "Phase 1: superblocks and log");
-	status = phase1(&o, pool, &probe, &vol);
+	status = phase1(&o, pool, &probe, a.repair, &vol);
 	if (status == FSCK_UNCORRECTED)
 		goto report;
 	if (status)
@@ -651,16 +776,21 @@ int main(int argc, char **argv)
 	if (rc) {
 		problem(&o, "the filesystem does not open: %s", rc == -EUCLEAN ?
 			pmfuse_corrupt_last() : strerror(-rc));
-		goto report;
+		if (!a.repair)
+			goto report;
 	}
-
-	status = run_checks(&o, &a, &ops, pool, vol, fs, &res);
-	if (status)
+	if (!rc && (status = run_checks(&o, &a, &ops, pool, vol, fs, &res)))
+		goto out;
+	if (a.repair && o.problems && (status = repair(&o, &a, pool, vol, &fs, &ops, &res)))
 		goto out;
 
 report:
 	summary(&o, &a, &res, vol, fs != NULL);
-	status = o.problems ? FSCK_UNCORRECTED : FSCK_OK;
+	if (a.repair)
+		status = (o.fixed ? FSCK_CORRECTED : 0) |
+			 (o.left || (o.problems && !o.fixed && !o.recheck) ? FSCK_UNCORRECTED : 0);
+	else
+		status = o.problems ? FSCK_UNCORRECTED : FSCK_OK;
 out:
 	/* as e2fsck, the status is a sum: problems found before an operational error count */
 	if (o.problems && (status == FSCK_ERROR || status == FSCK_CANCELED))
@@ -672,6 +802,7 @@ out:
 	if (lockfd >= 0)
 		close(lockfd);
 	if (status == FSCK_CANCELED)
-		cli_err("%s: interrupted; nothing was changed", a.path);
+		cli_err("%s: interrupted; %s", a.path, a.repair ? "every change made is whole, run "
+		    "fsck again to finish" : "nothing was changed");
 	return status;
 }

@@ -455,8 +455,12 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 	fs->txm = vol->txm;
 	fs->alloc = vol->alloc;
 	fs->bs = vol->block_size;
-	fs->readonly = (opts && (opts->readonly || opts->check)) || vol->readonly || !vol->txm ||
-		       !vol->alloc;
+	fs->repair = opts && opts->repair;
+	if (fs->repair)
+		fs->readonly = vol->readonly || !vol->txm;
+	else
+		fs->readonly = (opts && (opts->readonly || opts->check)) || vol->readonly ||
+			       !vol->txm || !vol->alloc;
 	pthread_rwlock_init(&fs->lock, NULL);
 	pthread_mutex_init(&fs->lookup_lock, NULL);
 	fs->nlookups = 1024;
@@ -488,7 +492,7 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 		goto fail;
 	}
 	if (!pmfuse_btree_count(&fs->inodes)) {
-		if (fs->readonly) {
+		if (fs->readonly || (opts && opts->repair)) {
 			/* never mounted: nothing to show until a writable open makes the root */
 			pmfuse_log(PMFUSE_LOG_INFO, "read-only open of a pool without a root "
 				   "directory (never mounted)");
@@ -502,12 +506,12 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 		else if (!rc && !S_ISDIR(pmfuse_le32(ip->mode)))
 			rc = PMFUSE_CORRUPT("root inode is not a directory (mode 0%o)",
 					    pmfuse_le32(ip->mode));
-		if (rc == -EUCLEAN && opts && opts->check)
+		if (rc == -EUCLEAN && opts && (opts->check || opts->repair))
 			rc = 0;   /* the namespace check says what is wrong with it */
 		if (rc)
 			goto fail;
 	}
-	if (!fs->readonly) {
+	if (!fs->readonly && !(opts && opts->repair)) {
 		rc = process_orphans(fs);
 		if (rc)
 			goto fail;
@@ -536,7 +540,7 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 		fs->alloc = NULL;
 		pmfuse_alloc_close(fs->check_alloc);
 	}
-	if (!fs->readonly) {
+	if (!fs->readonly && !fs->repair) {
 		/* a memory error freeing them must not stop the unmount: the next open retries */
 		struct pmfuse_pool_fault f;
 

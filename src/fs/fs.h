@@ -91,6 +91,10 @@ struct pmfuse_fs_opts {
 	/* For a consistency check (fs/check.h): read-only, and a missing or damaged root
 	 * directory does not fail the open; the check reports it. */
 	bool check;
+	/* For fsck repair (fs/repair.h): writable over a volume opened with PMFUSE_VOL_REPAIR
+	 * (vol->alloc may be NULL until repair rebuilds the bitmap), a damaged root tolerated as
+	 * for check, and the orphan list left alone (repair decides about it). */
+	bool repair;
 };
 
 /*

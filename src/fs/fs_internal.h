@@ -51,6 +51,8 @@ struct pmfuse_fs {
 	struct pmfuse_alloc *alloc;
 	uint32_t bs;
 	bool readonly;
+	bool repair;                          /* opened for fsck repair (pmfuse_fs_opts.repair):
+						 orphans are left alone at open and close */
 	pthread_rwlock_t lock;
 	struct pmfuse_btree inodes;           /* over state->roots[PMFUSE_ROOT_INODES] */
 	struct pmfuse_btree orphans;          /* over state->roots[PMFUSE_ROOT_ORPHANS] */

@@ -1120,12 +1120,11 @@ static int check_fail(struct check *c, int line, const struct place *at, const c
 
 #define FAIL(c, at, ...) check_fail(c, __LINE__, at, __VA_ARGS__)
 
+/* Zero bytes: the first is zero and every byte equals the one before it (memcmp is vectorised;
+ * a byte loop here was a third of fsck's time on a big pool). */
 static bool all_zero(const uint8_t *p, size_t len)
 {
-	for (size_t i = 0; i < len; i++)
-		if (p[i])
-			return false;
-	return true;
+	return !len || (!p[0] && !memcmp(p, p + 1, len - 1));
 }
 
 /* The header of the node at `at`: block, magic, self, owner, crc, level, pad, slot count. */
@@ -1259,6 +1258,82 @@ int pmfuse_btree_check(const struct pmfuse_btree *bt,
 		return FAIL(&c, NULL, "counts %llu records, the leaves hold %llu",
 			    (unsigned long long)count, (unsigned long long)c.recs);
 	return 0;
+}
+
+/* ---- salvage (fsck repair) ------------------------------------------------------------------ */
+
+#define SALVAGE_KEY_MAX 256u
+
+struct salvage {
+	const struct pmfuse_btree *bt;
+	const struct pmfuse_btree_salvage_ops *ops;
+	uint8_t last[SALVAGE_KEY_MAX];
+	bool have_last;
+	uint64_t dropped;
+	int err;
+};
+
+/* Depth-first: a node that cannot be read is dropped with everything below it. */
+static void salvage_node(struct salvage *s, uint64_t blk, unsigned level)
+{
+	const struct pmfuse_btree *bt = s->bt;
+	struct pmfuse_blk_hdr *h;
+	uint8_t key[SALVAGE_KEY_MAX];
+	unsigned n;
+
+	if (s->err)
+		return;
+	if (!blk_in_pool(bt, blk) ||
+	    pmfuse_blk_verify(node_at(bt, blk), PMFUSE_BLK_BTREE, blk, bt->owner, bt->block_size) ||
+	    pmfuse_le16(node_at(bt, blk)->level) != level) {
+		s->dropped++;
+		return;
+	}
+	h = node_at(bt, blk);
+	n = nrecs(h);
+	if (n > cap_of(bt, level)) {
+		s->dropped++;
+		return;
+	}
+	if (s->ops->node)
+		s->ops->node(s->ops->arg, blk);
+	for (unsigned i = 0; i < n && !s->err; i++) {
+		const uint8_t *r = slot(bt, h, level, i);
+
+		if (level) {
+			salvage_node(s, child_of(bt, h, i), level - 1);
+			continue;
+		}
+		bt->ops->key_from_rec(key, r);
+		if ((bt->ops->check_rec && bt->ops->check_rec(r)) ||
+		    (s->have_last && bt->ops->cmp_key(key, s->last) <= 0)) {
+			s->dropped++;
+			continue;
+		}
+		memcpy(s->last, key, bt->ops->key_len);
+		s->have_last = true;
+		s->err = s->ops->rec(s->ops->arg, r);
+	}
+}
+
+int pmfuse_btree_salvage(const struct pmfuse_btree *bt, const struct pmfuse_btree_salvage_ops *ops,
+			 uint64_t *dropped)
+{
+	struct salvage s = { .bt = bt, .ops = ops };
+	uint64_t root = pmfuse_le64(bt->root->root);
+	unsigned levels = pmfuse_le16(bt->root->levels);
+
+	*dropped = 0;
+	if (!shape_ok(bt) || bt->ops->key_len > SALVAGE_KEY_MAX)
+		return -EINVAL;
+	if (levels > PMFUSE_BTREE_MAX_LEVELS || (levels == 0) != (root == 0)) {
+		*dropped = 1;     /* the root descriptor itself: nothing can be read */
+		return 0;
+	}
+	if (levels)
+		salvage_node(&s, root, levels - 1);
+	*dropped = s.dropped;
+	return s.err;
 }
 
 void pmfuse_btree_key64_from_rec(void *key, const void *rec)

@@ -131,4 +131,20 @@ int pmfuse_btree_check(const struct pmfuse_btree *bt,
 		       void (*visit)(void *arg, uint64_t blk), void *arg,
 		       char *msg, size_t msglen);
 
+/*
+ * What can be read of a possibly damaged tree (fsck repair), without trusting fill, counts or
+ * interior keys: a depth-first walk that drops every node failing its header, crc or level (and
+ * what hangs below it), and every record failing check_rec or not above the last record kept.
+ * node(arg, blk) is called for each node read (may be NULL), rec(arg, rec) for each record kept,
+ * in key order; a non-zero return from rec stops the walk and is returned. *dropped gets the
+ * nodes and records dropped (1 for a root descriptor that cannot be used). 0, -EINVAL, or rec's.
+ */
+struct pmfuse_btree_salvage_ops {
+	void (*node)(void *arg, uint64_t blk);
+	int (*rec)(void *arg, const void *rec);
+	void *arg;
+};
+int pmfuse_btree_salvage(const struct pmfuse_btree *bt, const struct pmfuse_btree_salvage_ops *ops,
+			 uint64_t *dropped);
+
 #endif /* PMFUSE_BTREE_H */

@@ -726,6 +726,16 @@ int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_v
 	if (!vol->log_pending) {
 		rc = pmfuse_txm_open(pool, vol->block_size, log_start, log_blocks, &vol->txm,
 				     &vol->recovered);
+		if (rc == -EUCLEAN && !rdonly && (flags & PMFUSE_VOL_REPAIR)) {
+			note(msg, msglen, "log at blocks %llu..%llu is damaged: formatted anew",
+			     (unsigned long long)log_start,
+			     (unsigned long long)(log_start + log_blocks - 1));
+			vol->log_reformatted = true;
+			rc = pmfuse_txm_format(pool, vol->block_size, log_start, log_blocks);
+			if (!rc)
+				rc = pmfuse_txm_open(pool, vol->block_size, log_start, log_blocks,
+						     &vol->txm, &vol->recovered);
+		}
 		if (rc == -EROFS && rdonly) {
 			/* a transaction began between the look and the open (a live daemon) */
 			vol->log_pending = true;
@@ -745,7 +755,12 @@ int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_v
 
 	vol->state = pmfuse_volume_block(vol, pmfuse_le64(vol->sb.state_block));
 	rc = check_state(vol, tmp, sizeof(tmp));
-	if (rc) {
+	if (rc && !rdonly && (flags & PMFUSE_VOL_REPAIR)) {
+		/* fsck rebuilds it (pmfuse_fs_repair_state) before anything reads it */
+		note(msg, msglen, "%s", tmp);
+		vol->state_bad = true;
+		rc = 0;
+	} else if (rc) {
 		if (!vol->log_pending) {
 			note(msg, msglen, "%s", tmp);
 			goto fail;
@@ -758,6 +773,13 @@ int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_v
 	if (!rdonly) {
 		geom_from_sb(&vol->sb, &geom);
 		rc = pmfuse_alloc_open(pool, &geom, &vol->alloc);
+		if (rc == -EUCLEAN && (flags & PMFUSE_VOL_REPAIR)) {
+			note(msg, msglen, "free-space bitmap (blocks %llu..%llu) is damaged",
+			     (unsigned long long)geom.bitmap_start,
+			     (unsigned long long)(geom.bitmap_start + geom.bitmap_blocks - 1));
+			vol->alloc = NULL;
+			rc = 0;
+		}
 		if (rc) {
 			if (rc == -EUCLEAN)
 				note(msg, msglen, "free-space bitmap (blocks %llu..%llu) is damaged",

@@ -30,6 +30,11 @@ struct pmfuse_volume {
 	bool was_clean;                      /* clean flag at open */
 	bool sb_other_bad;                   /* the copy not used was damaged or older (msg says
 						which); a writable open rewrote it */
+	bool state_bad;                      /* PMFUSE_VOL_REPAIR: the state block fails its
+						checks; nothing may read it before fsck rebuilds
+						it (pmfuse_fs_repair_state) */
+	bool log_reformatted;                /* PMFUSE_VOL_REPAIR: the log header was damaged
+						and formatted anew */
 	bool log_pending;                    /* read-only open only: the log holds a transaction
 						that was not rolled back, txm is NULL, and the
 						metadata is the image before recovery (it may fail
@@ -76,6 +81,10 @@ int pmfuse_mkfs(struct pmfuse_pool *pool, const struct pmfuse_mkfs_opts *opts);
 /* Open flags. */
 #define PMFUSE_VOL_RDONLY (1u << 0)  /* no writes at all: no recovery, no clean-flag update */
 #define PMFUSE_VOL_MOUNT  (1u << 1)  /* clear the clean flag and count the mount (daemon) */
+/* fsck repair (writable): a log header that fails its checks is formatted anew (the transaction
+ * it may have held is lost), a damaged bitmap leaves vol->alloc NULL for repair to rebuild, and
+ * a damaged state block sets state_bad. */
+#define PMFUSE_VOL_REPAIR (1u << 2)
 
 /*
  * Opens the volume on an already opened pool. Checks both superblocks (picking the valid one with

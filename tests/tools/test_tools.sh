@@ -423,6 +423,18 @@ fsck_run() {
 	[ "$(sum "$pool")" = "$b" ] && fsck_same=1
 }
 
+# repaired POOL WHAT: fsck -y repairs POOL (exit 1, something said fixed), then a second
+# fsck -f -n finds it clean (exit 0).
+repaired() {
+	fsck_run "$1" -f -y
+	check "$2: fsck -y repairs it (exit 1)" \
+		eval '[ $rc -eq 1 ] && has "$OUT" "^fixed: " && ! has "$OUT" "^left: "'
+	[ $rc -eq 1 ] || sed 's/^/#   /' "$OUT" | head -20
+	fsck_run "$1" -f -n
+	check "$2: after fsck -y, fsck -f -n is clean" [ $rc -eq 0 ]
+	[ $rc -eq 0 ] || sed 's/^/#   /' "$OUT" | head -20
+}
+
 if [ ! -x "$FSCK" ]; then
 	not_ok "fsck.pmfuse is built next to mkfs.pmfuse ($FSCK)"
 else
@@ -463,8 +475,8 @@ else
 	fsck_run "$F" -f -q
 	check "fresh pool, -f -q: exit 0 and prints nothing" eval '[ $rc -eq 0 ] && [ ! -s "$OUT" ]'
 	fsck_run "$F" -f -y
-	check "-y: repair not implemented, said on stderr; the check runs read-only" \
-		eval '[ $rc -eq 0 ] && has "$ERR" "repair is not implemented" && [ $fsck_same = 1 ]'
+	check "-y on a sound pool: exit 0, nothing repaired, the pool unchanged" \
+		eval '[ $rc -eq 0 ] && ! has "$OUT" "^fixed: " && [ $fsck_same = 1 ]'
 
 	# a damaged secondary superblock: a problem (a mount would rewrite it)
 	G=$DIR/fsck-sb2
@@ -593,12 +605,14 @@ EOF
 	fsck_run "$Q" -f -q
 	check "-q prints the problem and nothing else" \
 		eval '[ $rc -eq 4 ] && has "$OUT" "checksum mismatch" && [ "$(wc -l <"$OUT")" = 1 ]'
+	repaired "$Q" "inode table node damaged"
 
 	cp "$P" "$Q"
 	poke "$Q" set-inode "$ino_f1" 16 '<I' 0o170644 >/dev/null
 	fsck_run "$Q" -f
 	check "a damaged inode (resealed, impossible type): exit 4, the inode named" \
 		eval '[ $rc -eq 4 ] && has "$OUT" "record [0-9]+ is malformed \(inode $ino_f1: unknown file type in mode 0170644\)"'
+	repaired "$Q" "malformed inode"
 
 	cp "$P" "$Q"
 	poke "$Q" set-inode "$ino_f1" 28 '<I' 5 >/dev/null
@@ -606,30 +620,50 @@ EOF
 	check "a wrong link count (resealed): exit 4, count and names given" \
 		eval '[ $rc -eq 4 ] && has "$OUT" "^inode $ino_f1 \(regular file\): link count 5, but 2 entries name it$" && has "$OUT" "1 problem found"'
 	check "fsck leaves that pool as it was" [ $fsck_same = 1 ]
+	repaired "$Q" "wrong link count"
 
+	cp "$P" "$Q"
+	poke "$Q" set-inode "$ino_f1" 28 '<I' 5 >/dev/null
+	fsck_run "$Q" -f -p
+	check "-p fixes a wrong link count, which needs no decision (exit 1)" \
+		eval '[ $rc -eq 1 ] && has "$OUT" "^fixed: inode $ino_f1: set link count 5 -> 2$"'
+	fsck_run "$Q" -f -n
+	check "after -p, fsck -f -n is clean" [ $rc -eq 0 ]
+
+	cp "$P" "$Q"
+	poke "$Q" dirent 1 fifo 8 '<Q' 999999 >/dev/null
+	fsck_run "$Q" -f -p
+	check "-p leaves a dangling entry to -y (exit 4, says so)" \
+		eval '[ $rc -eq 4 ] && has "$OUT" "^left: directory 1: entry for inode 999999 names an inode that does not exist: needs -y"'
+	fsck_run "$Q" -f -n
+	check "-p left the entry in place" has "$OUT" "names inode 999999, which does not exist"
 	cp "$P" "$Q"
 	poke "$Q" dirent 1 fifo 8 '<Q' 999999 >/dev/null
 	fsck_run "$Q" -f
 	check "a dangling entry (resealed): exit 4, entry and inode named" \
 		eval '[ $rc -eq 4 ] && has "$OUT" "^directory 1: entry \"fifo\" names inode 999999, which does not exist$" && has "$OUT" "\(fifo\): link count 1, but 0 entries name it"'
+	repaired "$Q" "dangling entry"
 
 	cp "$P" "$Q"
 	poke "$Q" dirent 1 a 16 '<B' 8 >/dev/null
 	fsck_run "$Q" -f
 	check "an entry of the wrong type (resealed): exit 4, named" \
 		eval '[ $rc -eq 4 ] && has "$OUT" "entry \"a\" has type regular file, but inode [0-9]+ is a directory"'
+	repaired "$Q" "entry of the wrong type"
 
 	cp "$P" "$Q"
 	poke "$Q" set-inode "$ino_big" 40 '<Q' 5 >/dev/null
 	fsck_run "$Q" -f
 	check "a block count that is not the extents' (resealed): exit 4, both counts named" \
 		eval '[ $rc -eq 4 ] && has "$OUT" "^inode $ino_big \(regular file\): its extents map 768 blocks, the inode says 5$"'
+	repaired "$Q" "wrong block count"
 
 	cp "$P" "$Q"
 	poke "$Q" bitmap 16382 1 >/dev/null
 	fsck_run "$Q" -f
 	check "a leaked block (bitmap bit set, resealed): exit 4, block accounting says so" \
 		eval '[ $rc -eq 4 ] && has "$OUT" "^block accounting: [0-9]+ blocks in use, [0-9]+ metadata \+ [0-9]+ data found"'
+	repaired "$Q" "leaked block"
 
 	cp "$P" "$Q"
 	poke "$Q" log-entry >/dev/null
@@ -637,6 +671,13 @@ EOF
 	check "a pending transaction: needs log recovery, not an error (exit 0), checked anyway" \
 		eval '[ $rc -eq 0 ] && has "$OUT" "needs log recovery \(mount once to replay it\)" && has "$OUT" "^Phase 3" && has "$OUT" "^$Q: 5 files, 5 directories"'
 	check "fsck leaves the pending transaction in the log" [ $fsck_same = 1 ]
+	fsck_run "$Q" -n -f
+	check "-n with a pending transaction only reports it (exit 0)" [ $rc -eq 0 ]
+	fsck_run "$Q" -p
+	check "-p recovers a pending transaction, as mount would (exit 1)" \
+		eval '[ $rc -eq 1 ] && has "$OUT" "^fixed: log: an unfinished transaction was rolled back"'
+	fsck_run "$Q" -f -n
+	check "after recovery by fsck -p, fsck -f -n is clean" [ $rc -eq 0 ]
 
 	# an orphan: a file removed while open when the daemon dies
 	if mount_pool "$P" "$M"; then
