@@ -553,6 +553,16 @@ static int brun_at(const struct rfile *f, uint64_t fb, uint64_t end, struct brun
 	return 0;
 }
 
+/* The runs of source and destination at piece block b, both ending by piece block end; 0, or
+ * -errno from a lookup. */
+static int brun_pair(const struct clone *c, uint64_t b, uint64_t end, struct brun *sr,
+		     struct brun *dr)
+{
+	int rc = brun_at(c->src, c->s0 + b, c->s0 + end, sr);
+
+	return rc ? rc : brun_at(c->dst, c->d0 + b, c->d0 + end, dr);
+}
+
 /*
  * len bytes (at most PMFUSE_CMP_CHUNK) of run r from its block `skip` on, to compare: zeros for
  * a hole or unwritten run, else the pool's bytes through pmfuse_pool_data_view into buffer
@@ -583,9 +593,7 @@ static int dedupe_runs(struct clone *c, uint64_t n,
 		uint64_t k;
 		int rc;
 
-		rc = brun_at(c->src, c->s0 + b, c->s0 + n, &sr);
-		if (!rc)
-			rc = brun_at(c->dst, c->d0 + b, c->d0 + n, &dr);
+		rc = brun_pair(c, b, n, &sr, &dr);
 		if (rc)
 			return rc;
 		k = PMFUSE_MIN(sr.len, dr.len);
@@ -615,9 +623,7 @@ static int dd_compare(struct clone *c, uint64_t b, uint64_t k, bool same, void *
 		int rc;
 
 		/* one extent or hole each, in pieces the zero buffer covers */
-		rc = brun_at(c->src, c->s0 + b + i, c->s0 + b + k, &sr);
-		if (!rc)
-			rc = brun_at(c->dst, c->d0 + b + i, c->d0 + b + k, &dr);
+		rc = brun_pair(c, b + i, b + k, &sr, &dr);
 		if (rc)
 			return rc;
 		blocks = PMFUSE_MIN(PMFUSE_MIN(sr.len, dr.len), PMFUSE_CMP_CHUNK / bs);
@@ -784,9 +790,7 @@ static int db_piece(struct clone *c, struct db_walk *w, uint64_t n)
 		struct brun sr = { 0 }, dr = { 0 };   /* brun_at fills them; gcc -O2 cannot tell */
 		uint64_t k;
 
-		rc = brun_at(c->src, c->s0 + b, c->s0 + n, &sr);
-		if (!rc)
-			rc = brun_at(c->dst, c->d0 + b, c->d0 + n, &dr);
+		rc = brun_pair(c, b, n, &sr, &dr);
 		if (rc)
 			return rc;
 		k = PMFUSE_MIN(sr.len, dr.len);
