@@ -545,25 +545,34 @@ static int log_append(struct pmfuse_tx *tx, const void *addr, uint64_t off, uint
 	return 0;
 }
 
-int pmfuse_tx_add(struct pmfuse_tx *tx, void *addr, size_t len)
+/*
+ * The start of every declaration: 1 when [addr, addr + len) is declared already (nothing to do),
+ * 0 with *off its pool offset when it is not, or -errno for a bad range.
+ */
+static int declare_begin(struct pmfuse_tx *tx, const void *addr, size_t len, uint64_t *off)
 {
 	int rc = check_range(tx, addr, len);
 	if (rc)
 		return rc;
-	uint64_t off = pmfuse_pool_offset(tx->txm->pool, addr);
-	if (declared(tx, off, (uint32_t)len))
-		return 0;
+	*off = pmfuse_pool_offset(tx->txm->pool, addr);
+	return declared(tx, *off, (uint32_t)len) ? 1 : 0;
+}
+
+int pmfuse_tx_add(struct pmfuse_tx *tx, void *addr, size_t len)
+{
+	uint64_t off;
+	int rc = declare_begin(tx, addr, len, &off);
+	if (rc)
+		return rc < 0 ? rc : 0;
 	return log_append(tx, addr, off, (uint32_t)len, false);
 }
 
 int pmfuse_tx_add_new(struct pmfuse_tx *tx, void *addr, size_t len)
 {
-	int rc = check_range(tx, addr, len);
+	uint64_t off;
+	int rc = declare_begin(tx, addr, len, &off);
 	if (rc)
-		return rc;
-	uint64_t off = pmfuse_pool_offset(tx->txm->pool, addr);
-	if (declared(tx, off, (uint32_t)len))
-		return 0;
+		return rc < 0 ? rc : 0;
 	struct slot *s = slot_get(tx, off, (uint32_t)len);
 	if (!s || push_range(tx, off, (uint32_t)len))
 		return -ENOMEM;
@@ -573,14 +582,14 @@ int pmfuse_tx_add_new(struct pmfuse_tx *tx, void *addr, size_t len)
 
 int pmfuse_tx_add_zero(struct pmfuse_tx *tx, void *addr, size_t len)
 {
-	int rc = check_range(tx, addr, len);
-	if (rc)
-		return rc;
+	uint64_t off;
+	int rc;
+
 	if (len & PMFUSE_LOG_ZERO)
 		return -EINVAL;
-	uint64_t off = pmfuse_pool_offset(tx->txm->pool, addr);
-	if (declared(tx, off, (uint32_t)len))
-		return 0;
+	rc = declare_begin(tx, addr, len, &off);
+	if (rc)
+		return rc < 0 ? rc : 0;
 #ifndef NDEBUG
 	for (size_t i = 0; i < len; i++)
 		assert(((const uint8_t *)addr)[i] == 0);
