@@ -334,16 +334,8 @@ oom:
 static void dd_dir(struct walk *w, int fd, const char *path, const struct stat *st, bool top,
 		   void *arg)
 {
-	uint32_t bs;
-	int rc;
-
-	/* is it on pmfuse at all? (the daemon answers EISDIR) */
-	if (top && (rc = probe(fd, &bs)) && rc != -EISDIR) {
-		ioc_err(path, "cannot read extents", -rc);
-		w->status = EXIT_USAGE;
-		close(fd);
+	if (top && !walk_top_on_pmfuse(w, fd, path))
 		return;
-	}
 	walk_dir(w, fd, path, st->st_dev, arg);
 }
 

@@ -168,16 +168,9 @@ static void du_dir(struct walk *w, int fd, const char *path, const struct stat *
 {
 	const struct du_ctx *c = (const struct du_ctx *)w;
 	struct du_sum own = { 0 };
-	uint32_t bs;
-	int rc;
 
-	/* is it on pmfuse at all? (the daemon answers EISDIR) */
-	if (top && (rc = probe(fd, &bs)) && rc != -EISDIR) {
-		ioc_err(path, "cannot read extents", -rc);
-		w->status = EXIT_USAGE;
-		close(fd);
+	if (top && !walk_top_on_pmfuse(w, fd, path))
 		return;
-	}
 	walk_dir(w, fd, path, st->st_dev, &own);
 	if (!c->summarize || top)
 		du_line(&own, true, ranges_union(&own.shared), path);

@@ -129,6 +129,12 @@ struct walk {
 
 void walk_dir(struct walk *w, int fd, const char *path, dev_t dev, void *arg);
 /*
+ * For a dir() callback on a PATH operand (top): whether the directory is on pmfuse (the daemon
+ * answers the extent probe with EISDIR). If not, says so, sets EXIT_USAGE, closes fd and
+ * returns false.
+ */
+bool walk_top_on_pmfuse(struct walk *w, int fd, const char *path);
+/*
  * Visits name (in dirfd; path names it for messages). dev: the file system of the PATH operand
  * (top: this is the operand, so take its own).
  */

@@ -50,6 +50,20 @@ static bool seen_before(struct seen *s, dev_t dev, ino_t ino)
 	}
 }
 
+bool walk_top_on_pmfuse(struct walk *w, int fd, const char *path)
+{
+	uint32_t bs;
+	int rc = probe(fd, &bs);
+
+	if (rc && rc != -EISDIR) {
+		ioc_err(path, "cannot read extents", -rc);
+		w->status = EXIT_USAGE;
+		close(fd);
+		return false;
+	}
+	return true;
+}
+
 void walk_dir(struct walk *w, int fd, const char *path, dev_t dev, void *arg)
 {
 	DIR *d = fdopendir(fd);
