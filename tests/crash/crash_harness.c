@@ -288,13 +288,34 @@ void ch_step(struct ch_test *t, const struct ch_op *op)
 				  t->before->size[k] == t->after->size[k] &&
 				  !memcmp(t->before->data[k], t->after->data[k],
 					  t->before->size[k]);
+	if (t->around_op)
+		t->around_op(t, op, false);
 	pmfuse_pool_fake_set_hook(t->pool, &hook);
 	t->run_op(t->live.fs, op);
 	pmfuse_pool_fake_set_hook(t->pool, NULL);
+	if (t->around_op)
+		t->around_op(t, op, true);
 	ch_read_state(t, t->live.fs, t->got);
 	assert_true(same_state(t->got, t->after));
 	t->ops_of[op->kind]++;
 	t->done++;
+}
+
+void ch_run(struct ch_test *t, const struct ch_op *first, size_t nfirst, uint64_t nops,
+	    bool (*pick)(struct th_rng *r, const struct ch_state *s, struct ch_op *op),
+	    struct th_rng *rng)
+{
+	for (uint64_t i = 0; i < nops + nfirst; i++) {
+		struct ch_op op;
+
+		ch_read_before(t);
+		if (i < nfirst)
+			op = first[i];
+		else
+			while (!pick(rng, t->before, &op))
+				;
+		ch_step(t, &op);
+	}
 }
 
 void ch_finish(struct ch_test *t)

@@ -68,6 +68,8 @@ struct ch_test {
 	void (*check_image)(struct ch_test *t, struct ch_mounted *m);
 	/* may be NULL: the operation must show before or after, never between */
 	bool (*atomic)(const struct ch_op *op, const struct ch_state *before);
+	/* may be NULL: called on the live filesystem just before and just after each operation */
+	void (*around_op)(struct ch_test *t, const struct ch_op *op, bool after);
 
 	/* the harness's */
 	struct th_rng rng;
@@ -95,6 +97,13 @@ void ch_setup(struct ch_test *t, const struct pmfuse_mkfs_opts *opts);
 void ch_read_before(struct ch_test *t);
 /* Runs op (t->before read) with the crash checks at every barrier. */
 void ch_step(struct ch_test *t, const struct ch_op *op);
+/*
+ * The workload: the nfirst fixed operations, then nops picked by pick (from t->before, drawn
+ * with rng; a false return draws again), each through ch_step.
+ */
+void ch_run(struct ch_test *t, const struct ch_op *first, size_t nfirst, uint64_t nops,
+	    bool (*pick)(struct th_rng *r, const struct ch_state *s, struct ch_op *op),
+	    struct th_rng *rng);
 /* Checks the live pool's space, prints the counts; then unmounts and frees everything. */
 void ch_finish(struct ch_test *t);
 

@@ -347,17 +347,7 @@ static void test_crash_reflink(void **state)
 		};
 		uint64_t nfirst = PMFUSE_ARRAY_SIZE(first);
 
-		for (uint64_t i = 0; i < nops + nfirst; i++) {
-			struct ch_op op;
-
-			ch_read_before(&t);
-			if (i < nfirst)
-				op = first[i];
-			else
-				while (!pick_op(&wl, t.before, &op))
-					;
-			ch_step(&t, &op);
-		}
+		ch_run(&t, first, nfirst, nops, pick_op, &wl);
 	}
 	ch_finish(&t);
 	assert_true(t.as_before > 0 && t.as_after > 0 && t.between > 0);

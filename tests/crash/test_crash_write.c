@@ -159,6 +159,22 @@ static bool pick_op(struct th_rng *r, const struct ch_state *s, struct ch_op *op
 	}
 }
 
+/* Inline-map conversions the operations made (file dst's map before and after each). */
+static uint64_t to_tree, to_inline;
+
+static void count_conversions(struct ch_test *t, const struct ch_op *op, bool after)
+{
+	static bool was_inline;
+	bool now = map_inline(t->live.fs, op->dst);
+
+	if (!after) {
+		was_inline = now;
+		return;
+	}
+	to_tree += was_inline && !now && map_levels(t->live.fs, op->dst);
+	to_inline += !was_inline && now;
+}
+
 /* One transaction: an append, or a write past the old EOF (nothing below it to tear) on a pool
  * with room (this one has). */
 static bool op_atomic(const struct ch_op *op, const struct ch_state *before)
@@ -172,10 +188,10 @@ static void test_crash_write(void **state)
 	struct ch_test t = {
 		.name = "crash_write", .kind_names = op_names, .nkinds = OP_KINDS,
 		.random_images = 1, .run_op = run_op, .check_image = check_zero_past_eof,
-		.atomic = op_atomic,
+		.atomic = op_atomic, .around_op = count_conversions,
 	};
 	struct th_rng wl;
-	uint64_t nops = th_scaled(100), to_tree = 0, to_inline = 0;
+	uint64_t nops = th_scaled(100);
 	(void)state;
 
 	th_rng_init(&wl, th_seed() ^ 0xc10e);
@@ -232,22 +248,7 @@ static void test_crash_write(void **state)
 		};
 		uint64_t nfirst = PMFUSE_ARRAY_SIZE(first);
 
-		for (uint64_t i = 0; i < nops + nfirst; i++) {
-			struct ch_op op;
-			bool was_inline;
-
-			ch_read_before(&t);
-			if (i < nfirst)
-				op = first[i];
-			else
-				while (!pick_op(&wl, t.before, &op))
-					;
-			was_inline = map_inline(t.live.fs, op.dst);
-			ch_step(&t, &op);
-			to_tree += was_inline && !map_inline(t.live.fs, op.dst) &&
-				   map_levels(t.live.fs, op.dst);
-			to_inline += !was_inline && map_inline(t.live.fs, op.dst);
-		}
+		ch_run(&t, first, nfirst, nops, pick_op, &wl);
 	}
 	ch_finish(&t);
 	printf("# crash_write: %llu inline-to-tree and %llu tree-to-inline map conversions\n",
