@@ -125,8 +125,8 @@ static void geom_from_sb(const struct pmfuse_sb *sb, struct pmfuse_alloc_geom *g
 #define BAD(...) (snprintf(msg, msglen, __VA_ARGS__), -EUCLEAN)
 
 /* pmfuse_sb_check without the log line; msg gets the reason without a location prefix. */
-static int sb_verify(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_size, char *msg,
-		     size_t msglen)
+static int sb_verify_as(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_size, bool any_copy,
+			char *msg, size_t msglen)
 {
 	uint64_t magic = pmfuse_le64(sb->magic);
 	uint32_t version = pmfuse_le32(sb->version), bs = pmfuse_le32(sb->block_size);
@@ -148,7 +148,7 @@ static int sb_verify(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_siz
 	if (!bs_valid(bs))
 		return BAD("block size %u is not a power of two in %u..%u", bs,
 			   PMFUSE_BLOCK_SIZE_MIN, PMFUSE_BLOCK_SIZE_MAX);
-	if (blk == 0 ? copy != 0 : copy != 1)
+	if (!any_copy && (blk == 0 ? copy != 0 : copy != 1))
 		return BAD("says it is copy %u, expected %u", copy, blk == 0 ? 0u : 1u);
 	if (count > pool_size / bs)
 		return BAD("%llu blocks of %u bytes do not fit the pool of %llu bytes", (ull)count,
@@ -178,6 +178,12 @@ static int sb_verify(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_siz
 	if (pmfuse_le32(sb->clean) > 1)
 		return BAD("clean flag %u (0 or 1)", pmfuse_le32(sb->clean));
 	return 0;
+}
+
+static int sb_verify(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_size, char *msg,
+		     size_t msglen)
+{
+	return sb_verify_as(sb, blk, pool_size, false, msg, msglen);
 }
 
 int pmfuse_sb_check(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_size, char *msg,
@@ -300,7 +306,15 @@ int pmfuse_sb_probe(struct pmfuse_pool *pool, struct pmfuse_sb_probe *p)
 		p->sb = sec;
 		p->copy = 1;
 	} else {
-		return -EUCLEAN;
+		char why[sizeof(p->why[0])];
+
+		/* a sound primary whose only fault is the copy it says it is (the two copies
+		 * swapped, or the secondary lost as well): its description still holds */
+		if (sb_verify_as(&prim, 0, size, true, why, sizeof(why)))
+			return -EUCLEAN;
+		p->sb = prim;
+		p->copy = 0;
+		p->relabeled = true;
 	}
 	return 0;
 }
@@ -800,6 +814,8 @@ int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_v
 		pmfuse_set_le64(&vol->sb.mount_count, pmfuse_le64(vol->sb.mount_count) + 1);
 		pmfuse_set_le64(&vol->sb.mount_time, (uint64_t)time(NULL));
 		pmfuse_volume_write_sb(vol);
+	} else if (!rdonly && probe.relabeled) {
+		pmfuse_volume_write_sb(vol);   /* both copies: neither said what it is */
 	} else if (!rdonly && vol->sb_other_bad) {
 		sb_write_copy(pool, &vol->sb, other);
 	}

@@ -119,9 +119,14 @@ struct pmfuse_sb_probe {
 	bool valid[2];                       /* copy passed pmfuse_sb_check */
 	uint64_t seq[2];                     /* seq of each valid copy */
 	char why[2][160];                    /* what is wrong with each copy, "" when valid */
+	bool relabeled;                      /* neither copy valid, but the primary is a sound
+						superblock labelled as the other copy (the
+						two copies swapped): it is sb, copy 0, and a
+						writable open rewrites both */
 };
 
-/* Fills *probe. 0 when a valid copy was found, else -EUCLEAN (probe->why says why). No writes. */
+/* Fills *probe. 0 when a valid copy was found (or probe->relabeled), else -EUCLEAN
+ * (probe->why says why). No writes. */
 int pmfuse_sb_probe(struct pmfuse_pool *pool, struct pmfuse_sb_probe *probe);
 
 /* Validates one superblock copy found at block blk of the pool: 0 or -EUCLEAN with msg. */
