@@ -835,7 +835,8 @@ def clone_races_writes(m):
 def _crash_workload(mnt, src, nblocks, bs, logpath, first, seed):
     """Clones src to new files, then writes into and unshares them, logging intents ('c i',
     'w i off len seed') before and completions ('C i', 'W i', 'U i') after each step, until
-    the daemon dies under it (then the calls fail: ENOTCONN, or EIO)."""
+    the daemon dies under it (then the calls fail: ENOTCONN, or EIO). With the writeback cache
+    a write is complete (durable) only once fsync returns: kill -9 loses the page cache."""
     rng = random.Random(seed)
     log = os.open(logpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -856,6 +857,8 @@ def _crash_workload(mnt, src, nblocks, bs, logpath, first, seed):
                 wseed = rng.getrandbits(32)
                 note(f"w {i} {off} {n} {wseed}")
                 pwrite_all(fd, random.Random(wseed).randbytes(n), off)
+                if pmfs.WRITEBACK_CACHE:
+                    os.fsync(fd)
                 note(f"W {i}")
             os.close(fd)
             if i % 3 == 0:
