@@ -990,17 +990,6 @@ struct wctx {
 	struct pmfuse_extent_budget budget;
 };
 
-/* Clears setuid, and setgid when group-executable, as a write by anyone but root must. */
-uint32_t pmfuse_data_kill_suid(uint32_t mode, const struct pmfuse_cred *cred)
-{
-	if (!cred || cred->uid == 0)
-		return mode;
-	mode &= ~(uint32_t)S_ISUID;
-	if ((mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP))
-		mode &= ~(uint32_t)S_ISGID;
-	return mode;
-}
-
 /* Inode part of a write's transaction: size up to `to`, times, setuid/setgid. */
 static int write_inode(struct pmfuse_tx *tx, struct wctx *w, uint64_t to)
 {
@@ -1012,7 +1001,7 @@ static int write_inode(struct pmfuse_tx *tx, struct wctx *w, uint64_t to)
 	if (rc)
 		return rc;
 	mode = pmfuse_le32(ip->mode);
-	kept = pmfuse_data_kill_suid(mode, w->cred);
+	kept = pmfuse_fs_mode_after_change(mode, pmfuse_le32(ip->gid), w->cred);
 
 	if (to > pmfuse_le64(ip->size))
 		pmfuse_set_le64(&ip->size, to);

@@ -44,7 +44,25 @@ struct pmfuse_cred {
 	gid_t gid;
 	pid_t pid;
 	mode_t umask;
+	/*
+	 * For the setuid/setgid rule of a change to a file's data or size (see
+	 * pmfuse_fs_mode_after_change), asked only about a file that has either bit. fsetid: > 0
+	 * the caller has CAP_FSETID, < 0 it lacks it, 0 ask privs. privs answers whether the caller
+	 * has CAP_FSETID and (in *in_group) whether g is one of its groups; it may look at origin.
+	 * NULL: uid 0 has CAP_FSETID and the caller's only group is gid.
+	 */
+	int8_t fsetid;
+	bool (*privs)(const struct pmfuse_cred *cred, gid_t g, bool *in_group);
+	const void *origin;
 };
+
+/*
+ * The mode a change of a file's data or size by cred leaves (write, truncate, fallocate, clone:
+ * the VFS rule since Linux 6.2, should_remove_suid and setattr_should_drop_sgid): unchanged
+ * when the caller has CAP_FSETID; else without setuid, and without setgid when the file is
+ * group-executable or the caller is outside the file's group gid. NULL cred: unchanged.
+ */
+uint32_t pmfuse_fs_mode_after_change(uint32_t mode, uint32_t gid, const struct pmfuse_cred *cred);
 
 struct pmfuse_attr {
 	uint64_t ino;

@@ -254,9 +254,6 @@ int pmfuse_data_feature_unwritten(struct pmfuse_fs *fs);
 /* pmfuse_fs_write without the lock (held for writing by the caller), regular files only. */
 ssize_t pmfuse_data_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
 			  uint64_t off, const struct pmfuse_cred *cred);
-/* The mode a write by cred leaves: setuid cleared, and setgid when group-executable, unless
- * cred is root or NULL. */
-uint32_t pmfuse_data_kill_suid(uint32_t mode, const struct pmfuse_cred *cred);
 /* Copy-on-write of every shared block of [off, off + len) clipped at EOF (len 0: to EOF), no new
  * data; holes stay holes. fs->lock held for writing. -ENOSPC leaves a prefix unshared. */
 int pmfuse_data_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t len);

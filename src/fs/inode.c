@@ -322,6 +322,23 @@ static uint32_t kill_suid(uint32_t mode)
 	return mode;
 }
 
+uint32_t pmfuse_fs_mode_after_change(uint32_t mode, uint32_t gid, const struct pmfuse_cred *cred)
+{
+	bool fsetid, in_group = false;
+
+	if (!cred || !(mode & (S_ISUID | S_ISGID)))
+		return mode;
+	fsetid = cred->privs ? cred->privs(cred, gid, &in_group) : cred->uid == 0;
+	if (cred->fsetid)
+		fsetid = cred->fsetid > 0;
+	if (fsetid)
+		return mode;
+	mode &= ~(uint32_t)S_ISUID;
+	if ((mode & S_IXGRP) || (cred->gid != gid && !in_group))
+		mode &= ~(uint32_t)S_ISGID;
+	return mode;
+}
+
 int pmfuse_fs_setattr(struct pmfuse_fs *fs, uint64_t ino, const struct pmfuse_setattr *sa,
 		      unsigned valid, const struct pmfuse_cred *cred, struct pmfuse_attr *attr)
 {
@@ -386,8 +403,16 @@ int pmfuse_fs_setattr(struct pmfuse_fs *fs, uint64_t ino, const struct pmfuse_se
 		/* chown by anyone but root drops setuid/setgid even if the kernel did not ask */
 		if ((valid & (PMFUSE_SET_UID | PMFUSE_SET_GID)) && cred && cred->uid != 0)
 			mode = kill_suid(mode);
-		if (valid & PMFUSE_SET_KILL_SUID)
+		/* the kernel asks (FATTR_KILL_SUIDGID) on chown, and on truncate by a caller
+		 * without CAP_FSETID: then the rule of any change to the file's data */
+		if ((valid & PMFUSE_SET_KILL_SUID) && (valid & (PMFUSE_SET_UID | PMFUSE_SET_GID))) {
 			mode = kill_suid(mode);
+		} else if (valid & PMFUSE_SET_KILL_SUID) {
+			struct pmfuse_cred c = cred ? *cred : (struct pmfuse_cred){ .uid = 0 };
+
+			c.fsetid = -1;
+			mode = pmfuse_fs_mode_after_change(mode, pmfuse_le32(ip->gid), &c);
+		}
 	}
 
 	tx = pmfuse_tx_begin(fs->txm);

@@ -252,7 +252,8 @@ static int clone_inode(struct pmfuse_tx *tx, struct clone *c)
 		return rc;
 	if (pmfuse_le64(ip->size) < c->size)
 		pmfuse_set_le64(&ip->size, c->size);
-	pmfuse_set_le32(&ip->mode, pmfuse_data_kill_suid(pmfuse_le32(ip->mode), c->cred));
+	pmfuse_set_le32(&ip->mode, pmfuse_fs_mode_after_change(pmfuse_le32(ip->mode),
+								 pmfuse_le32(ip->gid), c->cred));
 	return pmfuse_inode_touch(tx, c->dst->leaf, ip, PMFUSE_TIME_M | PMFUSE_TIME_C);
 }
 

@@ -14,8 +14,9 @@
  * FUSE_SET_ATTR_KILL_SUID, which op_setattr maps to PMFUSE_SET_KILL_SUID. Everything else
  * stays with the kernel: for write and chown it still sends the new mode, and it still removes
  * security.capability (setattr_prepare) whenever a check runs. FUSE_OPEN_KILL_SUIDGID comes
- * only with ATOMIC_O_TRUNC, which pmfuse does not ask for; FUSE_WRITE_KILL_SUIDGID is dropped
- * by libfuse, and the kernel has sent the new mode by then.
+ * only with ATOMIC_O_TRUNC, which pmfuse does not ask for. FUSE_WRITE_KILL_SUIDGID (set on a
+ * write by a caller without CAP_FSETID) is dropped by libfuse, so the read hook copies it into
+ * the request's open flags, which libfuse hands over as fi->flags (PMFUSE_FI_KILL_SUIDGID).
  *
  * FUSE_TMPFILE (O_TMPFILE, kernel 6.1 on) has no handler in libfuse 3.14, which answers it with
  * ENOSYS, and the kernel then fails every O_TMPFILE open with EOPNOTSUPP. The kernel builds it
@@ -49,6 +50,14 @@ static ssize_t initx_read(int fd, void *buf, size_t len, void *userdata)
 	if (n >= (ssize_t)sizeof(struct fuse_in_header) &&
 	    ((struct fuse_in_header *)buf)->opcode == FUSE_TMPFILE) {
 		((struct fuse_in_header *)buf)->opcode = FUSE_CREATE;
+		return n;
+	}
+	if (n >= (ssize_t)(sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in)) &&
+	    ((struct fuse_in_header *)buf)->opcode == FUSE_WRITE) {
+		struct fuse_write_in *w = (void *)((struct fuse_in_header *)buf + 1);
+
+		if (w->write_flags & FUSE_WRITE_KILL_SUIDGID)
+			w->flags |= PMFUSE_FI_KILL_SUIDGID;
 		return n;
 	}
 	if (n >= (ssize_t)(sizeof(struct fuse_in_header) + offsetof(struct fuse_init_in, flags) +

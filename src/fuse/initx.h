@@ -27,9 +27,16 @@ struct pmfuse_initx {
 #define PMFUSE_TMPFILE_NAME "/"
 
 /*
+ * FUSE_WRITE_KILL_SUIDGID, which the kernel sets on a write by a caller without CAP_FSETID
+ * and libfuse 3.14 does not pass on, arrives at the write handler as this bit of fi->flags
+ * (the file's open flags, copied from the same request; no open flag uses bit 31).
+ */
+#define PMFUSE_FI_KILL_SUIDGID 0x80000000u
+
+/*
  * Routes the session's /dev/fuse reads and writes through hooks that watch for INIT and add
- * FUSE_HANDLE_KILLPRIV_V2 to the reply when the kernel offers it, and that turn FUSE_TMPFILE
- * into FUSE_CREATE. Call after
+ * FUSE_HANDLE_KILLPRIV_V2 to the reply when the kernel offers it, that turn FUSE_TMPFILE
+ * into FUSE_CREATE, and that carry a write's kill flag over. Call after
  * fuse_session_mount() and before the session loop; x must outlive the session. 0 or -errno.
  */
 int pmfuse_initx_install(struct fuse_session *se, struct pmfuse_initx *x);

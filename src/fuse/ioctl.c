@@ -79,10 +79,7 @@ void pmfuse_op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			       struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
 			       struct fuse_file_info *fi_out, size_t len, int flags)
 {
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	struct pmfuse_cred cred = {
-		.uid = ctx->uid, .gid = ctx->gid, .pid = ctx->pid, .umask = ctx->umask,
-	};
+	struct pmfuse_cred cred;
 	ssize_t n;
 
 	(void)fi_in;
@@ -91,6 +88,7 @@ void pmfuse_op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
+	pmfuse_op_cred(req, &cred);
 	n = pmfuse_fs_copy_range(fs_of(req), ino_in, (uint64_t)off_in, ino_out, (uint64_t)off_out,
 				 len, &cred);
 	if (n < 0)

@@ -92,14 +92,36 @@ static struct pmfuse_fs *fs_of(fuse_req_t req)
 	return daemon_of(req)->fs;
 }
 
-static void cred_of(fuse_req_t req, struct pmfuse_cred *cred)
+/* pmfuse_cred's privs: the calling thread's effective capabilities and groups, read from
+ * /proc (unreadable, e.g. the caller exited: only root has CAP_FSETID, no other group). */
+static bool req_privs(const struct pmfuse_cred *cred, gid_t g, bool *in_group)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx((fuse_req_t)cred->origin);
+	uint64_t caps;
+
+	if (!pmfuse_caller_privs(ctx, g, &caps, in_group)) {
+		*in_group = false;
+		return ctx->uid == 0;
+	}
+	return caps & PMFUSE_CAP(CAP_FSETID);
+}
+
+void pmfuse_op_cred(fuse_req_t req, struct pmfuse_cred *cred)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 
+	memset(cred, 0, sizeof(*cred));
 	cred->uid = ctx->uid;
 	cred->gid = ctx->gid;
 	cred->pid = ctx->pid;
 	cred->umask = ctx->umask;
+	cred->privs = req_privs;
+	cred->origin = req;
+}
+
+static void cred_of(fuse_req_t req, struct pmfuse_cred *cred)
+{
+	pmfuse_op_cred(req, cred);
 }
 
 static void stat_of(const struct pmfuse_attr *a, struct stat *st)
@@ -638,12 +660,16 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
  * The offset is the kernel's: for O_APPEND it is the kernel's i_size, taken under the inode
  * lock, and the page cache already holds the bytes at that offset, so the fs must not move them.
  *
- * With the writeback cache, pages are written back as requests with fi->writepage set and
- * no credentials (uid, gid and pid 0: the kernel's nocreds), so they clear no setuid or setgid
- * (pmfuse_data_kill_suid spares uid 0). That is right: the kernel sends a write to a file
- * whose setuid or setgid must go through straight away, with the writer's credentials
- * (fuse_cache_write_iter: HANDLE_KILLPRIV_V2 and setattr_should_drop_suidgid), so the bits
- * are cleared here at write(2) time, as on ext4. A written-back page is all or nothing for
+ * Setuid/setgid: the kernel marks a write by a caller without CAP_FSETID with
+ * FUSE_WRITE_KILL_SUIDGID (direct writes always, cached ones under HANDLE_KILLPRIV_V2, which
+ * pmfuse grants; without it the kernel clears the bits itself first). libfuse drops that flag,
+ * so the session's read hook carries it in fi->flags (PMFUSE_FI_KILL_SUIDGID); the fs applies
+ * pmfuse_fs_mode_after_change with it, which asks the caller's groups only for setgid without
+ * group-exec. With the writeback cache, pages are written back as requests with
+ * fi->writepage set and no credentials (the kernel's nocreds): they clear nothing, which is
+ * right since the kernel sends a write to a file whose setuid or setgid must go straight
+ * through, with the writer's credentials (fuse_cache_write_iter: HANDLE_KILLPRIV_V2 and
+ * setattr_should_drop_suidgid), so the bits are cleared at write(2) time, as on ext4. A written-back page is all or nothing for
  * the kernel: it ignores a short count (fuse_writepage_end looks only at the error), so the
  * bytes past it would be lost without a word; such a write goes on until it is done or fails,
  * and the failure (ENOSPC) is what fsync and close report.
@@ -660,6 +686,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return;
 	}
 	cred_of(req, &cred);
+	cred.fsetid = !fi->writepage && ((unsigned)fi->flags & PMFUSE_FI_KILL_SUIDGID) ? -1 : 1;
 	n = pmfuse_fs_write_priv(fs_of(req), ino, buf, size, (uint64_t)off, false, &cred, &dropped);
 	while (fi->writepage && n > 0 && (size_t)n < size) {
 		ssize_t m = pmfuse_fs_write_priv(fs_of(req), ino, buf + n, size - (size_t)n,
@@ -1004,41 +1031,19 @@ bool pmfuse_caller_has(const struct fuse_ctx *ctx, int cap)
 
 int pmfuse_op_remove_privs(fuse_req_t req, uint64_t ino)
 {
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct pmfuse_cred cred;
 	struct pmfuse_setattr sa;
 	struct pmfuse_attr a;
 	int rc;
 
-	uint64_t caps;
-	uint32_t kill;
-	bool in_group;
-
 	rc = pmfuse_fs_getattr(fs_of(req), ino, &a);
 	if (rc)
 		return rc;
-	if (!(a.mode & (S_ISUID | S_ISGID)))
-		return 0;
-	/*
-	 * As the VFS since 6.2 (should_remove_suid, setattr_should_drop_sgid): setuid goes;
-	 * setgid goes when the file is group-executable, or when the caller is outside the
-	 * file's group. Neither when the caller has CAP_FSETID. Unreadable status: only root
-	 * keeps them.
-	 */
-	if (!pmfuse_caller_privs(ctx, a.gid, &caps, &in_group)) {
-		caps = ctx->uid == 0 ? PMFUSE_CAP(CAP_FSETID) : 0;
-		in_group = false;
-	}
-	if (caps & PMFUSE_CAP(CAP_FSETID))
-		return 0;
-	kill = S_ISUID;
-	if ((a.mode & S_IXGRP) || (ctx->gid != a.gid && !in_group))
-		kill |= S_ISGID;
-	if (!(a.mode & kill))
-		return 0;
 	cred_of(req, &cred);
 	memset(&sa, 0, sizeof(sa));
-	sa.mode = a.mode & ~kill;
+	sa.mode = pmfuse_fs_mode_after_change(a.mode, a.gid, &cred);
+	if (sa.mode == a.mode)
+		return 0;
 	rc = pmfuse_fs_setattr(fs_of(req), ino, &sa, PMFUSE_SET_MODE, &cred, &a);
 	return rc ? rc : 1;
 }

@@ -13,6 +13,7 @@
 
 #include <fuse_lowlevel.h>
 
+struct pmfuse_cred;
 struct pmfuse_fs;
 struct pmfuse_notifier;
 
@@ -68,11 +69,13 @@ void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
 bool pmfuse_caller_privs(const struct fuse_ctx *ctx, gid_t gid, uint64_t *caps, bool *in_group);
 /* Whether the calling thread has capability cap; unreadable status: only root has it. */
 bool pmfuse_caller_has(const struct fuse_ctx *ctx, int cap);
+/* The request's credentials; their privs callback reads the caller's capabilities and
+ * groups from /proc when the setuid/setgid rule needs them. */
+void pmfuse_op_cred(fuse_req_t req, struct pmfuse_cred *cred);
 /*
- * Clears setuid of ino, and setgid when the file is group-executable or the caller is outside
- * its group, unless the caller has CAP_FSETID, as file_remove_privs() does before a change of
- * the file's data the kernel does not check for the server (clone, fallocate). Returns 1 if
- * bits were cleared, 0 if none, or -errno.
+ * Drops setuid/setgid of ino by pmfuse_fs_mode_after_change, as file_remove_privs() does
+ * before a change of the file's data the kernel does not check for the server (clone,
+ * fallocate). Returns 1 if bits were cleared, 0 if none, or -errno.
  */
 int pmfuse_op_remove_privs(fuse_req_t req, uint64_t ino);
 

@@ -148,28 +148,70 @@ def truncate_some(p):
     os.truncate(p, 10)
 
 
+CAP_FSETID = 4
+PR_CAPBSET_DROP = 24
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def _drop_fsetid_then(fn, *args):
+    """In a child: drops CAP_FSETID from the bounding, effective, permitted and inheritable
+    sets (what `setpriv --bounding-set=-fsetid` leaves root with), then runs fn(*args)."""
+    libc = pmfs.libc
+    if libc.prctl(PR_CAPBSET_DROP, CAP_FSETID, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+    hdr = ctypes.create_string_buffer(struct.pack("<Ii", LINUX_CAPABILITY_VERSION_3, 0))
+    data = ctypes.create_string_buffer(24)          # two __user_cap_data_struct
+    if libc.capget(hdr, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    eff, perm, inh = struct.unpack_from("<III", data.raw, 0)
+    bit = ~(1 << CAP_FSETID) & 0xffffffff
+    struct.pack_into("<III", data, 0, eff & bit, perm & bit, inh & bit)
+    if libc.capset(hdr, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+    return fn(*args)
+
+
+def without_fsetid(m, fn, *args):
+    """Runs fn(*args) as root without CAP_FSETID (xfstests generic/673-675 use capsh)."""
+    return pmfs.Child(_drop_fsetid_then, (fn,) + args, {}, owner=m).wait()
+
+
 @test()
 def write_clears_setid(m):
     p = user_file(m, "nonowner", U1, G1, 0o6777, b"data")
     run_as(U2, G2, write_some, p)
     eq(mode_of(p), 0o777, "setuid+setgid after a write by a non-owner")
-    # setgid without group exec, written by a non-member of the file's group: since 6.2 ext4
-    # drops it (setattr_should_drop_sgid), while the kernel's FUSE code (which clears the bits
-    # itself unless the server handles killpriv) still keeps it. Either is Linux; nothing else.
+    # setgid without group exec, written by a non-member of the file's group: dropped since
+    # Linux 6.2 (setattr_should_drop_sgid), as on ext4 and tmpfs; a member keeps it
     p = user_file(m, "sgid-noexec", U1, G1, 0o2766, b"data")
     run_as(U2, G2, write_some, p)
-    check(mode_of(p) in (0o2766, 0o766), f"setgid without group exec after a write by a "
-          f"non-member: mode {mode_of(p):o}, expected 2766 (FUSE's rule) or 766 (ext4's)")
+    eq(mode_of(p), 0o766, "setgid without group exec after a write by a non-member")
+    p = user_file(m, "sgid-noexec-member", U1, G1, 0o2766, b"data")
+    run_as(U2, G2, write_some, p, groups=(G1,))
+    eq(mode_of(p), 0o2766, "setgid without group exec after a write by a group member")
     p = user_file(m, "owner", U1, G1, 0o6777, b"data")
     run_as(U1, G1, write_some, p)
     eq(mode_of(p), 0o777, "setuid+setgid after a write by the owner (no CAP_FSETID)")
     p = user_file(m, "root", U1, G1, 0o6777, b"data")
     write_some(p)
     eq(mode_of(p), 0o6777, "setuid+setgid after a write by root (CAP_FSETID)")
+    p = user_file(m, "root-nofsetid", U1, G1, 0o6777, b"data")
+    without_fsetid(m, write_some, p)
+    eq(mode_of(p), 0o777, "setuid+setgid after a write by root without CAP_FSETID")
+    p = user_file(m, "root-nofsetid-sgid", 0, 0, 0o6745, b"data")
+    without_fsetid(m, write_some, p)
+    eq(mode_of(p), 0o2745, "setgid without group exec after a write by root without "
+       "CAP_FSETID, in the file's group")
     p = user_file(m, "trunc", U1, G1, 0o6777, b"data")
     run_as(U2, G2, truncate_some, p)
     eq(mode_of(p), 0o777, "setuid+setgid after truncate by a non-owner")
     eq(os.stat(p).st_size, 10, "size after the non-owner's truncate")
+    p = user_file(m, "trunc-sgid", U1, G1, 0o2766, b"data")
+    run_as(U2, G2, truncate_some, p)
+    eq(mode_of(p), 0o766, "setgid without group exec after truncate by a non-member")
+    p = user_file(m, "trunc-nofsetid", U1, G1, 0o6777, b"data")
+    without_fsetid(m, truncate_some, p)
+    eq(mode_of(p), 0o777, "setuid+setgid after truncate by root without CAP_FSETID")
 
 
 STATX_MODE = 0x2
@@ -224,14 +266,10 @@ def setid_cleared_and_seen_at_once(m):
         eq(statx_mode(p), 0o777, f"mode seen right after {what} by a non-owner")
         eq(mode_of(p), 0o777, f"mode after {what} by a non-owner")
         # setgid without group exec, changed by a caller outside the file's group: the VFS
-        # drops it since 6.2 (setattr_should_drop_sgid), as pmfuse does for fallocate
-        # (generic/683-685); for writes the kernel's FUSE code decides and keeps it
+        # drops it since 6.2 (setattr_should_drop_sgid; generic/683-685), and so does pmfuse
         p = user_file(m, f"g{i}", U1, G1, 0o6766, b"x" * 16384)
         run_as(U2, G2, act, p)
-        want = (0o766,) if what.startswith(("fallocate", "a punched", "a zeroed")) else \
-            (0o2766, 0o766)
-        check(statx_mode(p) in want, f"setgid (no group exec) after {what} by a non-member: "
-              f"{statx_mode(p):o}, expected {' or '.join(f'{w:o}' for w in want)}")
+        eq(statx_mode(p), 0o766, f"setgid (no group exec) after {what} by a non-member")
         # ... but stays when the caller is in the file's group
         p = user_file(m, f"h{i}", U1, G2, 0o6766, b"x" * 16384)
         run_as(U2, G2, act, p)
@@ -240,6 +278,11 @@ def setid_cleared_and_seen_at_once(m):
         p = user_file(m, f"r{i}", U1, G1, 0o6777, b"x" * 16384)
         act(p)
         eq(mode_of(p), 0o6777, f"mode after {what} by root")
+        # root without CAP_FSETID loses them as anyone does
+        p = user_file(m, f"n{i}", U1, G1, 0o6777, b"x" * 16384)
+        eq(statx_mode(p), 0o6777, f"mode before {what}")
+        without_fsetid(m, act, p)
+        eq(statx_mode(p), 0o777, f"mode seen right after {what} by root without CAP_FSETID")
 
 
 def file_caps():

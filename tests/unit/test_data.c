@@ -496,17 +496,33 @@ static void test_basics(void **state)
 	assert_true(d.ctime.tv_sec > a.ctime.tv_sec ||
 		    (d.ctime.tv_sec == a.ctime.tv_sec && d.ctime.tv_nsec > a.ctime.tv_nsec));
 
-	/* setuid/setgid: a write by a non-root caller clears them (setgid only with g+x) */
+	/* setuid/setgid (pmfuse_fs_mode_after_change): a write by a caller without CAP_FSETID
+	 * clears setuid, and setgid when group-executable or the caller is outside the file's
+	 * group; with CAP_FSETID (root by default, or as the cred says) nothing */
+	struct pmfuse_cred root_nofsetid = th_cred_root, user_fsetid = th_cred_user;
+	struct pmfuse_cred member = th_cred_user, outsider = th_cred_user;
+
+	root_nofsetid.fsetid = -1;
+	user_fsetid.fsetid = 1;
+	member.gid = th_getattr(&e, ino).gid;
+	outsider.gid = member.gid + 1;
 	sa.mode = 06755;
 	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_MODE, &th_cred_root, &a), 0);
 	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &th_cred_root), 1);
 	assert_int_equal(th_getattr(&e, ino).mode & 07777, 06755);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &th_cred_user), 1);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &user_fsetid), 1);
+	assert_int_equal(th_getattr(&e, ino).mode & 07777, 06755);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &root_nofsetid), 1);
+	assert_int_equal(th_getattr(&e, ino).mode & 07777, 0755);
+	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_MODE, &th_cred_root, &a), 0);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &outsider), 1);
 	assert_int_equal(th_getattr(&e, ino).mode & 07777, 0755);
 	sa.mode = 06745;
 	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_MODE, &th_cred_root, &a), 0);
-	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &th_cred_user), 1);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &member), 1);
 	assert_int_equal(th_getattr(&e, ino).mode & 07777, 02745);
+	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &outsider), 1);
+	assert_int_equal(th_getattr(&e, ino).mode & 07777, 0745);
 
 	/* truncate up is a hole; the old tail stays zero after truncate down and up again */
 	assert_int_equal(th_set_size(&e, ino, 3), 0);
