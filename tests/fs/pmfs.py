@@ -1173,6 +1173,39 @@ def same_bytes(actual, expected, what):
                   f"got {bytes(actual[i:i + 16]).hex()}, expected {bytes(expected[i:i + 16]).hex()}")
 
 
+# ---- crash checks of the kill -9 tests (fs_durability, fs_stress)
+
+# what a system call into the mount of a killed daemon fails with
+DEAD = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV)
+
+
+def old_or_new(got, old, new, what):
+    """After a crash during a change of a file's data from old to new (which the daemon may
+    do in several transactions): its size is between the two, and each byte is the old or the
+    new one (0 past either's end)."""
+    lo, hi = sorted((len(old), len(new)))
+    check(lo <= len(got) <= hi, f"{what}: size {len(got)} after a torn change, expected "
+          f"{len(old)}..{len(new)}")
+    step = 4096
+    for base in range(0, len(got), step):
+        g = got[base:base + step]
+        o = bytes(old[base:base + step]).ljust(len(g), b"\0")[:len(g)]
+        n = bytes(new[base:base + step]).ljust(len(g), b"\0")[:len(g)]
+        if g == o or g == n:
+            continue
+        for k in range(len(g)):
+            if g[k] != o[k] and g[k] != n[k]:
+                raise Failure(f"{what}: byte {base + k} is {g[k]}, neither old ({o[k]}) nor "
+                              f"new ({n[k]}) after a torn change")
+
+
+def clean_state(m):
+    """The 'clean' line of pmfusectl info: "yes" or "no"."""
+    info = m.info()
+    check("clean" in info, f"pmfusectl info has no 'clean' line:\n{info['_text']}")
+    return info["clean"].split()[0]
+
+
 def wait_until(pred, timeout, what, interval=0.05):
     end = time.time() + timeout * TIME_FACTOR
     while True:
