@@ -37,9 +37,10 @@ Options of every test file: --daemon PATH --mkfs PATH --ctl PATH (else $PMFUSE_D
 $PMFUSE_CTL, else the first build*/ directory of the checkout that has them), -k SUBSTRING (run
 only tests whose name contains it), -v (print daemon logs of passing tests too), --list.
 Environment: PMFUSE_SEED, PMFUSE_TEST_SCALE (multiplies operation counts; the sanitizer build
-uses 0.25), PMFUSE_TEST_TIMEOUT_FACTOR (multiplies deadlines; 3 by default when ASAN_OPTIONS is
-set), PMFUSE_TEST_DIR, PMFUSE_DAEMON_OPTS (extra -o options; with writeback_cache, tests that
-depend on when data reaches the pool follow WRITEBACK_CACHE), PMFUSE_DAEMON_DEBUG=1 (pass -d).
+uses 0.25), PMFUSE_TEST_TIMEOUT_FACTOR (multiplies deadlines; 3 by default when ASAN_OPTIONS,
+UBSAN_OPTIONS or TSAN_OPTIONS is set), PMFUSE_TEST_DIR, PMFUSE_DAEMON_OPTS (extra -o options;
+with writeback_cache, tests that depend on when data reaches the pool follow WRITEBACK_CACHE),
+PMFUSE_DAEMON_DEBUG=1 (pass -d).
 """
 
 import ctypes
@@ -305,7 +306,8 @@ SCALE = float(os.environ.get("PMFUSE_TEST_SCALE", "1") or 1)
 if "PMFUSE_TEST_TIMEOUT_FACTOR" in os.environ:
     TIME_FACTOR = float(os.environ["PMFUSE_TEST_TIMEOUT_FACTOR"])
 else:
-    TIME_FACTOR = 3.0 if ("ASAN_OPTIONS" in os.environ or "UBSAN_OPTIONS" in os.environ) else 1.0
+    TIME_FACTOR = 3.0 if ("ASAN_OPTIONS" in os.environ or "UBSAN_OPTIONS" in os.environ
+                          or "TSAN_OPTIONS" in os.environ) else 1.0
 SEED = int(os.environ.get("PMFUSE_SEED") or (int.from_bytes(os.urandom(4), "little") & 0x7fffffff))
 BASE_DIR = os.environ.get("PMFUSE_TEST_DIR") or "/dev/shm"
 MOUNT_TIMEOUT = 20 * TIME_FACTOR
@@ -888,6 +890,8 @@ class Mount:
         self.killed = True
         os.kill(self.daemon.pid, signal.SIGKILL)
         self.daemon.wait(timeout=EXIT_TIMEOUT)
+        # a sanitizer that stopped the daemon before the kill must still fail the test
+        self.scan_log()
 
     def detach(self):
         """Unmounts the dead mount of a killed daemon (closing this process's fds into it)."""
