@@ -120,7 +120,7 @@ def apply(md, rec):
     """The model after operation rec returned (also used for the state after an op in flight)."""
     op = rec[0]
     N = md.nodes
-    if op in ("read", "stat", "readdir", "fsync", "getx", "dedupe", "excl"):
+    if op in ("read", "stat", "readdir", "fsync", "getx", "dedupe"):
         return
     if op == "create":
         _, p, mode, ident = rec
