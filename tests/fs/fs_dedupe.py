@@ -44,7 +44,7 @@ from pmfs import (check, eq, expect_errno, test, write_file, read_file, pwrite_a
                   Failure)
 import threading
 
-from reflinkio import (DEDUPE_FMT, PMFUSE_IOC_DEDUPE_RANGE, DEDUPE_BLOCKS_FMT,
+from reflinkio import (dedupe, PMFUSE_IOC_DEDUPE_RANGE, DEDUPE_BLOCKS_FMT,
                        PMFUSE_IOC_DEDUPE_BLOCKS, PMFUSE_IOC_BLOCK_HASHES, HASH_FMT,
                        HASHES_HDR_FMT, HASHES_SIZE, HASH_ZERO, clone_file, check_sharing, all_files,
                        block_size, ctl, parse_stat, make_data, write_big, same_file, data_map,
@@ -67,19 +67,6 @@ def check_mount_sharing(m, what):
             seen.add((st.st_dev, st.st_ino))
             paths.append(p)
     return check_sharing(paths, what)
-
-
-def dedupe(src_fd, dst_fd, src_off, length, dst_off, reserved=0):
-    """PMFUSE_IOC_DEDUPE_RANGE on src_fd: (status, bytes_deduped). The ioctl's own errors
-    raise OSError; the destination's come back in the status as -errno."""
-    to_pool(src_fd, dst_fd)
-    buf = bytearray(struct.pack(DEDUPE_FMT, src_off, length, dst_fd, dst_off, 0, 0x5A5A,
-                                reserved))
-    fcntl.ioctl(src_fd, PMFUSE_IOC_DEDUPE_RANGE, buf, True)
-    so, ln, fd, do, done, status, res = struct.unpack(DEDUPE_FMT, buf)
-    eq((so, ln, fd, do, res), (src_off, length, dst_fd, dst_off, reserved),
-       "input fields of the dedupe argument as the daemon returned them")
-    return status, done
 
 
 def dedupe_blocks(src_fd, dst_fd, src_off, length, dst_off, flags=0, reserved=0):

@@ -8,7 +8,6 @@ not (for data: each byte old or new; for namespace operations: the whole tree be
 since each is one transaction). pmfusectl info must say the pool was not cleanly unmounted;
 after a clean unmount it must say it was."""
 
-import errno
 import os
 import random
 import time
@@ -17,7 +16,7 @@ import pmfs
 from pmfs import check, eq, test, Failure, pwrite_all
 
 BS = 4096
-DEAD = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV)
+DEAD = pmfs.DEAD
 
 
 def logline(fd, *words):
@@ -150,22 +149,12 @@ def check_data(mnt, seed, files, pending):
                           f"expected {len(exp)}; first difference at "
                           f"{next((k for k in range(min(len(got), len(exp))) if got[k] != exp[k]), min(len(got), len(exp)))}")
         # the write in flight: each byte old or new, the size between the two
-        lo, hi = sorted((len(old), len(new)))
-        check(lo <= len(got) <= hi, f"{name}: size {len(got)} after a torn write, expected "
-              f"{len(old)}..{len(new)}")
-        for k in range(len(got)):
-            o = old[k] if k < len(old) else 0
-            if got[k] != o and got[k] != new[k]:
-                raise Failure(f"{name}: byte {k} is {got[k]}, neither old ({o}) nor new "
-                              f"({new[k]}) after a torn write {pending}")
+        pmfs.old_or_new(got, old, new, f"{name} (write in flight: {' '.join(pending[2:])})")
         out[name] = bytearray(got)
     return out
 
 
-def clean_state(m):
-    info = m.info()
-    check("clean" in info, f"pmfusectl info has no 'clean' line:\n{info['_text']}")
-    return info["clean"].split()[0]
+clean_state = pmfs.clean_state
 
 
 @test(size="256M", timeout=300)

@@ -47,6 +47,11 @@ def log_text(m):
 
 def shortened(m, data_path):
     """The scenario; data_path None (the default for a pool file: pwrite) or "map"."""
+    if "TSAN_OPTIONS" in os.environ:
+        # seen in the TSan build: the daemon dies of the SIGBUS of the lost page instead of
+        # recovering (siglongjmp out of its handler), with no TSan report
+        raise pmfs.Skip("under ThreadSanitizer the daemon does not survive the SIGBUS it "
+                        "must recover from")
     if data_path:
         m.unmount()
         os.environ["PMFUSE_DATA_PATH"] = data_path

@@ -37,9 +37,10 @@ Options of every test file: --daemon PATH --mkfs PATH --ctl PATH (else $PMFUSE_D
 $PMFUSE_CTL, else the first build*/ directory of the checkout that has them), -k SUBSTRING (run
 only tests whose name contains it), -v (print daemon logs of passing tests too), --list.
 Environment: PMFUSE_SEED, PMFUSE_TEST_SCALE (multiplies operation counts; the sanitizer build
-uses 0.25), PMFUSE_TEST_TIMEOUT_FACTOR (multiplies deadlines; 3 by default when ASAN_OPTIONS is
-set), PMFUSE_TEST_DIR, PMFUSE_DAEMON_OPTS (extra -o options; with writeback_cache, tests that
-depend on when data reaches the pool follow WRITEBACK_CACHE), PMFUSE_DAEMON_DEBUG=1 (pass -d).
+uses 0.25), PMFUSE_TEST_TIMEOUT_FACTOR (multiplies deadlines; 3 by default when ASAN_OPTIONS,
+UBSAN_OPTIONS or TSAN_OPTIONS is set), PMFUSE_TEST_DIR, PMFUSE_DAEMON_OPTS (extra -o options;
+with writeback_cache, tests that depend on when data reaches the pool follow WRITEBACK_CACHE),
+PMFUSE_DAEMON_DEBUG=1 (pass -d).
 """
 
 import ctypes
@@ -305,7 +306,8 @@ SCALE = float(os.environ.get("PMFUSE_TEST_SCALE", "1") or 1)
 if "PMFUSE_TEST_TIMEOUT_FACTOR" in os.environ:
     TIME_FACTOR = float(os.environ["PMFUSE_TEST_TIMEOUT_FACTOR"])
 else:
-    TIME_FACTOR = 3.0 if ("ASAN_OPTIONS" in os.environ or "UBSAN_OPTIONS" in os.environ) else 1.0
+    TIME_FACTOR = 3.0 if ("ASAN_OPTIONS" in os.environ or "UBSAN_OPTIONS" in os.environ
+                          or "TSAN_OPTIONS" in os.environ) else 1.0
 SEED = int(os.environ.get("PMFUSE_SEED") or (int.from_bytes(os.urandom(4), "little") & 0x7fffffff))
 BASE_DIR = os.environ.get("PMFUSE_TEST_DIR") or "/dev/shm"
 MOUNT_TIMEOUT = 20 * TIME_FACTOR
@@ -888,6 +890,8 @@ class Mount:
         self.killed = True
         os.kill(self.daemon.pid, signal.SIGKILL)
         self.daemon.wait(timeout=EXIT_TIMEOUT)
+        # a sanitizer that stopped the daemon before the kill must still fail the test
+        self.scan_log()
 
     def detach(self):
         """Unmounts the dead mount of a killed daemon (closing this process's fds into it)."""
@@ -1171,6 +1175,39 @@ def same_bytes(actual, expected, what):
         j += 1
     raise Failure(f"{what}: first difference at byte {i} ({i:#x}), {j - i} bytes differ there: "
                   f"got {bytes(actual[i:i + 16]).hex()}, expected {bytes(expected[i:i + 16]).hex()}")
+
+
+# ---- crash checks of the kill -9 tests (fs_durability, fs_stress)
+
+# what a system call into the mount of a killed daemon fails with
+DEAD = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV)
+
+
+def old_or_new(got, old, new, what):
+    """After a crash during a change of a file's data from old to new (which the daemon may
+    do in several transactions): its size is between the two, and each byte is the old or the
+    new one (0 past either's end)."""
+    lo, hi = sorted((len(old), len(new)))
+    check(lo <= len(got) <= hi, f"{what}: size {len(got)} after a torn change, expected "
+          f"{len(old)}..{len(new)}")
+    step = 4096
+    for base in range(0, len(got), step):
+        g = got[base:base + step]
+        o = bytes(old[base:base + step]).ljust(len(g), b"\0")[:len(g)]
+        n = bytes(new[base:base + step]).ljust(len(g), b"\0")[:len(g)]
+        if g == o or g == n:
+            continue
+        for k in range(len(g)):
+            if g[k] != o[k] and g[k] != n[k]:
+                raise Failure(f"{what}: byte {base + k} is {g[k]}, neither old ({o[k]}) nor "
+                              f"new ({n[k]}) after a torn change")
+
+
+def clean_state(m):
+    """The 'clean' line of pmfusectl info: "yes" or "no"."""
+    info = m.info()
+    check("clean" in info, f"pmfusectl info has no 'clean' line:\n{info['_text']}")
+    return info["clean"].split()[0]
 
 
 def wait_until(pred, timeout, what, interval=0.05):

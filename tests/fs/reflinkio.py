@@ -17,7 +17,7 @@ import subprocess
 import time
 
 import pmfs
-from pmfs import check, Failure
+from pmfs import check, eq, Failure
 
 # ---- ioctl numbers (asm-generic layout: nr 8 bits, type 8, size 14, dir 2; x86_64 and arm64)
 
@@ -102,6 +102,19 @@ def clone_file(src, dst):
             os.close(d)
     finally:
         os.close(s)
+
+
+def dedupe(src_fd, dst_fd, src_off, length, dst_off, reserved=0):
+    """PMFUSE_IOC_DEDUPE_RANGE on src_fd: (status, bytes_deduped). The ioctl's own errors
+    raise OSError; the destination's come back in the status as -errno."""
+    to_pool(src_fd, dst_fd)
+    buf = bytearray(struct.pack(DEDUPE_FMT, src_off, length, dst_fd, dst_off, 0, 0x5A5A,
+                                reserved))
+    fcntl.ioctl(src_fd, PMFUSE_IOC_DEDUPE_RANGE, buf, True)
+    so, ln, fd, do, done, status, res = struct.unpack(DEDUPE_FMT, buf)
+    eq((so, ln, fd, do, res), (src_off, length, dst_fd, dst_off, reserved),
+       "input fields of the dedupe argument as the daemon returned them")
+    return status, done
 
 
 def unshare(fd, off=0, length=0):
