@@ -69,9 +69,10 @@ struct pmfuse_fs {
 };
 
 #define PMFUSE_ZERO_BUF (1u << 20)
-/* Bytes dedupe compares per step: large enough that the view's page check (1-2 us) is small
- * beside the compare, at most PMFUSE_ZERO_BUF (a hole compares against the zeros). */
-#define PMFUSE_CMP_CHUNK (256u << 10)
+/* Bytes dedupe compares per step (one memcmp when the step is equal): large enough that the
+ * view's page check (a pagemap read of its 256 entries) is small beside the compare, at most
+ * PMFUSE_ZERO_BUF (a hole compares against the zeros). */
+#define PMFUSE_CMP_CHUNK (1u << 20)
 
 /*
  * fs->lock, taken and released only through these, so that recovery from a memory error

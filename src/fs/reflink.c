@@ -812,6 +812,18 @@ static int db_piece(struct clone *c, struct db_walk *w, uint64_t n)
 					dv = brun_view(fs, &dr, i, clen, 1, &rc);
 				if (!sv || !dv)
 					break;
+				/* the common case, equal chunks, in one memcmp */
+				if (!memcmp(sv, dv, clen)) {
+					if (dr.hole) {
+						w->cnt->same += clen;
+					} else {
+						if (!w->run_len)
+							w->run = b + i;
+						w->run_len += m;
+					}
+					i += m;
+					continue;
+				}
 				for (uint64_t j = 0; j < m && !rc; j++, i++) {
 					uint64_t len = db_bytes(w, bs, b + i, 1);
 					bool eq = !memcmp(sv + (sr.hole ? 0 : j * bs), dv + j * bs,
