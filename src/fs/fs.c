@@ -535,6 +535,9 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 
 	if (!fs)
 		return;
+	pmfuse_helper_stop(fs);
+	free(fs->helper_buf);
+	fs->helper_buf = NULL;
 	if (fs->check_alloc) {
 		/* a read-only index loaded by pmfuse_fs_check_bitmap; nothing was allocated */
 		fs->alloc = NULL;

@@ -63,15 +63,26 @@ struct pmfuse_fs {
 	uint8_t *cmp_buf;                     /* 2 x PMFUSE_CMP_CHUNK for dedupe's compares
 						 (under the writer lock): pool data read by
 						 pmfuse_pool_data_view */
+	struct pmfuse_helper *helper;         /* helper.c: a second thread for dedupe compares */
+	bool helper_off;                      /* none wanted or none could be started */
+	uint8_t *helper_buf;                  /* 2 x PMFUSE_CMP_CHUNK for the helper's views */
 	struct pmfuse_alloc *check_alloc;     /* check.c: an index of the bitmap loaded for a
 						 check of a read-only fs (then also fs->alloc);
 						 freed at close */
 };
 
 #define PMFUSE_ZERO_BUF (1u << 20)
-/* Bytes dedupe compares per step: large enough that the view's page check (1-2 us) is small
- * beside the compare, at most PMFUSE_ZERO_BUF (a hole compares against the zeros). */
-#define PMFUSE_CMP_CHUNK (256u << 10)
+/* Bytes dedupe compares per step (one memcmp when the step is equal): large enough that the
+ * view's page check (a pagemap read of its 256 entries) is small beside the compare, at most
+ * PMFUSE_ZERO_BUF (a hole compares against the zeros). */
+#define PMFUSE_CMP_CHUNK (1u << 20)
+
+/* helper.c, under the writer lock: hands fn(arg) to the helper thread (started on first use)
+ * and returns true, or false when there is none (the caller does the work); then
+ * pmfuse_helper_wait returns once fn has returned. pmfuse_helper_stop at close. */
+bool pmfuse_helper_run(struct pmfuse_fs *fs, void (*fn)(void *), void *arg);
+void pmfuse_helper_wait(struct pmfuse_fs *fs);
+void pmfuse_helper_stop(struct pmfuse_fs *fs);
 
 /*
  * fs->lock, taken and released only through these, so that recovery from a memory error

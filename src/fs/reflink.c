@@ -59,6 +59,7 @@
  */
 #include "fs/fs_internal.h"
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +67,7 @@
 #include <sys/stat.h>
 
 #include "meta/refcount.h"
+#include "pool/pool.h"
 #include "util/util.h"
 
 #define ULL(x) ((unsigned long long)(x))
@@ -781,12 +783,199 @@ static int db_flush(struct clone *c, struct db_walk *w)
 	return rc;
 }
 
+/*
+ * Compares in two threads: before a piece's walk (db_piece), its runs to compare block by block
+ * are listed (at most DB_JOBS; the rest is compared by the walk as it goes), split in two halves
+ * of about as many blocks at a 64-block boundary, and compared by this thread and the helper
+ * (helper.c) at once, each into its own words of two bitmaps over the piece's blocks: done
+ * (compared) and eq (equal). The walk then takes a chunk's answer from the bitmaps when all
+ * its blocks are done, and compares what is not done itself. Nothing changes the bytes or the
+ * blocks compared meanwhile: the writer lock is held from the list to the last remap, and the
+ * walk remaps only blocks below its position. A memory error in the helper leaves its blocks
+ * not done: the walk compares them again and meets the error under its own recovery point,
+ * as a dedupe without the helper would.
+ */
+#define DB_JOBS 256
+#define DB_BITS (PMFUSE_DEDUPE_MAX / PMFUSE_BLOCK_SIZE_MIN)
+#define DB_PAR_MIN (4ull << 20)      /* bytes to compare below which one thread does it all */
+
+/* DB_PAR_MIN, or PMFUSE_DEDUPE_PAR_MIN (bytes; tests set 0 to run small pieces in two
+ * threads). Read under the writer lock. */
+static uint64_t db_par_min(void)
+{
+	static int64_t v = -1;
+
+	if (v < 0) {
+		const char *e = getenv("PMFUSE_DEDUPE_PAR_MIN");
+
+		v = e ? (int64_t)strtoull(e, NULL, 0) : (int64_t)DB_PAR_MIN;
+	}
+	return (uint64_t)v;
+}
+
+struct db_job {
+	uint64_t b, k;               /* piece blocks [b, b + k) */
+	uint64_t sp, dp;             /* their first pool blocks (not when zero) */
+	bool sz, dz;                 /* reads as zeros (hole or unwritten) */
+};
+
+struct db_par {
+	struct pmfuse_fs *fs;
+	const struct db_walk *w;
+	struct db_job job[DB_JOBS];
+	unsigned njob;
+	uint64_t split;              /* this thread: blocks below; the helper: from here on */
+	uint64_t done[DB_BITS / 64], eq[DB_BITS / 64];
+};
+
+static void bit_set(uint64_t *m, uint64_t i)
+{
+	m[i / 64] |= 1ull << (i % 64);
+}
+
+static bool bit_get(const uint64_t *m, uint64_t i)
+{
+	return m[i / 64] >> (i % 64) & 1;
+}
+
+static bool bits_all(const uint64_t *m, uint64_t i, uint64_t n)
+{
+	for (; n; i++, n--)
+		if (!bit_get(m, i))
+			return false;
+	return true;
+}
+
+/* Compares the listed blocks in [from, to) through buf (2 x PMFUSE_CMP_CHUNK). */
+static void db_par_half(struct db_par *p, uint64_t from, uint64_t to, uint8_t *buf)
+{
+	struct pmfuse_fs *fs = p->fs;
+	uint64_t bs = fs->bs;
+
+	for (unsigned q = 0; q < p->njob; q++) {
+		const struct db_job *jb = &p->job[q];
+		uint64_t lo = PMFUSE_MAX(jb->b, from), hi = PMFUSE_MIN(jb->b + jb->k, to);
+
+		for (uint64_t x = lo; x < hi;) {
+			uint64_t m = PMFUSE_MIN(hi - x, PMFUSE_CMP_CHUNK / bs);
+			size_t clen = (size_t)db_bytes(p->w, bs, x, m);
+			const uint8_t *sv = fs->zeroes, *dv = fs->zeroes;
+			int err = 0;
+
+			if (!jb->sz)
+				sv = pmfuse_pool_data_view(fs->pool, (jb->sp + x - jb->b) * bs, clen,
+							   buf, &err);
+			if (sv && !jb->dz)
+				dv = pmfuse_pool_data_view(fs->pool, (jb->dp + x - jb->b) * bs, clen,
+							   buf + PMFUSE_CMP_CHUNK, &err);
+			if (!sv || !dv)
+				return;      /* not done: the walk reads them again, and fails */
+			if (!memcmp(sv, dv, clen)) {
+				for (uint64_t j = 0; j < m; j++)
+					bit_set(p->eq, x + j);
+			} else {
+				for (uint64_t j = 0; j < m; j++) {
+					size_t len = (size_t)db_bytes(p->w, bs, x + j, 1);
+
+					if (!memcmp(sv + (jb->sz ? 0 : j * bs), dv + (jb->dz ? 0 : j * bs),
+						    len))
+						bit_set(p->eq, x + j);
+				}
+			}
+			for (uint64_t j = 0; j < m; j++)
+				bit_set(p->done, x + j);
+			x += m;
+		}
+	}
+}
+
+/* The helper's half, under its own recovery point. */
+static void db_par_helper(void *arg)
+{
+	struct db_par *p = arg;
+	struct pmfuse_pool_fault f;
+
+	if (sigsetjmp(f.env, 0))
+		return;              /* a memory error: what is not done yet stays so */
+	pmfuse_fs_fault_arm(p->fs, &f);
+	db_par_half(p, p->split, DB_BITS, p->fs->helper_buf);
+	pmfuse_fs_fault_disarm(&f);
+}
+
+/*
+ * Lists the piece's runs to compare and has both threads compare them; false (and nothing
+ * done) when the piece has too little to compare or there is no helper.
+ */
+static bool db_par_run(struct clone *c, struct db_par *p, uint64_t n)
+{
+	struct pmfuse_fs *fs = c->fs;
+	uint64_t total = 0, half, acc = 0;
+
+	if (fs->helper_off)
+		return false;
+	p->njob = 0;
+	for (uint64_t b = 0; b < n && p->njob < DB_JOBS;) {
+		struct brun sr = { 0 }, dr = { 0 };
+		uint64_t k;
+
+		if (brun_pair(c, b, n, &sr, &dr))
+			return false;        /* the walk meets the error again */
+		k = PMFUSE_MIN(sr.len, dr.len);
+		if (!dr.hole && !(sr.hole == dr.hole && sr.pblock == dr.pblock) &&
+		    !(sr.zero && dr.zero)) {
+			p->job[p->njob++] = (struct db_job){ .b = b, .k = k, .sp = sr.pblock,
+							     .dp = dr.pblock, .sz = sr.zero,
+							     .dz = dr.zero };
+			total += k;
+		}
+		b += k;
+	}
+	if (!total || total * fs->bs < db_par_min())
+		return false;
+	if (!fs->helper_buf) {
+		fs->helper_buf = malloc(2 * PMFUSE_CMP_CHUNK);
+		if (!fs->helper_buf)
+			return false;
+	}
+	/* the split: the block where half of the blocks to compare lie below, rounded up to a
+	 * word of the bitmaps */
+	half = total / 2;
+	p->split = 0;
+	for (unsigned q = 0; q < p->njob; q++) {
+		if (acc + p->job[q].k >= half) {
+			p->split = PMFUSE_ALIGN_UP(p->job[q].b + (half - acc), 64);
+			break;
+		}
+		acc += p->job[q].k;
+	}
+	memset(p->done, 0, sizeof(p->done));
+	memset(p->eq, 0, sizeof(p->eq));
+	if (!pmfuse_helper_run(fs, db_par_helper, p))
+		return false;
+	db_par_half(p, 0, p->split, fs->cmp_buf);
+	pmfuse_helper_wait(fs);
+	return true;
+}
+
 static int db_piece(struct clone *c, struct db_walk *w, uint64_t n)
 {
 	struct pmfuse_fs *fs = c->fs;
 	uint64_t bs = fs->bs;
+	struct db_par *par = NULL;
 	int rc = 0;
 
+	/* a piece worth two threads: the list and both halves' compares first */
+	if (!fs->helper_off && n * bs >= db_par_min()) {
+		par = malloc(sizeof(*par));
+		if (par) {
+			par->fs = fs;
+			par->w = w;
+			if (!db_par_run(c, par, n)) {
+				free(par);
+				par = NULL;
+			}
+		}
+	}
 	for (uint64_t b = 0; b < n && !rc;) {
 		struct brun sr = { 0 }, dr = { 0 };   /* brun_at fills them; gcc -O2 cannot tell */
 		uint64_t k;
@@ -806,16 +995,33 @@ static int db_piece(struct clone *c, struct db_walk *w, uint64_t n)
 			for (uint64_t i = 0; i < k && !rc;) {
 				uint64_t m = PMFUSE_MIN(k - i, PMFUSE_CMP_CHUNK / bs);
 				size_t clen = (size_t)db_bytes(w, bs, b + i, m);
-				const uint8_t *sv, *dv = fs->zeroes;
+				const uint8_t *sv = NULL, *dv = fs->zeroes;
+				/* compared already by both threads (db_par_run) */
+				bool known = par && bits_all(par->done, b + i, m);
 
-				sv = brun_view(fs, &sr, sr.hole ? 0 : i, clen, 0, &rc);
-				if (sv && !dr.hole)
-					dv = brun_view(fs, &dr, i, clen, 1, &rc);
-				if (!sv || !dv)
-					break;
+				if (!known) {
+					sv = brun_view(fs, &sr, sr.hole ? 0 : i, clen, 0, &rc);
+					if (sv && !dr.hole)
+						dv = brun_view(fs, &dr, i, clen, 1, &rc);
+					if (!sv || !dv)
+						break;
+				}
+				/* the common case, equal chunks, in one memcmp */
+				if (known ? bits_all(par->eq, b + i, m) : !memcmp(sv, dv, clen)) {
+					if (dr.hole) {
+						w->cnt->same += clen;
+					} else {
+						if (!w->run_len)
+							w->run = b + i;
+						w->run_len += m;
+					}
+					i += m;
+					continue;
+				}
 				for (uint64_t j = 0; j < m && !rc; j++, i++) {
 					uint64_t len = db_bytes(w, bs, b + i, 1);
-					bool eq = !memcmp(sv + (sr.hole ? 0 : j * bs), dv + j * bs,
+					bool eq = known ? bit_get(par->eq, b + i) :
+						  !memcmp(sv + (sr.hole ? 0 : j * bs), dv + j * bs,
 							  (size_t)len);
 
 					if (dr.hole) {
@@ -835,6 +1041,7 @@ static int db_piece(struct clone *c, struct db_walk *w, uint64_t n)
 	}
 	if (!rc)
 		rc = db_flush(c, w);
+	free(par);
 	return rc;
 }
 

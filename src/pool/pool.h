@@ -133,12 +133,13 @@ int pmfuse_pool_write_data(struct pmfuse_pool *pool, uint64_t off, const void *b
 			   unsigned flags);
 /*
  * The len bytes of file data at pool offset off, for a bulk reader inside the daemon (dedupe
- * compares, block hashes): the mapping, unless the pool is a page-cache file whose page at
- * off this process has not mapped yet; then buf (at least len bytes) filled by pread(2). On
+ * compares, block hashes): the mapping, unless the pool is a page-cache file of which this
+ * process has not mapped every page of the range yet; then buf (at least len bytes) filled by
+ * pread(2). On
  * the development VM a first touch through the mapping costs ~9 us per 4 KiB page (a shadow
  * page-table update under nested virtualisation): comparing 512 MiB of freshly pwritten pages
  * through the mapping took 2.3 s, by pread into buffers 0.2-0.25 s, through pages already
- * mapped 0.04-0.07 s; the check itself (an 8-byte pread of /proc/self/pagemap) 1-2 us. Dax
+ * mapped 0.04-0.07 s; the check (one pread of /proc/self/pagemap per 2 MiB) 1-2 us. Dax
  * devices (2 MiB pages) and fake media always give the mapping. NULL with *err (-errno; -EIO
  * when the pool file was cut short) when the read fails.
  */

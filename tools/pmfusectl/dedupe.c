@@ -454,11 +454,19 @@ fail:
 }
 
 /*
- * Heapsort: no memory beyond the array, where qsort may allocate a copy of it (glibc's merge
- * sort), which would double what --scan needs.
+ * Sorting without memory beyond the array (qsort may allocate a copy of it, glibc's merge sort,
+ * which would double what --scan needs): an in-place most-significant-byte-first radix sort on
+ * a 64-bit key whose order is the first criterion of the full order `less`: the hash (by_key)
+ * or file and block (by_dest). Buckets of up to DD_SMALL blocks get an insertion sort by
+ * `less`, blocks with equal keys (a group of equal contents) a heapsort by `less`. The
+ * heapsort alone (with an indirect compare per step) took ~60% of the client's CPU time in a
+ * scan of 4 x 256 MiB.
  */
 typedef bool (*dd_less_fn)(const struct dd *d, const struct dd_block *a,
 			   const struct dd_block *b);
+typedef uint64_t (*dd_key_fn)(const struct dd_block *b);
+
+#define DD_SMALL 24
 
 static void dd_sift(const struct dd *d, struct dd_block *v, size_t i, size_t n, dd_less_fn less)
 {
@@ -479,7 +487,7 @@ static void dd_sift(const struct dd *d, struct dd_block *v, size_t i, size_t n, 
 	}
 }
 
-static void dd_sort(const struct dd *d, struct dd_block *v, size_t n, dd_less_fn less)
+static void dd_heapsort(const struct dd *d, struct dd_block *v, size_t n, dd_less_fn less)
 {
 	for (size_t i = n / 2; i-- > 0;)
 		dd_sift(d, v, i, n, less);
@@ -490,6 +498,75 @@ static void dd_sort(const struct dd *d, struct dd_block *v, size_t n, dd_less_fn
 		v[end] = t;
 		dd_sift(d, v, 0, end, less);
 	}
+}
+
+static void dd_insertion(const struct dd *d, struct dd_block *v, size_t n, dd_less_fn less)
+{
+	for (size_t i = 1; i < n; i++) {
+		struct dd_block t = v[i];
+		size_t j = i;
+
+		for (; j > 0 && less(d, &t, &v[j - 1]); j--)
+			v[j] = v[j - 1];
+		v[j] = t;
+	}
+}
+
+/* Sorts v[0, n), whose keys agree above bit shift + 8, by key byte (shift) and below. */
+static void dd_radix(const struct dd *d, struct dd_block *v, size_t n, int shift, dd_key_fn key,
+		     dd_less_fn less)
+{
+	size_t count[256] = { 0 }, next[256], end[256], at = 0;
+
+	for (;;) {
+		if (n <= DD_SMALL) {
+			dd_insertion(d, v, n, less);
+			return;
+		}
+		if (shift < 0) {             /* equal keys: the rest of the order */
+			dd_heapsort(d, v, n, less);
+			return;
+		}
+		for (size_t i = 0; i < n; i++)
+			count[(key(&v[i]) >> shift) & 255]++;
+		if (count[(key(&v[0]) >> shift) & 255] != n)
+			break;
+		/* one bucket: on to the next byte without moving anything */
+		count[(key(&v[0]) >> shift) & 255] = 0;
+		shift -= 8;
+	}
+	for (unsigned b = 0; b < 256; b++) {
+		next[b] = at;
+		at += count[b];
+		end[b] = at;
+	}
+	/* each block to its bucket, by cycles of swaps */
+	for (unsigned b = 0; b < 256; b++) {
+		while (next[b] < end[b]) {
+			struct dd_block t = v[next[b]];
+			unsigned c = (unsigned)(key(&t) >> shift) & 255;
+
+			while (c != b) {
+				struct dd_block u = v[next[c]];
+
+				v[next[c]++] = t;
+				t = u;
+				c = (unsigned)(key(&t) >> shift) & 255;
+			}
+			v[next[b]++] = t;
+		}
+	}
+	for (size_t b = 0, lo = 0; b < 256; b++) {
+		if (count[b] > 1)
+			dd_radix(d, v + lo, count[b], shift - 8, key, less);
+		lo += count[b];
+	}
+}
+
+static void dd_sort(const struct dd *d, struct dd_block *v, size_t n, dd_key_fn key,
+		    dd_less_fn less)
+{
+	dd_radix(d, v, n, 56, key, less);
 }
 
 /*
@@ -514,6 +591,11 @@ static bool by_key(const struct dd *d, const struct dd_block *a, const struct dd
 	return a->block < b->block;
 }
 
+static uint64_t key_of(const struct dd_block *b)
+{
+	return b->key;
+}
+
 /* By destination. */
 static bool by_dest(const struct dd *d, const struct dd_block *a, const struct dd_block *b)
 {
@@ -521,6 +603,11 @@ static bool by_dest(const struct dd *d, const struct dd_block *a, const struct d
 	if (a->file != b->file)
 		return a->file < b->file;
 	return a->block < b->block;
+}
+
+static uint64_t dest_of(const struct dd_block *b)
+{
+	return (uint64_t)b->file << 32 | b->block;
 }
 
 static uint64_t dd_blen(const struct dd *d, uint32_t file, uint32_t block)
@@ -676,10 +763,10 @@ static int dd_scan_paths(struct dd *d, int argc, char **argv)
 	free(buf);
 	buf = NULL;
 
-	dd_sort(d, d->blk, d->nblk, by_key);
+	dd_sort(d, d->blk, d->nblk, key_of, by_key);
 	copies = dd_group(d);
 	if (!dd_dry) {
-		dd_sort(d, d->blk, copies, by_dest);
+		dd_sort(d, d->blk, copies, dest_of, by_dest);
 		progress_begin(&progress, "deduping", d->sum.dup);
 		dd_apply(d, copies);
 		progress_end(&progress);
