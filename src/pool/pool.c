@@ -748,8 +748,11 @@ const void *pmfuse_pool_data_view(struct pmfuse_pool *pool, uint64_t off, size_t
 				  int *err)
 {
 	assert(off <= pool->size && len <= pool->size - off);
+	/* a read-only page-cache pool file (fsck -n) reads each data block once: pread always */
+	bool ro_file = pool->readonly && pool->kind == PMFUSE_SOURCE_FILE && !pool->file_dax;
+
 	*err = 0;
-	if (pool->data_path != PMFUSE_DATA_FD || page_mapped(pool, off))
+	if (!ro_file && (pool->data_path != PMFUSE_DATA_FD || page_mapped(pool, off)))
 		return pmfuse_pool_at(pool, off);
 	for (uint8_t *p = buf; len;) {
 		ssize_t n = pread(pool->fd, p, len, (off_t)off);

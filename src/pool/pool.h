@@ -138,7 +138,8 @@ int pmfuse_pool_write_data(struct pmfuse_pool *pool, uint64_t off, const void *b
  * the development VM a first touch through the mapping costs ~9 us per 4 KiB page (a shadow
  * page-table update under nested virtualisation): comparing 512 MiB of freshly pwritten pages
  * through the mapping took 2.3 s, by pread into buffers 0.2-0.25 s, through pages already
- * mapped 0.04-0.07 s; the check itself (an 8-byte pread of /proc/self/pagemap) 1-2 us. Dax
+ * mapped 0.04-0.07 s; the check itself (an 8-byte pread of /proc/self/pagemap) 1-2 us. A
+ * read-only pool file (not on fsdax) is always read by pread, without that check. Dax
  * devices (2 MiB pages) and fake media always give the mapping. NULL with *err (-errno; -EIO
  * when the pool file was cut short) when the read fails.
  */
