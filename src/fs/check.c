@@ -373,7 +373,7 @@ static void check_extents(struct ino_ck *c, const struct pmfuse_btree *bt)
 		const uint8_t *b;
 		int err;
 
-		b = pmfuse_pool_data_view(k->fs->pool, tail_pblock * bs, bs, tail_buf, &err);
+		b = pmfuse_pool_read_once(k->fs->pool, tail_pblock * bs, bs, tail_buf, &err);
 		if (!b)   /* the mapping then: a memory error there is caught as anywhere else */
 			b = pmfuse_volume_block(k->fs->vol, tail_pblock);
 

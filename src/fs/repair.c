@@ -100,8 +100,9 @@ struct xtail {
 	uint64_t ino, blk, off, len;
 };
 
-/* A file's last block (pool block blk) whose bytes from off on, past EOF, are not zero (E5 of
- * extent.c): a block mapped by two files (a double claim made shared) or a torn truncate. */
+/* A file's last block (pool block blk), written, with EOF at byte off of it: its bytes from off
+ * on must be zero (E5 of extent.c); a block mapped by two files (a double claim made shared) or
+ * a torn truncate breaks that. Read by fix_ftails, in the rounds that get that far. */
 struct ftail {
 	uint64_t ino, fblock, blk;
 	uint32_t off;
@@ -299,31 +300,22 @@ static int keep_piece(void *arg, const struct pmfuse_extent *piece)
 	return keep_rec(arg, piece, sizeof(*piece));
 }
 
-/* E5: if written extent x maps file e's last block, whether its bytes past EOF are zero; a
- * file on the orphan list may be in the middle of a truncate and is left alone. */
+/* E5: if written extent x maps file e's last block, it is noted for fix_ftails; a file on the
+ * orphan list may be in the middle of a truncate and is left alone. */
 static bool on_orphans(const struct rp *r, uint64_t ino);
 
 static int tail_check(struct rp *r, const struct rino *e, const struct pmfuse_extent *x)
 {
-	static __thread uint8_t buf[PMFUSE_BLOCK_SIZE_MAX];
 	uint32_t bs = r->fs->bs, off = (uint32_t)(e->size % bs);
-	uint64_t f = pmfuse_le64(x->fblock), eof_blk = e->size / bs, blk;
-	const uint8_t *b;
+	uint64_t f = pmfuse_le64(x->fblock), eof_blk = e->size / bs;
 	struct ftail *t;
-	int err;
 
 	if (!off || eof_blk < f || eof_blk - f >= pmfuse_le32(x->len) ||
 	    (pmfuse_le32(x->flags) & PMFUSE_EXTENT_UNWRITTEN) || on_orphans(r, e->ino))
 		return 0;
-	blk = pmfuse_le64(x->pblock) + (eof_blk - f);
-	b = pmfuse_pool_data_view(r->fs->pool, blk * bs, bs, buf, &err);
-	if (!b)
-		b = pmfuse_volume_block(r->fs->vol, blk);
-	if (!b[off] && !memcmp(b + off, b + off + 1, bs - off - 1))
-		return 0;
 	if (!(t = vec_push(&r->ftails)))
 		return -ENOMEM;
-	*t = (struct ftail){ e->ino, eof_blk, blk, off };
+	*t = (struct ftail){ e->ino, eof_blk, pmfuse_le64(x->pblock) + (eof_blk - f), off };
 	return 0;
 }
 
@@ -1580,20 +1572,31 @@ static int fix_ftails(struct rp *r)
 
 	pmfuse_refcount_tree(fs->vol, &rt);
 	for (size_t k = 0; k < r->ftails.n && !rc; k++) {
+		static __thread uint8_t buf[PMFUSE_BLOCK_SIZE_MAX];
 		const struct ftail *t = VEC_AT(r->ftails, struct ftail, k);
+		uint32_t bs = fs->bs, count = 1;
 		struct pmfuse_blk_hdr *leaf;
 		struct pmfuse_inode *ip;
 		struct pmfuse_extmap m;
 		struct pmfuse_iext x;
 		struct pmfuse_tx *tx;
 		uint64_t run, blk = t->blk;
-		uint32_t count = 1;
+		const uint8_t *b;
 		uint8_t *p;
+		int err;
+
+		/* by pread: a first touch of every file's last block through the mapping costs
+		 * more on a VM (pool.h) */
+		b = pmfuse_pool_read_once(fs->pool, t->blk * bs, bs, buf, &err);
+		if (!b)
+			b = pmfuse_volume_block(fs->vol, t->blk);
+		if (!b[t->off] && !memcmp(b + t->off, b + t->off + 1, bs - t->off - 1))
+			continue;
 
 		fs_wrlock(fs);
 		rc = pmfuse_refcount_get(&rt, blk, 1, &count, &run);
 		if (!rc && count > 1)
-			rc = pmfuse_data_unshare(fs, t->ino, t->fblock * fs->bs, fs->bs);
+			rc = pmfuse_data_unshare(fs, t->ino, t->fblock * bs, bs);
 		if (!rc)
 			rc = pmfuse_inode_locate(fs, t->ino, &ip, &leaf);
 		if (!rc) {
@@ -1608,9 +1611,9 @@ static int fix_ftails(struct rp *r)
 		blk = x.pblock + (t->fblock - x.fblock);
 		p = (uint8_t *)pmfuse_volume_block(fs->vol, blk) + t->off;
 		tx = pmfuse_tx_begin(fs->txm);
-		rc = pmfuse_tx_add(tx, p, fs->bs - t->off);
+		rc = pmfuse_tx_add(tx, p, bs - t->off);
 		if (!rc)
-			memset(p, 0, fs->bs - t->off);
+			memset(p, 0, bs - t->off);
 		rc = commit(r, tx, rc);
 		if (!rc)
 			fixed(r, "inode %llu: bytes past end of file in its last block were not zero: "

@@ -744,16 +744,32 @@ static bool page_mapped(struct pmfuse_pool *pool, uint64_t off)
 	return ent >> 63;
 }
 
+static const void *pread_all(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
+			     int *err);
+
 const void *pmfuse_pool_data_view(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
 				  int *err)
 {
 	assert(off <= pool->size && len <= pool->size - off);
-	/* a read-only page-cache pool file (fsck -n) reads each data block once: pread always */
-	bool ro_file = pool->readonly && pool->kind == PMFUSE_SOURCE_FILE && !pool->file_dax;
-
 	*err = 0;
-	if (!ro_file && (pool->data_path != PMFUSE_DATA_FD || page_mapped(pool, off)))
+	if (pool->data_path != PMFUSE_DATA_FD || page_mapped(pool, off))
 		return pmfuse_pool_at(pool, off);
+	return pread_all(pool, off, len, buf, err);
+}
+
+const void *pmfuse_pool_read_once(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
+				  int *err)
+{
+	assert(off <= pool->size && len <= pool->size - off);
+	*err = 0;
+	if (pool->kind != PMFUSE_SOURCE_FILE || pool->file_dax)
+		return pmfuse_pool_at(pool, off);
+	return pread_all(pool, off, len, buf, err);
+}
+
+static const void *pread_all(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
+			     int *err)
+{
 	for (uint8_t *p = buf; len;) {
 		ssize_t n = pread(pool->fd, p, len, (off_t)off);
 

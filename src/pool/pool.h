@@ -138,12 +138,16 @@ int pmfuse_pool_write_data(struct pmfuse_pool *pool, uint64_t off, const void *b
  * the development VM a first touch through the mapping costs ~9 us per 4 KiB page (a shadow
  * page-table update under nested virtualisation): comparing 512 MiB of freshly pwritten pages
  * through the mapping took 2.3 s, by pread into buffers 0.2-0.25 s, through pages already
- * mapped 0.04-0.07 s; the check itself (an 8-byte pread of /proc/self/pagemap) 1-2 us. A
- * read-only pool file (not on fsdax) is always read by pread, without that check. Dax
+ * mapped 0.04-0.07 s; the check itself (an 8-byte pread of /proc/self/pagemap) 1-2 us. Dax
  * devices (2 MiB pages) and fake media always give the mapping. NULL with *err (-errno; -EIO
  * when the pool file was cut short) when the read fails.
  */
 const void *pmfuse_pool_data_view(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
+				  int *err);
+/* The same for a block read once by a pass over the whole pool (fsck's file tails): a pool file
+ * (page cache or fsdax, coherent with the mapping) is always read by pread, without the pagemap
+ * check (a pread and a getpid per call, half of a repair's time); others give the mapping. */
+const void *pmfuse_pool_read_once(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
 				  int *err);
 /* Flushes (no drain) [off, off + len) after pmfuse_pool_write_data(..., PMFUSE_MEM_NOFLUSH)
  * calls: one flush for many pieces. Nothing to do on FD_DAX, where the kernel flushed. */
