@@ -156,14 +156,13 @@ static const char *qname(const uint8_t *name, unsigned len, char *buf, size_t si
 	return buf;
 }
 
+/* Zero bytes: the first is zero and every byte equals the one before it (memcmp is vectorised;
+ * the byte loop this replaces was a fifth of a check's time, on the tail of every file). */
 static bool all_zero(const void *p, size_t len)
 {
 	const uint8_t *b = p;
 
-	for (size_t i = 0; i < len; i++)
-		if (b[i])
-			return false;
-	return true;
+	return !len || (!b[0] && !memcmp(b, b + 1, len - 1));
 }
 
 static bool root_empty(const struct pmfuse_btree_root *r)
@@ -368,7 +367,15 @@ static void check_extents(struct ino_ck *c, const struct pmfuse_btree *bt)
 	}
 	/* E5; an orphan may be in the middle of a truncate (its tail is zeroed when it ends) */
 	if (tail_pblock && !c->orphan) {
-		const uint8_t *b = pmfuse_volume_block(k->fs->vol, tail_pblock);
+		/* by pread where the pool allows: a first touch of each file's last block through
+		 * the mapping was a third of a check's time on a VM (pool.h) */
+		static __thread uint8_t tail_buf[PMFUSE_BLOCK_SIZE_MAX];
+		const uint8_t *b;
+		int err;
+
+		b = pmfuse_pool_read_once(k->fs->pool, tail_pblock * bs, bs, tail_buf, &err);
+		if (!b)   /* the mapping then: a memory error there is caught as anywhere else */
+			b = pmfuse_volume_block(k->fs->vol, tail_pblock);
 
 		if (!all_zero(b + tail, bs - tail))
 			iproblem(c, "bytes past end of file (%llu) in its last block (pool block "
@@ -603,7 +610,8 @@ int pmfuse_fs_check_blocks(struct pmfuse_fs *fs, const struct pmfuse_check_ops *
 	if (!res->bitmap_ok || !res->trees_ok)
 		return -EAGAIN;
 	ck_init(&k, fs, ops, res);
-	rc = pmfuse_fs_check_space(fs, &rep, msg, sizeof(msg));
+	/* every tree passed pmfuse_fs_check_trees in this run (trees_ok) */
+	rc = pmfuse_fs_check_space_checked(fs, true, &rep, msg, sizeof(msg));
 	if (rc == -ENOMEM)
 		return rc;
 	if (rc)

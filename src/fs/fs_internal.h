@@ -289,6 +289,10 @@ struct pmfuse_space_report {
 };
 int pmfuse_fs_check_space(struct pmfuse_fs *fs, struct pmfuse_space_report *rep, char *msg,
 			  size_t msglen);
+/* The same after the caller's own check of every tree in this run (trees_checked): the trees'
+ * nodes are then only walked for the accounting, not checked again. */
+int pmfuse_fs_check_space_checked(struct pmfuse_fs *fs, bool trees_checked,
+				  struct pmfuse_space_report *rep, char *msg, size_t msglen);
 
 /* ---- xattr.c: access for acl.c (fs->lock held; for writing where a tx is given) ---- */
 /* Reads xattr name of a located inode into value (size 0: only the length); returns the length,

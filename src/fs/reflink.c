@@ -1259,6 +1259,9 @@ struct check {
 	struct pmfuse_space_report rep;
 	char *msg;
 	size_t msglen;
+	bool trees_checked;     /* the caller checked every tree in this run: walk, don't check */
+	struct pmfuse_btree_cursor rcur;   /* the refcount record at or after the sweep */
+	int rcur_rc;            /* 0: rcur is on a record; -ENOENT: none left */
 	int err;
 };
 
@@ -1314,25 +1317,26 @@ static int check_tree(struct check *k, const struct pmfuse_btree *bt)
 {
 	char msg[200] = "";
 
+	if (k->trees_checked) {
+		pmfuse_btree_walk_nodes(bt, visit_node, k);
+		return k->err;
+	}
 	if (pmfuse_btree_check(bt, visit_node, k, msg, sizeof(msg)))
 		return check_fail(k, "%s tree (owner %llu): %s", bt->ops->name, ULL(bt->owner),
 				  msg);
 	return k->err;
 }
 
-static int check_inode(struct check *k, uint64_t ino)
+/* The inode at the inode table's cursor (its record checked by the tree check). */
+static int check_inode(struct check *k, struct pmfuse_inode *ip, struct pmfuse_blk_hdr *leaf)
 {
 	struct pmfuse_fs *fs = k->fs;
 	struct pmfuse_btree_cursor cur;
-	struct pmfuse_blk_hdr *leaf;
-	struct pmfuse_inode *ip;
 	struct pmfuse_btree bt;
+	uint64_t ino = pmfuse_le64(ip->ino);
 	uint32_t mode;
 	int rc;
 
-	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
-	if (rc)
-		return check_fail(k, "inode %llu: locate: %d", ULL(ino), rc);
 	mode = pmfuse_le32(ip->mode);
 	if (S_ISREG(mode) || S_ISLNK(mode)) {
 		uint64_t sum = 0, prev_end = 0;
@@ -1408,13 +1412,31 @@ static int check_segment(struct check *k, const struct pmfuse_btree *rt, uint64_
 {
 	struct pmfuse_alloc *al = k->fs->alloc;
 
+	/* one cursor walks the refcount records beside the sweep (a seek per segment cost a crc
+	 * check of every node on the path, a tenth of a check) */
+	(void)rt;
 	for (uint64_t pos = a; pos < b;) {
-		uint64_t run;
+		struct pmfuse_refcount_rec r;
+		uint64_t run, start = 0, end = 0;
 		uint32_t count;
-		int rc = pmfuse_refcount_get(rt, pos, b - pos, &count, &run);
 
-		if (rc)
-			return check_fail(k, "refcount of block %llu: %d", ULL(pos), rc);
+		while (!k->rcur_rc) {
+			memcpy(&r, pmfuse_btree_cursor_rec(&k->rcur), sizeof(r));
+			start = pmfuse_le64(r.start);
+			end = start + pmfuse_le32(r.len);
+			if (end > pos)
+				break;
+			k->rcur_rc = pmfuse_btree_next(&k->rcur);
+		}
+		if (k->rcur_rc && k->rcur_rc != -ENOENT)
+			return check_fail(k, "refcount of block %llu: %d", ULL(pos), k->rcur_rc);
+		if (!k->rcur_rc && start <= pos) {
+			count = pmfuse_le32(r.refcount);
+			run = PMFUSE_MIN(end, b) - pos;
+		} else {
+			count = 1;   /* a gap between records: mapped once */
+			run = (!k->rcur_rc ? PMFUSE_MIN(start, b) : b) - pos;
+		}
 		if (count != cov)
 			return check_fail(k, "blocks %llu+%llu are mapped %llu times, refcount %u",
 					  ULL(pos), ULL(run), ULL(cov), count);
@@ -1472,8 +1494,15 @@ static int check_sweep(struct check *k, const struct pmfuse_btree *rt)
 int pmfuse_fs_check_space(struct pmfuse_fs *fs, struct pmfuse_space_report *rep, char *msg,
 			  size_t msglen)
 {
+	return pmfuse_fs_check_space_checked(fs, false, rep, msg, msglen);
+}
+
+int pmfuse_fs_check_space_checked(struct pmfuse_fs *fs, bool trees_checked,
+				  struct pmfuse_space_report *rep, char *msg, size_t msglen)
+{
 	const struct pmfuse_sb *sb = &fs->vol->sb;
-	struct check k = { .fs = fs, .msg = msg, .msglen = msglen };
+	struct check k = { .fs = fs, .msg = msg, .msglen = msglen,
+			   .trees_checked = trees_checked };
 	struct pmfuse_btree_cursor cur;
 	struct pmfuse_btree rt;
 	uint64_t rec_blocks = 0;
@@ -1501,17 +1530,19 @@ int pmfuse_fs_check_space(struct pmfuse_fs *fs, struct pmfuse_space_report *rep,
 		k.rep.refcount_recs++;
 	}
 	for (rc = pmfuse_btree_first(&cur, &fs->inodes); !rc; rc = pmfuse_btree_next(&cur)) {
-		struct pmfuse_le64 ino;
+		struct pmfuse_blk_hdr *leaf = pmfuse_volume_block(fs->vol, cur.path[0].blk);
 
-		memcpy(&ino, pmfuse_btree_cursor_rec(&cur), sizeof(ino));
-		/* locating touches no tree: the cursor stays valid */
-		if (check_inode(&k, pmfuse_le64(ino)))
+		/* the record inside its leaf, as pmfuse_inode_locate would give it (read only here) */
+		if (check_inode(&k, (struct pmfuse_inode *)((uint8_t *)leaf +
+				((const uint8_t *)pmfuse_btree_cursor_rec(&cur) - (uint8_t *)leaf)),
+				leaf))
 			goto out;
 	}
 	if (rc != -ENOENT) {
 		check_fail(&k, "reading the inode table: %d", rc);
 		goto out;
 	}
+	k.rcur_rc = pmfuse_btree_first(&k.rcur, &rt);
 	if (k.err || check_sweep(&k, &rt))
 		goto out;
 	/* refcount records cover exactly the blocks mapped more than once */

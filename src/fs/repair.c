@@ -100,6 +100,14 @@ struct xtail {
 	uint64_t ino, blk, off, len;
 };
 
+/* A file's last block (pool block blk), written, with EOF at byte off of it: its bytes from off
+ * on must be zero (E5 of extent.c); a block mapped by two files (a double claim made shared) or
+ * a torn truncate breaks that. Read by fix_ftails, in the rounds that get that far. */
+struct ftail {
+	uint64_t ino, fblock, blk;
+	uint32_t off;
+};
+
 /* One directory entry. */
 struct rent {
 	size_t dir;              /* index into inos */
@@ -107,8 +115,13 @@ struct rent {
 	uint8_t type, drop;
 };
 
+/* Pool blocks [a, b) that a verified tree node or an xattr value uses and some file maps. */
+struct clash {
+	uint64_t a, b;
+};
+
 /* A damaged tree to rebuild: which (kind) of which inode. */
-enum { T_INODES, T_ORPHANS, T_MAP, T_XATTRS };
+enum { T_INODES, T_ORPHANS, T_MAP, T_XATTRS, T_INLINE };
 struct rtree {
 	uint64_t ino;
 	int kind;
@@ -121,6 +134,9 @@ struct rp {
 	bool preen;
 	uint64_t data_start, data_end, block_count;
 	struct vec evs, inos, ents, bad, orphans, rcrecs, xtails;
+	struct vec ftails;       /* files whose last block holds bytes past EOF (struct ftail) */
+	struct vec clashes;      /* pool ranges used as metadata and as file data (sweep): the
+				    files lose them (struct clash, sorted) */
 	bool refcount_damaged;
 	bool incomplete;         /* some inode's trees were not read: free nothing this round */
 	bool names_pending;      /* preen: a name fix needs a decision, so counts wait */
@@ -170,7 +186,8 @@ static int commit(struct rp *r, struct pmfuse_tx *tx, int rc)
 
 static const char *kind_name(int kind)
 {
-	static const char *const n[] = { "inode table", "orphan list", "map", "xattrs" };
+	static const char *const n[] = { "inode table", "orphan list", "map", "xattrs",
+					 "inline map" };
 	return n[kind];
 }
 
@@ -222,6 +239,86 @@ static int keep_rec(struct walk *w, const void *rec, size_t len)
 	return 0;
 }
 
+/* Whether pool blocks [p, p + len) meet a clash range (r->clashes is empty outside a round's
+ * fixes, after its sweep). */
+static bool clashes_with(const struct rp *r, uint64_t p, uint64_t len)
+{
+	const struct clash *c = r->clashes.v;
+	size_t lo = 0, hi = r->clashes.n;
+
+	while (lo < hi) {     /* the first range ending after p */
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (c[mid].b <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < r->clashes.n && c[lo].a < p + len;
+}
+
+/* Calls emit with each piece of extent x outside the clash ranges (x itself when none meets
+ * it): the file keeps what it maps alone, the blocks a tree node holds read as a hole. */
+static int cut_clashes(const struct rp *r, const struct pmfuse_extent *x,
+		       int (*emit)(void *arg, const struct pmfuse_extent *piece), void *arg)
+{
+	const struct clash *c = r->clashes.v;
+	uint64_t f = pmfuse_le64(x->fblock), p = pmfuse_le64(x->pblock);
+	uint64_t end = p + pmfuse_le32(x->len);
+	int rc;
+
+	for (size_t i = 0; i < r->clashes.n && p < end; i++) {
+		if (c[i].b <= p)
+			continue;
+		if (c[i].a >= end)
+			break;
+		if (c[i].a > p) {
+			struct pmfuse_extent piece = *x;
+
+			pmfuse_set_le64(&piece.fblock, f);
+			pmfuse_set_le64(&piece.pblock, p);
+			pmfuse_set_le32(&piece.len, (uint32_t)(c[i].a - p));
+			if ((rc = emit(arg, &piece)))
+				return rc;
+		}
+		f += PMFUSE_MIN(c[i].b, end) - p;
+		p = PMFUSE_MIN(c[i].b, end);
+	}
+	if (p < end) {
+		struct pmfuse_extent piece = *x;
+
+		pmfuse_set_le64(&piece.fblock, f);
+		pmfuse_set_le64(&piece.pblock, p);
+		pmfuse_set_le32(&piece.len, (uint32_t)(end - p));
+		return emit(arg, &piece);
+	}
+	return 0;
+}
+
+static int keep_piece(void *arg, const struct pmfuse_extent *piece)
+{
+	return keep_rec(arg, piece, sizeof(*piece));
+}
+
+/* E5: if written extent x maps file e's last block, it is noted for fix_ftails; a file on the
+ * orphan list may be in the middle of a truncate and is left alone. */
+static bool on_orphans(const struct rp *r, uint64_t ino);
+
+static int tail_check(struct rp *r, const struct rino *e, const struct pmfuse_extent *x)
+{
+	uint32_t bs = r->fs->bs, off = (uint32_t)(e->size % bs);
+	uint64_t f = pmfuse_le64(x->fblock), eof_blk = e->size / bs;
+	struct ftail *t;
+
+	if (!off || eof_blk < f || eof_blk - f >= pmfuse_le32(x->len) ||
+	    (pmfuse_le32(x->flags) & PMFUSE_EXTENT_UNWRITTEN) || on_orphans(r, e->ino))
+		return 0;
+	if (!(t = vec_push(&r->ftails)))
+		return -ENOMEM;
+	*t = (struct ftail){ e->ino, eof_blk, pmfuse_le64(x->pblock) + (eof_blk - f), off };
+	return 0;
+}
+
 static int extent_rec(void *arg, const void *rec)
 {
 	struct walk *w = arg;
@@ -240,8 +337,9 @@ static int extent_rec(void *arg, const void *rec)
 	if (!w->keep) {
 		w->ino->mapped += len;
 		ev_add(w->r, p, len, false);
+		return w->r->err ? w->r->err : tail_check(w->r, w->ino, &x);
 	}
-	return w->r->err ? w->r->err : keep_rec(w, rec, sizeof(x));
+	return cut_clashes(w->r, &x, keep_piece, w);
 }
 
 static int xattr_rec(void *arg, const void *rec)
@@ -395,6 +493,77 @@ static void vec_reset(struct vec *a, size_t size)
 	a->size = size;
 }
 
+/*
+ * The records of an inline map (format.md) that the check accepts, in slot order, into kept
+ * (native copies of the records); returns how many slots are dropped: a record breaking a rule
+ * of check_extents (unknown flags, unwritten without the feature or in a symlink, outside the
+ * data area, past the largest file, overlapping the one before) and a used slot after a free one.
+ * After a sweep, the records are also cut around the clash ranges (cut_clashes).
+ */
+struct inline_out {
+	struct pmfuse_extent *kept;
+	unsigned *n, over;
+};
+
+static int inline_piece(void *arg, const struct pmfuse_extent *piece)
+{
+	struct inline_out *o = arg;
+
+	if (*o->n < PMFUSE_INLINE_EXTENTS)
+		o->kept[(*o->n)++] = *piece;
+	else
+		o->over++;
+	return 0;
+}
+
+static unsigned inline_keep(const struct rp *r, const struct pmfuse_inode *ip,
+			    struct pmfuse_extent kept[PMFUSE_INLINE_EXTENTS], unsigned *nkept)
+{
+	static const struct pmfuse_extent zero_rec;
+	struct pmfuse_extent in[PMFUSE_INLINE_EXTENTS];
+	unsigned nin = 0;
+	bool unw_ok = pmfuse_le64(r->fs->vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN;
+	uint64_t fmax = pmfuse_file_blocks_max(r->fs->bs), prev_end = 0;
+	bool ended = false;
+	unsigned dropped = 0;
+
+	*nkept = 0;
+	for (unsigned k = 0; k < PMFUSE_INLINE_EXTENTS; k++) {
+		struct pmfuse_extent x;
+		uint64_t f, p, len;
+		uint32_t flags;
+
+		memcpy(&x, &ip->inline_map[k], sizeof(x));
+		len = pmfuse_le32(x.len);
+		if (ended || !len) {
+			ended = true;
+			dropped += memcmp(&x, &zero_rec, sizeof(x)) != 0;
+			continue;
+		}
+		f = pmfuse_le64(x.fblock);
+		p = pmfuse_le64(x.pblock);
+		flags = pmfuse_le32(x.flags);
+		if ((flags & ~PMFUSE_EXTENT_FLAGS_KNOWN) ||
+		    ((flags & PMFUSE_EXTENT_UNWRITTEN) &&
+		     (!unw_ok || S_ISLNK(pmfuse_le32(ip->mode)))) ||
+		    !in_data(r, p, len) || f < prev_end || f > fmax - len) {
+			dropped++;
+			continue;
+		}
+		prev_end = f + len;
+		in[nin++] = x;
+	}
+	/* then the pieces outside clash ranges (none during collect); more pieces than slots
+	 * lose the last ones */
+	for (unsigned k = 0; k < nin; k++) {
+		struct inline_out o = { kept, nkept, 0 };
+
+		cut_clashes(r, &in[k], inline_piece, &o);
+		dropped += o.over;
+	}
+	return dropped;
+}
+
 static int collect(struct rp *r)
 {
 	struct pmfuse_fs *fs = r->fs;
@@ -411,6 +580,8 @@ static int collect(struct rp *r)
 	vec_reset(&r->orphans, sizeof(uint64_t));
 	vec_reset(&r->rcrecs, sizeof(struct pmfuse_refcount_rec));
 	vec_reset(&r->xtails, sizeof(struct xtail));
+	vec_reset(&r->clashes, sizeof(struct clash));
+	vec_reset(&r->ftails, sizeof(struct ftail));
 	r->incomplete = false;
 
 	memset(&w, 0, sizeof(w));
@@ -463,19 +634,21 @@ static int collect(struct rp *r)
 			return rc;
 		if ((S_ISREG(e->mode) || S_ISLNK(e->mode)) &&
 		    (pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP)) {
-			/* an inline map (format.md): its records count like a tree's; one that
-			 * breaks the rules is not rewritten here but left for the recheck */
-			memset(&w, 0, sizeof(w));
-			w.r = r;
-			w.ino = e;
-			w.kind = T_MAP;
-			for (unsigned k = 0; k < PMFUSE_INLINE_EXTENTS &&
-			     pmfuse_le32(ip->inline_map[k].len); k++)
-				if ((rc = extent_rec(&w, &ip->inline_map[k])))
+			/* an inline map (format.md): its good records count like a tree's; bad
+			 * ones are dropped by the trees step (their blocks freed as any dropped
+			 * extent's: the bitmap step already does not count them) */
+			struct pmfuse_extent kept[PMFUSE_INLINE_EXTENTS];
+			unsigned nkept;
+
+			if (inline_keep(r, ip, kept, &nkept) && (rc = add_bad(r, e->ino, T_INLINE)))
+				return rc;
+			for (unsigned k = 0; k < nkept; k++) {
+				e->mapped += pmfuse_le32(kept[k].len);
+				ev_add(r, pmfuse_le64(kept[k].pblock), pmfuse_le32(kept[k].len),
+				       false);
+				if ((rc = tail_check(r, e, &kept[k])))
 					return rc;
-			if (w.dropped)
-				left(r, "inode %llu: inline extent map with %llu bad record%s",
-				     ULL(e->ino), ULL(w.dropped), w.dropped == 1 ? "" : "s");
+			}
 		} else if (S_ISREG(e->mode) || S_ISLNK(e->mode) || S_ISDIR(e->mode)) {
 			memset(&w, 0, sizeof(w));
 			w.r = r;
@@ -554,8 +727,10 @@ static int rc_emit(struct vec *out, uint64_t a, uint64_t b, uint64_t count)
 
 /*
  * Sorts the events; sets used (block_count bits) for every block some tree uses and fills want
- * with the refcount records the extents imply. A block used twice as metadata, or as metadata
- * and data, is reported (left): nothing here can tell which owner is right.
+ * with the refcount records the extents imply. A block used as metadata and as file data goes to
+ * r->clashes: the metadata keeps it (a tree node that verified, magic, own number, owner and
+ * crc, holds a node's bytes, not the file's) and the files lose it (mark_clashes). A block used
+ * twice as metadata is reported (left): nothing here can tell which owner is right.
  */
 static int sweep(struct rp *r, uint64_t *used, struct vec *want)
 {
@@ -579,12 +754,82 @@ static int sweep(struct rp *r, uint64_t *used, struct vec *want)
 		if (!meta && !data)
 			continue;
 		bits_set(used, a, b);
-		if ((meta > 1 || (meta && data)) && clashes++ < 8)
+		if (meta && data) {
+			struct clash *c = r->clashes.n ? VEC_AT(r->clashes, struct clash,
+								 r->clashes.n - 1) : NULL;
+
+			if (c && c->b == a)
+				c->b = b;
+			else if (!(c = vec_push(&r->clashes)))
+				return -ENOMEM;
+			else
+				*c = (struct clash){ a, b };
+		}
+		if (meta > 1 && clashes++ < 8)
 			left(r, "blocks %llu+%llu are used %lld times as metadata and %lld times as "
 			     "data: not repaired", ULL(a), ULL(b - a), (long long)meta,
 			     (long long)data);
 		if (!meta && data > 1 && (rc = rc_emit(want, a, b, (uint64_t)data)))
 			return rc;
+	}
+	return 0;
+}
+
+/* Whether inode ino is already to be rebuilt (kind T_MAP or T_INLINE). */
+static bool map_bad(const struct rp *r, uint64_t ino)
+{
+	for (size_t i = 0; i < r->bad.n; i++) {
+		const struct rtree *t = VEC_AT(r->bad, struct rtree, i);
+
+		if (t->ino == ino && (t->kind == T_MAP || t->kind == T_INLINE))
+			return true;
+	}
+	return false;
+}
+
+/* Every file mapping a clash range gets its map rewritten without it (the trees step: rebuild
+ * and fix_inline cut the records around the ranges). */
+static int mark_clashes(struct rp *r)
+{
+	struct pmfuse_fs *fs = r->fs;
+
+	for (size_t i = 0; i < r->inos.n && r->clashes.n; i++) {
+		const struct rino *e = VEC_AT(r->inos, struct rino, i);
+		struct pmfuse_btree_cursor cur;
+		struct pmfuse_blk_hdr *leaf;
+		struct pmfuse_inode *ip;
+		struct pmfuse_btree bt;
+		bool inl, hit = false;
+		unsigned k = 0;
+		int rc;
+
+		if (!(S_ISREG(e->mode) || S_ISLNK(e->mode)) || map_bad(r, e->ino) ||
+		    pmfuse_inode_locate(fs, e->ino, &ip, &leaf))
+			continue;
+		inl = pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP;
+		pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
+		for (rc = inl ? 0 : pmfuse_btree_first(&cur, &bt); !rc && !hit;
+		     rc = inl ? (++k < PMFUSE_INLINE_EXTENTS ? 0 : -ENOENT) :
+		     pmfuse_btree_next(&cur)) {
+			struct pmfuse_extent x;
+
+			memcpy(&x, inl ? (const void *)&ip->inline_map[k] :
+			       pmfuse_btree_cursor_rec(&cur), sizeof(x));
+			hit = pmfuse_le32(x.len) &&
+			      in_data(r, pmfuse_le64(x.pblock), pmfuse_le32(x.len)) &&
+			      clashes_with(r, pmfuse_le64(x.pblock), pmfuse_le32(x.len));
+		}
+		if (!hit)
+			continue;
+		if (r->preen) {
+			left(r, "inode %llu maps blocks a tree node or xattr value uses: needs -y to "
+			     "unmap them from the file", ULL(e->ino));
+			continue;
+		}
+		if ((rc = add_bad(r, e->ino, inl ? T_INLINE : T_MAP)))
+			return rc;
+		fixed(r, "inode %llu maps blocks a tree node or xattr value uses: the file loses "
+		      "them (they read as zeros)", ULL(e->ino));
 	}
 	return 0;
 }
@@ -808,6 +1053,37 @@ static int build_switch(struct rp *r, const struct pmfuse_btree_ops *ops, uint64
 	return commit(r, tx, rc);
 }
 
+/* An inline map keeps its good records (inline_keep), in one transaction; with none left the
+ * inode has an empty map (no INLINE_MAP flag). Its block count is set by the counts step. */
+static int fix_inline(struct rp *r, uint64_t ino)
+{
+	struct pmfuse_extent kept[PMFUSE_INLINE_EXTENTS];
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+	struct pmfuse_tx *tx;
+	unsigned nkept, dropped;
+	int rc;
+
+	rc = pmfuse_inode_locate(r->fs, ino, &ip, &leaf);
+	if (rc)
+		return rc;
+	dropped = inline_keep(r, ip, kept, &nkept);
+	tx = pmfuse_tx_begin(r->fs->txm);
+	rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
+	if (!rc) {
+		memset(ip->inline_map, 0, sizeof(ip->inline_map));
+		memcpy(ip->inline_map, kept, nkept * sizeof(kept[0]));
+		if (!nkept)
+			pmfuse_set_le32(&ip->flags,
+					pmfuse_le32(ip->flags) & ~PMFUSE_INODE_INLINE_MAP);
+	}
+	rc = commit(r, tx, rc);
+	if (!rc)
+		fixed(r, "inode %llu: inline extent map: %u bad record%s dropped, %u kept (blocks "
+		      "lost read as zeros)", ULL(ino), dropped, dropped == 1 ? "" : "s", nkept);
+	return rc;
+}
+
 static int rebuild(struct rp *r, const struct rtree *t)
 {
 	struct pmfuse_fs *fs = r->fs;
@@ -816,6 +1092,8 @@ static int rebuild(struct rp *r, const struct rtree *t)
 	uint64_t dropped = 0;
 	int rc;
 
+	if (t->kind == T_INLINE)
+		return fix_inline(r, t->ino);
 	if (t->kind == T_INODES || t->kind == T_ORPHANS) {
 		struct pmfuse_btree *bt = t->kind == T_INODES ? &fs->inodes : &fs->orphans;
 
@@ -1283,6 +1561,68 @@ static int drop_inode(struct rp *r, struct rino *e)
 	return rc;
 }
 
+/* Bytes past EOF in a file's last block are zeroed (one transaction each); a block other files
+ * map too gets a private copy for this file first (copy-on-write, as a write would), so theirs
+ * keep their bytes. */
+static int fix_ftails(struct rp *r)
+{
+	struct pmfuse_fs *fs = r->fs;
+	struct pmfuse_btree rt;
+	int rc = 0;
+
+	pmfuse_refcount_tree(fs->vol, &rt);
+	for (size_t k = 0; k < r->ftails.n && !rc; k++) {
+		static __thread uint8_t buf[PMFUSE_BLOCK_SIZE_MAX];
+		const struct ftail *t = VEC_AT(r->ftails, struct ftail, k);
+		uint32_t bs = fs->bs, count = 1;
+		struct pmfuse_blk_hdr *leaf;
+		struct pmfuse_inode *ip;
+		struct pmfuse_extmap m;
+		struct pmfuse_iext x;
+		struct pmfuse_tx *tx;
+		uint64_t run, blk = t->blk;
+		const uint8_t *b;
+		uint8_t *p;
+		int err;
+
+		/* by pread: a first touch of every file's last block through the mapping costs
+		 * more on a VM (pool.h) */
+		b = pmfuse_pool_read_once(fs->pool, t->blk * bs, bs, buf, &err);
+		if (!b)
+			b = pmfuse_volume_block(fs->vol, t->blk);
+		if (!b[t->off] && !memcmp(b + t->off, b + t->off + 1, bs - t->off - 1))
+			continue;
+
+		fs_wrlock(fs);
+		rc = pmfuse_refcount_get(&rt, blk, 1, &count, &run);
+		if (!rc && count > 1)
+			rc = pmfuse_data_unshare(fs, t->ino, t->fblock * bs, bs);
+		if (!rc)
+			rc = pmfuse_inode_locate(fs, t->ino, &ip, &leaf);
+		if (!rc) {
+			pmfuse_extmap_open(&m, fs, ip, leaf);
+			rc = pmfuse_extent_find(&m, t->fblock, &x);
+		}
+		fs_unlock(fs);
+		if (rc)
+			return rc;
+		if (x.fblock > t->fblock || (x.flags & PMFUSE_EXTENT_UNWRITTEN))
+			continue;
+		blk = x.pblock + (t->fblock - x.fblock);
+		p = (uint8_t *)pmfuse_volume_block(fs->vol, blk) + t->off;
+		tx = pmfuse_tx_begin(fs->txm);
+		rc = pmfuse_tx_add(tx, p, bs - t->off);
+		if (!rc)
+			memset(p, 0, bs - t->off);
+		rc = commit(r, tx, rc);
+		if (!rc)
+			fixed(r, "inode %llu: bytes past end of file in its last block were not zero: "
+			      "zeroed%s", ULL(t->ino), count > 1 ? " in a private copy of the block "
+			      "it shared" : "");
+	}
+	return rc;
+}
+
 static int fix_counts(struct rp *r)
 {
 	struct pmfuse_fs *fs = r->fs;
@@ -1305,6 +1645,8 @@ static int fix_counts(struct rp *r)
 			fixed(r, "inode %llu: bytes after an xattr value (block %llu) were not zero: "
 			      "zeroed", ULL(t->ino), ULL(t->blk));
 	}
+	if (!rc)
+		rc = fix_ftails(r);
 	if (rc || root == NONE)
 		return rc;
 	count_names(r);
@@ -1389,7 +1731,8 @@ static int round_once(struct rp *r)
 		rc = -ENOMEM;
 		goto out;
 	}
-	if ((rc = sweep(r, used, &want)) || (rc = fix_bitmap(r, used)))
+	if ((rc = sweep(r, used, &want)) || (rc = mark_clashes(r)) ||
+	    (rc = fix_bitmap(r, used)))
 		goto out;
 	if (r->bad.n) {
 		/* the inode table first: the other rebuilds locate inodes through it */
@@ -1442,6 +1785,8 @@ int pmfuse_fs_repair(struct pmfuse_fs *fs, bool preen, const struct pmfuse_repai
 	free(r.orphans.v);
 	free(r.rcrecs.v);
 	free(r.xtails.v);
+	free(r.clashes.v);
+	free(r.ftails.v);
 	if (rc)
 		return rc;
 	return res->left ? -EUCLEAN : 0;

@@ -1260,6 +1260,34 @@ int pmfuse_btree_check(const struct pmfuse_btree *bt,
 	return 0;
 }
 
+static void walk_nodes(const struct pmfuse_btree *bt, uint64_t blk, unsigned level,
+		       void (*visit)(void *arg, uint64_t blk), void *arg)
+{
+	const struct pmfuse_blk_hdr *h;
+	unsigned n;
+
+	if (!blk_in_pool(bt, blk))
+		return;
+	h = node_at(bt, blk);
+	if (pmfuse_le32(h->magic) != PMFUSE_BLK_BTREE)
+		return;
+	visit(arg, blk);
+	if (!level)
+		return;
+	n = PMFUSE_MIN(nrecs(h), cap_of(bt, level));
+	for (unsigned i = 0; i < n; i++)
+		walk_nodes(bt, child_of(bt, h, i), level - 1, visit, arg);
+}
+
+void pmfuse_btree_walk_nodes(const struct pmfuse_btree *bt,
+			     void (*visit)(void *arg, uint64_t blk), void *arg)
+{
+	unsigned levels = pmfuse_le16(bt->root->levels);
+
+	if (shape_ok(bt) && levels && levels <= PMFUSE_BTREE_MAX_LEVELS)
+		walk_nodes(bt, pmfuse_le64(bt->root->root), levels - 1, visit, arg);
+}
+
 /* ---- salvage (fsck repair) ------------------------------------------------------------------ */
 
 #define SALVAGE_KEY_MAX 256u

@@ -132,6 +132,15 @@ int pmfuse_btree_check(const struct pmfuse_btree *bt,
 		       char *msg, size_t msglen);
 
 /*
+ * Calls visit(arg, blk) once per node of a tree that pmfuse_btree_check passed in this run and
+ * that nothing changed since: no crc, key or fill check again (fsck's block accounting after its
+ * tree check). Nodes outside the pool or without the b+tree magic are skipped, so a tree that was
+ * not checked costs wrong counts, never a wild read.
+ */
+void pmfuse_btree_walk_nodes(const struct pmfuse_btree *bt,
+			     void (*visit)(void *arg, uint64_t blk), void *arg);
+
+/*
  * What can be read of a possibly damaged tree (fsck repair), without trusting fill, counts or
  * interior keys: a depth-first walk that drops every node failing its header, crc or level (and
  * what hangs below it), and every record failing check_rec or not above the last record kept.

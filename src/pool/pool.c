@@ -785,6 +785,9 @@ static bool pages_mapped(struct pmfuse_pool *pool, uint64_t off, size_t len)
 	return true;
 }
 
+static const void *pread_all(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
+			     int *err);
+
 const void *pmfuse_pool_data_view(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
 				  int *err)
 {
@@ -792,6 +795,22 @@ const void *pmfuse_pool_data_view(struct pmfuse_pool *pool, uint64_t off, size_t
 	*err = 0;
 	if (pool->data_path != PMFUSE_DATA_FD || !len || pages_mapped(pool, off, len))
 		return pmfuse_pool_at(pool, off);
+	return pread_all(pool, off, len, buf, err);
+}
+
+const void *pmfuse_pool_read_once(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
+				  int *err)
+{
+	assert(off <= pool->size && len <= pool->size - off);
+	*err = 0;
+	if (pool->kind != PMFUSE_SOURCE_FILE || pool->file_dax)
+		return pmfuse_pool_at(pool, off);
+	return pread_all(pool, off, len, buf, err);
+}
+
+static const void *pread_all(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
+			     int *err)
+{
 	for (uint8_t *p = buf; len;) {
 		ssize_t n = pread(pool->fd, p, len, (off_t)off);
 

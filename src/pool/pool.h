@@ -145,6 +145,11 @@ int pmfuse_pool_write_data(struct pmfuse_pool *pool, uint64_t off, const void *b
  */
 const void *pmfuse_pool_data_view(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
 				  int *err);
+/* The same for a block read once by a pass over the whole pool (fsck's file tails): a pool file
+ * (page cache or fsdax, coherent with the mapping) is always read by pread, without the pagemap
+ * check (a pread and a getpid per call, half of a repair's time); others give the mapping. */
+const void *pmfuse_pool_read_once(struct pmfuse_pool *pool, uint64_t off, size_t len, void *buf,
+				  int *err);
 /* Flushes (no drain) [off, off + len) after pmfuse_pool_write_data(..., PMFUSE_MEM_NOFLUSH)
  * calls: one flush for many pieces. Nothing to do on FD_DAX, where the kernel flushed. */
 void pmfuse_pool_flush_data(struct pmfuse_pool *pool, uint64_t off, size_t len);

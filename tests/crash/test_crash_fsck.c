@@ -7,7 +7,8 @@
  * primary superblock, the state block, the log header, a bitmap block, inode table leaves, the root directory's
  * nodes, extent maps, xattrs, the refcount tree), or a record is changed and resealed (a link
  * count, a directory size, an entry's target, a block count, a leaked and a lost bitmap bit, an
- * orphan naming nothing). For each case:
+ * orphan naming nothing; an inline extent map with a bad record; a data block claimed by two
+ * files without a refcount record, and one a file maps that is also a tree node). For each case:
  *   1. the checks of fs/check.h report the damage;
  *   2. a repair (as fsck -y: volume opened with PMFUSE_VOL_REPAIR, fs with opts.repair; every
  *      transaction verified to change only what it declared, in debug builds) leaves
@@ -205,8 +206,8 @@ static void swap(uint8_t *im, uint64_t a, uint64_t b)
 	memcpy(blk_at(im, b), t, bs);
 }
 
-/* A field of inode ino's record changed and its leaf resealed (semantic damage only). */
-static void set_inode_field(uint8_t *im, uint64_t ino, size_t off, const void *v, size_t len)
+/* Inode ino's record in the leaves found (NULL if in neither); *leaf: its leaf. */
+static struct pmfuse_inode *inode_rec_at(uint8_t *im, uint64_t ino, struct pmfuse_blk_hdr **leaf)
 {
 	for (unsigned k = 0; k < 2; k++) {
 		struct pmfuse_blk_hdr *h = (void *)blk_at(im, inode_leaf[k]);
@@ -219,12 +220,42 @@ static void set_inode_field(uint8_t *im, uint64_t ino, size_t off, const void *v
 			memcpy(&x, rec, 8);
 			if (pmfuse_le64(x) != ino)
 				continue;
-			memcpy(rec + off, v, len);
-			pmfuse_blk_seal(h, bs);
-			return;
+			*leaf = h;
+			return (struct pmfuse_inode *)rec;
 		}
 	}
-	fail_msg("inode %llu not in the leaves found", ULL(ino));
+	return NULL;
+}
+
+/* A field of inode ino's record changed and its leaf resealed (semantic damage only). */
+static void set_inode_field(uint8_t *im, uint64_t ino, size_t off, const void *v, size_t len)
+{
+	struct pmfuse_blk_hdr *h = NULL;
+	struct pmfuse_inode *ip = inode_rec_at(im, ino, &h);
+
+	if (!ip || !h)
+		fail_msg("inode %llu not in the leaves found", ULL(ino));
+	memcpy((uint8_t *)ip + off, v, len);
+	pmfuse_blk_seal(h, bs);
+}
+
+/* The first file from index `from` on (not one a damage case already uses) whose inline map
+ * holds one record of at least `blocks` blocks, in the leaves found; its record in *x. */
+static unsigned inline_file(uint8_t *im, unsigned from, uint32_t blocks, struct pmfuse_extent *x)
+{
+	for (unsigned i = from; i < NFILES; i++) {
+		struct pmfuse_blk_hdr *h;
+		struct pmfuse_inode *ip = inode_rec_at(im, files[i].ino, &h);
+
+		if (i == 5 || !ip || !(pmfuse_le32(ip->flags) & PMFUSE_INODE_INLINE_MAP) ||
+		    pmfuse_le32(ip->inline_map[0].len) < blocks ||
+		    pmfuse_le32(ip->inline_map[1].len))
+			continue;
+		*x = ip->inline_map[0];
+		return i;
+	}
+	fail_msg("no file with one inline extent of %u blocks", blocks);
+	return 0;
 }
 
 static void set_bit(uint8_t *im, uint64_t block, bool on)
@@ -244,11 +275,14 @@ struct dmg {
 	uint64_t ino, ino2;
 };
 
-#define NDMG 24
+#define NDMG 28
 
 /* Applies damage number k to im; says what it may affect. */
 static void damage(unsigned k, uint8_t *im, struct th_rng *r, struct dmg *d)
 {
+	const size_t imap = offsetof(struct pmfuse_inode, inline_map);
+	struct pmfuse_extent x, y;
+	unsigned f;
 	uint32_t v32;
 	uint64_t v64;
 
@@ -297,6 +331,33 @@ static void damage(unsigned k, uint8_t *im, struct th_rng *r, struct dmg *d)
 		break;
 	case 22: d->name = "state block zeroed"; zero(im, 1); break;
 	case 23: d->name = "state block flipped"; flip(im, 1, bs, r); break;
+	case 24: d->name = "inline extent outside the data area";
+		f = inline_file(im, 6, 1, &x); d->affect = AFFECT_INO; d->ino = files[f].ino;
+		pmfuse_set_le64(&x.pblock, pool_size / bs + 5);
+		set_inode_field(im, files[f].ino, imap, &x, sizeof(x)); break;
+	case 25: d->name = "inline extent with unknown flags, after a free slot";
+		f = inline_file(im, 6, 1, &x); d->affect = AFFECT_INO; d->ino = files[f].ino;
+		y = x;
+		pmfuse_set_le32(&y.flags, 0x80);
+		pmfuse_set_le64(&y.fblock, pmfuse_le64(x.fblock) + pmfuse_le32(x.len));
+		memset(&x, 0, sizeof(x));
+		set_inode_field(im, files[f].ino, imap, &x, sizeof(x));
+		set_inode_field(im, files[f].ino, imap + sizeof(x), &y, sizeof(y)); break;
+	case 26: d->name = "data block claimed by two files, no refcount";
+		/* file f's last block becomes file g's first (full of g's bytes, so f's EOF
+		 * falls inside it, with bytes after): shared, g must read back intact */
+		f = inline_file(im, 6, 1, &x);
+		(void)inline_file(im, f + 1, 2, &y);
+		d->affect = AFFECT_INO; d->ino = files[f].ino;
+		x.pblock = y.pblock;
+		pmfuse_set_le64(&x.fblock, files[f].len / bs);
+		pmfuse_set_le32(&x.len, 1);
+		set_inode_field(im, files[f].ino, imap, &x, sizeof(x)); break;
+	case 27: d->name = "data block claimed by a file and a tree node";
+		f = inline_file(im, 6, 1, &x); d->affect = AFFECT_INO; d->ino = files[f].ino;
+		pmfuse_set_le64(&x.pblock, xattr_node);
+		pmfuse_set_le32(&x.len, 1);
+		set_inode_field(im, files[f].ino, imap, &x, sizeof(x)); break;
 	}
 }
 
