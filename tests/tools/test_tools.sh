@@ -108,9 +108,21 @@ check "pmfusectl with an unknown command exits 1 and says so" \
 run "$MKFS"
 check "mkfs.pmfuse without POOL exits 1 with usage" eval '[ $rc -eq 1 ] && has "$ERR" "Usage"'
 
+# ---- log lanes ---------------------------------------------------------------------------------
+run "$MKFS" -s 64M -l 0 "$DIR/lanes"
+check "mkfs.pmfuse -l 0 exits 1 and names the option" eval '[ $rc -eq 1 ] && has "$ERR" "lane"'
+run "$MKFS" -s 64M -l 4 "$DIR/lanes"
+check "mkfs.pmfuse -l 4 makes a log of 4 lanes of 32 blocks" \
+	eval '[ $rc -eq 0 ] && has "$OUT" "^log += start=2 +blocks=128 lanes=4$"'
+run "$CTL" info "$DIR/lanes"
+check "info shows the lanes and their feature" \
+	eval 'has "$OUT" "^log: +blocks 2\.\.129 \(128\) in 4 lanes$" && has "$OUT" "incompat 0x0{14}10 \(log_lanes\)"'
+rm -f "$DIR/lanes"
+
 # ---- a 1 GiB pool ------------------------------------------------------------------------------
+# one lane, as before lanes: the features checked below are the same whatever the CPU count
 POOL=$DIR/pool
-run "$MKFS" -s 1G -L tools-test "$POOL"
+run "$MKFS" -s 1G -l 1 -L tools-test "$POOL"
 check "mkfs.pmfuse -s 1G creates a pool" eval '[ $rc -eq 0 ] && [ "$(stat -c %s "$POOL")" = 1073741824 ]'
 check "mkfs.pmfuse prints the geometry" \
 	eval 'has "$OUT" "bsize=4096" && has "$OUT" "blocks=262144" && has "$OUT" "^uuid +=" && has "$OUT" "granularity="'
