@@ -643,14 +643,11 @@ static unsigned sb_lanes(const struct pmfuse_sb *sb)
  * a transaction is pending when some lane holds one. Read-only opens use this instead of
  * pmfuse_txm_open, which would roll back.
  */
-static int log_probe(struct pmfuse_pool *pool, const struct pmfuse_sb *sb, bool *pending,
+static int log_probe(struct pmfuse_pool *pool, const struct pmfuse_sb *sb, unsigned *pending,
 		     char *msg, size_t len)
 {
-	unsigned lanes = 0;
-	int rc = pmfuse_txm_probe(pool, pmfuse_le32(sb->block_size), pmfuse_le64(sb->log_start),
-				  pmfuse_le64(sb->log_blocks), sb_lanes(sb), &lanes, msg, len);
-	*pending = lanes > 0;
-	return rc;
+	return pmfuse_txm_probe(pool, pmfuse_le32(sb->block_size), pmfuse_le64(sb->log_start),
+				pmfuse_le64(sb->log_blocks), sb_lanes(sb), pending, msg, len);
 }
 
 static int check_root(const struct pmfuse_volume *vol, const struct pmfuse_btree_root *r,
@@ -777,11 +774,14 @@ int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_v
 	uint64_t log_start = pmfuse_le64(vol->sb.log_start);
 	uint64_t log_blocks = pmfuse_le64(vol->sb.log_blocks);
 	if (rdonly) {
-		rc = log_probe(pool, &vol->sb, &vol->log_pending, tmp, sizeof(tmp));
+		unsigned lanes_pending = 0;
+		rc = log_probe(pool, &vol->sb, &lanes_pending, tmp, sizeof(tmp));
 		if (rc) {
 			note(msg, msglen, "%s", tmp);
 			goto fail;
 		}
+		vol->log_pending = lanes_pending > 0;
+		vol->log_pending_lanes = lanes_pending;
 	}
 	if (!vol->log_pending) {
 		rc = pmfuse_txm_open(pool, vol->block_size, log_start, log_blocks,
@@ -802,6 +802,7 @@ int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_v
 		if (rc == -EROFS && rdonly) {
 			/* a transaction began between the look and the open (a live daemon) */
 			vol->log_pending = true;
+			vol->log_pending_lanes = PMFUSE_MAX(vol->log_pending_lanes, 1u);
 		} else if (rc) {
 			if (rc == -EUCLEAN)
 				note(msg, msglen, "log at blocks %llu..%llu is damaged",

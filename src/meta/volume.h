@@ -39,6 +39,8 @@ struct pmfuse_volume {
 						that was not rolled back, txm is NULL, and the
 						metadata is the image before recovery (it may fail
 						checks until a writable open recovers it) */
+	unsigned log_pending_lanes;          /* with log_pending: lanes of the log holding one
+						unfinished transaction each */
 };
 
 /* Helpers to address blocks. */
