@@ -481,6 +481,10 @@ static int phase1(struct out *o, struct pmfuse_pool *pool, struct pmfuse_sb_prob
 		note(o, "the log holds an unfinished transaction: the pool needs log recovery "
 		     "(mount once to replay it); checking the metadata as it is now, before the "
 		     "rollback");
+		if ((*vol)->log_pending_lanes > 1)
+			note(o, "%u unfinished transactions, one in each of %u log lanes: recovery "
+			     "rolls back all of them", (*vol)->log_pending_lanes,
+			     (*vol)->log_pending_lanes);
 		volume_notes(o, msg);
 	} else if (!(*vol)->was_clean) {
 		note(o, "not cleanly unmounted (the daemon stopped without unmounting)");

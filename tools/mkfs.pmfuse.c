@@ -37,6 +37,7 @@ struct args {
 	uint64_t size;          /* -s, 0 if not given */
 	uint32_t block_size;
 	const char *label;
+	unsigned lanes;         /* -l, 0: one per CPU */
 	const char *path;
 	bool force, quiet, verbose;
 };
@@ -44,19 +45,21 @@ struct args {
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: %s [-s SIZE] [-b BLOCKSIZE] [-L LABEL] [-f] [-q] [-v] POOL\n"
+		"Usage: %s [-s SIZE] [-b BLOCKSIZE] [-L LABEL] [-l LANES] [-f] [-q] [-v] POOL\n"
 		"Format POOL (a /dev/dax device or a file) as a pmfuse filesystem.\n"
 		"\n"
 		"  -s, --size=SIZE         create POOL as a file of SIZE bytes, or grow the file to\n"
 		"                          SIZE (suffixes K, M, G, T: powers of 1024)\n"
 		"  -b, --block-size=BYTES  block size, a power of two from 4096 to 65536 (4096)\n"
 		"  -L, --label=LABEL       filesystem label, at most %d bytes\n"
+		"  -l, --log-lanes=N       transactions that may run at once, 1 to %u (default:\n"
+		"                          one per CPU while each lane keeps 32 log blocks)\n"
 		"  -f, --force             overwrite an existing filesystem or pmfuse pool\n"
 		"  -q, --quiet             print nothing but errors\n"
 		"  -v, --verbose           also print the library's diagnostics\n"
 		"  -h, --help              show this help and exit\n"
 		"  -V, --version           show the version and exit\n",
-		prog, PMFUSE_LABEL_MAX);
+		prog, PMFUSE_LABEL_MAX, PMFUSE_LOG_LANES_MAX);
 }
 
 
@@ -167,9 +170,10 @@ static int report(struct pmfuse_pool *pool, const char *path)
 	       (unsigned long long)count, pmfuse_human_size(count * bs, h2, sizeof(h2)),
 	       (unsigned long long)pmfuse_le64(sb->sb2_block));
 	printf("state    = block=%llu\n", (unsigned long long)pmfuse_le64(sb->state_block));
-	printf("log      = start=%-18llu blocks=%llu\n",
+	printf("log      = start=%-18llu blocks=%llu lanes=%u\n",
 	       (unsigned long long)pmfuse_le64(sb->log_start),
-	       (unsigned long long)pmfuse_le64(sb->log_blocks));
+	       (unsigned long long)pmfuse_le64(sb->log_blocks),
+	       pmfuse_le32(sb->log_lanes) ? pmfuse_le32(sb->log_lanes) : 1u);
 	printf("bitmap   = start=%-18llu blocks=%llu\n",
 	       (unsigned long long)pmfuse_le64(sb->bitmap_start),
 	       (unsigned long long)pmfuse_le64(sb->bitmap_blocks));
@@ -190,6 +194,7 @@ static int parse(int argc, char **argv, struct args *a)
 		{ "size", required_argument, NULL, 's' },
 		{ "block-size", required_argument, NULL, 'b' },
 		{ "label", required_argument, NULL, 'L' },
+		{ "log-lanes", required_argument, NULL, 'l' },
 		{ "force", no_argument, NULL, 'f' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -202,7 +207,7 @@ static int parse(int argc, char **argv, struct args *a)
 
 	memset(a, 0, sizeof(*a));
 	a->block_size = PMFUSE_BLOCK_SIZE_DEFAULT;
-	while ((c = getopt_long(argc, argv, "s:b:L:fqvhV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:b:L:l:fqvhV", opts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			if (pmfuse_parse_size(optarg, &v) || v == 0) {
@@ -232,6 +237,17 @@ static int parse(int argc, char **argv, struct args *a)
 			}
 			a->label = optarg;
 			break;
+		case 'l': {
+			char *end;
+			unsigned long n = strtoul(optarg, &end, 10);
+			if (!*optarg || *end || n < 1 || n > PMFUSE_LOG_LANES_MAX) {
+				cli_err("invalid log lane count '%s': 1 to %u", optarg,
+				    PMFUSE_LOG_LANES_MAX);
+				return 1;
+			}
+			a->lanes = (unsigned)n;
+			break;
+		}
 		case 'f': a->force = true; break;
 		case 'q': a->quiet = true; break;
 		case 'v': a->verbose = true; break;
@@ -367,7 +383,8 @@ int main(int argc, char **argv)
 		goto fail;
 
 	/* 4. Format, then check by opening and report. */
-	struct pmfuse_mkfs_opts o = { .block_size = a.block_size, .label = a.label };
+	struct pmfuse_mkfs_opts o = { .block_size = a.block_size, .label = a.label,
+				      .log_lanes = a.lanes };
 	if (!a.quiet && isatty(STDERR_FILENO)) {
 		o.progress = show_progress;
 		o.progress_arg = &prog_state;

@@ -77,6 +77,12 @@ static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v
  * inserts (inode numbers) split off the new slot alone and leave full nodes behind. Set by a
  * writable fs open (superblock written and persisted before any transaction), never cleared. */
 #define PMFUSE_FEATURE_INCOMPAT_EDGE_FILL 0x8ull
+/* INCOMPAT_LOG_LANES: the log is divided into log_lanes > 1 lanes of equal size, each its own
+ * undo log with its own header (struct pmfuse_log_hdr), so that several transactions run at
+ * once. Set by mkfs with log_lanes > 1, never cleared; older code would read only the first
+ * lane and leave the others' unfinished transactions in place, so it refuses such a pool. A
+ * pool without it has one lane: the whole log (log_lanes 0 or 1). */
+#define PMFUSE_FEATURE_INCOMPAT_LOG_LANES 0x10ull
 /* COMPAT_DAMAGED: some inode may carry PMFUSE_INODE_DAMAGED (a memory error met in its data
  * or metadata). Set (superblock written) before the first such mark; code that does not know
  * it serves the file as before, and its fsck reports the flag as unknown. */
@@ -85,7 +91,8 @@ static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v
 #define PMFUSE_FEATURE_RO_COMPAT_SUPP 0ull
 #define PMFUSE_FEATURE_INCOMPAT_SUPP \
 	(PMFUSE_FEATURE_INCOMPAT_UNWRITTEN | PMFUSE_FEATURE_INCOMPAT_LOG_ZERO | \
-	 PMFUSE_FEATURE_INCOMPAT_INLINE_MAP | PMFUSE_FEATURE_INCOMPAT_EDGE_FILL)
+	 PMFUSE_FEATURE_INCOMPAT_INLINE_MAP | PMFUSE_FEATURE_INCOMPAT_EDGE_FILL | \
+	 PMFUSE_FEATURE_INCOMPAT_LOG_LANES)
 
 struct pmfuse_sb {
 	struct pmfuse_le64 magic;         /* PMFUSE_SB_MAGIC */
@@ -110,7 +117,9 @@ struct pmfuse_sb {
 	struct pmfuse_le64 mount_count;
 	struct pmfuse_le32 clean;         /* 1: cleanly unmounted; 0: mounted or crashed */
 	struct pmfuse_le32 copy;          /* 0 in the primary, 1 in the secondary */
-	struct pmfuse_le32 pad0;
+	struct pmfuse_le32 log_lanes;     /* lanes of the log: 0 or 1 (one lane, the whole log);
+					     2..PMFUSE_LOG_LANES_MAX with INCOMPAT_LOG_LANES, and
+					     then log_blocks is a multiple of it */
 	struct pmfuse_le32 crc;           /* crc32c of this struct with crc = 0 */
 	uint8_t pad1[280];                /* zero; room for later fields */
 };
@@ -198,8 +207,11 @@ struct pmfuse_bitmap_blk {
 #define PMFUSE_BITMAP_BITS(bs) (((bs) - PMFUSE_BITMAP_HDR_SIZE) * 8u)
 
 /* ---------------------------------------------------------------------------------------------
- * Transaction log (undo log). The first log block holds the header; entries follow it back to
- * back from the second log block on, each 8-byte aligned.
+ * Transaction log (undo log), divided into log_lanes lanes (superblock) of
+ * log_blocks / log_lanes blocks each, one after the other from log_start. A lane is an undo log
+ * of its own, and one transaction at a time runs in it: the lane's first block holds its header;
+ * entries follow it back to back from the lane's second block on, each 8-byte aligned. A pool
+ * without INCOMPAT_LOG_LANES has one lane, the whole log.
  *
  * Protocol: an entry is valid when its gen equals the header's gen and its crc matches. A
  * transaction appends the pre-image of a range and persists the entry before it modifies the
@@ -209,10 +221,14 @@ struct pmfuse_bitmap_blk {
  * stale entry from an older transaction can never pass for a current one.
  */
 struct pmfuse_log_hdr {
-	struct pmfuse_blk_hdr hdr;       /* PMFUSE_BLK_LOG, owner PMFUSE_OWNER_FS */
+	struct pmfuse_blk_hdr hdr;       /* PMFUSE_BLK_LOG, owner PMFUSE_OWNER_FS, blkno its own */
 	struct pmfuse_le64 gen;          /* current generation; changed only by an 8-byte store */
-	struct pmfuse_le64 pad[3];
+	struct pmfuse_le32 lane;         /* this lane's index, 0..lanes - 1 */
+	struct pmfuse_le32 lanes;        /* the log's lane count (0 in a log formatted before
+					    lanes, which has one) */
+	struct pmfuse_le64 pad[2];
 };
+#define PMFUSE_LOG_LANES_MAX 256u
 
 /* In pmfuse_log_entry.len: the range held zeros, rollback zeroes it; no pre-image follows. */
 #define PMFUSE_LOG_ZERO 0x80000000u
@@ -363,6 +379,8 @@ _Static_assert(sizeof(struct pmfuse_btree_root) == 32, "pmfuse_btree_root size")
 _Static_assert(sizeof(struct pmfuse_state) == 32 + 8 * 32 + 64, "pmfuse_state size");
 _Static_assert(sizeof(struct pmfuse_bitmap_blk) == PMFUSE_BITMAP_HDR_SIZE, "pmfuse_bitmap_blk size");
 _Static_assert(sizeof(struct pmfuse_log_hdr) == 64, "pmfuse_log_hdr size");
+_Static_assert(offsetof(struct pmfuse_log_hdr, lane) == 40, "pmfuse_log_hdr lane offset");
+_Static_assert(offsetof(struct pmfuse_sb, log_lanes) == 224, "pmfuse_sb log_lanes offset");
 _Static_assert(sizeof(struct pmfuse_log_entry) == 24, "pmfuse_log_entry size");
 
 _Static_assert(sizeof(struct pmfuse_timestamp) == 16, "pmfuse_timestamp size");

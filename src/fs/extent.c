@@ -383,7 +383,7 @@ void pmfuse_extmap_open(struct pmfuse_extmap *m, struct pmfuse_fs *fs, struct pm
 }
 
 /*
- * Sizing a transaction. The log holds A = (log_blocks - 1) * bs bytes of entries. A quarter
+ * Sizing a transaction. Its lane of the log holds A bytes of entries. A quarter
  * of it goes to bitmap words (one bit per block: 2A blocks), half to b+tree nodes: one node (a
  * block's pre-image plus an entry header) per record changed. Consecutive records share their
  * leaf, so this is pessimistic; callers that still hit a full log abort, halve the budget and
@@ -391,8 +391,9 @@ void pmfuse_extmap_open(struct pmfuse_extmap *m, struct pmfuse_fs *fs, struct pm
  */
 void pmfuse_extent_budget_init(const struct pmfuse_fs *fs, struct pmfuse_extent_budget *b)
 {
-	uint64_t log_blocks = pmfuse_le64(fs->vol->sb.log_blocks);
-	uint64_t area = (log_blocks > 1 ? log_blocks - 1 : 1) * fs->bs;
+	uint64_t lanes = pmfuse_le32(fs->vol->sb.log_lanes);
+	uint64_t lane_blocks = pmfuse_le64(fs->vol->sb.log_blocks) / (lanes ? lanes : 1);
+	uint64_t area = (lane_blocks > 1 ? lane_blocks - 1 : 1) * fs->bs;
 
 	b->blocks = PMFUSE_MAX(area * 2, 1u);
 	b->recs = PMFUSE_MAX(area / 2 / (fs->bs + 64), 1u);

@@ -44,10 +44,12 @@
  * runs matter, so the length needed grows and more groups are skipped. On a 1 TiB pool of 4 KiB
  * blocks (256 Mi blocks, 8192 groups) a failed search reads 8192 summaries.
  *
- * Locking: al->lock guards map[], the summaries and nfree. Callers hold a transaction, and the
- * transaction manager runs one at a time, so the pool's bitmap has a single writer; the lock
- * orders it against the end hooks and against readers such as statfs. Lock order: the
- * transaction manager's lock, then al->lock.
+ * Locking: al->lock guards map[], the summaries and nfree. Callers hold a transaction. Several
+ * transactions may run at once (log lanes), but two open ones must never declare the same byte
+ * (tx.h): a bitmap block, whose words and crc a change declares, may therefore be changed by
+ * one open transaction at a time, which the callers' locks must ensure (today the fs layer runs
+ * one writer at a time). The lock orders map[] against the end hooks and against readers such
+ * as statfs. Lock order: the lane (pmfuse_tx_begin), then al->lock.
  */
 #include "meta/alloc.h"
 

@@ -6,7 +6,8 @@
  *
  *   0         primary superblock          copy 0
  *   1         state block                 PMFUSE_BLK_STATE
- *   2..       log                         log_blocks, formatted by pmfuse_txm_format
+ *   2..       log                         log_blocks in log_lanes lanes, formatted by
+ *                                         pmfuse_txm_format
  *   ..        bitmap                      bitmap_blocks, formatted by pmfuse_alloc_format
  *   ..        data                        data_start .. block_count - 2
  *   last      secondary superblock        copy 1, block_count - 1
@@ -61,6 +62,9 @@
 /* Default log size: a thousandth of the pool, within these bounds. */
 #define LOG_BLOCKS_MIN 32u
 #define LOG_BLOCKS_MAX 1024u
+/* Default lanes: one per CPU, at most this many, each at least LOG_BLOCKS_MIN blocks (what the
+ * smallest pool gives its one transaction at a time). */
+#define LOG_LANES_DEFAULT_MAX 64u
 
 struct vol_priv {
 	struct pmfuse_volume pub;
@@ -135,6 +139,8 @@ static int sb_verify_as(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_
 	uint64_t log = pmfuse_le64(sb->log_start), nlog = pmfuse_le64(sb->log_blocks);
 	uint64_t bm = pmfuse_le64(sb->bitmap_start), nbm = pmfuse_le64(sb->bitmap_blocks);
 	uint64_t data = pmfuse_le64(sb->data_start), sb2 = pmfuse_le64(sb->sb2_block);
+	uint32_t lanes = pmfuse_le32(sb->log_lanes);
+	bool laned = pmfuse_le64(sb->incompat) & PMFUSE_FEATURE_INCOMPAT_LOG_LANES;
 	typedef unsigned long long ull;
 
 	if (magic != PMFUSE_SB_MAGIC)
@@ -166,6 +172,10 @@ static int sb_verify_as(const struct pmfuse_sb *sb, uint64_t blk, uint64_t pool_
 	if (log <= state || nlog < 2 || nlog > sb2 || log > sb2 - nlog)
 		return BAD("log at %llu+%llu out of place (state block 1, secondary %llu)", (ull)log,
 			   (ull)nlog, (ull)sb2);
+	if (laned ? lanes < 2 || lanes > PMFUSE_LOG_LANES_MAX || nlog % lanes ||
+		    nlog / lanes < 2 : lanes > 1)
+		return BAD("log of %llu blocks in %u lanes (%s the lanes feature)", (ull)nlog, lanes,
+			   laned ? "with" : "without");
 	if (bm < log + nlog || nbm == 0 || nbm > sb2 || bm > sb2 - nbm)
 		return BAD("bitmap at %llu+%llu out of place (log ends at %llu)", (ull)bm, (ull)nbm,
 			   (ull)(log + nlog));
@@ -205,7 +215,8 @@ static bool sb_match(const struct pmfuse_sb *a, const struct pmfuse_sb *b)
 {
 	return !memcmp(a->uuid, b->uuid, sizeof(a->uuid)) && a->block_size.v == b->block_size.v &&
 	       a->block_count.v == b->block_count.v && a->log_start.v == b->log_start.v &&
-	       a->log_blocks.v == b->log_blocks.v && a->bitmap_start.v == b->bitmap_start.v &&
+	       a->log_blocks.v == b->log_blocks.v && a->log_lanes.v == b->log_lanes.v &&
+	       a->bitmap_start.v == b->bitmap_start.v &&
 	       a->bitmap_blocks.v == b->bitmap_blocks.v && a->data_start.v == b->data_start.v;
 }
 
@@ -361,6 +372,7 @@ int pmfuse_volume_write_sb(struct pmfuse_volume *vol)
 
 struct layout {
 	uint32_t bs;
+	unsigned lanes;
 	uint64_t blocks, log_blocks, bitmap_start, bitmap_blocks, data_start;
 };
 
@@ -370,12 +382,53 @@ static uint64_t default_log_blocks(uint64_t blocks)
 			  (uint64_t)LOG_BLOCKS_MAX);
 }
 
+/* CPUs online, for the default lane count. */
+static unsigned cpus(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 1 ? 1u : n > (long)PMFUSE_LOG_LANES_MAX ? PMFUSE_LOG_LANES_MAX : (unsigned)n;
+}
+
+/*
+ * The log's size and lanes. Asked for lanes (and no size): each lane gets at least
+ * LOG_BLOCKS_MIN blocks and the log is a multiple of the lanes. Asked for a size (and no lanes):
+ * one lane per CPU as long as each keeps LOG_BLOCKS_MIN blocks, at most LOG_LANES_DEFAULT_MAX,
+ * and a count that divides the size. Asked for both, they must fit together (else false).
+ */
+static bool plan_log(uint64_t blocks, uint64_t log_blocks, unsigned lanes, uint64_t *nlog,
+		     unsigned *nlanes)
+{
+	if (lanes) {
+		if (lanes > PMFUSE_LOG_LANES_MAX)
+			return false;
+		if (!log_blocks) {
+			log_blocks = PMFUSE_MAX(default_log_blocks(blocks),
+						(uint64_t)lanes * LOG_BLOCKS_MIN);
+			log_blocks = PMFUSE_ALIGN_UP(log_blocks, (uint64_t)lanes);
+		}
+		if (log_blocks % lanes || log_blocks / lanes < 2)
+			return false;
+	} else {
+		if (!log_blocks)
+			log_blocks = default_log_blocks(blocks);
+		lanes = (unsigned)PMFUSE_MIN((uint64_t)PMFUSE_MIN(cpus(), LOG_LANES_DEFAULT_MAX),
+					     PMFUSE_MAX(log_blocks / LOG_BLOCKS_MIN, (uint64_t)1));
+		while (log_blocks % lanes)
+			lanes--;
+	}
+	*nlog = log_blocks;
+	*nlanes = lanes;
+	return true;
+}
+
 /* Lays out blocks blocks; false when they cannot hold MIN_DATA_BLOCKS of data. */
-static bool plan(struct layout *l, uint32_t bs, uint64_t blocks, uint64_t log_blocks)
+static bool plan(struct layout *l, uint32_t bs, uint64_t blocks, uint64_t log_blocks,
+		 unsigned lanes)
 {
 	l->bs = bs;
 	l->blocks = blocks;
-	l->log_blocks = log_blocks ? log_blocks : default_log_blocks(blocks);
+	if (!plan_log(blocks, log_blocks, lanes, &l->log_blocks, &l->lanes))
+		return false;
 	l->bitmap_start = 2 + l->log_blocks;
 	l->bitmap_blocks = pmfuse_alloc_bitmap_blocks(blocks, bs);
 	l->data_start = l->bitmap_start + l->bitmap_blocks;
@@ -392,7 +445,7 @@ uint64_t pmfuse_mkfs_min_size(uint32_t block_size)
 	if (!bs_valid(bs))
 		return 0;
 	/* The bitmap grows with the pool; a handful of steps reach the fixed point. */
-	while (!plan(&l, bs, blocks, 0))
+	while (!plan(&l, bs, blocks, 0, 1))
 		blocks++;
 	return blocks * bs;
 }
@@ -486,7 +539,16 @@ int pmfuse_mkfs(struct pmfuse_pool *pool, const struct pmfuse_mkfs_opts *opts)
 	}
 	if (pmfuse_pool_readonly(pool))
 		return -EROFS;
-	if (size < pmfuse_mkfs_min_size(bs) || !plan(&l, bs, size / bs, o->log_blocks)) {
+	if (o->log_lanes > PMFUSE_LOG_LANES_MAX ||
+	    (o->log_lanes && o->log_blocks && (o->log_blocks % o->log_lanes ||
+					       o->log_blocks / o->log_lanes < 2))) {
+		pmfuse_log(PMFUSE_LOG_ERR, "mkfs: %u log lanes: at most %u, and the log must be a "
+			   "multiple of them with at least 2 blocks each", o->log_lanes,
+			   PMFUSE_LOG_LANES_MAX);
+		return -EINVAL;
+	}
+	if (size < pmfuse_mkfs_min_size(bs) ||
+	    !plan(&l, bs, size / bs, o->log_blocks, o->log_lanes)) {
 		pmfuse_log(PMFUSE_LOG_ERR, "mkfs: pool of %llu bytes is too small; it needs at "
 			   "least %llu bytes with %u-byte blocks", (unsigned long long)size,
 			   (unsigned long long)pmfuse_mkfs_min_size(bs), bs);
@@ -516,7 +578,7 @@ int pmfuse_mkfs(struct pmfuse_pool *pool, const struct pmfuse_mkfs_opts *opts)
 	progress(o, done += 1, total);
 
 	/* 2. Log, bitmap, state block. */
-	rc = pmfuse_txm_format(pool, bs, 2, l.log_blocks);
+	rc = pmfuse_txm_format(pool, bs, 2, l.log_blocks, l.lanes);
 	if (rc)
 		return rc;
 	progress(o, done += l.log_blocks, total);
@@ -550,6 +612,10 @@ int pmfuse_mkfs(struct pmfuse_pool *pool, const struct pmfuse_mkfs_opts *opts)
 	pmfuse_set_le64(&sb.state_block, 1);
 	pmfuse_set_le64(&sb.log_start, 2);
 	pmfuse_set_le64(&sb.log_blocks, l.log_blocks);
+	if (l.lanes > 1) {
+		pmfuse_set_le32(&sb.log_lanes, l.lanes);
+		pmfuse_set_le64(&sb.incompat, PMFUSE_FEATURE_INCOMPAT_LOG_LANES);
+	}
 	pmfuse_set_le64(&sb.bitmap_start, l.bitmap_start);
 	pmfuse_set_le64(&sb.bitmap_blocks, l.bitmap_blocks);
 	pmfuse_set_le64(&sb.data_start, l.data_start);
@@ -565,46 +631,23 @@ int pmfuse_mkfs(struct pmfuse_pool *pool, const struct pmfuse_mkfs_opts *opts)
 
 /* ---- open ------------------------------------------------------------------------------------- */
 
+/* Lanes of the log a superblock describes (one without INCOMPAT_LOG_LANES). */
+static unsigned sb_lanes(const struct pmfuse_sb *sb)
+{
+	uint32_t n = pmfuse_le32(sb->log_lanes);
+	return n ? n : 1;
+}
+
 /*
- * Looks at the log without changing it: the header must be sound (as pmfuse_txm_open checks it),
- * and a transaction is pending when the first entry is live (valid entries form a prefix; see
- * format.h). Read-only opens use this instead of pmfuse_txm_open, which would roll back.
+ * Looks at the log without changing it (pmfuse_txm_probe): every lane header must be sound, and
+ * a transaction is pending when some lane holds one. Read-only opens use this instead of
+ * pmfuse_txm_open, which would roll back.
  */
-static int log_probe(struct pmfuse_pool *pool, const struct pmfuse_sb *sb, bool *pending,
+static int log_probe(struct pmfuse_pool *pool, const struct pmfuse_sb *sb, unsigned *pending,
 		     char *msg, size_t len)
 {
-	uint32_t bs = pmfuse_le32(sb->block_size);
-	uint64_t start = pmfuse_le64(sb->log_start), nblk = pmfuse_le64(sb->log_blocks);
-	const struct pmfuse_log_hdr *h = pmfuse_pool_at(pool, start * bs);
-	const struct pmfuse_log_entry *e = pmfuse_pool_at(pool, (start + 1) * bs);
-	uint64_t area = (nblk - 1) * bs, gen;
-	uint8_t *copy;
-
-	*pending = false;
-	if (pmfuse_le32(h->hdr.magic) != PMFUSE_BLK_LOG || pmfuse_le64(h->hdr.blkno) != start ||
-	    pmfuse_le64(h->hdr.owner) != PMFUSE_OWNER_FS)
-		return FAIL(msg, len, "log header at block %llu is not a log header",
-			    (unsigned long long)start);
-	copy = malloc(bs);
-	if (!copy)
-		return -ENOMEM;
-	memcpy(copy, h, bs);
-	gen = pmfuse_le64(((struct pmfuse_log_hdr *)copy)->gen);
-	memset(copy + offsetof(struct pmfuse_log_hdr, gen), 0, sizeof(h->gen));
-	uint32_t crc = pmfuse_blk_crc((const struct pmfuse_blk_hdr *)copy, bs);
-	free(copy);
-	if (crc != pmfuse_le32(h->hdr.crc))
-		return FAIL(msg, len, "log header at block %llu: checksum mismatch",
-			    (unsigned long long)start);
-
-	uint32_t elen = pmfuse_le32(e->len);
-	if (pmfuse_le64(e->gen) != gen || elen == 0 ||
-	    sizeof(*e) + PMFUSE_ALIGN_UP((uint64_t)elen, 8) > area)
-		return 0;
-	uint32_t ecrc = pmfuse_crc32c(pmfuse_crc32c(0, e, offsetof(struct pmfuse_log_entry, crc)),
-				      e + 1, elen);
-	*pending = ecrc == pmfuse_le32(e->crc);
-	return 0;
+	return pmfuse_txm_probe(pool, pmfuse_le32(sb->block_size), pmfuse_le64(sb->log_start),
+				pmfuse_le64(sb->log_blocks), sb_lanes(sb), pending, msg, len);
 }
 
 static int check_root(const struct pmfuse_volume *vol, const struct pmfuse_btree_root *r,
@@ -731,28 +774,35 @@ int pmfuse_volume_open(struct pmfuse_pool *pool, unsigned flags, struct pmfuse_v
 	uint64_t log_start = pmfuse_le64(vol->sb.log_start);
 	uint64_t log_blocks = pmfuse_le64(vol->sb.log_blocks);
 	if (rdonly) {
-		rc = log_probe(pool, &vol->sb, &vol->log_pending, tmp, sizeof(tmp));
+		unsigned lanes_pending = 0;
+		rc = log_probe(pool, &vol->sb, &lanes_pending, tmp, sizeof(tmp));
 		if (rc) {
 			note(msg, msglen, "%s", tmp);
 			goto fail;
 		}
+		vol->log_pending = lanes_pending > 0;
+		vol->log_pending_lanes = lanes_pending;
 	}
 	if (!vol->log_pending) {
-		rc = pmfuse_txm_open(pool, vol->block_size, log_start, log_blocks, &vol->txm,
+		rc = pmfuse_txm_open(pool, vol->block_size, log_start, log_blocks,
+				     sb_lanes(&vol->sb), &vol->txm,
 				     &vol->recovered);
 		if (rc == -EUCLEAN && !rdonly && (flags & PMFUSE_VOL_REPAIR)) {
 			note(msg, msglen, "log at blocks %llu..%llu is damaged: formatted anew",
 			     (unsigned long long)log_start,
 			     (unsigned long long)(log_start + log_blocks - 1));
 			vol->log_reformatted = true;
-			rc = pmfuse_txm_format(pool, vol->block_size, log_start, log_blocks);
+			rc = pmfuse_txm_format(pool, vol->block_size, log_start, log_blocks,
+					       sb_lanes(&vol->sb));
 			if (!rc)
 				rc = pmfuse_txm_open(pool, vol->block_size, log_start, log_blocks,
-						     &vol->txm, &vol->recovered);
+						     sb_lanes(&vol->sb), &vol->txm,
+						     &vol->recovered);
 		}
 		if (rc == -EROFS && rdonly) {
 			/* a transaction began between the look and the open (a live daemon) */
 			vol->log_pending = true;
+			vol->log_pending_lanes = PMFUSE_MAX(vol->log_pending_lanes, 1u);
 		} else if (rc) {
 			if (rc == -EUCLEAN)
 				note(msg, msglen, "log at blocks %llu..%llu is damaged",

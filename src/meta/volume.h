@@ -39,6 +39,8 @@ struct pmfuse_volume {
 						that was not rolled back, txm is NULL, and the
 						metadata is the image before recovery (it may fail
 						checks until a writable open recovers it) */
+	unsigned log_pending_lanes;          /* with log_pending: lanes of the log holding one
+						unfinished transaction each */
 };
 
 /* Helpers to address blocks. */
@@ -57,7 +59,10 @@ struct pmfuse_mkfs_opts {
 	uint32_t block_size;                 /* 0: PMFUSE_BLOCK_SIZE_DEFAULT */
 	const char *label;                   /* NULL: empty */
 	const uint8_t *uuid;                 /* NULL: random */
-	uint64_t log_blocks;                 /* 0: chosen from the pool size */
+	uint64_t log_blocks;                 /* 0: chosen from the pool size (and lanes) */
+	unsigned log_lanes;                  /* transactions that may run at once (format.h:
+						INCOMPAT_LOG_LANES beyond 1); 0: one per CPU
+						while each lane keeps 32 blocks, at most 64 */
 	/* Progress: called with (done, total) now and then during long work; may be NULL. */
 	void (*progress)(void *arg, uint64_t done, uint64_t total);
 	void *progress_arg;

@@ -2,8 +2,10 @@
 /*
  * Undo-log transactions.
  *
- * Log layout: block log_start holds struct pmfuse_log_hdr; entries (struct pmfuse_log_entry +
- * pre-image, 8-byte aligned) are appended from block log_start + 1 on.
+ * Log layout: the log is divided into lanes of log_blocks / lanes blocks; the first block of a
+ * lane holds its struct pmfuse_log_hdr, and entries (struct pmfuse_log_entry + pre-image, 8-byte
+ * aligned) are appended from the lane's second block on. Each lane is an undo log of its own with
+ * the protocol below, and runs one transaction at a time; a pool formatted before lanes has one.
  *
  *   tx_add(range)   write entry {gen, off, len, crc, pre-image} at the tail, persist it   (1 barrier)
  *   tx_add_zero     the same without a pre-image (len has PMFUSE_LOG_ZERO): the range is all
@@ -25,7 +27,18 @@
  *
  * Bookkeeping per transaction lives in DRAM: the list of declared ranges (flushed at commit), a
  * hash set that keeps a range or a whole block from being logged twice, and the list of metadata
- * blocks to reseal. One transaction runs at a time (txm->lock).
+ * blocks to reseal.
+ *
+ * Lanes. pmfuse_tx_begin takes a free lane (txm->lock guards the free list; it waits on
+ * txm->lane_free only when every lane is busy) and commit or abort gives it back after the
+ * lane's gen store is durable. Transactions in different lanes must never declare the same byte:
+ * one's rollback would then undo the other's change, and a metadata block's crc would be resealed
+ * by two writers. The callers' locks guarantee it (a transaction holds whatever it declares
+ * locked until it ends: strict two-phase locking; doc/design.md). With that rule every live entry
+ * of every lane restores bytes no other lane's live entry covers, so recovery rolls the lanes back
+ * in any order. Builds with PMFUSE_TX_VERIFY check the rule: a registry of the byte ranges each
+ * open transaction declared (disjoint intervals, sorted, tagged with their lane; txm->reg_lock)
+ * is consulted at every declaration, and an overlap with another lane aborts the process.
  */
 #include "tx/tx.h"
 
@@ -62,8 +75,20 @@ struct end_hook {
 	uint64_t a, b;
 };
 
+struct span {                       /* [off, end) */
+	uint64_t off, end;
+};
+
+struct reg_span {                   /* a registry interval: bytes declared by an open transaction */
+	uint64_t off, end;
+	unsigned lane;
+};
+
 struct pmfuse_tx {
 	struct pmfuse_txm *txm;
+	unsigned lane;                 /* index of the lane this transaction runs in */
+	struct pmfuse_log_hdr *hdr;    /* the lane's header */
+	uint8_t *area;                 /* the lane's first entry byte */
 	bool committing;               /* the commit record (gen) was stored */
 	size_t tail;                   /* bytes of entries written */
 	struct range *ranges;          /* declared ranges, in order */
@@ -78,18 +103,30 @@ struct pmfuse_tx {
 	struct end_hook *hooks;
 	size_t nhooks, hooks_cap;
 	uint8_t *snapshot;             /* verification: the pool at begin */
+	bool verifying;                /* snapshot taken at begin: check at the end */
+	bool watching;                 /* verification: collect other lanes' declarations */
+	struct span *exempt;           /* ranges other transactions declared while this one ran */
+	size_t nexempt, exempt_cap;
 };
 
 struct pmfuse_txm {
 	struct pmfuse_pool *pool;
 	uint32_t bs;
 	uint64_t log_start, log_blocks;
-	struct pmfuse_log_hdr *hdr;
-	uint8_t *area;                 /* first entry byte */
-	size_t area_len;
-	pthread_mutex_t lock;
+	unsigned nlanes;
+	uint64_t lane_blocks;
+	size_t area_len;               /* entry bytes of one lane */
+	pthread_mutex_t lock;          /* guards free[] and nfree */
+	pthread_cond_t lane_free;      /* signalled when a lane is given back */
+	unsigned *free;                /* indexes of the free lanes (a stack) */
+	unsigned nfree;
 	bool verify;
-	struct pmfuse_tx tx;           /* the one running transaction, reused */
+	struct pmfuse_tx *lanes;       /* per lane, its transaction's state (reused) */
+#ifdef PMFUSE_TX_VERIFY
+	pthread_mutex_t reg_lock;      /* guards reg[] and every tx's watching/exempt */
+	struct reg_span *reg;          /* declared ranges of the open transactions */
+	size_t nreg, reg_cap;
+#endif
 };
 
 /* ---- metadata block helpers ----------------------------------------------------------------- */
@@ -184,7 +221,8 @@ static uint32_t entry_crc(const struct pmfuse_log_entry *e)
  * Collects the offsets (within the area) of the valid entries of generation gen, in order.
  * Entries stop at the first one that is stale, torn, or out of bounds. *n gets the count.
  */
-static int valid_entries(const struct pmfuse_txm *txm, uint64_t gen, size_t **out, size_t *n)
+static int valid_entries(const struct pmfuse_txm *txm, const uint8_t *area, uint64_t gen,
+			 size_t **out, size_t *n)
 {
 	size_t pos = 0, cap = 0, cnt = 0;
 	size_t *list = NULL;
@@ -193,7 +231,7 @@ static int valid_entries(const struct pmfuse_txm *txm, uint64_t gen, size_t **ou
 	uint64_t log_hi = (txm->log_start + txm->log_blocks) * txm->bs;
 
 	while (pos + sizeof(struct pmfuse_log_entry) <= txm->area_len) {
-		const struct pmfuse_log_entry *e = (const void *)(txm->area + pos);
+		const struct pmfuse_log_entry *e = (const void *)(area + pos);
 		uint32_t field = pmfuse_le32(e->len), len = entry_range(field);
 		uint64_t off = pmfuse_le64(e->off);
 
@@ -223,12 +261,13 @@ static int valid_entries(const struct pmfuse_txm *txm, uint64_t gen, size_t **ou
 }
 
 /* Restores the pre-images, newest first, makes them durable, and retires the generation. */
-static void roll_back(struct pmfuse_txm *txm, const size_t *list, size_t n)
+static void roll_back(struct pmfuse_txm *txm, struct pmfuse_log_hdr *hdr, const uint8_t *area,
+		      const size_t *list, size_t n)
 {
 	struct pmfuse_pool *pool = txm->pool;
 
 	for (size_t i = n; i-- > 0;) {
-		const struct pmfuse_log_entry *e = (const void *)(txm->area + list[i]);
+		const struct pmfuse_log_entry *e = (const void *)(area + list[i]);
 		void *dst = pmfuse_pool_at(pool, pmfuse_le64(e->off));
 		uint32_t field = pmfuse_le32(e->len);
 
@@ -238,8 +277,8 @@ static void roll_back(struct pmfuse_txm *txm, const size_t *list, size_t n)
 			pmfuse_pool_memcpy(pool, dst, e + 1, field, PMFUSE_MEM_NODRAIN);
 	}
 	pmfuse_pool_drain(pool);
-	pmfuse_set_le64(&txm->hdr->gen, pmfuse_le64(txm->hdr->gen) + 1);
-	pmfuse_pool_persist(pool, &txm->hdr->gen, sizeof(txm->hdr->gen));
+	pmfuse_set_le64(&hdr->gen, pmfuse_le64(hdr->gen) + 1);
+	pmfuse_pool_persist(pool, &hdr->gen, sizeof(hdr->gen));
 }
 
 /* The transaction this thread runs, if any: what a recovery from a memory error must abort. */
@@ -248,94 +287,217 @@ static __thread struct pmfuse_tx *running;
 /* ---- manager ------------------------------------------------------------------------------------ */
 
 static int check_geometry(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
-			  uint64_t log_blocks)
+			  uint64_t log_blocks, unsigned lanes)
 {
 	uint64_t blocks = pmfuse_pool_size(pool) / bs;
 	if (bs < PMFUSE_BLOCK_SIZE_MIN || log_blocks < 2 || log_start == 0 ||
 	    log_start >= blocks || log_blocks > blocks - log_start)
 		return -EINVAL;
+	if (lanes == 0 || lanes > PMFUSE_LOG_LANES_MAX || log_blocks % lanes ||
+	    log_blocks / lanes < 2)
+		return -EINVAL;
 	return 0;
 }
 
-int pmfuse_txm_format(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
-		      uint64_t log_blocks)
+static struct pmfuse_log_hdr *lane_hdr(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
+				       uint64_t lane_blocks, unsigned i)
 {
-	int rc = check_geometry(pool, bs, log_start, log_blocks);
+	return pmfuse_pool_at(pool, (log_start + i * lane_blocks) * bs);
+}
+
+int pmfuse_txm_format(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
+		      uint64_t log_blocks, unsigned lanes)
+{
+	int rc = check_geometry(pool, bs, log_start, log_blocks, lanes);
 	if (rc)
 		return rc;
 	/* Zero the whole log so that no entry of a former pool on this media can pass for ours. */
 	void *log = pmfuse_pool_at(pool, log_start * bs);
+	uint64_t lane_blocks = log_blocks / lanes;
 	pmfuse_pool_memset(pool, log, 0, log_blocks * bs, PMFUSE_MEM_NODRAIN);
-	struct pmfuse_log_hdr *h = log;
-	pmfuse_blk_init(&h->hdr, PMFUSE_BLK_LOG, log_start, PMFUSE_OWNER_FS, 0, bs);
-	pmfuse_set_le32(&h->hdr.crc, log_hdr_crc(h, bs));
-	pmfuse_set_le64(&h->gen, 1);
+	for (unsigned i = 0; i < lanes; i++) {
+		struct pmfuse_log_hdr *h = lane_hdr(pool, bs, log_start, lane_blocks, i);
+		pmfuse_blk_init(&h->hdr, PMFUSE_BLK_LOG, log_start + i * lane_blocks,
+				PMFUSE_OWNER_FS, 0, bs);
+		pmfuse_set_le32(&h->lane, i);
+		pmfuse_set_le32(&h->lanes, lanes);
+		pmfuse_set_le32(&h->hdr.crc, log_hdr_crc(h, bs));
+		pmfuse_set_le64(&h->gen, 1);
+	}
 	pmfuse_pool_persist(pool, log, log_blocks * bs);
 	return 0;
 }
 
+/* The header of lane i passes its checks: 0, or -EUCLEAN with the reason in msg. */
+static int check_lane_hdr(const struct pmfuse_log_hdr *h, uint32_t bs, uint64_t blkno,
+			  unsigned i, unsigned lanes, char *msg, size_t msglen)
+{
+	uint32_t said = pmfuse_le32(h->lanes);
+
+	if (pmfuse_le32(h->hdr.magic) != PMFUSE_BLK_LOG || pmfuse_le64(h->hdr.blkno) != blkno ||
+	    pmfuse_le64(h->hdr.owner) != PMFUSE_OWNER_FS) {
+		snprintf(msg, msglen, "log header at block %llu is not a log header",
+			 (unsigned long long)blkno);
+		return -EUCLEAN;
+	}
+	if (log_hdr_crc(h, bs) != pmfuse_le32(h->hdr.crc)) {
+		snprintf(msg, msglen, "log header at block %llu: checksum mismatch",
+			 (unsigned long long)blkno);
+		return -EUCLEAN;
+	}
+	/* a log formatted before lanes has zeros here, and one lane */
+	if (pmfuse_le32(h->lane) != i || (said != lanes && !(said == 0 && lanes == 1))) {
+		snprintf(msg, msglen, "log header at block %llu: lane %u of %u, expected lane %u "
+			 "of %u", (unsigned long long)blkno, pmfuse_le32(h->lane), said, i, lanes);
+		return -EUCLEAN;
+	}
+	return 0;
+}
+
+int pmfuse_txm_probe(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
+		     uint64_t log_blocks, unsigned lanes, unsigned *pending, char *msg,
+		     size_t msglen)
+{
+	char why[160];
+	uint64_t lane_blocks;
+	int rc;
+
+	*pending = 0;
+	if (check_geometry(pool, bs, log_start, log_blocks, lanes)) {
+		snprintf(msg, msglen, "log blocks %llu+%llu in %u lanes do not fit the pool",
+			 (unsigned long long)log_start, (unsigned long long)log_blocks, lanes);
+		return PMFUSE_CORRUPT("%s", msg);
+	}
+	lane_blocks = log_blocks / lanes;
+	for (unsigned i = 0; i < lanes; i++) {
+		const struct pmfuse_log_hdr *h = lane_hdr(pool, bs, log_start, lane_blocks, i);
+		const struct pmfuse_log_entry *e = (const void *)((const uint8_t *)h + bs);
+		size_t area = (lane_blocks - 1) * bs;
+
+		rc = check_lane_hdr(h, bs, log_start + i * lane_blocks, i, lanes, why, sizeof(why));
+		if (rc) {
+			snprintf(msg, msglen, "%s", why);
+			return PMFUSE_CORRUPT("%s", why);
+		}
+		/* valid entries form a prefix: the lane holds a transaction iff the first is live */
+		uint32_t field = pmfuse_le32(e->len);
+		if (pmfuse_le64(e->gen) == pmfuse_le64(h->gen) && entry_range(field) != 0 &&
+		    entry_size(field) <= area && entry_crc(e) == pmfuse_le32(e->crc))
+			(*pending)++;
+	}
+	return 0;
+}
+
 int pmfuse_txm_open(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
-		    uint64_t log_blocks, struct pmfuse_txm **out, bool *recovered)
+		    uint64_t log_blocks, unsigned lanes, struct pmfuse_txm **out, bool *recovered)
 {
 	struct pmfuse_txm *txm;
-	struct pmfuse_log_hdr *h;
-	size_t *list = NULL, n = 0;
+	size_t total = 0;
+	unsigned rolled = 0;
+	char why[160];
 	int rc;
 
 	*out = NULL;
 	if (recovered)
 		*recovered = false;
-	rc = check_geometry(pool, bs, log_start, log_blocks);
+	rc = check_geometry(pool, bs, log_start, log_blocks, lanes);
 	if (rc)
-		return PMFUSE_CORRUPT("log blocks %llu+%llu do not fit the pool",
-				      (unsigned long long)log_start, (unsigned long long)log_blocks);
-	h = pmfuse_pool_at(pool, log_start * bs);
-	if (pmfuse_le32(h->hdr.magic) != PMFUSE_BLK_LOG ||
-	    pmfuse_le64(h->hdr.blkno) != log_start ||
-	    pmfuse_le64(h->hdr.owner) != PMFUSE_OWNER_FS)
-		return PMFUSE_CORRUPT("log header at block %llu is not a log header",
-				      (unsigned long long)log_start);
-	if (log_hdr_crc(h, bs) != pmfuse_le32(h->hdr.crc))
-		return PMFUSE_CORRUPT("log header at block %llu: checksum mismatch",
-				      (unsigned long long)log_start);
+		return PMFUSE_CORRUPT("log blocks %llu+%llu in %u lanes do not fit the pool",
+				      (unsigned long long)log_start, (unsigned long long)log_blocks,
+				      lanes);
+	for (unsigned i = 0; i < lanes; i++) {
+		uint64_t blk = log_start + i * (log_blocks / lanes);
+		rc = check_lane_hdr(pmfuse_pool_at(pool, blk * bs), bs, blk, i, lanes, why,
+				    sizeof(why));
+		if (rc)
+			return PMFUSE_CORRUPT("%s", why);
+	}
 
 	txm = calloc(1, sizeof(*txm));
 	if (!txm)
 		return -ENOMEM;
+	txm->lanes = calloc(lanes, sizeof(*txm->lanes));
+	txm->free = calloc(lanes, sizeof(*txm->free));
+	if (!txm->lanes || !txm->free) {
+		free(txm->lanes);
+		free(txm->free);
+		free(txm);
+		return -ENOMEM;
+	}
 	txm->pool = pool;
 	txm->bs = bs;
 	txm->log_start = log_start;
 	txm->log_blocks = log_blocks;
-	txm->hdr = h;
-	txm->area = (uint8_t *)h + bs;
-	txm->area_len = (log_blocks - 1) * bs;
+	txm->nlanes = lanes;
+	txm->lane_blocks = log_blocks / lanes;
+	txm->area_len = (txm->lane_blocks - 1) * bs;
 	pthread_mutex_init(&txm->lock, NULL);
-	txm->tx.txm = txm;
+	pthread_cond_init(&txm->lane_free, NULL);
+#ifdef PMFUSE_TX_VERIFY
+	pthread_mutex_init(&txm->reg_lock, NULL);
+#endif
+	/* lane 0 on top of the stack: a lone writer keeps using the same lane */
+	for (unsigned i = 0; i < lanes; i++) {
+		struct pmfuse_tx *tx = &txm->lanes[i];
+		tx->txm = txm;
+		tx->lane = i;
+		tx->hdr = lane_hdr(pool, bs, log_start, txm->lane_blocks, i);
+		tx->area = (uint8_t *)tx->hdr + bs;
+		txm->free[i] = lanes - 1 - i;
+	}
+	txm->nfree = lanes;
 
-	rc = valid_entries(txm, pmfuse_le64(h->gen), &list, &n);
-	if (rc)
-		goto fail;
-	if (n) {
-		if (pmfuse_pool_readonly(pool)) {
-			pmfuse_log(PMFUSE_LOG_WARN, "%s: the log holds an unfinished transaction "
-				   "(%zu entries); a writable open will roll it back",
-				   pmfuse_pool_path(pool), n);
-			rc = -EROFS;
-			goto fail;
-		}
-		roll_back(txm, list, n);
-		pmfuse_log(PMFUSE_LOG_INFO, "%s: rolled back an unfinished transaction (%zu entries)",
-			   pmfuse_pool_path(pool), n);
+	/*
+	 * Recovery: every lane's unfinished transaction is rolled back. Transactions open at the
+	 * same time never declared the same byte (see the top of this file), so the rollbacks
+	 * touch disjoint ranges and their order does not matter. First collect every lane's
+	 * entries, so that damage in one lane refuses the open before anything is written.
+	 */
+	size_t **lists = calloc(lanes, sizeof(*lists)), *counts = calloc(lanes, sizeof(*counts));
+	if (!lists || !counts) {
+		rc = -ENOMEM;
+		goto fail_lists;
+	}
+	for (unsigned i = 0; i < lanes; i++) {
+		struct pmfuse_tx *tx = &txm->lanes[i];
+		rc = valid_entries(txm, tx->area, pmfuse_le64(tx->hdr->gen), &lists[i], &counts[i]);
+		if (rc)
+			goto fail_lists;
+		total += counts[i];
+	}
+	if (total && pmfuse_pool_readonly(pool)) {
+		pmfuse_log(PMFUSE_LOG_WARN, "%s: the log holds an unfinished transaction "
+			   "(%zu entries); a writable open will roll it back",
+			   pmfuse_pool_path(pool), total);
+		rc = -EROFS;
+		goto fail_lists;
+	}
+	for (unsigned i = 0; i < lanes; i++) {
+		if (!counts[i])
+			continue;
+		roll_back(txm, txm->lanes[i].hdr, txm->lanes[i].area, lists[i], counts[i]);
+		rolled++;
+	}
+	if (rolled) {
+		pmfuse_log(PMFUSE_LOG_INFO, "%s: rolled back %u unfinished transaction%s (%zu "
+			   "entries)", pmfuse_pool_path(pool), rolled, rolled > 1 ? "s" : "", total);
 		if (recovered)
 			*recovered = true;
 	}
-	free(list);
+	for (unsigned i = 0; i < lanes; i++)
+		free(lists[i]);
+	free(lists);
+	free(counts);
 	*out = txm;
 	return 0;
-fail:
-	free(list);
-	pthread_mutex_destroy(&txm->lock);
-	free(txm);
+
+fail_lists:
+	if (lists)
+		for (unsigned i = 0; i < lanes; i++)
+			free(lists[i]);
+	free(lists);
+	free(counts);
+	pmfuse_txm_close(txm);
 	return rc;
 }
 
@@ -343,16 +505,30 @@ void pmfuse_txm_close(struct pmfuse_txm *txm)
 {
 	if (!txm)
 		return;
-	struct pmfuse_tx *tx = &txm->tx;
-	free(tx->ranges);
-	free(tx->slots);
-	free(tx->seal);
-	free(tx->meta);
-	free(tx->hooks);
-	free(tx->snapshot);
+	for (unsigned i = 0; i < txm->nlanes; i++) {
+		struct pmfuse_tx *tx = &txm->lanes[i];
+		free(tx->ranges);
+		free(tx->slots);
+		free(tx->seal);
+		free(tx->meta);
+		free(tx->hooks);
+		free(tx->snapshot);
+		free(tx->exempt);
+	}
+#ifdef PMFUSE_TX_VERIFY
+	free(txm->reg);
+	pthread_mutex_destroy(&txm->reg_lock);
+#endif
+	pthread_cond_destroy(&txm->lane_free);
 	pthread_mutex_destroy(&txm->lock);
+	free(txm->lanes);
+	free(txm->free);
 	free(txm);
 }
+
+unsigned pmfuse_txm_lanes(const struct pmfuse_txm *txm) { return txm->nlanes; }
+size_t pmfuse_txm_lane_bytes(const struct pmfuse_txm *txm) { return txm->area_len; }
+unsigned pmfuse_tx_lane(const struct pmfuse_tx *tx) { return tx->lane; }
 
 void pmfuse_txm_set_verify(struct pmfuse_txm *txm, bool on)
 {
@@ -465,14 +641,160 @@ static bool declared(struct pmfuse_tx *tx, uint64_t off, uint32_t len)
 	return false;
 }
 
+/* ---- the registry of declared ranges (PMFUSE_TX_VERIFY) ------------------------------------- */
+
+#ifdef PMFUSE_TX_VERIFY
+static int span_push(struct span **list, size_t *n, size_t *cap, uint64_t off, uint64_t end)
+{
+	if (*n == *cap) {
+		size_t c = *cap ? *cap * 2 : 64;
+		struct span *p = realloc(*list, c * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		*list = p;
+		*cap = c;
+	}
+	(*list)[(*n)++] = (struct span){ off, end };
+	return 0;
+}
+
+/* Verification of transactions that overlap in time: every other watching transaction learns of
+ * [off, end), which may change under its snapshot. reg_lock held. */
+static void tell_watchers(struct pmfuse_tx *tx, uint64_t off, uint64_t end)
+{
+	struct pmfuse_txm *txm = tx->txm;
+
+	for (unsigned i = 0; i < txm->nlanes; i++) {
+		struct pmfuse_tx *o = &txm->lanes[i];
+		if (o == tx || !o->watching)
+			continue;
+		if (span_push(&o->exempt, &o->nexempt, &o->exempt_cap, off, end)) {
+			/* cannot record it: that verification would give false alarms */
+			o->watching = false;
+			o->verifying = false;
+		}
+	}
+}
+
+/*
+ * Records that tx declared [off, end). reg[] holds disjoint intervals sorted by offset, each
+ * owned by one lane; the lane's own intervals that overlap or touch the new one are merged into
+ * it. An overlap with another lane's interval is a bug in the callers' locking: abort.
+ */
+static void reg_declare(struct pmfuse_tx *tx, uint64_t off, uint64_t end)
+{
+	struct pmfuse_txm *txm = tx->txm;
+	size_t lo = 0, hi, n;
+
+	if (txm->nlanes == 1)
+		return;   /* one transaction at a time: nothing to keep apart, nothing to watch */
+	pthread_mutex_lock(&txm->reg_lock);
+	n = txm->nreg;
+	/* ends are sorted too: the first interval with end >= off */
+	for (size_t l = 0, h = n; l < h;) {
+		size_t m = l + (h - l) / 2;
+		if (txm->reg[m].end < off)
+			l = m + 1;
+		else
+			h = m;
+		lo = l;
+	}
+	hi = lo;
+	while (hi < n && txm->reg[hi].off <= end)
+		hi++;
+	/* another lane's interval that only touches at an edge stays as it is */
+	if (lo < hi && txm->reg[lo].lane != tx->lane && txm->reg[lo].end == off)
+		lo++;
+	if (lo < hi && txm->reg[hi - 1].lane != tx->lane && txm->reg[hi - 1].off == end)
+		hi--;
+	for (size_t i = lo; i < hi; i++) {
+		const struct reg_span *r = &txm->reg[i];
+		if (r->lane == tx->lane)
+			continue;
+		uint64_t a = PMFUSE_MAX(off, r->off), b = PMFUSE_MIN(end, r->end);
+		fprintf(stderr, "pmfuse: tx: lanes %u and %u both declared pool bytes %llu..%llu "
+			"(block %llu + %llu) in open transactions: the callers' locks do not keep "
+			"them apart\n", tx->lane, r->lane, (unsigned long long)a,
+			(unsigned long long)b - 1, (unsigned long long)(a / txm->bs),
+			(unsigned long long)(a % txm->bs));
+		abort();
+	}
+	struct reg_span merged = { off, end, tx->lane };
+	if (lo < hi) {
+		merged.off = PMFUSE_MIN(off, txm->reg[lo].off);
+		merged.end = PMFUSE_MAX(end, txm->reg[hi - 1].end);
+	}
+	if (lo == hi && n == txm->reg_cap) {
+		size_t cap = txm->reg_cap ? txm->reg_cap * 2 : 256;
+		struct reg_span *r = realloc(txm->reg, cap * sizeof(*r));
+		if (!r) {
+			/* the check is a debugging aid: without memory, skip this range */
+			pthread_mutex_unlock(&txm->reg_lock);
+			return;
+		}
+		txm->reg = r;
+		txm->reg_cap = cap;
+	}
+	if (lo == hi) {
+		memmove(&txm->reg[lo + 1], &txm->reg[lo], (n - lo) * sizeof(*txm->reg));
+		txm->nreg++;
+	} else if (hi - lo > 1) {
+		memmove(&txm->reg[lo + 1], &txm->reg[hi], (n - hi) * sizeof(*txm->reg));
+		txm->nreg -= hi - lo - 1;
+	}
+	txm->reg[lo] = merged;
+	tell_watchers(tx, off, end);
+	pthread_mutex_unlock(&txm->reg_lock);
+}
+
+/* The transaction in tx's lane ended: its ranges leave the registry. */
+static void reg_release(struct pmfuse_tx *tx)
+{
+	struct pmfuse_txm *txm = tx->txm;
+	size_t j = 0;
+
+	if (txm->nlanes == 1)
+		return;
+	pthread_mutex_lock(&txm->reg_lock);
+	for (size_t i = 0; i < txm->nreg; i++)
+		if (txm->reg[i].lane != tx->lane)
+			txm->reg[j++] = txm->reg[i];
+	txm->nreg = j;
+	tx->watching = false;
+	pthread_mutex_unlock(&txm->reg_lock);
+}
+
+/* Verification starts: what other open transactions declared may change under the snapshot. */
+static void watch_begin(struct pmfuse_tx *tx)
+{
+	struct pmfuse_txm *txm = tx->txm;
+
+	pthread_mutex_lock(&txm->reg_lock);
+	tx->nexempt = 0;
+	tx->watching = true;
+	for (size_t i = 0; i < txm->nreg && tx->watching; i++)
+		if (span_push(&tx->exempt, &tx->nexempt, &tx->exempt_cap, txm->reg[i].off,
+			      txm->reg[i].end))
+			tx->watching = false;
+	pthread_mutex_unlock(&txm->reg_lock);
+}
+#else
+static void reg_declare(struct pmfuse_tx *tx, uint64_t off, uint64_t end)
+{
+	(void)tx;
+	(void)off;
+	(void)end;
+}
+static void reg_release(struct pmfuse_tx *tx) { (void)tx; }
+#endif
+
 /* ---- transactions ------------------------------------------------------------------------------ */
 
-struct pmfuse_tx *pmfuse_tx_begin(struct pmfuse_txm *txm)
+/* Resets the lane's reused state for a new transaction. */
+static struct pmfuse_tx *tx_start(struct pmfuse_txm *txm, unsigned lane)
 {
-	struct pmfuse_tx *tx = &txm->tx;
+	struct pmfuse_tx *tx = &txm->lanes[lane];
 
-	pthread_mutex_lock(&txm->lock);
-	running = tx;
 	tx->committing = false;
 	tx->tail = 0;
 	tx->nranges = 0;
@@ -480,6 +802,7 @@ struct pmfuse_tx *pmfuse_tx_begin(struct pmfuse_txm *txm)
 	tx->nmeta = 0;
 	tx->nhooks = 0;
 	tx->slots_used = 0;
+	tx->verifying = false;
 	if (++tx->slot_gen == 0) { /* wrapped: really clear */
 		memset(tx->slots, 0, tx->nslots * sizeof(*tx->slots));
 		tx->slot_gen = 1;
@@ -489,10 +812,49 @@ struct pmfuse_tx *pmfuse_tx_begin(struct pmfuse_txm *txm)
 		size_t size = pmfuse_pool_size(txm->pool);
 		if (!tx->snapshot)
 			tx->snapshot = malloc(size);
-		if (tx->snapshot)
+		if (tx->snapshot) {
+			/* watch first: a range declared from now on is exempt even if it changed
+			 * before the copy below saw it */
+			watch_begin(tx);
 			memcpy(tx->snapshot, pmfuse_pool_base(txm->pool), size);
+			tx->verifying = tx->watching;
+		}
 	}
 #endif
+	return tx;
+}
+
+struct pmfuse_tx *pmfuse_tx_begin(struct pmfuse_txm *txm)
+{
+	unsigned lane;
+
+	/* Waiting for a lane while holding one could wait forever (every lane held by threads
+	 * like this one): a thread runs one transaction at a time per pool. (The crash tests open
+	 * a second pool from inside a transaction's barrier: another manager, no wait on ours.) */
+	assert(!running || running->txm != txm);
+	pthread_mutex_lock(&txm->lock);
+	while (!txm->nfree)
+		pthread_cond_wait(&txm->lane_free, &txm->lock);
+	lane = txm->free[--txm->nfree];
+	pthread_mutex_unlock(&txm->lock);
+	running = tx_start(txm, lane);
+	return running;
+}
+
+struct pmfuse_tx *pmfuse_tx_try_begin(struct pmfuse_txm *txm)
+{
+	unsigned lane;
+
+	pthread_mutex_lock(&txm->lock);
+	if (!txm->nfree) {
+		pthread_mutex_unlock(&txm->lock);
+		return NULL;
+	}
+	lane = txm->free[--txm->nfree];
+	pthread_mutex_unlock(&txm->lock);
+	struct pmfuse_tx *tx = tx_start(txm, lane);
+	if (!running)
+		running = tx;
 	return tx;
 }
 
@@ -527,9 +889,10 @@ static int log_append(struct pmfuse_tx *tx, const void *addr, uint64_t off, uint
 	struct slot *s = slot_get(tx, off, len);
 	if (!s || push_range(tx, off, len))
 		return -ENOMEM;
+	reg_declare(tx, off, off + len);
 
-	struct pmfuse_log_entry *e = (void *)(txm->area + tx->tail);
-	pmfuse_set_le64(&e->gen, pmfuse_le64(txm->hdr->gen));
+	struct pmfuse_log_entry *e = (void *)(tx->area + tx->tail);
+	pmfuse_set_le64(&e->gen, pmfuse_le64(tx->hdr->gen));
 	pmfuse_set_le64(&e->off, off);
 	if (zero) {
 		pmfuse_set_le32(&e->len, len | PMFUSE_LOG_ZERO);
@@ -576,6 +939,7 @@ int pmfuse_tx_add_new(struct pmfuse_tx *tx, void *addr, size_t len)
 	struct slot *s = slot_get(tx, off, (uint32_t)len);
 	if (!s || push_range(tx, off, (uint32_t)len))
 		return -ENOMEM;
+	reg_declare(tx, off, off + len);
 	s->flags |= F_NEW;
 	return 0;
 }
@@ -695,16 +1059,18 @@ int pmfuse_tx_on_end(struct pmfuse_tx *tx, void (*fn)(void *arg, uint64_t a, uin
 }
 
 #ifdef PMFUSE_TX_VERIFY
-static int cmp_range(const void *a, const void *b)
+static int cmp_span(const void *a, const void *b)
 {
-	const struct range *x = a, *y = b;
+	const struct span *x = a, *y = b;
 	return x->off < y->off ? -1 : x->off > y->off;
 }
 
 /*
  * Debug check: every byte that differs from the snapshot must lie in a declared range (at
  * commit: any declared range; after abort: a range declared new, since logged ones were
- * restored). The log itself is exempt. Aborts the process on a violation: it is a bug.
+ * restored), or in a range another transaction declared while this one ran (tx->exempt). The
+ * log itself is exempt. Aborts the process on a violation: it is a bug. Holds reg_lock
+ * throughout, so that no other transaction can declare (and then change) a range unseen.
  */
 static void verify(struct pmfuse_tx *tx, bool after_abort)
 {
@@ -713,18 +1079,23 @@ static void verify(struct pmfuse_tx *tx, bool after_abort)
 	size_t size = pmfuse_pool_size(txm->pool), n = 0;
 	uint64_t log_lo = txm->log_start * txm->bs;
 	uint64_t log_hi = log_lo + txm->log_blocks * txm->bs;
-	struct range *r = malloc((tx->nranges + 1) * sizeof(*r));
 
-	if (!was || !r) {
+	pthread_mutex_lock(&txm->reg_lock);
+	struct span *r = malloc((tx->nranges + tx->nexempt + 1) * sizeof(*r));
+	if (!was || !r || !tx->verifying) {
+		pthread_mutex_unlock(&txm->reg_lock);
 		free(r);
 		return;
 	}
 	for (size_t i = 0; i < tx->nranges; i++) {
 		struct slot *s = slot_find(tx, tx->ranges[i].off, tx->ranges[i].len);
 		if (!after_abort || (s && !(s->flags & F_LOGGED)))
-			r[n++] = tx->ranges[i];
+			r[n++] = (struct span){ tx->ranges[i].off,
+						tx->ranges[i].off + tx->ranges[i].len };
 	}
-	qsort(r, n, sizeof(*r), cmp_range);
+	for (size_t i = 0; i < tx->nexempt; i++)
+		r[n++] = tx->exempt[i];
+	qsort(r, n, sizeof(*r), cmp_span);
 	size_t ri = 0;
 	uint64_t covered_to = 0; /* end of the union of ranges starting at or before the cursor */
 	for (size_t chunk = 0; chunk < size; chunk += 4096) {
@@ -735,28 +1106,37 @@ static void verify(struct pmfuse_tx *tx, bool after_abort)
 			if (now[i] == was[i] || (i >= log_lo && i < log_hi))
 				continue;
 			while (ri < n && r[ri].off <= i) {
-				covered_to = PMFUSE_MAX(covered_to, r[ri].off + r[ri].len);
+				covered_to = PMFUSE_MAX(covered_to, r[ri].end);
 				ri++;
 			}
 			if (i < covered_to)
 				continue;
 			fprintf(stderr, "pmfuse: tx verify: byte %zu (block %zu + %zu) changed "
-				"outside the declared ranges %s\n", i, i / txm->bs, i % txm->bs,
-				after_abort ? "after abort" : "at commit");
+				"outside the declared ranges %s (lane %u)\n", i, i / txm->bs,
+				i % txm->bs, after_abort ? "after abort" : "at commit", tx->lane);
 			abort();
 		}
 	}
+	pthread_mutex_unlock(&txm->reg_lock);
 	free(r);
 }
 #endif
 
+/* Runs the end hooks, then gives the lane back: its gen store is durable by now. */
 static void finish(struct pmfuse_tx *tx, bool committed)
 {
+	struct pmfuse_txm *txm = tx->txm;
+
 	for (size_t i = 0; i < tx->nhooks; i++)
 		tx->hooks[i].fn(tx->hooks[i].arg, tx->hooks[i].a, tx->hooks[i].b, committed);
 	tx->nhooks = 0;
-	running = NULL;
-	pthread_mutex_unlock(&tx->txm->lock);
+	reg_release(tx);
+	if (running == tx)
+		running = NULL;
+	pthread_mutex_lock(&txm->lock);
+	txm->free[txm->nfree++] = tx->lane;
+	pthread_cond_signal(&txm->lane_free);
+	pthread_mutex_unlock(&txm->lock);
 }
 
 int pmfuse_tx_commit(struct pmfuse_tx *tx)
@@ -768,7 +1148,7 @@ int pmfuse_tx_commit(struct pmfuse_tx *tx)
 		pmfuse_blk_seal(pmfuse_pool_at(pool, tx->meta[i]), txm->bs);
 	tx->nseal = 0;
 #ifdef PMFUSE_TX_VERIFY
-	if (txm->verify)
+	if (tx->verifying)
 		verify(tx, false);
 #endif
 	if (tx->nranges) {
@@ -784,8 +1164,8 @@ int pmfuse_tx_commit(struct pmfuse_tx *tx)
 	}
 	if (tx->tail) {
 		tx->committing = true;
-		pmfuse_set_le64(&txm->hdr->gen, pmfuse_le64(txm->hdr->gen) + 1);
-		pmfuse_pool_persist(pool, &txm->hdr->gen, sizeof(txm->hdr->gen));
+		pmfuse_set_le64(&tx->hdr->gen, pmfuse_le64(tx->hdr->gen) + 1);
+		pmfuse_pool_persist(pool, &tx->hdr->gen, sizeof(tx->hdr->gen));
 	}
 	finish(tx, true);
 	return 0;
@@ -813,7 +1193,7 @@ void pmfuse_tx_abort(struct pmfuse_tx *tx)
 
 	/* The entries of this transaction are exactly [0, tail). */
 	while (pos < tx->tail) {
-		const struct pmfuse_log_entry *e = (const void *)(txm->area + pos);
+		const struct pmfuse_log_entry *e = (const void *)(tx->area + pos);
 		if (n == cap) {
 			size_t *l = realloc(list, (cap = cap ? cap * 2 : 64) * sizeof(*l));
 			if (!l) {
@@ -828,10 +1208,10 @@ void pmfuse_tx_abort(struct pmfuse_tx *tx)
 		pos += entry_size(pmfuse_le32(e->len));
 	}
 	if (n)
-		roll_back(txm, list, n);
+		roll_back(txm, tx->hdr, tx->area, list, n);
 	free(list);
 #ifdef PMFUSE_TX_VERIFY
-	if (txm->verify)
+	if (tx->verifying)
 		verify(tx, true);
 #endif
 	finish(tx, false);

@@ -24,11 +24,17 @@
  *
  * Debug builds (PMFUSE_TX_VERIFY, on unless NDEBUG) can check the rule: with verification on
  * (pmfuse_txm_set_verify), a transaction snapshots the pool at begin and commit fails loudly
- * (abort()) if a byte outside the declared ranges changed. It copies the whole pool per
- * transaction, so tests use it on small pools.
+ * (abort()) if a byte outside the declared ranges changed (ranges other transactions declared
+ * while it ran excepted). It copies the whole pool per transaction, so tests use it on small
+ * pools. With transactions in several threads, every store to the pool must then lie in a range
+ * some open transaction declared.
  *
- * Concurrency: one transaction at a time per pool; pmfuse_tx_begin() waits for the running one.
- * doc/format.md says how this can scale (per-thread log lanes).
+ * Concurrency: the log is divided into lanes (format.h); each transaction runs in a lane of its
+ * own, so as many transactions as lanes run at once; pmfuse_tx_begin() waits only when every
+ * lane is busy. The caller's locks must keep two open transactions from declaring the same byte
+ * (a transaction keeps what it declared locked until it ends); PMFUSE_TX_VERIFY builds check
+ * it at every declaration and abort() on an overlap. A thread runs one transaction at a time
+ * with pmfuse_tx_begin (lock order: the caller's locks, then the lane, then the allocator's).
  *
  * Allocation and freeing are coupled to the transaction's outcome through end hooks
  * (pmfuse_tx_on_end): the allocator frees blocks in DRAM only when the freeing transaction
@@ -50,30 +56,51 @@ struct pmfuse_tx;
 
 /*
  * Opens the transaction manager over the log at blocks [log_start, log_start + log_blocks) of
- * block size bs. If the log holds a transaction that did not commit, it is rolled back now
- * (recovery); *recovered (may be NULL) tells whether that happened. On a read-only pool a
- * pending rollback is -EROFS. A log header that fails its checks is -EUCLEAN.
+ * block size bs, divided into lanes lanes (1 for a pool without INCOMPAT_LOG_LANES). Every
+ * lane that holds a transaction that did not commit is rolled back now (recovery); *recovered
+ * (may be NULL) tells whether that happened. On a read-only pool a pending rollback is -EROFS.
+ * A lane header that fails its checks, or a geometry that does not fit, is -EUCLEAN.
  */
 int pmfuse_txm_open(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
-		    uint64_t log_blocks, struct pmfuse_txm **out, bool *recovered);
+		    uint64_t log_blocks, unsigned lanes, struct pmfuse_txm **out, bool *recovered);
 void pmfuse_txm_close(struct pmfuse_txm *txm);
 
-/* Writes an empty log (mkfs). The log blocks must lie inside the pool. */
+/* Writes an empty log of lanes lanes (mkfs). The log blocks must lie inside the pool, and
+ * log_blocks be a multiple of lanes with at least 2 blocks per lane: else -EINVAL. */
 int pmfuse_txm_format(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
-		      uint64_t log_blocks);
+		      uint64_t log_blocks, unsigned lanes);
+
+/* Looks at the log without changing it (read-only opens, fsck): checks every lane header and
+ * counts in *pending the lanes that hold an unfinished transaction. -EUCLEAN with msg. */
+int pmfuse_txm_probe(struct pmfuse_pool *pool, uint32_t bs, uint64_t log_start,
+		     uint64_t log_blocks, unsigned lanes, unsigned *pending, char *msg,
+		     size_t msglen);
+
+/* Lanes of the log, and the entry bytes of one lane (the most one transaction can log). */
+unsigned pmfuse_txm_lanes(const struct pmfuse_txm *txm);
+size_t pmfuse_txm_lane_bytes(const struct pmfuse_txm *txm);
 
 /* Verification of declared ranges (debug builds only; a no-op with NDEBUG). */
 void pmfuse_txm_set_verify(struct pmfuse_txm *txm, bool on);
 
 struct pmfuse_pool *pmfuse_txm_pool(const struct pmfuse_txm *txm);
 
-/* Begins a transaction; blocks while another one runs. Never fails. */
+/* Begins a transaction in a free lane; blocks while every lane is busy. Never fails. The
+ * calling thread must not be running a transaction of the same manager already (assert). */
 struct pmfuse_tx *pmfuse_tx_begin(struct pmfuse_txm *txm);
 
+/* As pmfuse_tx_begin, but NULL at once when every lane is busy; the calling thread may hold
+ * other transactions (tests interleave the steps of several from one thread). */
+struct pmfuse_tx *pmfuse_tx_try_begin(struct pmfuse_txm *txm);
+
+/* The lane a transaction runs in, 0..lanes - 1. */
+unsigned pmfuse_tx_lane(const struct pmfuse_tx *tx);
+
 /*
- * Declares a range before modifying it. -ENOSPC: the log is full (the transaction must be
+ * Declares a range before modifying it. -ENOSPC: the lane is full (the transaction must be
  * aborted; the range was not logged and must not be modified). Ranges already declared are
- * not logged twice.
+ * not logged twice. No byte of it may be declared by another open transaction (PMFUSE_TX_VERIFY
+ * builds abort() if one is).
  */
 int pmfuse_tx_add(struct pmfuse_tx *tx, void *addr, size_t len);
 int pmfuse_tx_add_new(struct pmfuse_tx *tx, void *addr, size_t len);

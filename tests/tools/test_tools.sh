@@ -108,9 +108,21 @@ check "pmfusectl with an unknown command exits 1 and says so" \
 run "$MKFS"
 check "mkfs.pmfuse without POOL exits 1 with usage" eval '[ $rc -eq 1 ] && has "$ERR" "Usage"'
 
+# ---- log lanes ---------------------------------------------------------------------------------
+run "$MKFS" -s 64M -l 0 "$DIR/lanes"
+check "mkfs.pmfuse -l 0 exits 1 and names the option" eval '[ $rc -eq 1 ] && has "$ERR" "lane"'
+run "$MKFS" -s 64M -l 4 "$DIR/lanes"
+check "mkfs.pmfuse -l 4 makes a log of 4 lanes of 32 blocks" \
+	eval '[ $rc -eq 0 ] && has "$OUT" "^log += start=2 +blocks=128 lanes=4$"'
+run "$CTL" info "$DIR/lanes"
+check "info shows the lanes and their feature" \
+	eval 'has "$OUT" "^log: +blocks 2\.\.129 \(128\) in 4 lanes$" && has "$OUT" "incompat 0x0{14}10 \(log_lanes\)"'
+rm -f "$DIR/lanes"
+
 # ---- a 1 GiB pool ------------------------------------------------------------------------------
+# one lane, as before lanes: the features checked below are the same whatever the CPU count
 POOL=$DIR/pool
-run "$MKFS" -s 1G -L tools-test "$POOL"
+run "$MKFS" -s 1G -l 1 -L tools-test "$POOL"
 check "mkfs.pmfuse -s 1G creates a pool" eval '[ $rc -eq 0 ] && [ "$(stat -c %s "$POOL")" = 1073741824 ]'
 check "mkfs.pmfuse prints the geometry" \
 	eval 'has "$OUT" "bsize=4096" && has "$OUT" "blocks=262144" && has "$OUT" "^uuid +=" && has "$OUT" "granularity="'
@@ -309,7 +321,8 @@ cat >"$POKE" <<'EOF'
   set-inode INO OFF FMT VALUE   struct-packs VALUE at byte OFF of inode INO's record, reseals
   dirent DIR NAME OFF FMT VALUE the same for the entry NAME of directory DIR
   bitmap BLOCK 0|1              sets the bitmap bit of BLOCK, reseals
-  log-entry                     appends a valid log entry whose pre-image is what is there now
+  log-entry [LANE]              appends a valid log entry whose pre-image is what is there now
+                                (in lane LANE of a log in lanes, 0 by default)
 Exits 1 when what it looks for is not there."""
 import struct
 import sys
@@ -395,9 +408,12 @@ def main():
         b[byte] = b[byte] | mask if a[1] == '1' else b[byte] & ~mask
         p.reseal(bm, b)
     elif cmd == 'log-entry':
+        lanes = max(struct.unpack_from('<I', p.sb, 224)[0], 1)
+        lane = int(a[0]) if a else 0
         log = struct.unpack_from('<Q', p.sb, 136)[0]
+        log += lane * (struct.unpack_from('<Q', p.sb, 144)[0] // lanes)
         gen = struct.unpack_from('<Q', p.block(log), 32)[0]
-        off = p.bs + 312                # state block padding: its rollback changes nothing
+        off = p.bs + 312 + 8 * lane     # state block padding: its rollback changes nothing
         data = p.read(off, 8)
         head = struct.pack('<QQI', gen, off, len(data))
         p.f.seek((log + 1) * p.bs)
@@ -678,6 +694,19 @@ EOF
 		eval '[ $rc -eq 1 ] && has "$OUT" "^fixed: log: an unfinished transaction was rolled back"'
 	fsck_run "$Q" -f -n
 	check "after recovery by fsck -p, fsck -f -n is clean" [ $rc -eq 0 ]
+
+	# pending transactions in two lanes of a log in four
+	run "$MKFS" -q -f -s 64M -l 4 "$Q"
+	poke "$Q" log-entry 1 >/dev/null && poke "$Q" log-entry 3 >/dev/null
+	fsck_run "$Q"
+	check "pending transactions in two lanes: needs log recovery, named in the notes (exit 0)" \
+		eval '[ $rc -eq 0 ] && has "$OUT" "needs log recovery" && has "$OUT" "2 unfinished transactions"'
+	check "fsck leaves the lanes' transactions in the log" [ $fsck_same = 1 ]
+	fsck_run "$Q" -p
+	check "-p rolls back every lane, as mount would (exit 1)" \
+		eval '[ $rc -eq 1 ] && has "$OUT" "^fixed: log: an unfinished transaction was rolled back"'
+	fsck_run "$Q" -f -n
+	check "after that, fsck -f -n is clean" [ $rc -eq 0 ]
 
 	# an orphan: a file removed while open when the daemon dies
 	if mount_pool "$P" "$M"; then

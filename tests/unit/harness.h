@@ -29,6 +29,8 @@ uint64_t th_rng_below(struct th_rng *r, uint64_t n);   /* uniform in [0, n), n >
 /* A fresh fake-media pool of size bytes formatted with mkfs (block size bs, 0 = default), then
  * opened as a writable volume. Fails the test on error. */
 struct pmfuse_volume *th_fake_volume(size_t size, uint32_t bs);
+/* The same with mkfs options of the test's choosing (log lanes, log size). */
+struct pmfuse_volume *th_fake_volume_opts(size_t size, const struct pmfuse_mkfs_opts *opts);
 /* Closes the volume and its pool. */
 void th_volume_destroy(struct pmfuse_volume *vol);
 

@@ -44,6 +44,7 @@ struct env {
 	struct pmfuse_volume *vol;      /* NULL for a bare allocator */
 	struct pmfuse_alloc_geom g;
 	uint64_t log_start, log_blocks;
+	unsigned lanes;
 };
 
 /* ---- environments ---------------------------------------------------------------------------- */
@@ -56,6 +57,7 @@ static struct env *env_bare(uint32_t bs, uint64_t nblocks, uint64_t gap)
 	assert_non_null(e);
 	e->log_start = 2;
 	e->log_blocks = (1u << 20) / bs;
+	e->lanes = 1;
 	e->g.block_size = bs;
 	e->g.block_count = nblocks;
 	e->g.bitmap_start = e->log_start + e->log_blocks;
@@ -64,9 +66,9 @@ static struct env *env_bare(uint32_t bs, uint64_t nblocks, uint64_t gap)
 	e->g.sb2_block = nblocks - 1;
 	assert_int_equal(pmfuse_pool_fake_new((e->g.bitmap_start + e->g.bitmap_blocks) * bs, NULL,
 					      &e->pool), 0);
-	assert_int_equal(pmfuse_txm_format(e->pool, bs, e->log_start, e->log_blocks), 0);
+	assert_int_equal(pmfuse_txm_format(e->pool, bs, e->log_start, e->log_blocks, 1), 0);
 	assert_int_equal(pmfuse_alloc_format(e->pool, &e->g), 0);
-	assert_int_equal(pmfuse_txm_open(e->pool, bs, e->log_start, e->log_blocks, &e->txm, NULL),
+	assert_int_equal(pmfuse_txm_open(e->pool, bs, e->log_start, e->log_blocks, 1, &e->txm, NULL),
 			 0);
 	assert_int_equal(pmfuse_alloc_open(e->pool, &e->g, &e->al), 0);
 	return e;
@@ -86,6 +88,7 @@ static struct env *env_volume(size_t size, uint32_t bs)
 	e->al = e->vol->alloc;
 	e->log_start = pmfuse_le64(sb->log_start);
 	e->log_blocks = pmfuse_le64(sb->log_blocks);
+	e->lanes = pmfuse_le32(sb->log_lanes) ? pmfuse_le32(sb->log_lanes) : 1;
 	e->g = (struct pmfuse_alloc_geom){
 		.block_size = pmfuse_le32(sb->block_size),
 		.block_count = pmfuse_le64(sb->block_count),
@@ -1152,7 +1155,7 @@ static void check_crash_image(const struct env *e, const struct model *m, struct
 	free(image);
 	pmfuse_log_set_target(PMFUSE_LOG_QUIET);      /* "rolled back ..." */
 	assert_int_equal(pmfuse_txm_open(c.pool, e->g.block_size, e->log_start, e->log_blocks,
-					 &c.txm, NULL), 0);
+					 e->lanes, &c.txm, NULL), 0);
 	pmfuse_log_set_target(PMFUSE_LOG_STDERR);
 	assert_int_equal(pmfuse_alloc_open(c.pool, &e->g, &c.al), 0);
 	check_pool_bitmap(&c, m);

@@ -39,7 +39,7 @@ static struct pmfuse_pool *new_pool(void)
 {
 	struct pmfuse_pool *pool;
 	assert_int_equal(pmfuse_pool_fake_new(POOL_SIZE, NULL, &pool), 0);
-	assert_int_equal(pmfuse_txm_format(pool, BS, LOG_START, LOG_BLOCKS), 0);
+	assert_int_equal(pmfuse_txm_format(pool, BS, LOG_START, LOG_BLOCKS, 1), 0);
 	for (unsigned i = 0; i < META_BLOCKS; i++) {
 		struct pmfuse_blk_hdr *h = pmfuse_pool_at(pool, (uint64_t)(META_BLK + i) * BS);
 		pmfuse_blk_init(h, PMFUSE_BLK_STATE, META_BLK + i, PMFUSE_OWNER_FS, 0, BS);
@@ -52,7 +52,7 @@ static struct pmfuse_pool *new_pool(void)
 static struct pmfuse_txm *open_txm(struct pmfuse_pool *pool, bool *recovered)
 {
 	struct pmfuse_txm *txm;
-	assert_int_equal(pmfuse_txm_open(pool, BS, LOG_START, LOG_BLOCKS, &txm, recovered), 0);
+	assert_int_equal(pmfuse_txm_open(pool, BS, LOG_START, LOG_BLOCKS, 1, &txm, recovered), 0);
 	return txm;
 }
 
@@ -515,7 +515,7 @@ static void test_recovery_and_torn_entry(void **state)
 	pmfuse_set_le32(&e1->crc, pmfuse_crc32c(pmfuse_crc32c(0, e1, 20), e1 + 1, 16));
 	assert_int_equal(pmfuse_pool_fake_new(POOL_SIZE, img, &pool), 0);
 	pmfuse_log_set_target(PMFUSE_LOG_QUIET);
-	assert_int_equal(pmfuse_txm_open(pool, BS, LOG_START, LOG_BLOCKS, &txm, NULL), -EUCLEAN);
+	assert_int_equal(pmfuse_txm_open(pool, BS, LOG_START, LOG_BLOCKS, 1, &txm, NULL), -EUCLEAN);
 	pmfuse_pool_close(pool);
 	free(img);
 }
@@ -531,14 +531,14 @@ static void test_damaged_header(void **state)
 		    off < offsetof(struct pmfuse_log_hdr, gen) + 8)
 			continue; /* gen is outside the crc by design */
 		h[off] ^= 0x40;
-		assert_int_equal(pmfuse_txm_open(pool, BS, LOG_START, LOG_BLOCKS, &txm, NULL),
+		assert_int_equal(pmfuse_txm_open(pool, BS, LOG_START, LOG_BLOCKS, 1, &txm, NULL),
 				 -EUCLEAN);
 		h[off] ^= 0x40;
 	}
-	assert_int_equal(pmfuse_txm_open(pool, BS, LOG_START, LOG_BLOCKS, &txm, NULL), 0);
+	assert_int_equal(pmfuse_txm_open(pool, BS, LOG_START, LOG_BLOCKS, 1, &txm, NULL), 0);
 	pmfuse_txm_close(txm);
 	/* geometry that does not fit */
-	assert_int_equal(pmfuse_txm_open(pool, BS, POOL_BLOCKS - 1, 8, &txm, NULL), -EUCLEAN);
+	assert_int_equal(pmfuse_txm_open(pool, BS, POOL_BLOCKS - 1, 8, 1, &txm, NULL), -EUCLEAN);
 	pmfuse_pool_close(pool);
 }
 

@@ -89,9 +89,11 @@ static void print_sb(const struct pmfuse_sb *sb)
 	row("block size", "%u", bs);
 	row("blocks", "%llu (%s)", (ull)count, pmfuse_human_size(count * bs, h, sizeof(h)));
 	row("state block", "%llu", (ull)pmfuse_le64(sb->state_block));
-	row("log", "blocks %llu..%llu (%llu)", (ull)pmfuse_le64(sb->log_start),
+	row("log", "blocks %llu..%llu (%llu) in %u lane%s", (ull)pmfuse_le64(sb->log_start),
 	    (ull)(pmfuse_le64(sb->log_start) + pmfuse_le64(sb->log_blocks) - 1),
-	    (ull)pmfuse_le64(sb->log_blocks));
+	    (ull)pmfuse_le64(sb->log_blocks),
+	    pmfuse_le32(sb->log_lanes) ? pmfuse_le32(sb->log_lanes) : 1u,
+	    pmfuse_le32(sb->log_lanes) > 1 ? "s" : "");
 	row("bitmap", "blocks %llu..%llu (%llu)", (ull)pmfuse_le64(sb->bitmap_start),
 	    (ull)(pmfuse_le64(sb->bitmap_start) + pmfuse_le64(sb->bitmap_blocks) - 1),
 	    (ull)pmfuse_le64(sb->bitmap_blocks));
@@ -103,6 +105,7 @@ static void print_sb(const struct pmfuse_sb *sb)
 		{ PMFUSE_FEATURE_INCOMPAT_UNWRITTEN, "unwritten" },
 		{ PMFUSE_FEATURE_INCOMPAT_INLINE_MAP, "inline_map" },
 		{ PMFUSE_FEATURE_INCOMPAT_EDGE_FILL, "edge_fill" },
+		{ PMFUSE_FEATURE_INCOMPAT_LOG_LANES, "log_lanes" },
 		{ PMFUSE_FEATURE_INCOMPAT_LOG_ZERO, "log_zero: mounted, or crashed" },
 	};
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
