@@ -105,6 +105,7 @@ int pmfuse_fs_block_hashes(struct pmfuse_fs *fs, uint64_t ino, uint64_t from,
 	if (!max)
 		return -EINVAL;
 	h.zero_hash = XXH3_64bits(fs->zeroes, fs->bs);
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc) {
@@ -127,5 +128,6 @@ int pmfuse_fs_block_hashes(struct pmfuse_fs *fs, uint64_t ino, uint64_t from,
 	}
 out:
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc ? rc : (int)h.n;
 }

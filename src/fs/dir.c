@@ -425,6 +425,32 @@ static int check_not_ancestor(struct pmfuse_fs *fs, uint64_t anc, uint64_t ino)
 	return PMFUSE_CORRUPT("directory parent chain does not reach the root");
 }
 
+/*
+ * The inode that name in directory dir names now, 0 for none (or when the directory cannot be
+ * read: the operation finds that out again under its locks). An operation on a name's target
+ * locks the directory and the target in inode-lock order, so it finds the target first, then
+ * locks both and checks that the name still names it (else it starts again).
+ */
+static uint64_t name_peek(struct pmfuse_fs *fs, uint64_t dir, const char *name, size_t len)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *dp;
+	struct pmfuse_btree bt;
+	struct dfind f;
+	uint64_t ino = 0;
+
+	fs_ilock1(fs, dir, false);
+	fs_rdlock(fs);
+	if (!get_dir(fs, dir, false, &dp, &leaf)) {
+		dir_tree(fs, dp, leaf, &bt);
+		if (!dir_find(&bt, name, len, &f) && f.found)
+			ino = pmfuse_le64(f.de.ino);
+	}
+	fs_unlock(fs);
+	fs_iunlock(fs);
+	return ino;
+}
+
 /* ---- lookup, readdir ------------------------------------------------------------------------ */
 
 int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
@@ -441,6 +467,7 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	rc = name_check(name, &len);
 	if (rc)
 		return rc;
+	fs_ilock1(fs, parent, false);
 	fs_rdlock(fs);
 	rc = get_dir(fs, parent, false, &dp, &leaf);
 	if (rc == -ENOTDIR && len == 1 && name[0] == '.') {
@@ -476,6 +503,7 @@ found:
 				    (unsigned long long)parent, name, (unsigned long long)ino);
 out:
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -501,6 +529,7 @@ int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfus
 	struct pmfuse_le64 k;
 	int rc;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = get_dir(fs, ino, false, &dp, &leaf);
 	if (!rc && !pmfuse_le32(dp->nlink))
@@ -531,6 +560,7 @@ int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfus
 		rc = 0;
 out:
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -604,6 +634,7 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 	rc = name_check(name, &len);
 	if (rc)
 		return rc;
+	fs_ilock1(fs, parent, true);
 	fs_wrlock(fs);
 	rc = prepare_create(fs, parent, name, len, S_ISDIR(mode), &dp, &leaf, &f);
 	if (rc)
@@ -622,6 +653,7 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	pmfuse_acl_inherit_done(&inh);
 	return rc;
 }
@@ -643,6 +675,7 @@ int pmfuse_fs_tmpfile(struct pmfuse_fs *fs, uint64_t parent, uint32_t mode,
 	int rc;
 
 	mode = S_IFREG | (mode & 07777);
+	fs_ilock1(fs, parent, true);
 	fs_wrlock(fs);
 	rc = fs->readonly ? -EROFS : get_dir(fs, parent, true, &dp, &leaf);
 	if (!rc)
@@ -668,6 +701,7 @@ int pmfuse_fs_tmpfile(struct pmfuse_fs *fs, uint64_t parent, uint32_t mode,
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	pmfuse_acl_inherit_done(&inh);
 	return rc;
 }
@@ -763,6 +797,7 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		return -ENOENT;
 	if (tlen > PMFUSE_SYMLINK_MAX)
 		return -ENAMETOOLONG;
+	fs_ilock1(fs, parent, true);
 	fs_wrlock(fs);
 	rc = prepare_create(fs, parent, name, len, false, &dp, &leaf, &f);
 	if (rc)
@@ -777,6 +812,7 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -788,6 +824,7 @@ int pmfuse_fs_readlink(struct pmfuse_fs *fs, uint64_t ino, char *buf, size_t siz
 	ssize_t n;
 	int rc;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
@@ -820,6 +857,7 @@ int pmfuse_fs_readlink(struct pmfuse_fs *fs, uint64_t ino, char *buf, size_t siz
 	rc = (int)len;
 out:
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -839,6 +877,7 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 	rc = name_check(newname, &len);
 	if (rc)
 		return rc;
+	fs_ilock(fs, (struct pmfuse_ilock_req[]){ { ino, true }, { newparent, true } }, 2);
 	fs_wrlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
@@ -886,6 +925,7 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -900,7 +940,7 @@ static int remove_entry(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	struct pmfuse_btree bt;
 	bool gone = false;
 	struct dfind f;
-	uint64_t ino = 0;
+	uint64_t ino = 0, peek;
 	uint32_t mode;
 	size_t len;
 	int rc;
@@ -910,6 +950,9 @@ static int remove_entry(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		return rc;
 	if (is_dot(name, len))
 		return rmdir ? (len == 1 ? -EINVAL : -ENOTEMPTY) : -EISDIR;
+again:
+	peek = name_peek(fs, parent, name, len);
+	fs_ilock(fs, (struct pmfuse_ilock_req[]){ { parent, true }, { peek, true } }, 2);
 	fs_wrlock(fs);
 	if (fs->readonly) {
 		rc = -EROFS;
@@ -925,6 +968,12 @@ static int remove_entry(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	if (rc)
 		goto out;
 	ino = pmfuse_le64(f.de.ino);
+	if (ino != peek) {
+		/* renamed or replaced since it was peeked: lock the inode it names now */
+		fs_unlock(fs);
+		fs_iunlock(fs);
+		goto again;
+	}
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc == -ENOENT)
 		rc = PMFUSE_CORRUPT("directory %llu: entry \"%s\" names missing inode %llu",
@@ -974,6 +1023,7 @@ out:
 	if (tx)
 		pmfuse_tx_abort(tx);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -1171,6 +1221,7 @@ int pmfuse_fs_rename(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	struct pmfuse_tx *tx = NULL;
 	struct side s, d;
 	bool orphaned = false;
+	uint64_t sino, dino;
 	int rc;
 
 	size_t len;
@@ -1181,16 +1232,26 @@ int pmfuse_fs_rename(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	/* both names are checked before anything is looked up, as path resolution would */
 	if ((rc = name_check(name, &len)) || (rc = name_check(newname, &len)))
 		return rc;
+	if (fs->readonly)
+		return -EROFS;
+again:
+	/* both directories and both names' inodes, in lock order (name_peek) */
+	sino = name_peek(fs, parent, name, strlen(name));
+	dino = name_peek(fs, newparent, newname, strlen(newname));
+	fs_ilock(fs, (struct pmfuse_ilock_req[]){ { parent, true }, { newparent, true },
+						   { sino, true }, { dino, true } }, 4);
 	fs_wrlock(fs);
-	if (fs->readonly) {
-		rc = -EROFS;
-		goto out;
-	}
 	rc = side_open(fs, &s, parent, name, false);
 	if (!rc && !s.ip)
 		rc = -ENOENT;
 	if (!rc)
 		rc = side_open(fs, &d, newparent, newname, true);
+	if (!rc && ((s.ip && pmfuse_le64(s.f.de.ino) != sino) ||
+		    (d.ip ? pmfuse_le64(d.f.de.ino) : 0) != dino)) {
+		fs_unlock(fs);
+		fs_iunlock(fs);
+		goto again;
+	}
 	if (!rc)
 		rc = rename_check(fs, &s, &d, flags);
 	if (rc) {
@@ -1214,5 +1275,6 @@ out:
 	if (tx)
 		pmfuse_tx_abort(tx);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }

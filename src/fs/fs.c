@@ -244,16 +244,20 @@ void pmfuse_fs_forget(struct pmfuse_fs *fs, uint64_t ino, uint64_t nlookup)
 	if (!zero || fs->readonly || ino == PMFUSE_ROOT_INO)
 		return;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	unlinked = !rc && pmfuse_le32(ip->nlink) == 0;
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	if (!unlinked)
 		return;
 
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	rc = free_if_unused(fs, ino);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	if (rc)
 		pmfuse_log(PMFUSE_LOG_ERR, "freeing unlinked inode %llu: %s (it stays on the "
 			   "orphan list)", (unsigned long long)ino, strerror(-rc));
@@ -467,7 +471,7 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 	fs->lookups = calloc(fs->nlookups, sizeof(*fs->lookups));
 	fs->zeroes = calloc(1, PMFUSE_ZERO_BUF);
 	fs->cmp_buf = malloc(2 * PMFUSE_CMP_CHUNK);
-	if (!fs->lookups || !fs->zeroes || !fs->cmp_buf) {
+	if (!fs->lookups || !fs->zeroes || !fs->cmp_buf || pmfuse_ilock_init(fs)) {
 		rc = -ENOMEM;
 		goto fail;
 	}
@@ -520,6 +524,7 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 	return 0;
 
 fail:
+	pmfuse_ilock_fini(fs);
 	pthread_rwlock_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->lookup_lock);
 	free(fs->lookups);
@@ -566,6 +571,7 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 		fs_unlock(fs);
 	}
 closed:
+	pmfuse_ilock_fini(fs);
 	pthread_rwlock_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->lookup_lock);
 	free(fs->lookups);

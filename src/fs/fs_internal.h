@@ -19,9 +19,17 @@
  * until the inode TABLE is modified (an inode created or freed): locate again after that.
  * Operations on an inode's own trees (extent map, directory, xattrs) do not move the record.
  *
- * Lock order: fs->lock (rwlock: readers share, every modification is a writer) before the
- * transaction manager's lock (pmfuse_tx_begin) before the allocator's. fs->lookup_lock only
- * guards the lookup-count table and is taken with or without fs->lock, never around it.
+ * Lock order (doc/design.md, "Locking"):
+ *   1. inode locks (lock.c): every inode an operation reads or changes, all taken at once in
+ *      ascending stripe order, never a second set while one is held;
+ *   2. fs->lock, the structure lock (rwlock): readers share it; a thread that changes the pool
+ *      holds it for writing, because a transaction leaves nodes of the shared trees (the inode
+ *      table above all) with stale checksums and may move inode records until it commits;
+ *   3. the transaction manager's lock (pmfuse_tx_begin);
+ *   4. the allocator's.
+ * fs->lookup_lock only guards the lookup-count table and is taken with or without the others,
+ * never around them. The DRAM cache (icache.c) is read under RCU without any of them and changed
+ * by threads that hold fs->lock.
  */
 #ifndef PMFUSE_FS_INTERNAL_H
 #define PMFUSE_FS_INTERNAL_H
@@ -54,6 +62,8 @@ struct pmfuse_fs {
 	bool repair;                          /* opened for fsck repair (pmfuse_fs_opts.repair):
 						 orphans are left alone at open and close */
 	pthread_rwlock_t lock;
+	struct pmfuse_ilock *ilocks;          /* PMFUSE_ILOCK_STRIPES inode locks (lock.c) */
+	struct pmfuse_icache *icache;         /* lookup / getattr cache (icache.c), or NULL */
 	struct pmfuse_btree inodes;           /* over state->roots[PMFUSE_ROOT_INODES] */
 	struct pmfuse_btree orphans;          /* over state->roots[PMFUSE_ROOT_ORPHANS] */
 	pthread_mutex_t lookup_lock;
@@ -97,6 +107,43 @@ static inline void fs_unlock(struct pmfuse_fs *fs)
 	pmfuse_fs_lock_held = NULL;
 	pthread_rwlock_unlock(&fs->lock);
 }
+
+/* ---- lock.c: per-inode locks ---- */
+#define PMFUSE_ILOCK_STRIPES 4096u    /* a power of two */
+#define PMFUSE_ILOCK_MAX 4u           /* inodes one operation locks at most (rename) */
+struct pmfuse_ilock {
+	pthread_rwlock_t lock;
+};
+struct pmfuse_ilock_req {
+	uint64_t ino;                   /* 0: none (skipped) */
+	bool excl;
+};
+/* What this thread holds, for pmfuse_fs_fault_recover: one frame per filesystem, since a thread
+ * may work on a second one while it holds the first's locks (the crash tests check each crash
+ * image from inside the barrier hook of the operation that made it). */
+#define PMFUSE_ILOCK_FRAMES 4u
+struct pmfuse_ilock_frame {
+	struct pmfuse_fs *fs;
+	unsigned n;
+	uint32_t stripe[PMFUSE_ILOCK_MAX];
+};
+struct pmfuse_ilocks_held {
+	unsigned depth;
+	struct pmfuse_ilock_frame f[PMFUSE_ILOCK_FRAMES];
+};
+extern __thread struct pmfuse_ilocks_held pmfuse_ilocks_held;
+static inline uint32_t pmfuse_ilock_stripe(uint64_t ino)
+{
+	return (uint32_t)(ino & (PMFUSE_ILOCK_STRIPES - 1));
+}
+int pmfuse_ilock_init(struct pmfuse_fs *fs);
+void pmfuse_ilock_fini(struct pmfuse_fs *fs);
+/* Locks the inodes of req (up to PMFUSE_ILOCK_MAX, duplicates and 0 allowed) in stripe order.
+ * The thread may hold no inode lock of fs, nor fs->lock. */
+void fs_ilock(struct pmfuse_fs *fs, const struct pmfuse_ilock_req *req, unsigned n);
+void fs_ilock1(struct pmfuse_fs *fs, uint64_t ino, bool excl);
+/* Releases every inode lock of fs the thread holds (none: nothing to do). */
+void fs_iunlock(struct pmfuse_fs *fs);
 
 /* b+tree ops of the fs trees (defined by the module that owns each tree). */
 extern const struct pmfuse_btree_ops pmfuse_inode_ops;   /* inode.c */

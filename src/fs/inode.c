@@ -299,11 +299,13 @@ int pmfuse_fs_getattr(struct pmfuse_fs *fs, uint64_t ino, struct pmfuse_attr *at
 	struct pmfuse_inode *ip;
 	int rc;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc)
 		pmfuse_inode_to_attr(fs, ip, attr);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -345,6 +347,7 @@ int pmfuse_fs_setattr(struct pmfuse_fs *fs, uint64_t ino, const struct pmfuse_se
 	    ((valid & PMFUSE_SET_CTIME) && !ts_valid(&sa->ctime)))
 		return -EINVAL;
 
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
@@ -429,5 +432,6 @@ out:
 	if (tx)
 		pmfuse_tx_abort(tx);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
