@@ -453,12 +453,58 @@ static uint64_t name_peek(struct pmfuse_fs *fs, uint64_t dir, const char *name, 
 
 /* ---- lookup, readdir ------------------------------------------------------------------------ */
 
+static bool handle_live(void *arg)
+{
+	const void **h = arg;
+
+	return pmfuse_icache_live((struct pmfuse_icache *)h[0], h[1]);
+}
+
+/* Lookup from the cache alone, no lock: 1 with *attr and the reference taken, 0 on a miss. */
+static bool lookup_cached(struct pmfuse_fs *fs, uint64_t parent, const char *name, size_t len,
+			  struct pmfuse_attr *attr)
+{
+	const void *h[2] = { fs->icache, NULL };
+	bool hit = false;
+	uint64_t ino;
+
+	pmfuse_icache_read_begin();
+	ino = pmfuse_icache_name(fs->icache, parent, name, len, &h[1]);
+	/* the reference is taken only while the name still stands: a writer that removes or
+	 * retargets it forgets the directory's entry before it counts references */
+	if (ino && pmfuse_icache_attr(fs->icache, ino, attr, NULL))
+		hit = pmfuse_lookup_ref_if(fs, ino, handle_live, h);
+	pmfuse_icache_read_end();
+	return hit;
+}
+
+/* Under fs->lock: caches a name found in directory dp and its target's attributes. */
+static void lookup_fill(struct pmfuse_fs *fs, const struct pmfuse_inode *dp, const char *name,
+			size_t len, const struct pmfuse_attr *attr)
+{
+	struct pmfuse_attr da;
+	uint64_t seq = 0;
+	bool have;
+
+	pmfuse_icache_read_begin();
+	have = pmfuse_icache_attr(fs->icache, pmfuse_le64(dp->ino), &da, &seq);
+	pmfuse_icache_read_end();
+	if (!have) {
+		pmfuse_inode_to_attr(fs, dp, &da);
+		seq = pmfuse_icache_put_attr(fs->icache, &da);
+	}
+	pmfuse_icache_put_attr(fs->icache, attr);
+	pmfuse_icache_put_name(fs->icache, pmfuse_le64(dp->ino), seq, name, len, attr->ino);
+}
+
 int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		     struct pmfuse_attr *attr)
 {
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp;
+	struct pmfuse_attr local;
 	struct pmfuse_btree bt;
+	bool named = false;
 	struct dfind f;
 	uint64_t ino;
 	size_t len;
@@ -467,6 +513,10 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	rc = name_check(name, &len);
 	if (rc)
 		return rc;
+	if (!attr)
+		attr = &local;
+	if (fs->icache && !is_dot(name, len) && lookup_cached(fs, parent, name, len, attr))
+		return 0;
 	fs_ilock1(fs, parent, false);
 	fs_rdlock(fs);
 	rc = get_dir(fs, parent, false, &dp, &leaf);
@@ -495,9 +545,12 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		if (rc)
 			goto out;
 		ino = pmfuse_le64(f.de.ino);
+		named = true;
 	}
 found:
 	rc = entry_out(fs, ino, attr);
+	if (!rc && named && fs->icache)
+		lookup_fill(fs, dp, name, len, attr);
 	if (rc == -ENOENT)
 		rc = PMFUSE_CORRUPT("directory %llu: entry \"%s\" names missing inode %llu",
 				    (unsigned long long)parent, name, (unsigned long long)ino);

@@ -27,6 +27,7 @@
 #define ULL(x) ((unsigned long long)(x))
 
 __thread struct pmfuse_fs *pmfuse_fs_lock_held;
+__thread struct pmfuse_fs *pmfuse_fs_writer;
 __thread void *pmfuse_fs_scratch;
 
 void pmfuse_fs_fault_arm(struct pmfuse_fs *fs, struct pmfuse_pool_fault *f)

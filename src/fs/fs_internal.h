@@ -40,6 +40,7 @@
 #include <sys/types.h>
 
 #include "fs/fs.h"
+#include "fs/icache.h"
 #include "meta/alloc.h"
 #include "meta/btree.h"
 #include "meta/volume.h"
@@ -64,6 +65,7 @@ struct pmfuse_fs {
 	pthread_rwlock_t lock;
 	struct pmfuse_ilock *ilocks;          /* PMFUSE_ILOCK_STRIPES inode locks (lock.c) */
 	struct pmfuse_icache *icache;         /* lookup / getattr cache (icache.c), or NULL */
+	struct pmfuse_fs *writer_prev;        /* pmfuse_fs_writer before fs_wrlock (under it) */
 	struct pmfuse_btree inodes;           /* over state->roots[PMFUSE_ROOT_INODES] */
 	struct pmfuse_btree orphans;          /* over state->roots[PMFUSE_ROOT_ORPHANS] */
 	pthread_mutex_t lookup_lock;
@@ -89,6 +91,10 @@ struct pmfuse_fs {
  * taken twice by one thread.
  */
 extern __thread struct pmfuse_fs *pmfuse_fs_lock_held;
+/* The filesystem whose fs->lock this thread holds for writing (the one whose cache a change to
+ * an inode record forgets: pmfuse_inode_change); fs->writer_prev keeps the one before, since a
+ * crash test checks another filesystem from inside a writer's barrier. */
+extern __thread struct pmfuse_fs *pmfuse_fs_writer;
 /* A malloc'd buffer of the running request (the read path's vector list), which recovery from
  * a memory error frees: the frames that would have freed it are gone. NULL when none. */
 extern __thread void *pmfuse_fs_scratch;
@@ -101,10 +107,14 @@ static inline void fs_wrlock(struct pmfuse_fs *fs)
 {
 	pthread_rwlock_wrlock(&fs->lock);
 	pmfuse_fs_lock_held = fs;
+	fs->writer_prev = pmfuse_fs_writer;
+	pmfuse_fs_writer = fs;
 }
 static inline void fs_unlock(struct pmfuse_fs *fs)
 {
 	pmfuse_fs_lock_held = NULL;
+	if (pmfuse_fs_writer == fs)
+		pmfuse_fs_writer = fs->writer_prev;
 	pthread_rwlock_unlock(&fs->lock);
 }
 
@@ -184,6 +194,9 @@ int pmfuse_orphan_add(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint64_t ino);
 int pmfuse_orphan_del(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint64_t ino);
 /* Takes one lookup reference. */
 void pmfuse_lookup_ref(struct pmfuse_fs *fs, uint64_t ino);
+/* Takes one if ok(arg), asked under the lock that counting references takes (the lock-free
+ * lookup: a writer decides about freeing an inode by counting under it). */
+bool pmfuse_lookup_ref_if(struct pmfuse_fs *fs, uint64_t ino, bool (*ok)(void *arg), void *arg);
 /* Frees an inode with nlink 0 and no references: its data, xattrs and record (several
  * transactions; the orphan entry keeps the work restartable after a crash). Write lock held. */
 int pmfuse_inode_free(struct pmfuse_fs *fs, uint64_t ino);
