@@ -12,6 +12,8 @@
  *   data.c    read, write, truncate, fallocate, lseek, copy-on-write of shared blocks
  *   reflink.c clone_range, copy_range, unshare, extent reports, CoW hint, space check
  *   check.c   consistency checks for fsck (fs/check.h): trees, records, namespace
+ *   lock.c    per-inode locks (a striped table) and what each thread holds of them
+ *   icache.c  the lookup / getattr cache read under RCU (fs/icache.h)
  *
  * Inode records live in the leaves of the inode table. pmfuse_inode_locate() returns a pointer to
  * the record in the pool and the leaf block that holds it; fields are changed in place after
