@@ -23,7 +23,6 @@
 #include <urcu/rculfhash.h>
 
 #define ULL(x) ((unsigned long long)(x))
-#define EVICT_BATCH 64u
 
 struct anode {
 	struct cds_lfht_node node;
@@ -44,6 +43,7 @@ struct pmfuse_icache {
 	struct cds_lfht *attrs, *names;
 	size_t max;
 	unsigned long nattrs, nnames, evicted;    /* uatomic */
+	int evicting;                             /* uatomic: a thread is emptying a table */
 	uint64_t seq;                             /* uatomic: the last sequence number given */
 };
 
@@ -103,7 +103,9 @@ struct pmfuse_icache *pmfuse_icache_new(size_t max)
 	if (!c)
 		return NULL;
 	c->max = max < 16 ? 16 : max;
-	while (init < c->max / 4 && init < (1ul << 16))
+	/* buckets for the whole bound from the start: growing happens in a call_rcu worker, and
+	 * until it has run every put walks long chains */
+	while (init < c->max && init < (1ul << 20))
 		init <<= 1;
 	c->attrs = cds_lfht_new_flavor(init, 1, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
 				       &urcu_bp_flavor, NULL);
@@ -221,27 +223,23 @@ bool pmfuse_icache_live(struct pmfuse_icache *c, const void *handle)
 	return !cds_lfht_is_node_deleted(&p->node);
 }
 
-/* Makes room for one more entry in a table holding *count of at most c->max. */
+/*
+ * Makes room in a table holding *count of at most c->max: empties it. The hash table has no
+ * cheap order to evict in (a walk from its start crosses every bucket emptied before, which made
+ * evicting a batch at a time quadratic), and emptying costs one walk per c->max puts. A working
+ * set larger than the cache is then refilled by misses; one thread empties at a time.
+ */
 static void evict(struct pmfuse_icache *c, struct cds_lfht *t, unsigned long *count,
 		  void (*fn)(struct rcu_head *), size_t off_rcu, size_t off_node)
 {
-	struct cds_lfht_iter it;
-	struct cds_lfht_node *node;
-	unsigned n = 0;
+	unsigned long n;
 
-	if (uatomic_read(count) < c->max)
+	if (uatomic_read(count) < c->max || uatomic_cmpxchg(&c->evicting, 0, 1) != 0)
 		return;
-	urcu_bp_read_lock();
-	cds_lfht_for_each(t, &it, node) {
-		if (!cds_lfht_del(t, node)) {
-			urcu_bp_call_rcu((struct rcu_head *)((char *)node - off_node + off_rcu), fn);
-			uatomic_dec(count);
-			uatomic_inc(&c->evicted);
-		}
-		if (++n >= EVICT_BATCH)
-			break;
-	}
-	urcu_bp_read_unlock();
+	n = drain(t, fn, off_rcu, off_node);
+	uatomic_sub(count, n);
+	uatomic_add(&c->evicted, n);
+	uatomic_set(&c->evicting, 0);
 }
 
 uint64_t pmfuse_icache_put_attr(struct pmfuse_icache *c, const struct pmfuse_attr *a)

@@ -16,8 +16,8 @@
  * (so no reader finds a name after its inode may have been freed). Readers copy out what they
  * need inside a read section; nodes are freed with call_rcu.
  *
- * Bounded: each table holds at most max entries; a put beyond that evicts a batch of others
- * (whatever the table walk meets first: an evicted entry is only a miss).
+ * Bounded: each table holds at most max entries (plus the puts racing with its emptying); a put
+ * that finds its table full empties it (icache.c says why; an evicted entry is only a miss).
  */
 #ifndef PMFUSE_ICACHE_H
 #define PMFUSE_ICACHE_H
