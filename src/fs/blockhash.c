@@ -149,6 +149,7 @@ int pmfuse_fs_block_hashes(struct pmfuse_fs *fs, uint64_t ino, uint64_t from,
 	h.buf = bh_buffer();
 	if (!h.buf)
 		return -ENOMEM;
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc) {
@@ -171,5 +172,6 @@ int pmfuse_fs_block_hashes(struct pmfuse_fs *fs, uint64_t ino, uint64_t from,
 	}
 out:
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc ? rc : (int)h.n;
 }

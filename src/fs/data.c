@@ -376,6 +376,7 @@ int pmfuse_fs_read(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, size_t len,
 	ssize_t n;
 	int rc;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = file_get(fs, ino, false, &f);
 	if (!rc) {
@@ -383,6 +384,7 @@ int pmfuse_fs_read(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, size_t len,
 		rc = n < 0 ? (int)n : emit(arg, l.v, l.cnt);
 	}
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	pmfuse_fs_scratch = NULL;
 	free(l.v);
 	return rc;
@@ -422,9 +424,11 @@ ssize_t pmfuse_fs_pread(struct pmfuse_fs *fs, uint64_t ino, void *buf, size_t le
 {
 	ssize_t n;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	n = pread_core(fs, ino, false, buf, len, off);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return n;
 }
 
@@ -1360,9 +1364,11 @@ ssize_t pmfuse_fs_write_priv(struct pmfuse_fs *fs, uint64_t ino, const void *buf
 	ssize_t n;
 
 	*privs_dropped = false;
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	n = write_core(fs, ino, false, buf, len, off, append, cred, privs_dropped);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return n;
 }
 
@@ -1905,6 +1911,7 @@ int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t o
 	if (fs->readonly)
 		return -EROFS;
 
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	rc = file_get(fs, ino, false, &f);
 	if (rc == -EINVAL)
@@ -1918,6 +1925,7 @@ int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t o
 			rc = allocate(&f, off, off + len, keep);
 	}
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -1962,11 +1970,13 @@ int64_t pmfuse_fs_lseek(struct pmfuse_fs *fs, uint64_t ino, int64_t off, int whe
 		return -EINVAL;
 	if (off < 0)
 		return -ENXIO;
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	r = file_get(fs, ino, false, &f);
 	if (!r)
 		r = seek_data_hole(&f, (uint64_t)off, whence);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return r;
 }
 
@@ -1976,10 +1986,12 @@ int pmfuse_fs_fsync(struct pmfuse_fs *fs, uint64_t ino)
 	struct pmfuse_inode *ip;
 	int rc;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc)
 		pmfuse_pool_drain(fs->pool);   /* nothing is buffered: a barrier is all there is */
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }

@@ -425,14 +425,86 @@ static int check_not_ancestor(struct pmfuse_fs *fs, uint64_t anc, uint64_t ino)
 	return PMFUSE_CORRUPT("directory parent chain does not reach the root");
 }
 
+/*
+ * The inode that name in directory dir names now, 0 for none (or when the directory cannot be
+ * read: the operation finds that out again under its locks). An operation on a name's target
+ * locks the directory and the target in inode-lock order, so it finds the target first, then
+ * locks both and checks that the name still names it (else it starts again).
+ */
+static uint64_t name_peek(struct pmfuse_fs *fs, uint64_t dir, const char *name, size_t len)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *dp;
+	struct pmfuse_btree bt;
+	struct dfind f;
+	uint64_t ino = 0;
+
+	fs_ilock1(fs, dir, false);
+	fs_rdlock(fs);
+	if (!get_dir(fs, dir, false, &dp, &leaf)) {
+		dir_tree(fs, dp, leaf, &bt);
+		if (!dir_find(&bt, name, len, &f) && f.found)
+			ino = pmfuse_le64(f.de.ino);
+	}
+	fs_unlock(fs);
+	fs_iunlock(fs);
+	return ino;
+}
+
 /* ---- lookup, readdir ------------------------------------------------------------------------ */
+
+static bool handle_live(void *arg)
+{
+	const void **h = arg;
+
+	return pmfuse_icache_live((struct pmfuse_icache *)h[0], h[1]);
+}
+
+/* Lookup from the cache alone, no lock: 1 with *attr and the reference taken, 0 on a miss. */
+static bool lookup_cached(struct pmfuse_fs *fs, uint64_t parent, const char *name, size_t len,
+			  struct pmfuse_attr *attr)
+{
+	const void *h[2] = { fs->icache, NULL };
+	bool hit = false;
+	uint64_t ino;
+
+	pmfuse_icache_read_begin();
+	ino = pmfuse_icache_name(fs->icache, parent, name, len, &h[1]);
+	/* the reference is taken only while the name still stands: a writer that removes or
+	 * retargets it forgets the directory's entry before it counts references */
+	if (ino && pmfuse_icache_attr(fs->icache, ino, attr, NULL))
+		hit = pmfuse_lookup_ref_if(fs, ino, handle_live, h);
+	pmfuse_icache_read_end();
+	return hit;
+}
+
+/* Under fs->lock: caches a name found in directory dp and its target's attributes. */
+static void lookup_fill(struct pmfuse_fs *fs, const struct pmfuse_inode *dp, const char *name,
+			size_t len, const struct pmfuse_attr *attr)
+{
+	struct pmfuse_attr da;
+	uint64_t seq = 0;
+	bool have;
+
+	pmfuse_icache_read_begin();
+	have = pmfuse_icache_attr(fs->icache, pmfuse_le64(dp->ino), &da, &seq);
+	pmfuse_icache_read_end();
+	if (!have) {
+		pmfuse_inode_to_attr(fs, dp, &da);
+		seq = pmfuse_icache_put_attr(fs->icache, &da);
+	}
+	pmfuse_icache_put_attr(fs->icache, attr);
+	pmfuse_icache_put_name(fs->icache, pmfuse_le64(dp->ino), seq, name, len, attr->ino);
+}
 
 int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		     struct pmfuse_attr *attr)
 {
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp;
+	struct pmfuse_attr local;
 	struct pmfuse_btree bt;
+	bool named = false;
 	struct dfind f;
 	uint64_t ino;
 	size_t len;
@@ -441,6 +513,11 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	rc = name_check(name, &len);
 	if (rc)
 		return rc;
+	if (!attr)
+		attr = &local;
+	if (fs->icache && !is_dot(name, len) && lookup_cached(fs, parent, name, len, attr))
+		return 0;
+	fs_ilock1(fs, parent, false);
 	fs_rdlock(fs);
 	rc = get_dir(fs, parent, false, &dp, &leaf);
 	if (rc == -ENOTDIR && len == 1 && name[0] == '.') {
@@ -468,14 +545,18 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		if (rc)
 			goto out;
 		ino = pmfuse_le64(f.de.ino);
+		named = true;
 	}
 found:
 	rc = entry_out(fs, ino, attr);
+	if (!rc && named && fs->icache)
+		lookup_fill(fs, dp, name, len, attr);
 	if (rc == -ENOENT)
 		rc = PMFUSE_CORRUPT("directory %llu: entry \"%s\" names missing inode %llu",
 				    (unsigned long long)parent, name, (unsigned long long)ino);
 out:
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -501,6 +582,7 @@ int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfus
 	struct pmfuse_le64 k;
 	int rc;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = get_dir(fs, ino, false, &dp, &leaf);
 	if (!rc && !pmfuse_le32(dp->nlink))
@@ -531,6 +613,7 @@ int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfus
 		rc = 0;
 out:
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -604,6 +687,7 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 	rc = name_check(name, &len);
 	if (rc)
 		return rc;
+	fs_ilock1(fs, parent, true);
 	fs_wrlock(fs);
 	rc = prepare_create(fs, parent, name, len, S_ISDIR(mode), &dp, &leaf, &f);
 	if (rc)
@@ -622,6 +706,7 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	pmfuse_acl_inherit_done(&inh);
 	return rc;
 }
@@ -643,6 +728,7 @@ int pmfuse_fs_tmpfile(struct pmfuse_fs *fs, uint64_t parent, uint32_t mode,
 	int rc;
 
 	mode = S_IFREG | (mode & 07777);
+	fs_ilock1(fs, parent, true);
 	fs_wrlock(fs);
 	rc = fs->readonly ? -EROFS : get_dir(fs, parent, true, &dp, &leaf);
 	if (!rc)
@@ -668,6 +754,7 @@ int pmfuse_fs_tmpfile(struct pmfuse_fs *fs, uint64_t parent, uint32_t mode,
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	pmfuse_acl_inherit_done(&inh);
 	return rc;
 }
@@ -763,6 +850,7 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		return -ENOENT;
 	if (tlen > PMFUSE_SYMLINK_MAX)
 		return -ENAMETOOLONG;
+	fs_ilock1(fs, parent, true);
 	fs_wrlock(fs);
 	rc = prepare_create(fs, parent, name, len, false, &dp, &leaf, &f);
 	if (rc)
@@ -777,6 +865,7 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -788,6 +877,7 @@ int pmfuse_fs_readlink(struct pmfuse_fs *fs, uint64_t ino, char *buf, size_t siz
 	ssize_t n;
 	int rc;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
@@ -820,6 +910,7 @@ int pmfuse_fs_readlink(struct pmfuse_fs *fs, uint64_t ino, char *buf, size_t siz
 	rc = (int)len;
 out:
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -839,6 +930,7 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 	rc = name_check(newname, &len);
 	if (rc)
 		return rc;
+	fs_ilock(fs, (struct pmfuse_ilock_req[]){ { ino, true }, { newparent, true } }, 2);
 	fs_wrlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
@@ -886,6 +978,7 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -900,7 +993,7 @@ static int remove_entry(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	struct pmfuse_btree bt;
 	bool gone = false;
 	struct dfind f;
-	uint64_t ino = 0;
+	uint64_t ino = 0, peek;
 	uint32_t mode;
 	size_t len;
 	int rc;
@@ -910,6 +1003,9 @@ static int remove_entry(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		return rc;
 	if (is_dot(name, len))
 		return rmdir ? (len == 1 ? -EINVAL : -ENOTEMPTY) : -EISDIR;
+again:
+	peek = name_peek(fs, parent, name, len);
+	fs_ilock(fs, (struct pmfuse_ilock_req[]){ { parent, true }, { peek, true } }, 2);
 	fs_wrlock(fs);
 	if (fs->readonly) {
 		rc = -EROFS;
@@ -925,6 +1021,12 @@ static int remove_entry(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	if (rc)
 		goto out;
 	ino = pmfuse_le64(f.de.ino);
+	if (ino != peek) {
+		/* renamed or replaced since it was peeked: lock the inode it names now */
+		fs_unlock(fs);
+		fs_iunlock(fs);
+		goto again;
+	}
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc == -ENOENT)
 		rc = PMFUSE_CORRUPT("directory %llu: entry \"%s\" names missing inode %llu",
@@ -974,6 +1076,7 @@ out:
 	if (tx)
 		pmfuse_tx_abort(tx);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -1171,6 +1274,7 @@ int pmfuse_fs_rename(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	struct pmfuse_tx *tx = NULL;
 	struct side s, d;
 	bool orphaned = false;
+	uint64_t sino, dino;
 	int rc;
 
 	size_t len;
@@ -1181,16 +1285,26 @@ int pmfuse_fs_rename(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	/* both names are checked before anything is looked up, as path resolution would */
 	if ((rc = name_check(name, &len)) || (rc = name_check(newname, &len)))
 		return rc;
+	if (fs->readonly)
+		return -EROFS;
+again:
+	/* both directories and both names' inodes, in lock order (name_peek) */
+	sino = name_peek(fs, parent, name, strlen(name));
+	dino = name_peek(fs, newparent, newname, strlen(newname));
+	fs_ilock(fs, (struct pmfuse_ilock_req[]){ { parent, true }, { newparent, true },
+						   { sino, true }, { dino, true } }, 4);
 	fs_wrlock(fs);
-	if (fs->readonly) {
-		rc = -EROFS;
-		goto out;
-	}
 	rc = side_open(fs, &s, parent, name, false);
 	if (!rc && !s.ip)
 		rc = -ENOENT;
 	if (!rc)
 		rc = side_open(fs, &d, newparent, newname, true);
+	if (!rc && ((s.ip && pmfuse_le64(s.f.de.ino) != sino) ||
+		    (d.ip ? pmfuse_le64(d.f.de.ino) : 0) != dino)) {
+		fs_unlock(fs);
+		fs_iunlock(fs);
+		goto again;
+	}
 	if (!rc)
 		rc = rename_check(fs, &s, &d, flags);
 	if (rc) {
@@ -1214,5 +1328,6 @@ out:
 	if (tx)
 		pmfuse_tx_abort(tx);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }

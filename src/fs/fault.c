@@ -7,7 +7,7 @@
  * interrupted wherever it was. The caller's recovery point (pool.h) brings the thread back with
  * whatever it held: this module lets go of it in the reverse order of the lock order (the
  * running transaction is rolled back from its undo log, which is what recovery after a crash
- * would do; the allocator's lock; fs->lock), then records the damage on the inode the request
+ * would do; the allocator's lock; fs->lock; the inode locks), then records the damage on the inode the request
  * was about, in a transaction of its own that may fault again (then it is only logged).
  *
  * Which file a bad block belongs to: the request's inode for a fault during a request (a fault
@@ -27,6 +27,7 @@
 #define ULL(x) ((unsigned long long)(x))
 
 __thread struct pmfuse_fs *pmfuse_fs_lock_held;
+__thread struct pmfuse_fs *pmfuse_fs_writer;
 __thread void *pmfuse_fs_scratch;
 
 void pmfuse_fs_fault_arm(struct pmfuse_fs *fs, struct pmfuse_pool_fault *f)
@@ -52,6 +53,7 @@ static void release_held(struct pmfuse_fs *fs)
 	pmfuse_alloc_release_held();
 	if (pmfuse_fs_lock_held == fs)
 		fs_unlock(fs);
+	fs_iunlock(fs);
 	free(pmfuse_fs_scratch);
 	pmfuse_fs_scratch = NULL;
 }
@@ -100,6 +102,7 @@ int pmfuse_fs_fault_recover(struct pmfuse_fs *fs, uint64_t ino, uint64_t off)
 	if (!ino || fs->readonly)
 		return -EIO;
 
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	if (sigsetjmp(f.env, 0)) {
 		release_held(fs);
@@ -111,6 +114,7 @@ int pmfuse_fs_fault_recover(struct pmfuse_fs *fs, uint64_t ino, uint64_t off)
 	rc = mark_damaged(fs, ino);
 	pmfuse_pool_fault_disarm(&f);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	if (rc < 0)
 		pmfuse_log(PMFUSE_LOG_ERR, "inode %llu: cannot mark it damaged: %s", ULL(ino),
 			   strerror(-rc));

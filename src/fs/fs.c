@@ -151,11 +151,11 @@ static void lk_remove_at(struct pmfuse_fs *fs, size_t i)
 	fs->lookups_used--;
 }
 
-void pmfuse_lookup_ref(struct pmfuse_fs *fs, uint64_t ino)
+/* pmfuse_lookup_ref with lookup_lock held. */
+static void lk_ref(struct pmfuse_fs *fs, uint64_t ino)
 {
 	size_t i;
 
-	pthread_mutex_lock(&fs->lookup_lock);
 	if ((fs->lookups_used + 1) * 2 > fs->nlookups && lk_grow(fs))
 		pmfuse_log(PMFUSE_LOG_WARN, "lookup table: out of memory growing past %zu entries",
 			   fs->nlookups);
@@ -163,14 +163,31 @@ void pmfuse_lookup_ref(struct pmfuse_fs *fs, uint64_t ino)
 	if (!fs->lookups[i].ino) {
 		if (fs->lookups_used + 1 >= fs->nlookups) {
 			/* cannot happen unless growing failed repeatedly: keep going uncounted */
-			pthread_mutex_unlock(&fs->lookup_lock);
 			return;
 		}
 		fs->lookups[i].ino = ino;
 		fs->lookups_used++;
 	}
 	fs->lookups[i].count++;
+}
+
+void pmfuse_lookup_ref(struct pmfuse_fs *fs, uint64_t ino)
+{
+	pthread_mutex_lock(&fs->lookup_lock);
+	lk_ref(fs, ino);
 	pthread_mutex_unlock(&fs->lookup_lock);
+}
+
+bool pmfuse_lookup_ref_if(struct pmfuse_fs *fs, uint64_t ino, bool (*ok)(void *arg), void *arg)
+{
+	bool yes;
+
+	pthread_mutex_lock(&fs->lookup_lock);
+	yes = ok(arg);
+	if (yes)
+		lk_ref(fs, ino);
+	pthread_mutex_unlock(&fs->lookup_lock);
+	return yes;
 }
 
 /* The kernel's references to ino (0 when none). */
@@ -215,6 +232,8 @@ int pmfuse_inode_drop(struct pmfuse_fs *fs, struct pmfuse_tx *tx, const struct p
 	if (pmfuse_le32(ip->nlink) || pmfuse_le16(ip->map.levels) ||
 	    pmfuse_le16(ip->xattrs.levels) || pmfuse_le64(ip->blocks) || lk_count(fs, ino))
 		return 0;
+	if (fs->icache)
+		pmfuse_icache_forget(fs->icache, ino);
 	pmfuse_set_le64(&key, ino);
 	rc = pmfuse_btree_delete(tx, &fs->inodes, &key, NULL);
 	if (!rc)
@@ -244,16 +263,20 @@ void pmfuse_fs_forget(struct pmfuse_fs *fs, uint64_t ino, uint64_t nlookup)
 	if (!zero || fs->readonly || ino == PMFUSE_ROOT_INO)
 		return;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	unlinked = !rc && pmfuse_le32(ip->nlink) == 0;
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	if (!unlinked)
 		return;
 
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	rc = free_if_unused(fs, ino);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	if (rc)
 		pmfuse_log(PMFUSE_LOG_ERR, "freeing unlinked inode %llu: %s (it stays on the "
 			   "orphan list)", (unsigned long long)ino, strerror(-rc));
@@ -336,6 +359,8 @@ int pmfuse_inode_free(struct pmfuse_fs *fs, uint64_t ino)
 		if (rc)
 			goto out_abort;
 	}
+	if (fs->icache)
+		pmfuse_icache_forget(fs->icache, ino);
 	pmfuse_set_le64(&key, ino);
 	rc = pmfuse_btree_delete(tx, &fs->inodes, &key, NULL);
 	if (!rc)
@@ -467,7 +492,7 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 	fs->lookups = calloc(fs->nlookups, sizeof(*fs->lookups));
 	fs->zeroes = calloc(1, PMFUSE_ZERO_BUF);
 	fs->cmp_buf = malloc(2 * PMFUSE_CMP_CHUNK);
-	if (!fs->lookups || !fs->zeroes || !fs->cmp_buf) {
+	if (!fs->lookups || !fs->zeroes || !fs->cmp_buf || pmfuse_ilock_init(fs)) {
 		rc = -ENOMEM;
 		goto fail;
 	}
@@ -516,10 +541,18 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 		if (rc)
 			goto fail;
 	}
+	/* repair changes the trees behind the cache's back: never with one */
+	if (opts && opts->cache_entries && !opts->repair) {
+		fs->icache = pmfuse_icache_new(opts->cache_entries);
+		if (!fs->icache)
+			pmfuse_log(PMFUSE_LOG_WARN, "no memory for the lookup cache: running "
+				   "without it");
+	}
 	*out = fs;
 	return 0;
 
 fail:
+	pmfuse_ilock_fini(fs);
 	pthread_rwlock_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->lookup_lock);
 	free(fs->lookups);
@@ -569,6 +602,8 @@ void pmfuse_fs_close(struct pmfuse_fs *fs)
 		fs_unlock(fs);
 	}
 closed:
+	pmfuse_icache_free(fs->icache);
+	pmfuse_ilock_fini(fs);
 	pthread_rwlock_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->lookup_lock);
 	free(fs->lookups);

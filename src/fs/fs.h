@@ -113,6 +113,9 @@ struct pmfuse_fs_opts {
 	 * (vol->alloc may be NULL until repair rebuilds the bitmap), a damaged root tolerated as
 	 * for check, and the orphan list left alone (repair decides about it). */
 	bool repair;
+	/* Entries of the DRAM lookup / getattr cache (fs/icache.h), per table (attributes,
+	 * names); 0: no cache. Not with repair. */
+	size_t cache_entries;
 };
 
 /*

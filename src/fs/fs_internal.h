@@ -12,6 +12,8 @@
  *   data.c    read, write, truncate, fallocate, lseek, copy-on-write of shared blocks
  *   reflink.c clone_range, copy_range, unshare, extent reports, CoW hint, space check
  *   check.c   consistency checks for fsck (fs/check.h): trees, records, namespace
+ *   lock.c    per-inode locks (a striped table) and what each thread holds of them
+ *   icache.c  the lookup / getattr cache read under RCU (fs/icache.h)
  *
  * Inode records live in the leaves of the inode table. pmfuse_inode_locate() returns a pointer to
  * the record in the pool and the leaf block that holds it; fields are changed in place after
@@ -19,9 +21,17 @@
  * until the inode TABLE is modified (an inode created or freed): locate again after that.
  * Operations on an inode's own trees (extent map, directory, xattrs) do not move the record.
  *
- * Lock order: fs->lock (rwlock: readers share, every modification is a writer) before the
- * transaction manager's lock (pmfuse_tx_begin) before the allocator's. fs->lookup_lock only
- * guards the lookup-count table and is taken with or without fs->lock, never around it.
+ * Lock order (doc/design.md, "Locking"):
+ *   1. inode locks (lock.c): every inode an operation reads or changes, all taken at once in
+ *      ascending stripe order, never a second set while one is held;
+ *   2. fs->lock, the structure lock (rwlock): readers share it; a thread that changes the pool
+ *      holds it for writing, because a transaction leaves nodes of the shared trees (the inode
+ *      table above all) with stale checksums and may move inode records until it commits;
+ *   3. the transaction manager's lock (pmfuse_tx_begin);
+ *   4. the allocator's.
+ * fs->lookup_lock only guards the lookup-count table and is taken with or without the others,
+ * never around them. The DRAM cache (icache.c) is read under RCU without any of them and changed
+ * by threads that hold fs->lock.
  */
 #ifndef PMFUSE_FS_INTERNAL_H
 #define PMFUSE_FS_INTERNAL_H
@@ -32,6 +42,7 @@
 #include <sys/types.h>
 
 #include "fs/fs.h"
+#include "fs/icache.h"
 #include "meta/alloc.h"
 #include "meta/btree.h"
 #include "meta/volume.h"
@@ -54,6 +65,9 @@ struct pmfuse_fs {
 	bool repair;                          /* opened for fsck repair (pmfuse_fs_opts.repair):
 						 orphans are left alone at open and close */
 	pthread_rwlock_t lock;
+	struct pmfuse_ilock *ilocks;          /* PMFUSE_ILOCK_STRIPES inode locks (lock.c) */
+	struct pmfuse_icache *icache;         /* lookup / getattr cache (icache.c), or NULL */
+	struct pmfuse_fs *writer_prev;        /* pmfuse_fs_writer before fs_wrlock (under it) */
 	struct pmfuse_btree inodes;           /* over state->roots[PMFUSE_ROOT_INODES] */
 	struct pmfuse_btree orphans;          /* over state->roots[PMFUSE_ROOT_ORPHANS] */
 	pthread_mutex_t lookup_lock;
@@ -90,6 +104,10 @@ void pmfuse_helper_stop(struct pmfuse_fs *fs);
  * taken twice by one thread.
  */
 extern __thread struct pmfuse_fs *pmfuse_fs_lock_held;
+/* The filesystem whose fs->lock this thread holds for writing (the one whose cache a change to
+ * an inode record forgets: pmfuse_inode_change); fs->writer_prev keeps the one before, since a
+ * crash test checks another filesystem from inside a writer's barrier. */
+extern __thread struct pmfuse_fs *pmfuse_fs_writer;
 /* A malloc'd buffer of the running request (the read path's vector list), which recovery from
  * a memory error frees: the frames that would have freed it are gone. NULL when none. */
 extern __thread void *pmfuse_fs_scratch;
@@ -102,12 +120,53 @@ static inline void fs_wrlock(struct pmfuse_fs *fs)
 {
 	pthread_rwlock_wrlock(&fs->lock);
 	pmfuse_fs_lock_held = fs;
+	fs->writer_prev = pmfuse_fs_writer;
+	pmfuse_fs_writer = fs;
 }
 static inline void fs_unlock(struct pmfuse_fs *fs)
 {
 	pmfuse_fs_lock_held = NULL;
+	if (pmfuse_fs_writer == fs)
+		pmfuse_fs_writer = fs->writer_prev;
 	pthread_rwlock_unlock(&fs->lock);
 }
+
+/* ---- lock.c: per-inode locks ---- */
+#define PMFUSE_ILOCK_STRIPES 4096u    /* a power of two */
+#define PMFUSE_ILOCK_MAX 4u           /* inodes one operation locks at most (rename) */
+struct pmfuse_ilock {
+	pthread_rwlock_t lock;
+};
+struct pmfuse_ilock_req {
+	uint64_t ino;                   /* 0: none (skipped) */
+	bool excl;
+};
+/* What this thread holds, for pmfuse_fs_fault_recover: one frame per filesystem, since a thread
+ * may work on a second one while it holds the first's locks (the crash tests check each crash
+ * image from inside the barrier hook of the operation that made it). */
+#define PMFUSE_ILOCK_FRAMES 4u
+struct pmfuse_ilock_frame {
+	struct pmfuse_fs *fs;
+	unsigned n;
+	uint32_t stripe[PMFUSE_ILOCK_MAX];
+};
+struct pmfuse_ilocks_held {
+	unsigned depth;
+	struct pmfuse_ilock_frame f[PMFUSE_ILOCK_FRAMES];
+};
+extern __thread struct pmfuse_ilocks_held pmfuse_ilocks_held;
+static inline uint32_t pmfuse_ilock_stripe(uint64_t ino)
+{
+	return (uint32_t)(ino & (PMFUSE_ILOCK_STRIPES - 1));
+}
+int pmfuse_ilock_init(struct pmfuse_fs *fs);
+void pmfuse_ilock_fini(struct pmfuse_fs *fs);
+/* Locks the inodes of req (up to PMFUSE_ILOCK_MAX, duplicates and 0 allowed) in stripe order.
+ * The thread may hold no inode lock of fs, nor fs->lock. */
+void fs_ilock(struct pmfuse_fs *fs, const struct pmfuse_ilock_req *req, unsigned n);
+void fs_ilock1(struct pmfuse_fs *fs, uint64_t ino, bool excl);
+/* Releases every inode lock of fs the thread holds (none: nothing to do). */
+void fs_iunlock(struct pmfuse_fs *fs);
 
 /* b+tree ops of the fs trees (defined by the module that owns each tree). */
 extern const struct pmfuse_btree_ops pmfuse_inode_ops;   /* inode.c */
@@ -148,6 +207,9 @@ int pmfuse_orphan_add(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint64_t ino);
 int pmfuse_orphan_del(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint64_t ino);
 /* Takes one lookup reference. */
 void pmfuse_lookup_ref(struct pmfuse_fs *fs, uint64_t ino);
+/* Takes one if ok(arg), asked under the lock that counting references takes (the lock-free
+ * lookup: a writer decides about freeing an inode by counting under it). */
+bool pmfuse_lookup_ref_if(struct pmfuse_fs *fs, uint64_t ino, bool (*ok)(void *arg), void *arg);
 /* Frees an inode with nlink 0 and no references: its data, xattrs and record (several
  * transactions; the orphan entry keeps the work restartable after a crash). Write lock held. */
 int pmfuse_inode_free(struct pmfuse_fs *fs, uint64_t ino);

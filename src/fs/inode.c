@@ -147,6 +147,17 @@ int pmfuse_inode_locate(struct pmfuse_fs *fs, uint64_t ino, struct pmfuse_inode 
 int pmfuse_inode_change(struct pmfuse_tx *tx, struct pmfuse_blk_hdr *leaf, void *field,
 			size_t len)
 {
+	struct pmfuse_fs *fs = pmfuse_fs_writer;
+
+	/* every change of an inode's attributes is declared here first: the cache forgets the
+	 * inode now, before anything of the change can be seen or a reference dropped */
+	if (fs && fs->icache) {
+		size_t off = (size_t)((uint8_t *)field - (uint8_t *)leaf) - sizeof(*leaf);
+		const uint8_t *rec = (const uint8_t *)leaf + sizeof(*leaf) +
+				     off / sizeof(struct pmfuse_inode) * sizeof(struct pmfuse_inode);
+
+		pmfuse_icache_forget(fs->icache, le64_at(rec));
+	}
 	return pmfuse_tx_add_meta(tx, leaf, field, len);
 }
 
@@ -299,11 +310,26 @@ int pmfuse_fs_getattr(struct pmfuse_fs *fs, uint64_t ino, struct pmfuse_attr *at
 	struct pmfuse_inode *ip;
 	int rc;
 
+	if (fs->icache) {
+		bool hit;
+
+		/* no lock: a writer forgets the entry before it changes the record */
+		pmfuse_icache_read_begin();
+		hit = pmfuse_icache_attr(fs->icache, ino, attr, NULL);
+		pmfuse_icache_read_end();
+		if (hit)
+			return 0;
+	}
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
-	if (!rc)
+	if (!rc) {
 		pmfuse_inode_to_attr(fs, ip, attr);
+		if (fs->icache)
+			pmfuse_icache_put_attr(fs->icache, attr);   /* under the lock: current */
+	}
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -362,6 +388,7 @@ int pmfuse_fs_setattr(struct pmfuse_fs *fs, uint64_t ino, const struct pmfuse_se
 	    ((valid & PMFUSE_SET_CTIME) && !ts_valid(&sa->ctime)))
 		return -EINVAL;
 
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
@@ -454,5 +481,6 @@ out:
 	if (tx)
 		pmfuse_tx_abort(tx);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }

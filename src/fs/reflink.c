@@ -377,6 +377,7 @@ int pmfuse_fs_clone_range_sized(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t
 
 	if (fs->readonly)
 		return -EROFS;
+	fs_ilock(fs, (struct pmfuse_ilock_req[]){ { src_ino, true }, { dst_ino, true } }, 2);
 	fs_wrlock(fs);
 	rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
 	if (!rc && dst_size_before)
@@ -386,6 +387,7 @@ int pmfuse_fs_clone_range_sized(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t
 	if (!rc)
 		rc = clone_run(&c);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc < 0 ? rc : 0;
 }
 
@@ -507,9 +509,11 @@ ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t sr
 
 	if (fs->readonly)
 		return -EROFS;
+	fs_ilock(fs, (struct pmfuse_ilock_req[]){ { src_ino, true }, { dst_ino, true } }, 2);
 	fs_wrlock(fs);
 	n = copy_range_locked(fs, src_ino, src_off, dst_ino, dst_off, len, cred);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return n;
 }
 
@@ -711,6 +715,7 @@ int pmfuse_fs_dedupe_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_
 	*deduped = 0;
 	if (fs->readonly)
 		return -EROFS;
+	fs_ilock(fs, (struct pmfuse_ilock_req[]){ { src_ino, true }, { dst_ino, true } }, 2);
 	fs_wrlock(fs);
 	rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
 	if (!rc)
@@ -726,6 +731,7 @@ int pmfuse_fs_dedupe_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_
 			*deduped = n;
 	}
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc < 0 ? rc : 0;
 }
 
@@ -1063,6 +1069,7 @@ int pmfuse_fs_dedupe_blocks(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src
 		struct clone c;
 		uint64_t n;
 
+		fs_ilock(fs, (struct pmfuse_ilock_req[]){ { src_ino, true }, { dst_ino, true } }, 2);
 		fs_wrlock(fs);
 		rc = rfiles_get(fs, src_ino, dst_ino, &s, &d, &dp);
 		if (!rc && !pos) {
@@ -1088,6 +1095,7 @@ int pmfuse_fs_dedupe_blocks(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src
 				cnt->compared += n;
 		}
 		fs_unlock(fs);
+		fs_iunlock(fs);
 		if (rc || !n)
 			break;
 		pos += n;
@@ -1110,11 +1118,13 @@ int pmfuse_fs_unshare(struct pmfuse_fs *fs, uint64_t ino, uint64_t off, uint64_t
 		return -EROFS;
 	if (off > PMFUSE_FILE_SIZE_MAX || len > PMFUSE_FILE_SIZE_MAX - off)
 		return -EFBIG;
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	rc = rfile_get(fs, ino, &f);
 	if (!rc)
 		rc = pmfuse_data_unshare(fs, ino, off, len);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -1166,6 +1176,7 @@ int pmfuse_fs_get_extents(struct pmfuse_fs *fs, uint64_t ino, uint64_t start,
 	int rc;
 
 	*next = UINT64_MAX;
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = rfile_get(fs, ino, &f);
 	if (!rc && max) {
@@ -1181,6 +1192,7 @@ int pmfuse_fs_get_extents(struct pmfuse_fs *fs, uint64_t ino, uint64_t start,
 		*next = start;
 	}
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc ? rc : (int)g.n;
 }
 
@@ -1204,11 +1216,13 @@ int pmfuse_fs_get_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t *block
 	struct pmfuse_inode *ip;
 	int rc;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = hint_inode(fs, ino, &ip, &leaf);
 	if (!rc)
 		*blocks = pmfuse_le32(ip->cowextsize);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -1223,6 +1237,7 @@ int pmfuse_fs_set_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t blocks
 		return -EINVAL;
 	if (fs->readonly)
 		return -EROFS;
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	rc = hint_inode(fs, ino, &ip, &leaf);
 	if (!rc) {
@@ -1238,6 +1253,7 @@ int pmfuse_fs_set_cowextsize(struct pmfuse_fs *fs, uint64_t ino, uint32_t blocks
 			pmfuse_tx_commit(tx);
 	}
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 

@@ -300,6 +300,7 @@ int pmfuse_fs_setxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name, con
 		return -E2BIG;
 	if (size && !value)
 		return -EFAULT;
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
@@ -340,6 +341,7 @@ out:
 	if (tx)
 		pmfuse_tx_abort(tx);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -351,6 +353,7 @@ ssize_t pmfuse_fs_getxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name,
 	ssize_t rc;
 	size_t len;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc)
@@ -358,6 +361,7 @@ ssize_t pmfuse_fs_getxattr(struct pmfuse_fs *fs, uint64_t ino, const char *name,
 	if (!rc)
 		rc = pmfuse_xattr_read(fs, ip, leaf, name, value, size);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }
 
@@ -370,6 +374,7 @@ ssize_t pmfuse_fs_listxattr(struct pmfuse_fs *fs, uint64_t ino, char *list, size
 	size_t total = 0;
 	int rc;
 
+	fs_ilock1(fs, ino, false);
 	fs_rdlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (rc)
@@ -399,6 +404,7 @@ ssize_t pmfuse_fs_listxattr(struct pmfuse_fs *fs, uint64_t ino, char *list, size
 		rc = 0;
 out:
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc ? rc : (ssize_t)total;
 }
 
@@ -412,6 +418,7 @@ int pmfuse_fs_removexattr(struct pmfuse_fs *fs, uint64_t ino, const char *name)
 	size_t len;
 	int rc;
 
+	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
 	rc = pmfuse_inode_locate(fs, ino, &ip, &leaf);
 	if (!rc)
@@ -444,5 +451,6 @@ out:
 	if (tx)
 		pmfuse_tx_abort(tx);
 	fs_unlock(fs);
+	fs_iunlock(fs);
 	return rc;
 }

@@ -63,6 +63,10 @@
 
 #define FUSE_SUPER_MAGIC 0x65735546u  /* linux/magic.h */
 
+/* Entries of each table of the lookup / getattr cache (fs/icache.h): about 200 bytes an
+ * attribute entry and 60 plus the name a name entry, so some 20 MiB at most. */
+#define CACHE_ENTRIES 65536u
+
 struct cli {
 	char *pool;                  /* first non-option argument */
 	char *mnt;                   /* second one (for -o remount, which needs no session) */
@@ -329,7 +333,7 @@ static void mount_badblocks(struct mount *m)
 
 static int mount_open(struct mount *m)
 {
-	struct pmfuse_fs_opts fs_opts = { .readonly = m->ro };
+	struct pmfuse_fs_opts fs_opts = { .readonly = m->ro, .cache_entries = CACHE_ENTRIES };
 	char msg[512] = "";
 	int rc;
 

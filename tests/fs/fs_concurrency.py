@@ -2,14 +2,23 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Concurrency through the kernel (the daemon runs a multi-threaded FUSE loop): readdir stays
 exact for entries that exist throughout while other processes create and unlink around them;
-writers on separate files; creators in one directory; renames racing with lookups."""
+writers on separate files; creators in one directory; renames racing with lookups.
+
+Lock order (doc/design.md, "Locking"): operations on two to four inodes run at once in opposite
+directions (renames and exchanges between two directories, clones and copies A -> B and B -> A),
+so that taking inode locks in any order but one fixed order would deadlock; a deadlock shows as
+the test's timeout. The daemon's lookup cache stays exact: names are checked against a model
+after renames, replaces, exchanges, links and unlinks while other processes keep the cache warm
+and the kernel's dentries are dropped, so that every lookup reaches the daemon."""
 
 import os
 import random
 import time
 
 import pmfs
-from pmfs import check, eq, test, getdents_fd, pwrite_all, pread_all, same_bytes, Failure
+from pmfs import (check, eq, test, getdents_fd, pwrite_all, pread_all, same_bytes, Failure,
+                  renameat2, RENAME_EXCHANGE)
+import reflinkio
 
 
 def churn(d, prefix, seconds, seed):
@@ -164,6 +173,175 @@ def renames_racing_lookups(m):
     eq(sum(b for _, b in looks), 0, "opens that read wrong contents")
     eq(sorted(os.listdir(d)), ["a"], "after an even number of renames")
     print(f"     {renames} renames, {sum(n for n, _ in looks)} opens")
+
+
+def cross_mover(a, b, names, seconds, exchange):
+    """Moves names from directory a to b and back (a replace when the target exists), or
+    exchanges a/name with b/name; returns how many operations."""
+    n = 0
+    end = time.time() + seconds
+    while time.time() < end:
+        for name in names:
+            if exchange:
+                renameat2(os.path.join(a, name), os.path.join(b, name), RENAME_EXCHANGE)
+                n += 1
+                continue
+            os.rename(os.path.join(a, name), os.path.join(b, name))
+            os.rename(os.path.join(b, name), os.path.join(a, name))
+            n += 2
+    return n
+
+
+@test(timeout=150)
+def renames_between_directories_both_ways(m):
+    """Four processes rename between directories A and B at once, two from A to B and two from
+    B to A, files and subdirectories, moves, replaces and exchanges: each rename locks two
+    directories and up to two more inodes, in both orders of A and B."""
+    a, b = m.path("A"), m.path("B")
+    os.mkdir(a)
+    os.mkdir(b)
+    for name in ("f1", "f2"):
+        pmfs.write_file(os.path.join(a, name), name.encode())
+    for name in ("g1", "g2"):
+        pmfs.write_file(os.path.join(b, name), name.encode())
+    os.mkdir(os.path.join(a, "da"))
+    os.mkdir(os.path.join(b, "db"))
+    for d, name in ((a, "x"), (b, "x")):         # exchanged between A and B
+        pmfs.write_file(os.path.join(d, name), d.encode())
+    # targets that the moves below replace (their inodes go, so the last name is on B/A)
+    pmfs.write_file(os.path.join(b, "f1"), b"victim")
+    pmfs.write_file(os.path.join(a, "g1"), b"victim")
+    secs = 5 * max(pmfs.SCALE, 0.5)
+    kids = [m.fork(cross_mover, a, b, ["f1", "f2", "da"], secs, False),
+            m.fork(cross_mover, b, a, ["g1", "g2", "db"], secs, False),
+            m.fork(cross_mover, a, b, ["x"], secs, True),
+            m.fork(cross_mover, b, a, ["x"], secs, True)]
+    ops = [k.wait() for k in kids]
+    check(min(ops) > 0, f"some mover did nothing: {ops}")
+    eq(sorted(os.listdir(a)), ["da", "f1", "f2", "x"], "A after the moves")
+    eq(sorted(os.listdir(b)), ["db", "g1", "g2", "x"], "B after the moves")
+    for d, name in ((a, "f1"), (a, "f2"), (b, "g1"), (b, "g2")):
+        eq(pmfs.read_file(os.path.join(d, name)), name.encode(), f"{d}/{name}")
+    xs = {pmfs.read_file(os.path.join(a, "x")), pmfs.read_file(os.path.join(b, "x"))}
+    eq(xs, {a.encode(), b.encode()}, "the exchanged files")
+    eq(os.stat(a).st_nlink, 3, "A's links (one subdirectory)")
+    eq(os.stat(b).st_nlink, 3, "B's links (one subdirectory)")
+    print(f"     {sum(ops)} renames and exchanges")
+
+
+def cloner(src, dst, seconds, size, copy):
+    """Clones (or copy_file_range's) all of src over dst until time runs out."""
+    n = 0
+    end = time.time() + seconds
+    while time.time() < end:
+        s = os.open(src, os.O_RDONLY)
+        d = os.open(dst, os.O_WRONLY)
+        try:
+            if copy:
+                reflinkio.cfr_all(s, d, size, 0, 0)
+            else:
+                reflinkio.clone_range(d, s, 0, size, 0)
+        finally:
+            os.close(s)
+            os.close(d)
+        n += 1
+    return n
+
+
+@test(size="128M", timeout=150)
+def clones_both_ways(m):
+    """A -> B and B -> A at once, as clones (ioctl) and as copy_file_range: each locks both
+    files, in opposite orders of arrival. Every call is whole: each file ends as one of the two
+    original contents."""
+    size = 1 << 20
+    pa, pb = m.path("a"), m.path("b")
+    ca = random.Random(pmfs.SEED).randbytes(size)
+    cb = random.Random(pmfs.SEED + 1).randbytes(size)
+    pmfs.write_file(pa, ca)
+    pmfs.write_file(pb, cb)
+    secs = 5 * max(pmfs.SCALE, 0.5)
+    kids = [m.fork(cloner, pa, pb, secs, size, False), m.fork(cloner, pb, pa, secs, size, False),
+            m.fork(cloner, pa, pb, secs, size, True), m.fork(cloner, pb, pa, secs, size, True)]
+    ops = [k.wait() for k in kids]
+    check(min(ops) > 0, f"some cloner did nothing: {ops}")
+    pmfs.drop_caches()     # what the pool holds, not pages cached before a clone
+    for p in (pa, pb):
+        got = pmfs.read_file(p)
+        check(got in (ca, cb), f"{p}: neither original contents after the clones")
+    print(f"     {sum(ops)} clones and copies")
+
+
+def stat_loop(d, names, seconds):
+    """stat()s names in d until time runs out (fills the daemon's cache); returns how many."""
+    n = 0
+    end = time.time() + seconds
+    while time.time() < end:
+        for name in names:
+            try:
+                os.stat(os.path.join(d, name))
+            except FileNotFoundError:
+                pass
+            n += 1
+    return n
+
+
+def drop_dentries():
+    """Drops the kernel's dentries and inodes, so that the next lookups reach the daemon."""
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")
+
+
+@test(timeout=180)
+def lookup_cache_exact(m):
+    """Seeded random renames, replaces, exchanges, links and unlinks over 12 names in two
+    directories, each checked against a model by stat()ing every name, half of the times after
+    dropping the kernel's dentries (so the daemon answers from its cache or its trees) while two
+    other processes stat the same names to keep its cache full."""
+    rng = random.Random(pmfs.SEED)
+    dirs = [m.path("p"), m.path("q")]
+    for d in dirs:
+        os.mkdir(d)
+    names = [f"n{i}" for i in range(6)]
+    paths = [os.path.join(d, n) for d in dirs for n in names]
+    model = {}
+    for p in paths[::2]:
+        pmfs.write_file(p, b"")
+        model[p] = os.stat(p).st_ino
+    steps = pmfs.scaled(400, 100)
+    secs = 3600   # the warmers run until killed below
+    warmers = [m.fork(stat_loop, d, names, secs) for d in dirs]
+    try:
+        for step in range(steps):
+            src, dst = rng.sample(paths, 2)
+            op = rng.randrange(5)
+            if op == 0 and src in model:                       # rename or replace
+                os.rename(src, dst)
+                if model.get(dst) != model[src]:   # two links of one inode: nothing happens
+                    model[dst] = model.pop(src)
+            elif op == 1 and src in model and dst in model:    # exchange
+                renameat2(src, dst, RENAME_EXCHANGE)
+                model[src], model[dst] = model[dst], model[src]
+            elif op == 2 and src in model and dst not in model:
+                os.link(src, dst)
+                model[dst] = model[src]
+            elif op == 3 and src in model:
+                os.unlink(src)
+                del model[src]
+            elif src not in model:
+                pmfs.write_file(src, b"")
+                model[src] = os.stat(src).st_ino
+            if step % 2:
+                drop_dentries()
+            for p in paths:
+                try:
+                    got = os.stat(p).st_ino
+                except FileNotFoundError:
+                    got = None
+                eq(got, model.get(p), f"step {step}: inode of {p}")
+    finally:
+        for w in warmers:
+            w.cleanup()
+    print(f"     {steps} steps checked")
 
 
 if __name__ == "__main__":

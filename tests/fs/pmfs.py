@@ -953,6 +953,19 @@ class Mount:
     def cleanup(self):
         """Unconditional: children, mounts, daemons, directories. Returns problems found."""
         for c in self.children:
+            c.kill()
+        end = time.time() + 5 * TIME_FACTOR
+        while time.time() < end and any(c.reap(block=False) is None for c in self.children):
+            time.sleep(0.05)
+        if any(c.status is None for c in self.children):
+            # a child waits for a request the daemon never answers (a deadlock after the test
+            # timed out in Python, so the watchdog stood down): only killing the daemon frees it
+            self.problems.append("children still in FUSE requests at cleanup: daemon killed")
+            for x in [self] + self.extra:
+                if x.daemon is not None and x.daemon.poll() is None:
+                    x.killed = True
+                    x.daemon.kill()
+        for c in self.children:
             c.cleanup()
         self.close_fds_inside()
         for m in self.extra:

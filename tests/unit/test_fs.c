@@ -37,6 +37,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fs/fs.h"
 #include "fs/fs_internal.h"
@@ -2958,6 +2959,167 @@ static void test_fsck_checks(void **state)
 	t_destroy(&t);
 }
 
+/* ---- lock order: operations on two to four inodes in opposite directions ---------------- */
+
+struct lo_env {
+	struct th_env *e;
+	uint64_t dir[2], file[2];
+	uint64_t iters;
+};
+
+struct lo_arg {
+	struct lo_env *env;
+	unsigned who;
+	int rc;
+};
+
+static int lo_fail(struct lo_arg *a, const char *what, int rc)
+{
+	if (!a->rc) {
+		fprintf(stderr, "thread %u: %s: %s\n", a->who, what, strerror(-rc));
+		a->rc = rc ? rc : -EIO;
+	}
+	return a->rc;
+}
+
+static void *lo_thread(void *arg)
+{
+	struct lo_arg *a = arg;
+	struct lo_env *v = a->env;
+	struct pmfuse_fs *fs = v->e->fs;
+	unsigned w = a->who, from = w & 1, to = !from;
+	char name[16], lname[16];
+	struct pmfuse_attr at;
+	int rc;
+
+	for (uint64_t i = 0; i < v->iters && !a->rc; i++) {
+		snprintf(name, sizeof(name), "m%u-%llu", w, (unsigned long long)(i % 3));
+		switch (w) {
+		case 0: case 1:
+			/* a file and a directory from dir[from] to dir[to] and back, replacing a
+			 * target there on the way out */
+			if ((rc = pmfuse_fs_rename(fs, v->dir[from], name, v->dir[to], name, 0)) ||
+			    (rc = pmfuse_fs_rename(fs, v->dir[to], name, v->dir[from], name, 0)))
+				return (void *)(intptr_t)lo_fail(a, "rename", rc);
+			snprintf(name, sizeof(name), "sub%u", w);
+			if ((rc = pmfuse_fs_rename(fs, v->dir[from], name, v->dir[to], name, 0)) ||
+			    (rc = pmfuse_fs_rename(fs, v->dir[to], name, v->dir[from], name, 0)))
+				return (void *)(intptr_t)lo_fail(a, "rename dir", rc);
+			break;
+		case 2: case 3:
+			/* exchange x between the directories; clone file[from] over file[to];
+			 * link file[from] into dir[to] and unlink it */
+			rc = pmfuse_fs_rename(fs, v->dir[from], "x", v->dir[to], "x",
+					      PMFUSE_RENAME_EXCHANGE);
+			if (!rc)
+				rc = pmfuse_fs_clone_range(fs, v->file[from], 0, 0, v->file[to], 0);
+			if (rc)
+				return (void *)(intptr_t)lo_fail(a, "exchange / clone", rc);
+			snprintf(lname, sizeof(lname), "l%u", w);
+			rc = pmfuse_fs_link(fs, v->file[from], v->dir[to], lname, &at);
+			if (rc)
+				return (void *)(intptr_t)lo_fail(a, "link", rc);
+			pmfuse_fs_forget(fs, at.ino, 1);
+			rc = pmfuse_fs_unlink(fs, v->dir[to], lname);
+			if (rc)
+				return (void *)(intptr_t)lo_fail(a, "unlink", rc);
+			break;
+		default:
+			/* lookups and getattrs (through the cache) of what the others move */
+			snprintf(name, sizeof(name), "m%u-%llu", (unsigned)(i & 1),
+				 (unsigned long long)(i % 3));
+			for (unsigned d = 0; d < 2; d++) {
+				rc = pmfuse_fs_lookup(fs, v->dir[d], name, &at);
+				if (!rc) {
+					if (at.nlink != 1 || !S_ISREG(at.mode))
+						return (void *)(intptr_t)lo_fail(a, "lookup attrs",
+										 -EUCLEAN);
+					pmfuse_fs_forget(fs, at.ino, 1);
+				} else if (rc != -ENOENT) {
+					return (void *)(intptr_t)lo_fail(a, "lookup", rc);
+				}
+				rc = pmfuse_fs_getattr(fs, v->dir[d], &at);
+				if (rc)
+					return (void *)(intptr_t)lo_fail(a, "getattr", rc);
+			}
+			break;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * Without the kernel, which serializes renames across directories (s_vfs_rename_mutex) and
+ * operations in one directory: threads rename files and directories from A to B and from B to
+ * A, exchange names between them, clone A's file over B's and B's over A's, link and unlink
+ * across, while another looks names up through the cache. Inode locks taken in any order but
+ * the fixed one deadlock here: alarm() ends a stuck run. Then fsck finds nothing and every name
+ * is where it started.
+ */
+static void test_lock_order(void **state)
+{
+	struct th_env e;
+	struct lo_env v = { .e = &e, .iters = th_scaled(1500) };
+	struct lo_arg args[5];
+	pthread_t t[5];
+	struct pmfuse_attr at;
+	char name[16];
+	uint8_t buf[8192];
+
+	(void)state;
+	th_env_new(&e, 64u << 20, 0, 0);
+	e.fs->icache = pmfuse_icache_new(256);    /* small: evictions too; freed at close */
+	assert_non_null(e.fs->icache);
+	for (unsigned d = 0; d < 2; d++) {
+		assert_int_equal(pmfuse_fs_mkdir(e.fs, PMFUSE_ROOT_INO, d ? "B" : "A", 0755,
+						 &th_cred_user, &at), 0);
+		v.dir[d] = at.ino;
+		assert_int_equal(pmfuse_fs_mknod(e.fs, v.dir[d], "x", S_IFREG | 0644, 0,
+						 &th_cred_user, &at), 0);
+		memset(buf, 'a' + (int)d, sizeof(buf));
+		assert_int_equal(pmfuse_fs_mknod(e.fs, v.dir[d], "data", S_IFREG | 0644, 0,
+						 &th_cred_user, &at), 0);
+		v.file[d] = at.ino;
+		assert_int_equal(pmfuse_fs_write(e.fs, at.ino, buf, sizeof(buf), 0, false,
+						 &th_cred_user), (ssize_t)sizeof(buf));
+	}
+	for (unsigned w = 0; w < 2; w++) {
+		for (unsigned k = 0; k < 3; k++) {
+			snprintf(name, sizeof(name), "m%u-%u", w, k);
+			assert_int_equal(pmfuse_fs_mknod(e.fs, v.dir[w & 1], name, S_IFREG | 0644, 0,
+							 &th_cred_user, &at), 0);
+			/* the replaced targets: one per name on the other side */
+			assert_int_equal(pmfuse_fs_mknod(e.fs, v.dir[!(w & 1)], name,
+							 S_IFREG | 0644, 0, &th_cred_user, &at),
+					 0);
+		}
+		snprintf(name, sizeof(name), "sub%u", w);
+		assert_int_equal(pmfuse_fs_mkdir(e.fs, v.dir[w & 1], name, 0755, &th_cred_user,
+						 &at), 0);
+	}
+	alarm(300);   /* a deadlock ends the test (SIGALRM), it does not hang it */
+	for (unsigned i = 0; i < 5; i++) {
+		args[i] = (struct lo_arg){ .env = &v, .who = i };
+		assert_int_equal(pthread_create(&t[i], NULL, lo_thread, &args[i]), 0);
+	}
+	for (unsigned i = 0; i < 5; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(args[i].rc, 0);
+	}
+	alarm(0);
+	for (unsigned w = 0; w < 2; w++) {
+		for (unsigned k = 0; k < 3; k++) {
+			snprintf(name, sizeof(name), "m%u-%u", w, k);
+			assert_int_equal(pmfuse_fs_lookup(e.fs, v.dir[w & 1], name, &at), 0);
+			assert_int_equal(pmfuse_fs_lookup(e.fs, v.dir[!(w & 1)], name, &at), -ENOENT);
+		}
+	}
+	assert_int_equal(th_getattr(&e, v.dir[0]).nlink, 3);
+	assert_int_equal(th_getattr(&e, v.dir[1]).nlink, 3);
+	th_fsck_clean(e.fs);
+	th_env_free(&e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2978,6 +3140,7 @@ int main(void)
 		cmocka_unit_test(test_enospc),
 		cmocka_unit_test(test_crash_sweep),
 		cmocka_unit_test(test_big_dir),
+		cmocka_unit_test(test_lock_order),
 	};
 
 	th_seed();
