@@ -27,7 +27,7 @@
  *   2. fs->lock, the structure lock (rwlock): readers share it; a thread that changes the pool
  *      holds it for writing, because a transaction leaves nodes of the shared trees (the inode
  *      table above all) with stale checksums and may move inode records until it commits;
- *   3. the transaction manager's lock (pmfuse_tx_begin);
+ *   3. a log lane (pmfuse_tx_begin takes a free one, waiting only when all are busy);
  *   4. the allocator's.
  * fs->lookup_lock only guards the lookup-count table and is taken with or without the others,
  * never around them. The DRAM cache (icache.c) is read under RCU without any of them and changed
