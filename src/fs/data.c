@@ -991,6 +991,7 @@ struct wctx {
 	uint64_t done;                /* [off, done) is written */
 	const struct pmfuse_cred *cred;
 	bool privs_dropped;           /* the write cleared setuid or setgid */
+	bool keep_times;              /* PMFUSE_WRITE_KEEP_TIMES */
 	struct pmfuse_extent_budget budget;
 };
 
@@ -1013,6 +1014,8 @@ static int write_inode(struct pmfuse_tx *tx, struct wctx *w, uint64_t to)
 		pmfuse_set_le32(&ip->mode, kept);
 		w->privs_dropped = true;
 	}
+	if (w->keep_times)
+		return 0;
 	return pmfuse_inode_touch(tx, w->f.leaf, ip, PMFUSE_TIME_M | PMFUSE_TIME_C);
 }
 
@@ -1033,9 +1036,20 @@ static int write_cow_done(struct pmfuse_tx *tx, void *arg, uint64_t end_block)
 
 static int write_final(struct wctx *w)
 {
-	struct pmfuse_tx *tx = pmfuse_tx_begin(w->f.fs->txm);
-	int rc = write_inode(tx, w, w->done);
+	struct pmfuse_inode *ip = w->f.ip;
+	struct pmfuse_tx *tx;
+	int rc;
 
+	/* nothing for the inode to say (an overwrite whose times are the kernel's): the stores
+	 * only need to be durable */
+	if (w->keep_times && w->done <= pmfuse_le64(ip->size) &&
+	    pmfuse_fs_mode_after_change(pmfuse_le32(ip->mode), pmfuse_le32(ip->gid), w->cred) ==
+	    pmfuse_le32(ip->mode)) {
+		pmfuse_pool_drain(w->f.fs->pool);
+		return 0;
+	}
+	tx = pmfuse_tx_begin(w->f.fs->txm);
+	rc = write_inode(tx, w, w->done);
 	if (rc) {
 		pmfuse_tx_abort(tx);
 		return rc;
@@ -1312,10 +1326,11 @@ static int write_range(struct wctx *w)
 }
 
 static ssize_t write_core(struct pmfuse_fs *fs, uint64_t ino, bool lnk, const void *buf,
-			  size_t len, uint64_t off, bool append, const struct pmfuse_cred *cred,
+			  size_t len, uint64_t off, unsigned flags, const struct pmfuse_cred *cred,
 			  bool *privs_dropped)
 {
-	struct wctx w = { .buf = buf, .cred = cred };
+	struct wctx w = { .buf = buf, .cred = cred, .keep_times = flags & PMFUSE_WRITE_KEEP_TIMES };
+	bool append = flags & PMFUSE_WRITE_APPEND;
 	int rc;
 
 	if (fs->readonly)
@@ -1348,25 +1363,25 @@ static ssize_t write_core(struct pmfuse_fs *fs, uint64_t ino, bool lnk, const vo
 ssize_t pmfuse_data_write_locked(struct pmfuse_fs *fs, uint64_t ino, const void *buf,
 				 size_t len, uint64_t off)
 {
-	return write_core(fs, ino, true, buf, len, off, false, NULL, NULL);
+	return write_core(fs, ino, true, buf, len, off, 0, NULL, NULL);
 }
 
 ssize_t pmfuse_data_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
 			  uint64_t off, const struct pmfuse_cred *cred)
 {
-	return write_core(fs, ino, false, buf, len, off, false, cred, NULL);
+	return write_core(fs, ino, false, buf, len, off, 0, cred, NULL);
 }
 
-ssize_t pmfuse_fs_write_priv(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
-			     uint64_t off, bool append, const struct pmfuse_cred *cred,
-			     bool *privs_dropped)
+ssize_t pmfuse_fs_write_flags(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
+			      uint64_t off, unsigned flags, const struct pmfuse_cred *cred,
+			      bool *privs_dropped)
 {
 	ssize_t n;
 
 	*privs_dropped = false;
 	fs_ilock1(fs, ino, true);
 	fs_wrlock(fs);
-	n = write_core(fs, ino, false, buf, len, off, append, cred, privs_dropped);
+	n = write_core(fs, ino, false, buf, len, off, flags, cred, privs_dropped);
 	fs_unlock(fs);
 	fs_iunlock(fs);
 	return n;
@@ -1377,7 +1392,8 @@ ssize_t pmfuse_fs_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, siz
 {
 	bool dropped;
 
-	return pmfuse_fs_write_priv(fs, ino, buf, len, off, append, cred, &dropped);
+	return pmfuse_fs_write_flags(fs, ino, buf, len, off, append ? PMFUSE_WRITE_APPEND : 0,
+				     cred, &dropped);
 }
 
 /* ---- truncate ------------------------------------------------------------------------------- */

@@ -203,11 +203,15 @@ ssize_t pmfuse_fs_pread(struct pmfuse_fs *fs, uint64_t ino, void *buf, size_t le
  * POSIX requires for writes by a non-owner. Durable on return. */
 ssize_t pmfuse_fs_write(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
 			uint64_t off, bool append, const struct pmfuse_cred *cred);
-/* The same, also telling whether it cleared setuid or setgid: a cache of the mode (the
- * kernel's) is stale then. */
-ssize_t pmfuse_fs_write_priv(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
-			     uint64_t off, bool append, const struct pmfuse_cred *cred,
-			     bool *privs_dropped);
+/* The same with flags, also telling whether it cleared setuid or setgid: a cache of the mode
+ * (the kernel's) is stale then. */
+#define PMFUSE_WRITE_APPEND     (1u << 0)  /* at EOF, whatever off says */
+#define PMFUSE_WRITE_KEEP_TIMES (1u << 1)  /* mtime and ctime stay: the kernel's writeback cache
+					      owns them and sends them with SETATTR; an
+					      overwrite then needs no transaction */
+ssize_t pmfuse_fs_write_flags(struct pmfuse_fs *fs, uint64_t ino, const void *buf, size_t len,
+			      uint64_t off, unsigned flags, const struct pmfuse_cred *cred,
+			      bool *privs_dropped);
 
 /* mode: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE
  * [| FALLOC_FL_KEEP_SIZE]; others -EOPNOTSUPP. */

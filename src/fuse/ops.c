@@ -679,6 +679,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 {
 	struct pmfuse_cred cred;
 	bool dropped, more;
+	unsigned wflags;
 	ssize_t n;
 
 	if (off < 0) {
@@ -687,10 +688,14 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	}
 	cred_of(req, &cred);
 	cred.fsetid = !fi->writepage && ((unsigned)fi->flags & PMFUSE_FI_KILL_SUIDGID) ? -1 : 1;
-	n = pmfuse_fs_write_priv(fs_of(req), ino, buf, size, (uint64_t)off, false, &cred, &dropped);
+	/* a written-back page: the kernel has its own mtime and ctime for the write, taken when
+	 * it was made, and sends them with SETATTR (before or after this request) */
+	wflags = fi->writepage ? PMFUSE_WRITE_KEEP_TIMES : 0;
+	n = pmfuse_fs_write_flags(fs_of(req), ino, buf, size, (uint64_t)off, wflags, &cred,
+				  &dropped);
 	while (fi->writepage && n > 0 && (size_t)n < size) {
-		ssize_t m = pmfuse_fs_write_priv(fs_of(req), ino, buf + n, size - (size_t)n,
-						 (uint64_t)off + (uint64_t)n, false, &cred, &more);
+		ssize_t m = pmfuse_fs_write_flags(fs_of(req), ino, buf + n, size - (size_t)n,
+						  (uint64_t)off + (uint64_t)n, wflags, &cred, &more);
 
 		dropped |= more;
 		n = m <= 0 ? (m < 0 ? m : -EIO) : n + m;

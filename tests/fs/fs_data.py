@@ -7,6 +7,7 @@ transfers; ENOSPC. Features the kernel never passes to a FUSE server are reporte
 
 import errno
 import fcntl
+import mmap
 import os
 import struct
 import time
@@ -275,6 +276,34 @@ def seek_writeback_cache(m):
     expect_errno(errno.ENXIO, os.lseek, e, 0, SEEK_HOLE)
     os.close(e)
     os.close(fd)
+
+
+@test()
+def times_survive_remount(m):
+    """The size, mtime and ctime stat shows after writes, an mmap store and sync(2) are what
+    the pool keeps: the same after a clean unmount and mount. With the writeback cache the
+    kernel owns them and writes its pages back at its own pace, possibly after it sent its
+    times: a page written back later must not stamp the time it arrived."""
+    p = m.path("f")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    os.pwrite(fd, b"a" * (4 * BS), 0)
+    os.fsync(fd)
+    time.sleep(1.1)
+    os.pwrite(fd, b"b" * 100, BS + 7)            # an overwrite: the page is dirty, not written
+    mm = mmap.mmap(fd, 4 * BS)
+    mm[3 * BS:3 * BS + 5] = b"mmap!"
+    os.sync()                                    # times first, pages maybe after
+    time.sleep(1.1)
+    mm.flush()
+    mm.close()
+    os.close(fd)
+    st = os.stat(p)
+    m.unmount()
+    m.mount()
+    st2 = os.stat(p)
+    eq(st2.st_size, st.st_size, "size after a remount")
+    eq(st2.st_mtime_ns, st.st_mtime_ns, "mtime after a remount (ns)")
+    eq(st2.st_ctime_ns, st.st_ctime_ns, "ctime after a remount (ns)")
 
 
 @test()

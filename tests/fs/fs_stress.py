@@ -1087,8 +1087,10 @@ def check_sharing(m, sc):
 
 def fingerprint(sc):
     """What must survive a clean unmount and mount exactly. With the writeback cache a file's
-    mtime is left out: stat shows the kernel's, and the pool gets the time the data reached
-    the daemon (seen in this test: later by up to a second after the remount)."""
+    mtime is left out: the kernel never takes a cached regular file's mtime from the daemon
+    (fuse_get_cache_mask), so an operation the daemon times and the kernel does not (a clone
+    or dedupe ioctl, say) leaves stat behind the pool until the inode leaves the kernel's
+    cache (seen here: a few ms). Written-back pages themselves leave the pool's times alone."""
     out = {}
     for p, e in sc.items():
         st = e["st"]
