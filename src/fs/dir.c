@@ -74,16 +74,6 @@ static uint64_t le64_at(const void *p)
 
 /* ---- name hash ------------------------------------------------------------------------------ */
 
-static uint64_t hash_mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	x ^= x >> 33;
-	return x;
-}
-
 uint64_t pmfuse_name_hash48(const char *name, size_t len)
 {
 	const uint8_t *p = (const uint8_t *)name;
@@ -95,9 +85,9 @@ uint64_t pmfuse_name_hash48(const char *name, size_t len)
 
 		for (unsigned b = 0; b < 8 && i < len; b++, i++)
 			w |= (uint64_t)p[i] << (8 * b);
-		h = hash_mix(h ^ w) + 0x9e3779b97f4a7c15ull;
+		h = pmfuse_mix64(h ^ w) + 0x9e3779b97f4a7c15ull;
 	}
-	h = hash_mix(h ^ (uint64_t)len);
+	h = pmfuse_mix64(h ^ (uint64_t)len);
 	h = (h ^ (h >> 48)) & MASK48;
 	return h ? h : 1;
 }

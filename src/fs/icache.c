@@ -22,6 +22,8 @@
 #include <urcu-bp.h>
 #include <urcu/rculfhash.h>
 
+#include "util/util.h"
+
 #define ULL(x) ((unsigned long long)(x))
 
 struct anode {
@@ -47,23 +49,13 @@ struct pmfuse_icache {
 	uint64_t seq;                             /* uatomic: the last sequence number given */
 };
 
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	x ^= x >> 33;
-	return x;
-}
-
 static unsigned long name_hash(uint64_t parent, const char *name, size_t len)
 {
-	uint64_t h = mix(parent) ^ 0x9e3779b97f4a7c15ull;
+	uint64_t h = pmfuse_mix64(parent) ^ 0x9e3779b97f4a7c15ull;
 
 	for (size_t i = 0; i < len; i++)
 		h = (h ^ (uint8_t)name[i]) * 0x100000001b3ull;
-	return (unsigned long)mix(h);
+	return (unsigned long)pmfuse_mix64(h);
 }
 
 struct nkey {
@@ -176,7 +168,7 @@ static struct anode *attr_find(struct pmfuse_icache *c, uint64_t ino)
 	struct cds_lfht_iter it;
 	struct cds_lfht_node *node;
 
-	cds_lfht_lookup(c->attrs, (unsigned long)mix(ino), attr_match, &ino, &it);
+	cds_lfht_lookup(c->attrs, (unsigned long)pmfuse_mix64(ino), attr_match, &ino, &it);
 	node = cds_lfht_iter_get_node(&it);
 	return node ? caa_container_of(node, struct anode, node) : NULL;
 }
@@ -257,7 +249,7 @@ uint64_t pmfuse_icache_put_attr(struct pmfuse_icache *c, const struct pmfuse_att
 	n->attr = *a;
 	n->seq = uatomic_add_return(&c->seq, 1);
 	urcu_bp_read_lock();
-	old = cds_lfht_add_replace(c->attrs, (unsigned long)mix(a->ino), attr_match, &n->ino,
+	old = cds_lfht_add_replace(c->attrs, (unsigned long)pmfuse_mix64(a->ino), attr_match, &n->ino,
 				   &n->node);
 	if (old)
 		urcu_bp_call_rcu(&caa_container_of(old, struct anode, node)->rcu, anode_free);

@@ -23,6 +23,18 @@
 #define PMFUSE_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define PMFUSE_ALIGN_UP(x, a) (((x) + (a) - 1) / (a) * (a))
 
+/* The murmur3 / splitmix 64-bit finaliser: every input bit moves every output bit. Part of
+ * the on-media directory name hash (dir.c): never change it. */
+static inline uint64_t pmfuse_mix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ull;
+	x ^= x >> 33;
+	return x;
+}
+
 /* crc32c (Castagnoli). Uses SSE4.2 when the CPU has it. crc is the running value; start with 0. */
 uint32_t pmfuse_crc32c(uint32_t crc, const void *buf, size_t len);
 
