@@ -165,7 +165,7 @@ int pmfuse_fs_rename(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 /*
  * Directory listing from cookie (0: the start; "." and ".." come first with cookies 1 and 2).
  * Calls emit(arg, name, ino, type, next_cookie) per entry until it returns non-zero (buffer full)
- * or the directory ends. Cookies stay valid across concurrent changes: an entry present for the
+ * or the directory ends; emit runs under the directory's locks and must not call into the fs. Cookies stay valid across concurrent changes: an entry present for the
  * whole listing is returned exactly once.
  */
 typedef int (*pmfuse_dirent_fn)(void *arg, const char *name, uint64_t ino, unsigned type,

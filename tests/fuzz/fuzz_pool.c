@@ -172,45 +172,78 @@ static void check_all(struct pmfuse_fs *fs)
 	pmfuse_fs_check_namespace(fs, &ops, &res);
 }
 
+#define PEND_MAX 32u                 /* names of one readdir batch */
+
 struct walk {
-	struct pmfuse_fs *fs;
 	uint64_t todo[WALK_MAX];
 	unsigned n, visited;
+	/* One readdir batch. emit runs under the directory's locks and must not call into the
+	 * fs, so names are looked up after pmfuse_fs_readdir returns. */
+	char names[PEND_MAX][PMFUSE_NAME_MAX + 1];
+	uint64_t inos[PEND_MAX];
+	unsigned npend;
+	uint64_t next;               /* cookie after the last entry taken */
+	bool more;
 };
 
 static int walk_entry(void *arg, const char *name, uint64_t ino, unsigned type, uint64_t next)
 {
 	struct walk *w = arg;
-	struct pmfuse_attr a;
 
 	(void)type;
-	(void)next;
+	if (w->npend == PEND_MAX) {
+		w->more = true;
+		return 1;
+	}
+	w->next = next;
 	if (!strcmp(name, ".") || !strcmp(name, ".."))
 		return 0;
-	if (w->visited + w->n >= WALK_MAX)
-		return 1;
-	if (pmfuse_fs_lookup(w->fs, w->todo[0], name, &a) == 0) {
-		pmfuse_fs_forget(w->fs, a.ino, 1);
-		if (a.ino == ino && w->n < WALK_MAX)
-			w->todo[w->n++] = ino;
-	}
+	snprintf(w->names[w->npend], sizeof(w->names[0]), "%s", name);
+	w->inos[w->npend++] = ino;
 	return 0;
+}
+
+/* Looks up every name of dir, queueing those that resolve to the inode readdir named. */
+static void walk_dir(struct pmfuse_fs *fs, struct walk *w, uint64_t dir)
+{
+	struct pmfuse_attr a;
+
+	w->next = 0;
+	do {
+		w->npend = 0;
+		w->more = false;
+		if (pmfuse_fs_readdir(fs, dir, w->next, walk_entry, w) < 0)
+			return;
+		for (unsigned k = 0; k < w->npend; k++) {
+			if (w->visited + w->n >= WALK_MAX)
+				return;
+			if (pmfuse_fs_lookup(fs, dir, w->names[k], &a) == 0) {
+				pmfuse_fs_forget(fs, a.ino, 1);
+				if (a.ino == w->inos[k])
+					w->todo[w->n++] = a.ino;
+			}
+		}
+	} while (w->more);
 }
 
 /* Everything a reader of the mount can ask, breadth first from the root, bounded. */
 static void walk(struct pmfuse_fs *fs)
 {
 	static char buf[64 * 1024];
-	struct walk w = { .fs = fs, .todo = { PMFUSE_ROOT_INO }, .n = 1 };
+	static struct walk w;
 	struct pmfuse_attr a;
 
+	memset(&w, 0, sizeof(w));
+	w.todo[0] = PMFUSE_ROOT_INO;
+	w.n = 1;
 	while (w.n && w.visited < WALK_MAX) {
 		uint64_t ino = w.todo[0];
 
 		w.visited++;
+		memmove(w.todo, w.todo + 1, --w.n * sizeof(w.todo[0]));
 		if (pmfuse_fs_getattr(fs, ino, &a) == 0) {
 			if (S_ISDIR(a.mode))
-				pmfuse_fs_readdir(fs, ino, 0, walk_entry, &w);
+				walk_dir(fs, &w, ino);
 			else if (S_ISREG(a.mode))
 				pmfuse_fs_pread(fs, ino, buf, sizeof(buf), 0);
 			else if (S_ISLNK(a.mode))
@@ -218,7 +251,6 @@ static void walk(struct pmfuse_fs *fs)
 			if (pmfuse_fs_listxattr(fs, ino, buf, sizeof(buf)) > 0)
 				pmfuse_fs_getxattr(fs, ino, buf, buf + 256, sizeof(buf) - 256);
 		}
-		memmove(w.todo, w.todo + 1, --w.n * sizeof(w.todo[0]));
 	}
 }
 
