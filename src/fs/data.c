@@ -180,6 +180,7 @@ struct file {
 	struct pmfuse_extmap map;
 	struct pmfuse_btree rc;       /* the refcount tree: which mapped blocks are shared */
 	uint32_t bs;
+	const struct pmfuse_cred *cred;  /* fallocate's caller (setuid/setgid); may be NULL */
 };
 
 /* Locates ino for data access. Regular files always; symlinks when lnk (their target is data). */
@@ -202,6 +203,7 @@ static int file_get(struct pmfuse_fs *fs, uint64_t ino, bool lnk, struct file *f
 	f->fs = fs;
 	f->ino = ino;
 	f->bs = fs->bs;
+	f->cred = NULL;
 	pmfuse_extmap_open(&f->map, fs, f->ip, f->leaf);
 	pmfuse_refcount_tree(fs->vol, &f->rc);
 	return 0;
@@ -1742,6 +1744,13 @@ static int zero_need(const struct file *f, uint64_t lo, uint64_t hi, uint64_t *b
 }
 
 /* Closing transaction of a fallocate: size (when it grows) and times. */
+/* The mode after fallocate's change (it drops setuid/setgid as a write does). */
+static uint32_t falloc_mode(const struct file *f)
+{
+	return pmfuse_fs_mode_after_change(pmfuse_le32(f->ip->mode), pmfuse_le32(f->ip->gid),
+					   f->cred);
+}
+
 static int falloc_inode(struct file *f, uint64_t size, unsigned times)
 {
 	struct pmfuse_tx *tx = pmfuse_tx_begin(f->fs->txm);
@@ -1751,6 +1760,7 @@ static int falloc_inode(struct file *f, uint64_t size, unsigned times)
 	if (!rc) {
 		if (size > file_size(f))
 			pmfuse_set_le64(&f->ip->size, size);
+		pmfuse_set_le32(&f->ip->mode, falloc_mode(f));
 		rc = pmfuse_inode_touch(tx, f->leaf, f->ip, times);
 	}
 	if (rc) {
@@ -1901,7 +1911,7 @@ static int allocate(struct file *f, uint64_t off, uint64_t end, bool keep_size)
 	int rc;
 
 	rc = prealloc(f, off / f->bs, div_up(end, f->bs), &rs);
-	if (!rc && (rs.n || grows))
+	if (!rc && (rs.n || grows || falloc_mode(f) != pmfuse_le32(f->ip->mode)))
 		rc = falloc_inode(f, grows ? end : 0,
 				  PMFUSE_TIME_C | (grows ? PMFUSE_TIME_M : 0));
 	free(rs.r);
@@ -1909,7 +1919,7 @@ static int allocate(struct file *f, uint64_t off, uint64_t end, bool keep_size)
 }
 
 int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t off,
-			uint64_t len)
+			uint64_t len, const struct pmfuse_cred *cred)
 {
 	const int known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
 	bool keep = mode & FALLOC_FL_KEEP_SIZE;
@@ -1933,6 +1943,7 @@ int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t o
 	if (rc == -EINVAL)
 		rc = -ENODEV;   /* what fallocate(2) says for a non-regular file */
 	if (!rc) {
+		f.cred = cred;
 		if (mode & FALLOC_FL_PUNCH_HOLE)
 			rc = punch(&f, off, off + len);
 		else if (mode & FALLOC_FL_ZERO_RANGE)

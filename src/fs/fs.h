@@ -214,9 +214,12 @@ ssize_t pmfuse_fs_write_flags(struct pmfuse_fs *fs, uint64_t ino, const void *bu
 			      bool *privs_dropped);
 
 /* mode: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE
- * [| FALLOC_FL_KEEP_SIZE]; others -EOPNOTSUPP. */
+ * [| FALLOC_FL_KEEP_SIZE]; others -EOPNOTSUPP. It changes the file as a write does, so cred's
+ * change drops setuid/setgid (pmfuse_fs_mode_after_change; XFS and ext4 do, file_modified) in
+ * the transaction that changes the inode, also when nothing had to be allocated; NULL cred:
+ * the mode stays. */
 int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t off,
-			uint64_t len);
+			uint64_t len, const struct pmfuse_cred *cred);
 /* SEEK_DATA / SEEK_HOLE; returns the offset or -ENXIO. */
 int64_t pmfuse_fs_lseek(struct pmfuse_fs *fs, uint64_t ino, int64_t off, int whence);
 /* Every call is already durable: a barrier only. */
@@ -246,6 +249,12 @@ int pmfuse_fs_clone_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_o
 int pmfuse_fs_clone_range_sized(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
 				uint64_t len, uint64_t dst_ino, uint64_t dst_off,
 				uint64_t *dst_size_before);
+/* The same, also dropping dst's setuid/setgid for cred as a write would (file_remove_privs
+ * on the destination of a clone), in each of the clone's transactions; NULL cred: the mode
+ * stays. */
+int pmfuse_fs_clone_range_cred(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			       uint64_t len, uint64_t dst_ino, uint64_t dst_off,
+			       uint64_t *dst_size_before, const struct pmfuse_cred *cred);
 
 /*
  * copy_file_range: copies len bytes (clipped at src EOF), sharing every whole block when

@@ -367,9 +367,9 @@ static int rfiles_get(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t dst_ino, 
 	return rc;
 }
 
-int pmfuse_fs_clone_range_sized(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
-				uint64_t len, uint64_t dst_ino, uint64_t dst_off,
-				uint64_t *dst_size_before)
+int pmfuse_fs_clone_range_cred(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+			       uint64_t len, uint64_t dst_ino, uint64_t dst_off,
+			       uint64_t *dst_size_before, const struct pmfuse_cred *cred)
 {
 	struct rfile s, d, *dp;
 	struct clone c;
@@ -384,11 +384,21 @@ int pmfuse_fs_clone_range_sized(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t
 		*dst_size_before = rsize(dp);
 	if (!rc)
 		rc = clone_prep(fs, &s, src_off, len, dp, dst_off, &c);
-	if (!rc)
+	if (!rc) {
+		c.cred = cred;
 		rc = clone_run(&c);
+	}
 	fs_unlock(fs);
 	fs_iunlock(fs);
 	return rc < 0 ? rc : 0;
+}
+
+int pmfuse_fs_clone_range_sized(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
+				uint64_t len, uint64_t dst_ino, uint64_t dst_off,
+				uint64_t *dst_size_before)
+{
+	return pmfuse_fs_clone_range_cred(fs, src_ino, src_off, len, dst_ino, dst_off,
+					  dst_size_before, NULL);
 }
 
 int pmfuse_fs_clone_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,

@@ -80,6 +80,8 @@ void pmfuse_op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			       struct fuse_file_info *fi_out, size_t len, int flags)
 {
 	struct pmfuse_cred cred;
+	struct pmfuse_attr a;
+	bool setid;
 	ssize_t n;
 
 	(void)fi_in;
@@ -88,9 +90,15 @@ void pmfuse_op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
+	/* with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves setuid/setgid to the copy and then
+	 * refreshes only size and times: the mode it shows must be dropped when the copy may
+	 * have changed it */
+	setid = !pmfuse_fs_getattr(fs_of(req), ino_out, &a) && (a.mode & (S_ISUID | S_ISGID));
 	pmfuse_op_cred(req, &cred);
 	n = pmfuse_fs_copy_range(fs_of(req), ino_in, (uint64_t)off_in, ino_out, (uint64_t)off_out,
 				 len, &cred);
+	if (n > 0 && setid)
+		pmfuse_notifier_inval_attr(daemon_of(req)->notifier, ino_out);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else
@@ -308,15 +316,15 @@ static void ioc_clone(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	rc = caller_file(req, a.src_fd, &src_ino, &src_flags, &job->fd);
 	if (!rc && (src_flags & O_ACCMODE) == O_WRONLY)
 		rc = -EBADF;
-	if (!rc)
-		rc = pmfuse_op_remove_privs(req, ino);
-	if (rc > 0)
-		rc = 0;   /* the clone drops the cached attributes anyway */
 	if (!rc) {
+		struct pmfuse_cred cred;
+
 		/* the size before, under the clone's lock: a concurrent write that extends the
-		 * file is either in it (and its pages dropped) or lands after the clone */
-		rc = pmfuse_fs_clone_range_sized(fs_of(req), src_ino, a.src_offset, a.src_length,
-						 ino, a.dest_offset, &old_size);
+		 * file is either in it (and its pages dropped) or lands after the clone; setuid
+		 * and setgid go in the clone's transactions (its attributes are dropped below) */
+		pmfuse_op_cred(req, &cred);
+		rc = pmfuse_fs_clone_range_cred(fs_of(req), src_ino, a.src_offset, a.src_length,
+						ino, a.dest_offset, &old_size, &cred);
 		/* also on failure: -ENOSPC may leave part of the range cloned */
 		if (daemon_of(req)->writeback_cache)
 			grown_size(fs_of(req), ino, old_size, job);

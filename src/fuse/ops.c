@@ -737,20 +737,26 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
 			 struct fuse_file_info *fi)
 {
-	int rc, dropped;
+	struct pmfuse_cred cred;
+	struct pmfuse_attr a;
+	bool setid;
+	int rc;
 
 	(void)fi;
 	if (off < 0 || len <= 0) {
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	rc = pmfuse_fs_fallocate(fs_of(req), ino, mode, (uint64_t)off, (uint64_t)len);
 	/*
 	 * A fallocate changes the file as a write does, so it drops setuid/setgid as XFS and
-	 * ext4 do (file_modified); FUSE leaves that to the server and sends no kill flag. The
-	 * kernel is told, since it would keep showing the old mode.
+	 * ext4 do (file_modified), in its own transaction; FUSE leaves that to the server and
+	 * sends no kill flag. The kernel is told when the file had either bit, since it would
+	 * keep showing the old mode.
 	 */
-	if (!rc && (dropped = pmfuse_op_remove_privs(req, ino)) > 0)
+	setid = !pmfuse_fs_getattr(fs_of(req), ino, &a) && (a.mode & (S_ISUID | S_ISGID));
+	cred_of(req, &cred);
+	rc = pmfuse_fs_fallocate(fs_of(req), ino, mode, (uint64_t)off, (uint64_t)len, &cred);
+	if (!rc && setid)
 		pmfuse_notifier_inval_attr(daemon_of(req)->notifier, ino);
 	fuse_reply_err(req, -rc);
 }
@@ -1032,25 +1038,6 @@ bool pmfuse_caller_has(const struct fuse_ctx *ctx, int cap)
 	if (!pmfuse_caller_privs(ctx, ctx->gid, &caps, &in_group))
 		return ctx->uid == 0;
 	return caps & PMFUSE_CAP(cap);
-}
-
-int pmfuse_op_remove_privs(fuse_req_t req, uint64_t ino)
-{
-	struct pmfuse_cred cred;
-	struct pmfuse_setattr sa;
-	struct pmfuse_attr a;
-	int rc;
-
-	rc = pmfuse_fs_getattr(fs_of(req), ino, &a);
-	if (rc)
-		return rc;
-	cred_of(req, &cred);
-	memset(&sa, 0, sizeof(sa));
-	sa.mode = pmfuse_fs_mode_after_change(a.mode, a.gid, &cred);
-	if (sa.mode == a.mode)
-		return 0;
-	rc = pmfuse_fs_setattr(fs_of(req), ino, &sa, PMFUSE_SET_MODE, &cred, &a);
-	return rc ? rc : 1;
 }
 
 /*

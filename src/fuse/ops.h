@@ -72,12 +72,6 @@ bool pmfuse_caller_has(const struct fuse_ctx *ctx, int cap);
 /* The request's credentials; their privs callback reads the caller's capabilities and
  * groups from /proc when the setuid/setgid rule needs them. */
 void pmfuse_op_cred(fuse_req_t req, struct pmfuse_cred *cred);
-/*
- * Drops setuid/setgid of ino by pmfuse_fs_mode_after_change, as file_remove_privs() does
- * before a change of the file's data the kernel does not check for the server (clone,
- * fallocate). Returns 1 if bits were cleared, 0 if none, or -errno.
- */
-int pmfuse_op_remove_privs(fuse_req_t req, uint64_t ino);
 
 /* Whether the fs answers lookups of "." and ".." (what FUSE_CAP_EXPORT_SUPPORT asks for). */
 bool pmfuse_ops_probe_export(struct pmfuse_fs *fs);

@@ -71,8 +71,8 @@ static void run_op(struct pmfuse_fs *fs, const struct ch_op *op)
 						 op->kind == OP_APPEND, &ch_cred), op->len);
 		break;
 	case OP_PREALLOC:
-		assert_int_equal(pmfuse_fs_fallocate(fs, d, FALLOC_FL_KEEP_SIZE, op->off, op->len),
-				 0);
+		assert_int_equal(pmfuse_fs_fallocate(fs, d, FALLOC_FL_KEEP_SIZE, op->off, op->len,
+						     NULL), 0);
 		break;
 	case OP_TRUNC: {
 		struct pmfuse_setattr sa = { .size = op->len };

@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import pmfs
+import reflinkio
 from pmfs import (check, eq, expect_errno, expect_errno_as, run_as, test, touch,
                   write_file, read_file, utimensat, UTIME_NOW, UTIME_OMIT, Failure)
 
@@ -239,6 +240,26 @@ def direct_write_some(p):
         os.close(fd)
 
 
+def remap_some(how):
+    """An act that maps or copies the block at 0 of the mount's "remap-src" (made by the test,
+    readable by all) to offset 4096 of p: FICLONERANGE or copy_file_range."""
+    def act(p):
+        src = os.path.join(os.path.dirname(p), "remap-src")
+        sfd = os.open(src, os.O_RDONLY)
+        try:
+            fd = os.open(p, os.O_WRONLY)
+            try:
+                if how == "clone":
+                    reflinkio.clone_range(fd, sfd, 0, 4096, 4096)
+                else:
+                    eq(os.copy_file_range(sfd, fd, 4096, 0, 4096), 4096, "bytes copied")
+            finally:
+                os.close(fd)
+        finally:
+            os.close(sfd)
+    return act
+
+
 def falloc_some(mode):
     def act(p):
         fd = os.open(p, os.O_WRONLY)
@@ -251,14 +272,19 @@ def falloc_some(mode):
 
 @test()
 def setid_cleared_and_seen_at_once(m):
-    # xfstests generic/355 (O_DIRECT write) and 683-685 (fallocate, punch, zero range): a change
-    # by a user without CAP_FSETID drops setuid and setgid (group-executable), and `stat -c %A`
-    # right after shows it, not the mode the kernel cached before
+    # xfstests generic/355 (O_DIRECT write), 683-685 (fallocate, punch, zero range), 673 and
+    # 675 (clone), and copy_file_range: a change by a user without CAP_FSETID drops setuid and
+    # setgid (group-executable), and `stat -c %A` right after shows it, not the mode the kernel
+    # cached before
     acts = (("an O_DIRECT write", direct_write_some), ("a write", write_some),
             ("fallocate", falloc_some(0)),
             ("fallocate KEEP_SIZE", falloc_some(pmfs.FALLOC_FL_KEEP_SIZE)),
             ("a punched hole", falloc_some(pmfs.FALLOC_FL_PUNCH_HOLE | pmfs.FALLOC_FL_KEEP_SIZE)),
-            ("a zeroed range", falloc_some(pmfs.FALLOC_FL_ZERO_RANGE)))
+            ("a zeroed range", falloc_some(pmfs.FALLOC_FL_ZERO_RANGE)),
+            ("a clone", remap_some("clone")), ("copy_file_range", remap_some("copy")))
+    src = m.path("remap-src")
+    write_file(src, b"s" * 4096)
+    os.chmod(src, 0o644)
     for i, (what, act) in enumerate(acts):
         p = user_file(m, f"f{i}", U1, G1, 0o6777, b"x" * 16384)
         eq(statx_mode(p), 0o6777, f"mode before {what}")      # cached by the kernel now
