@@ -771,16 +771,19 @@ def concurrent_writers_threads(m):
 
 def _versioned_writer(path, nblocks, bs, shared, stop_path, seed):
     """Whole-block writes of (block, version) into path, versions rising; after each, the
-    block's version goes to shared[blk] (8 bytes each) and the last version to shared[-1]."""
+    block's version goes to shared[blk] (8 bytes each) and the last version to shared[-1].
+    Through a 'Q' memoryview: one aligned 8-byte store per slot, where struct.pack_into stores
+    byte by byte, so that a reader could see 65535 -> 65536 pass through 0."""
     rng = random.Random(seed)
+    slots = memoryview(shared).cast("Q")
     fd = os.open(path, os.O_WRONLY)
     v = 0
     while not os.path.exists(stop_path) and v < 10 ** 6:
         v += 1
         blk = rng.randrange(nblocks)
         pwrite_all(fd, struct.pack("<QQ", blk, v) * (bs // 16), blk * bs)
-        struct.pack_into("<Q", shared, 8 * blk, v)
-        struct.pack_into("<Q", shared, 8 * nblocks, v)
+        slots[blk] = v
+        slots[nblocks] = v
     os.close(fd)
     return v
 
@@ -797,14 +800,14 @@ def clone_races_writes(m):
     shared = mmap.mmap(-1, 8 * (nblocks + 1))
     stop = os.path.join(m.tmp, "stop")
     w = m.fork(_versioned_writer, a, nblocks, bs, shared, stop, m.rng.getrandbits(32))
-    pmfs.wait_until(lambda: struct.unpack_from("<Q", shared, 8 * nblocks)[0] > 100, 30,
-                    "the writer got going")
+    slots = memoryview(shared).cast("Q")       # whole 8-byte loads (see the writer)
+    pmfs.wait_until(lambda: slots[nblocks] > 100, 30, "the writer got going")
     clones = pmfs.scaled(40, 5)
     for i in range(clones):
-        snap0 = struct.unpack_from(f"<{nblocks}Q", shared, 0)
+        snap0 = slots[:nblocks].tolist()
         b = m.path(f"b{i}")
         clone_file(a, b)
-        last = struct.unpack_from("<Q", shared, 8 * nblocks)[0]
+        last = slots[nblocks]
         got = read_file(b)
         eq(len(got), nblocks * bs, f"clone {i}: size")
         for blk in range(nblocks):
@@ -823,7 +826,7 @@ def clone_races_writes(m):
     write_file(stop, b"")
     total = w.wait(60)
     check(total > 100, f"the writer made only {total} writes")
-    final = struct.unpack_from(f"<{nblocks}Q", shared, 0)
+    final = slots[:nblocks].tolist()
     got = read_file(a)
     for blk in range(nblocks):
         eq(struct.unpack_from("<QQ", got, blk * bs), (blk, final[blk]), f"a's block {blk}")
