@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "tx/tx.h"
+
 uint64_t th_seed(void)
 {
 	static uint64_t seed;
@@ -63,4 +65,14 @@ uint64_t th_scaled(uint64_t n)
 		return n;
 	uint64_t m = (uint64_t)((double)n * f);
 	return m ? m : 1;
+}
+
+void th_check_sealed(struct pmfuse_pool *pool, uint64_t first, unsigned n, uint32_t bs)
+{
+	for (unsigned i = 0; i < n; i++) {
+		struct pmfuse_blk_hdr *h = pmfuse_pool_at(pool, (first + i) * bs);
+
+		assert_int_equal(pmfuse_blk_verify(h, PMFUSE_BLK_STATE, first + i, PMFUSE_OWNER_FS,
+						   bs), 0);
+	}
 }

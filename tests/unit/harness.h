@@ -34,6 +34,10 @@ struct pmfuse_volume *th_fake_volume_opts(size_t size, const struct pmfuse_mkfs_
 /* Closes the volume and its pool. */
 void th_volume_destroy(struct pmfuse_volume *vol);
 
+/* Fails the test unless blocks [first, first + n) of block size bs are sealed state blocks
+ * (magic, own number, owner, crc): what the transaction tests use as metadata. */
+void th_check_sealed(struct pmfuse_pool *pool, uint64_t first, unsigned n, uint32_t bs);
+
 /* Iteration counts can be scaled down for the sanitizer build: PMFUSE_TEST_SCALE=0.25. */
 uint64_t th_scaled(uint64_t n);
 

@@ -92,11 +92,7 @@ static void reseal_log_hdr(struct pmfuse_log_hdr *h)
 
 static void check_meta_blocks(struct pmfuse_pool *pool)
 {
-	for (unsigned i = 0; i < META_BLOCKS; i++) {
-		struct pmfuse_blk_hdr *h = pmfuse_pool_at(pool, (uint64_t)(META_BLK + i) * BS);
-		assert_int_equal(pmfuse_blk_verify(h, PMFUSE_BLK_STATE, META_BLK + i,
-						   PMFUSE_OWNER_FS, BS), 0);
-	}
+	th_check_sealed(pool, META_BLK, META_BLOCKS, BS);
 }
 
 /* ---- interleaved transactions from one thread -------------------------------------------- */
