@@ -260,6 +260,22 @@ static int run_tx(struct pmfuse_volume *vol, struct th_rng *r, struct model *aft
 	return pmfuse_tx_commit(tx);
 }
 
+/* Runs one random transaction with the crash checks against before (the model now) and after
+ * (the model if it commits); returns whether it committed, and then before is after. */
+static bool one_tx(struct pmfuse_volume *vol, struct th_rng *r, struct crash *c,
+		   struct model *before, struct model *after)
+{
+	bool commit;
+
+	*after = *before;
+	c->before = before;
+	c->after = after;
+	assert_int_equal(run_tx(vol, r, after, &commit), 0);
+	if (commit)
+		*before = *after;
+	return commit;
+}
+
 static void test_crash_metadata(void **state)
 {
 	struct crash c = { .random_images = 3 };
@@ -287,17 +303,8 @@ static void test_crash_metadata(void **state)
 
 	pmfuse_pool_fake_set_hook(vol->pool, &hook);
 	uint64_t commits = 0;
-	for (uint64_t i = 0; i < n; i++) {
-		bool commit;
-		*after = *before;
-		c.before = before;
-		c.after = after;
-		assert_int_equal(run_tx(vol, &wl, after, &commit), 0);
-		if (commit) {
-			*before = *after;
-			commits++;
-		}
-	}
+	for (uint64_t i = 0; i < n; i++)
+		commits += one_tx(vol, &wl, &c, before, after);
 	pmfuse_pool_fake_set_hook(vol->pool, NULL);
 
 	/* the live volume itself matches the model, and closes and reopens cleanly */
@@ -459,13 +466,7 @@ static void test_crash_lanes(void **state)
 	uint64_t n = th_scaled(200), pairs = 0;
 	for (uint64_t i = 0; i < n; i++) {
 		if (th_rng_below(&wl, 4) == 0) {   /* one transaction on both trees */
-			bool commit;
-			*after = *before;
-			c.before = before;
-			c.after = after;
-			assert_int_equal(run_tx(vol, &wl, after, &commit), 0);
-			if (commit)
-				*before = *after;
+			one_tx(vol, &wl, &c, before, after);
 		} else {
 			run_pair(vol, &wl, &c, before, after);
 			pairs++;
