@@ -1919,13 +1919,16 @@ static int allocate(struct file *f, uint64_t off, uint64_t end, bool keep_size)
 }
 
 int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t off,
-			uint64_t len, const struct pmfuse_cred *cred)
+			uint64_t len, const struct pmfuse_cred *cred, bool *privs_dropped)
 {
 	const int known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
 	bool keep = mode & FALLOC_FL_KEEP_SIZE;
+	uint32_t mode_before = 0;
 	struct file f;
 	int rc;
 
+	if (privs_dropped)
+		*privs_dropped = false;
 	if (mode & ~known)
 		return -EOPNOTSUPP;
 	if ((mode & FALLOC_FL_PUNCH_HOLE) && (!keep || (mode & FALLOC_FL_ZERO_RANGE)))
@@ -1944,12 +1947,16 @@ int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t o
 		rc = -ENODEV;   /* what fallocate(2) says for a non-regular file */
 	if (!rc) {
 		f.cred = cred;
+		mode_before = pmfuse_le32(f.ip->mode);
 		if (mode & FALLOC_FL_PUNCH_HOLE)
 			rc = punch(&f, off, off + len);
 		else if (mode & FALLOC_FL_ZERO_RANGE)
 			rc = zero_range(&f, off, off + len, keep);
 		else
 			rc = allocate(&f, off, off + len, keep);
+		/* f.ip is still the record: fallocate moves no inode record */
+		if (privs_dropped)
+			*privs_dropped = pmfuse_le32(f.ip->mode) != mode_before;
 	}
 	fs_unlock(fs);
 	fs_iunlock(fs);

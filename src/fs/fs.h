@@ -216,10 +216,10 @@ ssize_t pmfuse_fs_write_flags(struct pmfuse_fs *fs, uint64_t ino, const void *bu
 /* mode: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE
  * [| FALLOC_FL_KEEP_SIZE]; others -EOPNOTSUPP. It changes the file as a write does, so cred's
  * change drops setuid/setgid (pmfuse_fs_mode_after_change; XFS and ext4 do, file_modified) in
- * the transaction that changes the inode, also when nothing had to be allocated; NULL cred:
- * the mode stays. */
+ * the transaction that changes the inode, also when nothing had to be allocated, and tells
+ * whether it did in *privs_dropped (may be NULL); NULL cred: the mode stays. */
 int pmfuse_fs_fallocate(struct pmfuse_fs *fs, uint64_t ino, int mode, uint64_t off,
-			uint64_t len, const struct pmfuse_cred *cred);
+			uint64_t len, const struct pmfuse_cred *cred, bool *privs_dropped);
 /* SEEK_DATA / SEEK_HOLE; returns the offset or -ENXIO. */
 int64_t pmfuse_fs_lseek(struct pmfuse_fs *fs, uint64_t ino, int64_t off, int whence);
 /* Every call is already durable: a barrier only. */

@@ -738,8 +738,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 			 struct fuse_file_info *fi)
 {
 	struct pmfuse_cred cred;
-	struct pmfuse_attr a;
-	bool setid;
+	bool dropped;
 	int rc;
 
 	(void)fi;
@@ -750,13 +749,12 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	/*
 	 * A fallocate changes the file as a write does, so it drops setuid/setgid as XFS and
 	 * ext4 do (file_modified), in its own transaction; FUSE leaves that to the server and
-	 * sends no kill flag. The kernel is told when the file had either bit, since it would
-	 * keep showing the old mode.
+	 * sends no kill flag. The kernel is told, since it would keep showing the old mode.
 	 */
-	setid = !pmfuse_fs_getattr(fs_of(req), ino, &a) && (a.mode & (S_ISUID | S_ISGID));
 	cred_of(req, &cred);
-	rc = pmfuse_fs_fallocate(fs_of(req), ino, mode, (uint64_t)off, (uint64_t)len, &cred);
-	if (!rc && setid)
+	rc = pmfuse_fs_fallocate(fs_of(req), ino, mode, (uint64_t)off, (uint64_t)len, &cred,
+				 &dropped);
+	if (!rc && dropped)
 		pmfuse_notifier_inval_attr(daemon_of(req)->notifier, ino);
 	fuse_reply_err(req, -rc);
 }

@@ -95,17 +95,17 @@ static void run_op(struct pmfuse_fs *fs, const struct ch_op *op)
 	case OP_PUNCH:
 		assert_int_equal(pmfuse_fs_fallocate(fs, ch_ino_of(fs, op->dst),
 						     FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-						     op->off, op->len, NULL), 0);
+						     op->off, op->len, NULL, NULL), 0);
 		break;
 	case OP_ZERO:
 		assert_int_equal(pmfuse_fs_fallocate(fs, ch_ino_of(fs, op->dst),
 						     FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
-						     op->off, op->len, NULL), 0);
+						     op->off, op->len, NULL, NULL), 0);
 		break;
 	case OP_FALLOC:   /* seed bit 0: KEEP_SIZE */
 		assert_int_equal(pmfuse_fs_fallocate(fs, ch_ino_of(fs, op->dst),
 						     op->seed & 1 ? FALLOC_FL_KEEP_SIZE : 0,
-						     op->off, op->len, NULL), 0);
+						     op->off, op->len, NULL, NULL), 0);
 		break;
 	case OP_UNLINK:
 		d = ch_ino_of(fs, op->dst);

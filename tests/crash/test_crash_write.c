@@ -72,7 +72,7 @@ static void run_op(struct pmfuse_fs *fs, const struct ch_op *op)
 		break;
 	case OP_PREALLOC:
 		assert_int_equal(pmfuse_fs_fallocate(fs, d, FALLOC_FL_KEEP_SIZE, op->off, op->len,
-						     NULL), 0);
+						     NULL, NULL), 0);
 		break;
 	case OP_TRUNC: {
 		struct pmfuse_setattr sa = { .size = op->len };

@@ -75,7 +75,8 @@ static void make_template(void)
 	must((int)pmfuse_fs_write(fs, f.ino, data, 100, 40 * BS, false, &root), "write past a hole");
 	must(pmfuse_fs_mknod(fs, PMFUSE_ROOT_INO, "clone", S_IFREG | 0600, 0, &root, &g), "clone");
 	must(pmfuse_fs_clone_range(fs, f.ino, 0, 0, g.ino, 0), "clone_range");
-	must(pmfuse_fs_fallocate(fs, g.ino, 0, 60 * BS, 8 * BS, NULL), "fallocate (unwritten)");
+	must(pmfuse_fs_fallocate(fs, g.ino, 0, 60 * BS, 8 * BS, NULL, NULL),
+	     "fallocate (unwritten)");
 	must(pmfuse_fs_setxattr(fs, f.ino, "user.small", "v", 1, 0), "xattr");
 	must(pmfuse_fs_setxattr(fs, g.ino, "user.big", big, sizeof(big), 0), "big xattr");
 	must(pmfuse_fs_symlink(fs, d.ino, "link", "../clone", &root, &a), "symlink");

@@ -272,7 +272,7 @@ static void random_op(struct run *r)
 		r->ops[OP_TRUNC]++;
 	} else if (kind < 62) {                                     /* punch */
 		rc = pmfuse_fs_fallocate(e->fs, mf->ino,
-					 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len, NULL);
+					 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len, NULL, NULL);
 		assert_int_equal(rc, 0);
 		if (off < mf->size)
 			memset(mf->data + off, 0, PMFUSE_MIN(end, mf->size) - off);
@@ -283,7 +283,7 @@ static void random_op(struct run *r)
 
 		rc = pmfuse_fs_fallocate(e->fs, mf->ino,
 					 FALLOC_FL_ZERO_RANGE | (keep ? FALLOC_FL_KEEP_SIZE : 0),
-					 off, len, NULL);
+					 off, len, NULL, NULL);
 		assert_int_equal(rc, 0);
 		if (off < mf->size)
 			memset(mf->data + off, 0, PMFUSE_MIN(end, mf->size) - off);
@@ -295,7 +295,7 @@ static void random_op(struct run *r)
 		bool keep = rnd(r, 2);
 
 		rc = pmfuse_fs_fallocate(e->fs, mf->ino, keep ? FALLOC_FL_KEEP_SIZE : 0, off, len,
-					 NULL);
+					 NULL, NULL);
 		assert_int_equal(rc, 0);
 		if (!keep && end > mf->size)
 			mf->size = end;
@@ -454,13 +454,15 @@ static void test_basics(void **state)
 	assert_int_equal(pmfuse_fs_pread(e.fs, PMFUSE_ROOT_INO, out, 1, 0), -EISDIR);
 	assert_int_equal(pmfuse_fs_write(e.fs, 9999, buf, 1, 0, false, &th_cred_user), -ENOENT);
 	assert_int_equal(pmfuse_fs_lseek(e.fs, ino, 0, SEEK_SET), -EINVAL);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE, 0, 10, NULL),
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE, 0, 10, NULL, NULL),
 			 -EOPNOTSUPP);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_COLLAPSE_RANGE, 0, 4096, NULL),
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_COLLAPSE_RANGE, 0, 4096,
+					     NULL, NULL),
 			 -EOPNOTSUPP);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 0, NULL), -EINVAL);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, (uint64_t)INT64_MAX, 2, NULL), -EFBIG);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, PMFUSE_ROOT_INO, 0, 0, 1, NULL), -EISDIR);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 0, NULL, NULL), -EINVAL);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, (uint64_t)INT64_MAX, 2,
+					     NULL, NULL), -EFBIG);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, PMFUSE_ROOT_INO, 0, 0, 1, NULL, NULL), -EISDIR);
 	assert_int_equal(pmfuse_fs_fsync(e.fs, ino), 0);
 	assert_int_equal(pmfuse_fs_fsync(e.fs, 9999), -ENOENT);
 
@@ -524,24 +526,36 @@ static void test_basics(void **state)
 	assert_int_equal(th_getattr(&e, ino).mode & 07777, 02745);
 	assert_int_equal(pmfuse_fs_write(e.fs, ino, "!", 1, 0, false, &outsider), 1);
 	assert_int_equal(th_getattr(&e, ino).mode & 07777, 0745);
-	/* fallocate by the same rule, also when it has nothing to allocate; NULL cred keeps */
+	/* fallocate by the same rule, also when it has nothing to allocate, and it says whether
+	 * it dropped a bit (the daemon then tells the kernel); NULL cred keeps both */
+	bool dropped = true;
+
 	sa.mode = 06755;
 	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_MODE, &th_cred_root, &a), 0);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, 0, 1, NULL), 0);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, 0, 1, &th_cred_root),
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, 0, 1, NULL, &dropped),
 			 0);
+	assert_false(dropped);
+	dropped = true;
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, 0, 1, &th_cred_root,
+					     &dropped), 0);
+	assert_false(dropped);
 	assert_int_equal(th_getattr(&e, ino).mode & 07777, 06755);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, 0, 1, &root_nofsetid),
-			 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, 0, 1, &root_nofsetid,
+					     &dropped), 0);
+	assert_true(dropped);
 	assert_int_equal(th_getattr(&e, ino).mode & 07777, 0755);
 	sa.mode = 06745;
 	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_MODE, &th_cred_root, &a), 0);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
-					     5, 1, &member), 0);
+					     5, 1, &member, &dropped), 0);
+	assert_true(dropped);
 	assert_int_equal(th_getattr(&e, ino).mode & 07777, 02745);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					     5, 1, &outsider), 0);
+					     5, 1, &outsider, &dropped), 0);
+	assert_true(dropped);
 	assert_int_equal(th_getattr(&e, ino).mode & 07777, 0745);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 1, &outsider, &dropped), 0);
+	assert_false(dropped);
 
 	/* truncate up is a hole; the old tail stays zero after truncate down and up again */
 	assert_int_equal(th_set_size(&e, ino, 3), 0);
@@ -560,7 +574,8 @@ static void test_basics(void **state)
 
 	/* KEEP_SIZE preallocation past EOF: counted in st_blocks, not in the size, reads zeros
 	 * when the size grows over it, and goes on a shrinking truncate */
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, 40960, 8192, NULL), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, 40960, 8192,
+					     NULL, NULL), 0);
 	a = th_getattr(&e, ino);
 	assert_int_equal(a.size, 20000);
 	assert_int_equal(a.blocks512, 3 * 8);
@@ -578,7 +593,7 @@ static void test_basics(void **state)
 	assert_string_equal(link, "target/x");
 	assert_int_equal(pmfuse_fs_pread(e.fs, a.ino, out, 1, 0), -EINVAL);
 	assert_int_equal(pmfuse_fs_write(e.fs, a.ino, buf, 1, 0, false, &th_cred_user), -EINVAL);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, a.ino, 0, 0, 1, NULL), -ENODEV);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, a.ino, 0, 0, 1, NULL, NULL), -ENODEV);
 
 	check_space(&e);
 	th_env_free(&e);
@@ -656,7 +671,7 @@ static void test_sparse(void **state)
 			 (int64_t)(1ull << 30) + 3);
 	/* a 1 TiB hole punched and zero-ranged costs nothing either */
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					     0, 1ull << 30, NULL), 0);
+					     0, 1ull << 30, NULL, NULL), 0);
 	assert_int_equal(th_set_size(&e, ino, 1ull << 40), 0);
 	assert_int_equal(th_getattr(&e, ino).blocks512, 8);
 	check_space(&e);
@@ -778,7 +793,8 @@ static void test_enospc_fallocate(void **state)
 	frag = th_mkfile(&e, "frag");
 	filler = th_mkfile(&e, "filler");
 	/* the filler's map gets its leaf now: later it grows one block (one merge) at a time */
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, filler, FALLOC_FL_KEEP_SIZE, 0, 4096, NULL), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, filler, FALLOC_FL_KEEP_SIZE, 0, 4096,
+					     NULL, NULL), 0);
 	memset(blk, 0xab, sizeof(blk));
 	/* every other block: one extent record per block */
 	for (fb = 0; fb < 2 * 150; fb += 2)
@@ -787,8 +803,9 @@ static void test_enospc_fallocate(void **state)
 	holes = 150;
 	/* the early refusal */
 	snap_take(&e, frag, &s, 4u << 20);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, 0, 0, 100u << 20, NULL), -ENOSPC);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, FALLOC_FL_ZERO_RANGE, 0, 100u << 20, NULL),
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, 0, 0, 100u << 20, NULL, NULL), -ENOSPC);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, FALLOC_FL_ZERO_RANGE, 0, 100u << 20,
+					     NULL, NULL),
 			 -ENOSPC);
 	snap_same(&e, frag, &s, 4u << 20);
 	free(s.data);
@@ -796,16 +813,17 @@ static void test_enospc_fallocate(void **state)
 	/* leave exactly as many blocks beyond the reserve as the holes need: the holes fit, but
 	 * their records (one per hole: nothing merges) need a new leaf, which takes a block */
 	for (off = 4096; th_free_blocks(&e) > holes + pmfuse_data_reserve(e.fs); off += 4096) {
-		rc = pmfuse_fs_fallocate(e.fs, filler, FALLOC_FL_KEEP_SIZE, off, 4096, NULL);
+		rc = pmfuse_fs_fallocate(e.fs, filler, FALLOC_FL_KEEP_SIZE, off, 4096, NULL, NULL);
 		assert_int_equal(rc, 0);
 	}
 	assert_int_equal(th_free_blocks(&e), holes + pmfuse_data_reserve(e.fs));
 	check_space(&e);
 	snap_take(&e, frag, &s, 4u << 20);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, 0, 0, 2 * 150 * 4096, NULL), -ENOSPC);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, 0, 0, 2 * 150 * 4096,
+					     NULL, NULL), -ENOSPC);
 	snap_same(&e, frag, &s, 4u << 20);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, FALLOC_FL_ZERO_RANGE, 0,
-					     2 * 150 * 4096, NULL), -ENOSPC);
+					     2 * 150 * 4096, NULL, NULL), -ENOSPC);
 	snap_same(&e, frag, &s, 4u << 20);
 	free(s.data);
 	check_space(&e);
@@ -876,7 +894,8 @@ static void test_full_pool(void **state)
 		assert_int_equal(pmfuse_fs_write(e.fs, frag, buf, 4096, 2 * i * 4096, false,
 						 &th_cred_user), 4096);
 	for (off = 0;; off += 4096) {
-		int rc = pmfuse_fs_fallocate(e.fs, filler, FALLOC_FL_KEEP_SIZE, off, 4096, NULL);
+		int rc = pmfuse_fs_fallocate(e.fs, filler, FALLOC_FL_KEEP_SIZE, off, 4096,
+					     NULL, NULL);
 
 		if (rc == -ENOSPC)
 			break;
@@ -886,7 +905,8 @@ static void test_full_pool(void **state)
 	assert_true(th_free_blocks(&e) > 0 && th_free_blocks(&e) <= pmfuse_data_reserve(e.fs));
 	assert_int_equal(pmfuse_fs_write(e.fs, frag, buf, 1, 1 * 4096, false, &th_cred_user),
 			 -ENOSPC);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, FALLOC_FL_ZERO_RANGE, 4096, 4096, NULL),
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, frag, FALLOC_FL_ZERO_RANGE, 4096, 4096,
+					     NULL, NULL),
 			 -ENOSPC);
 	assert_int_equal(pmfuse_fs_write(e.fs, frag, "ok", 2, 10, false, &th_cred_user), 2);
 	memcpy(buf + 10, "ok", 2);
@@ -947,7 +967,7 @@ static void test_log_full(void **state)
 	/* a hole in the middle of the last record needs one more record in that full leaf */
 	snap_take(&e, ino, &s, 16u << 20);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					     (i - 1) * 4 * 4096 + 4096, 4096, NULL), -ENOSPC);
+					     (i - 1) * 4 * 4096 + 4096, 4096, NULL, NULL), -ENOSPC);
 	snap_same(&e, ino, &s, 16u << 20);
 	free(s.data);
 	pmfuse_log_set_target(PMFUSE_LOG_STDERR);
@@ -974,7 +994,7 @@ static void test_budget_split_extent(void **state)
 	/* the map's first leaf goes right after the first extent: let that be a small one, so
 	 * that the preallocation's two transactions give one merged extent past the budget */
 	assert_int_equal(pmfuse_fs_write(e.fs, ino, "\0", 1, 0, false, &th_cred_user), 1);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, len, NULL), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, len, NULL, NULL), 0);
 	assert_int_equal(th_getattr(&e, ino).size, len);
 	assert_int_equal(th_getattr(&e, ino).blocks512, len / 512);
 	assert_int_equal(pmfuse_fs_write(e.fs, ino, "tail", 4, len - 4, false, &th_cred_user), 4);
@@ -1317,7 +1337,8 @@ static void test_crash_truncate_and_append(void **state)
 	w.buf = next + (1u << 20);
 	w.len = 1000;
 	op_append(&e, &w);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, size, 40 * 4096, NULL), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_KEEP_SIZE, size, 40 * 4096,
+					     NULL, NULL), 0);
 	memcpy(data, next, size);
 	for (size_t i = size; i < size + 30 * 4096 + 77; i++)
 		next[i] = (uint8_t)(i * 7 + 3);
@@ -1390,7 +1411,7 @@ static void test_unwritten(void **state)
 
 	ino = th_mkfile(&e, "f");
 	memcpy(before, pool, pmfuse_pool_size(e.pool));
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 64 * 4096, NULL), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 64 * 4096, NULL, NULL), 0);
 	assert_true(pmfuse_le64(e.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_UNWRITTEN);
 	n = unwritten_of(&e, ino, fb, pb, 64);
 	assert_int_equal(n, 64);
@@ -1419,11 +1440,13 @@ static void test_unwritten(void **state)
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, ino, 0, 0, cl, 0), 0);
 	assert_int_equal(unwritten_of(&e, cl, fb, pb, 64), 63);
 	free_blocks = th_free_blocks(&e);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, cl, FALLOC_FL_ZERO_RANGE, 6 * 4096, 50 * 4096, NULL),
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, cl, FALLOC_FL_ZERO_RANGE, 6 * 4096, 50 * 4096,
+					     NULL, NULL),
 			 0);
 	assert_int_equal(th_free_blocks(&e), free_blocks);
 	/* over written shared blocks: new unwritten ones (one block here), nothing stored */
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, cl, FALLOC_FL_ZERO_RANGE, 5 * 4096, 4096, NULL), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, cl, FALLOC_FL_ZERO_RANGE, 5 * 4096, 4096,
+					     NULL, NULL), 0);
 	assert_int_equal(unwritten_of(&e, cl, fb, pb, 64), 64);
 	assert_int_equal(th_free_blocks(&e), free_blocks - 1);
 	assert_int_equal(pmfuse_fs_pread(e.fs, ino, buf, 10, 5 * 4096 + 100), 10);
@@ -1565,26 +1588,26 @@ static void test_inline_map(void **state)
 		wr_blk(&e, ino, b, (uint8_t)('0' + b), 4096);
 	SHAPE(&e, ino, 1, true, 0);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					     1 * 4096, 4096, NULL), 0);
+					     1 * 4096, 4096, NULL, NULL), 0);
 	SHAPE(&e, ino, 2, true, 0);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					     3 * 4096, 4096, NULL), 0);
+					     3 * 4096, 4096, NULL, NULL), 0);
 	SHAPE(&e, ino, 3, false, 1);
 	for (uint64_t b = 0; b < 5; b++)
 		rd_expect(&e, ino, b, b == 1 || b == 3 ? 0 : (uint8_t)('0' + b));
 	th_fsck_clean(e.fs);
 	/* punching the ends leaves one record (block 2): inline again */
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					     0, 2 * 4096, NULL), 0);
+					     0, 2 * 4096, NULL, NULL), 0);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					     3 * 4096, 2 * 4096, NULL), 0);
+					     3 * 4096, 2 * 4096, NULL, NULL), 0);
 	SHAPE(&e, ino, 1, true, 0);
 	rd_expect(&e, ino, 2, '2');
 	th_fsck_clean(e.fs);
 	assert_int_equal(th_set_size(&e, ino, 0), 0);
 
 	/* unwritten inline: preallocate two blocks, write one byte into the second */
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 2 * 4096, NULL), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 2 * 4096, NULL, NULL), 0);
 	SHAPE(&e, ino, 1, true, 0);
 	assert_int_equal(pmfuse_fs_write(e.fs, ino, "x", 1, 4096 + 7, false, &th_cred_user), 1);
 	SHAPE(&e, ino, 2, true, 0);   /* [0] unwritten, [1] written */

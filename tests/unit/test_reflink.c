@@ -635,7 +635,7 @@ static void random_op(struct run *r)
 		r->ops[OP_TRUNC]++;
 	} else if (kind < 75) {                                     /* punch */
 		rc = pmfuse_fs_fallocate(e->fs, mf->ino,
-					 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len, NULL);
+					 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len, NULL, NULL);
 		assert_int_equal(rc, 0);
 		if (off < mf->size)
 			memset(mf->data + off, 0, PMFUSE_MIN(end, mf->size) - off);
@@ -646,7 +646,7 @@ static void random_op(struct run *r)
 
 		rc = pmfuse_fs_fallocate(e->fs, mf->ino,
 					 FALLOC_FL_ZERO_RANGE | (keep ? FALLOC_FL_KEEP_SIZE : 0),
-					 off, len, NULL);
+					 off, len, NULL, NULL);
 		assert_int_equal(rc, 0);
 		if (off < mf->size)
 			memset(mf->data + off, 0, PMFUSE_MIN(end, mf->size) - off);
@@ -657,7 +657,8 @@ static void random_op(struct run *r)
 	} else if (kind < 83) {                                     /* preallocate */
 		bool keep = rnd(r, 2);
 
-		rc = pmfuse_fs_fallocate(e->fs, mf->ino, keep ? FALLOC_FL_KEEP_SIZE : 0, off, len, NULL);
+		rc = pmfuse_fs_fallocate(e->fs, mf->ino, keep ? FALLOC_FL_KEEP_SIZE : 0, off, len,
+					 NULL, NULL);
 		assert_int_equal(rc, 0);
 		if (!keep && end > mf->size)
 			mf->size = end;
@@ -1237,8 +1238,9 @@ static void test_enospc_cow(void **state)
 	assert_int_equal(wr(&e, a, blk, bs, 0), -ENOSPC);
 	assert_int_equal(pmfuse_fs_unshare(e.fs, b, 0, 0), -ENOSPC);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					     100, 2 * bs, NULL), -ENOSPC);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, FALLOC_FL_ZERO_RANGE, 0, 10 * bs, NULL), -ENOSPC);
+					     100, 2 * bs, NULL, NULL), -ENOSPC);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, FALLOC_FL_ZERO_RANGE, 0, 10 * bs,
+					     NULL, NULL), -ENOSPC);
 	assert_int_equal(th_set_size(&e, b, 50 * bs + 3), -ENOSPC);
 	for (int k = 0; k < 2; k++) {
 		uint64_t ino = k ? b : a;
@@ -1418,9 +1420,10 @@ static void test_cow_partial(void **state)
 	assert_memory_equal(tmp, mb, size - 100);
 	/* punch and zero-range edges in shared blocks */
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					     20 * bs + 7, 3 * bs, NULL), 0);
+					     20 * bs + 7, 3 * bs, NULL, NULL), 0);
 	memset(mb + 20 * bs + 7, 0, 3 * bs);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, FALLOC_FL_ZERO_RANGE, 30 * bs + 9, 5 * bs, NULL),
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, FALLOC_FL_ZERO_RANGE, 30 * bs + 9, 5 * bs,
+					     NULL, NULL),
 			 0);
 	memset(mb + 30 * bs + 9, 0, 5 * bs);
 	assert_int_equal(pmfuse_fs_pread(e.fs, a, tmp, size, 0), size);
@@ -1468,7 +1471,8 @@ static void test_unwritten_sharing(void **state)
 	th_rmfile(&e, "a", a);
 	a = th_mkfile(&e, "a");
 	b = th_mkfile(&e, "b");
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, a, 0, 0, 8 * 4096, NULL), 0);   /* unwritten */
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, a, 0, 0, 8 * 4096,
+					     NULL, NULL), 0);   /* unwritten */
 	assert_int_equal(wr(&e, b, zeros, sizeof(zeros), 0), sizeof(zeros));   /* written zeros */
 	assert_int_equal(pmfuse_fs_dedupe_range(e.fs, a, 0, 8 * 4096, b, 0, &n), 0);
 	assert_int_equal(n, 8 * 4096);
@@ -1479,10 +1483,10 @@ static void test_unwritten_sharing(void **state)
 	check_space(&e);
 	/* the other way round: written zeros over unwritten blocks become written */
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
-					     8 * 4096, NULL), 0);
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, 0, 0, 8 * 4096, NULL), 0);
+					     8 * 4096, NULL, NULL), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, b, 0, 0, 8 * 4096, NULL, NULL), 0);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, a, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
-					     8 * 4096, NULL), 0);
+					     8 * 4096, NULL, NULL), 0);
 	assert_int_equal(wr(&e, a, zeros, sizeof(zeros), 0), sizeof(zeros));
 	assert_int_equal(pmfuse_fs_dedupe_range(e.fs, a, 0, 8 * 4096, b, 0, &n), 0);
 	l = extents(&e, b, 16);
@@ -1495,7 +1499,8 @@ static void test_unwritten_sharing(void **state)
 	assert_int_equal(pmfuse_fs_dedupe_range(e.fs, a, 0, 8 * 4096, b, 0, &n), -EBADE);
 
 	/* clone of unwritten blocks, CoW of one, unshare of the rest */
-	assert_int_equal(pmfuse_fs_fallocate(e.fs, a, FALLOC_FL_ZERO_RANGE, 0, 8 * 4096, NULL), 0);
+	assert_int_equal(pmfuse_fs_fallocate(e.fs, a, FALLOC_FL_ZERO_RANGE, 0, 8 * 4096,
+					     NULL, NULL), 0);
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, a, 0, 0, b, 0), 0);
 	assert_int_equal(pmfuse_fs_set_cowextsize(e.fs, b, 1), 0);   /* CoW of one block */
 	assert_int_equal(wr(&e, b, "new", 3, 2 * 4096 + 100), 3);
