@@ -772,6 +772,9 @@ int main(int argc, char **argv)
 		goto out;
 	if (skip_clean(&o, &a, &probe, vol))
 		goto out;
+	/* every block's crc and every file's bytes past EOF verified once per run, not once per
+	 * pass (pool.h); without the memory for it, only slower */
+	pmfuse_pool_memo_enable(pool, vol->block_size);
 	rc = pmfuse_fs_open(vol, &fo, &fs);
 	if (rc == -ENOMEM) {
 		status = check_rc(&o, rc, "filesystem open");

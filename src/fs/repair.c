@@ -87,6 +87,8 @@ struct ev {
 
 /* What the namespace needs of one inode (sorted by ino: the table's order). */
 struct rino {
+	struct pmfuse_inode *ip;    /* collect: the record the salvage read, and its leaf */
+	struct pmfuse_blk_hdr *leaf;
 	uint64_t ino, parent, size, blocks, gen;
 	uint64_t mapped;         /* sum of extent lengths */
 	uint64_t names, entries, subdirs;
@@ -436,6 +438,9 @@ static int inode_rec(void *arg, const void *rec)
 	if (!e)
 		return -ENOMEM;
 	memset(e, 0, sizeof(*e));
+	e->ip = (struct pmfuse_inode *)ip;
+	e->leaf = pmfuse_volume_block(w->r->fs->vol,
+				      pmfuse_pool_offset(w->r->fs->pool, ip) / w->r->fs->bs);
 	e->ino = pmfuse_le64(ip->ino);
 	e->parent = pmfuse_le64(ip->parent);
 	e->size = pmfuse_le64(ip->size);
@@ -571,6 +576,7 @@ static int collect(struct rp *r)
 	struct pmfuse_btree rt;
 	struct walk w;
 	uint64_t dropped;
+	bool table_sound;
 	int rc;
 
 	vec_reset(&r->evs, sizeof(struct ev));
@@ -591,9 +597,10 @@ static int collect(struct rp *r)
 		return rc;
 	if (r->err)
 		return r->err;
-	if (dropped || pmfuse_btree_check(&fs->inodes, NULL, NULL, NULL, 0))
-		if ((rc = add_bad(r, 0, T_INODES)))
-			return rc;
+	/* a sound table: every record the salvage read is the one a lookup finds (no lookups) */
+	table_sound = !dropped && !pmfuse_btree_check(&fs->inodes, NULL, NULL, NULL, 0);
+	if (!table_sound && (rc = add_bad(r, 0, T_INODES)))
+		return rc;
 	so.rec = orphan_rec;
 	if ((rc = pmfuse_btree_salvage(&fs->orphans, &so, &dropped)))
 		return rc;
@@ -613,7 +620,13 @@ static int collect(struct rp *r)
 		struct pmfuse_btree bt;
 		bool damaged;
 
-		rc = pmfuse_inode_locate(fs, e->ino, &ip, &leaf);
+		if (table_sound) {
+			ip = e->ip;
+			leaf = e->leaf;
+			rc = 0;
+		} else {
+			rc = pmfuse_inode_locate(fs, e->ino, &ip, &leaf);
+		}
 		if (rc == -ENOENT || rc == -EUCLEAN) {
 			/* read by the salvage but not found by a lookup: the table's structure
 			 * is at fault; its trees are not walked, so this round may not free
@@ -1585,13 +1598,18 @@ static int fix_ftails(struct rp *r)
 		uint8_t *p;
 		int err;
 
-		/* by pread: a first touch of every file's last block through the mapping costs
-		 * more on a VM (pool.h) */
-		b = pmfuse_pool_read_once(fs->pool, t->blk * bs, bs, buf, &err);
-		if (!b)
-			b = pmfuse_volume_block(fs->vol, t->blk);
-		if (!b[t->off] && !memcmp(b + t->off, b + t->off + 1, bs - t->off - 1))
+		/* known zero since the check read it (nothing stored there since: the memo), or
+		 * by pread of the bytes past EOF: a first touch of every file's last block through
+		 * the mapping costs more on a VM (pool.h) */
+		if (pmfuse_pool_memo_zero_from(fs->pool, t->blk, t->off))
 			continue;
+		b = pmfuse_pool_read_once(fs->pool, t->blk * bs + t->off, bs - t->off, buf, &err);
+		if (!b)
+			b = (const uint8_t *)pmfuse_volume_block(fs->vol, t->blk) + t->off;
+		if (!b[0] && !memcmp(b, b + 1, bs - t->off - 1)) {
+			pmfuse_pool_memo_set_zero_from(fs->pool, t->blk, t->off);
+			continue;
+		}
 
 		fs_wrlock(fs);
 		rc = pmfuse_refcount_get(&rt, blk, 1, &count, &run);
