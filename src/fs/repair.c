@@ -113,6 +113,7 @@ struct ftail {
 /* One directory entry. */
 struct rent {
 	size_t dir;              /* index into inos */
+	size_t t;                /* index into inos of the inode it names, or NONE */
 	uint64_t key, ino;
 	uint8_t type, drop;
 };
@@ -377,6 +378,9 @@ static int xattr_rec(void *arg, const void *rec)
 	return w->r->err ? w->r->err : keep_rec(w, rec, sizeof(*x));
 }
 
+static size_t find_ino(const struct rp *r, uint64_t ino);
+
+/* (collect reads the whole inode table before any directory: the index is final) */
 static int dirent_rec(void *arg, const void *rec)
 {
 	struct walk *w = arg;
@@ -389,6 +393,7 @@ static int dirent_rec(void *arg, const void *rec)
 		*e = (struct rent){ .dir = (size_t)(w->ino - (struct rino *)w->r->inos.v),
 				    .key = pmfuse_le64(de->key), .ino = pmfuse_le64(de->ino),
 				    .type = de->type };
+		e->t = find_ino(w->r, e->ino);
 	}
 	return keep_rec(w, rec, sizeof(*de));
 }
@@ -1196,7 +1201,7 @@ static void count_names(struct rp *r)
 
 		if (e->drop)
 			continue;
-		t = find_ino(r, e->ino);
+		t = e->t;
 		v[e->dir].entries++;
 		v[t].names++;
 		if (S_ISDIR(v[t].mode)) {
@@ -1216,7 +1221,7 @@ static bool broken_link(const struct rino *e)
 static const char *entry_fault(struct rp *r, struct rent *e, size_t root)
 {
 	struct rino *v = r->inos.v;
-	size_t t = find_ino(r, e->ino);
+	size_t t = e->t;
 
 	if (t == NONE)
 		return "names an inode that does not exist";
