@@ -377,7 +377,7 @@ static void test_memo(void **state)
 	/* each store forgets the blocks it touches, and only those */
 	pmfuse_pool_memcpy(pool, base + 2 * 1024 + 1023, x, 2, 0);           /* blocks 2, 3 */
 	pmfuse_pool_memset(pool, base + 5 * 1024, 7, 1, PMFUSE_MEM_NOFLUSH); /* 5 */
-	assert_int_equal(pmfuse_pool_write_data(pool, 6 * 1024, x, 1024, 0), 0);   /* 6 */
+	assert_int_equal(pmfuse_pool_write_data(pool, 6 * 1024, NULL, 1024, 0), 0);   /* 6 */
 	base[8 * 1024 + 10] = 9;
 	pmfuse_pool_flush(pool, base + 8 * 1024 + 10, 1);                   /* 8 */
 	pmfuse_pool_drain(pool);
@@ -403,6 +403,20 @@ static void test_memo(void **state)
 	for (uint64_t b = 0; b < 16; b++)
 		assert_true(memo_gone(pool, b));
 	pmfuse_pool_close(pool);
+
+	/* a pool file's data path (pwrite, not the mapping) forgets too */
+	const char *path = tmp_path("memo.pool");
+	uint8_t buf[100] = { 1 };
+
+	assert_int_equal(pmfuse_pool_create_file(path, 16 * 4096), 0);
+	assert_int_equal(pmfuse_pool_open(path, 0, &pool), 0);
+	assert_int_equal(pmfuse_pool_memo_enable(pool, 4096), 0);
+	memo_note(pool, 0, 15);
+	assert_int_equal(pmfuse_pool_write_data(pool, 3 * 4096 + 10, buf, sizeof(buf), 0), 0);
+	for (uint64_t b = 0; b < 16; b++)
+		assert_true(b == 3 ? memo_gone(pool, b) : memo_kept(pool, b));
+	pmfuse_pool_close(pool);
+	unlink(path);
 }
 
 int main(void)
