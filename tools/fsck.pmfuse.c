@@ -19,7 +19,8 @@
  *      check as it is, and the summary says so. Like e2fsck, a pool marked clean with both
  *      superblocks current and an empty log is not checked further without -f;
  *   4. phase 2, allocator and b+trees: the bitmap, every tree's structure and records, then
- *      refcounts and exact block accounting (fs/check.h);
+ *      refcounts and exact block accounting (fs/check.h); from here on the pool's memo
+ *      (pool.h) lets every later pass skip what an earlier one verified of an unchanged block;
  *   5. phase 3, namespace: entries, link counts, "..", reachability, the orphan list;
  *   6. with -b, phase 4: the platform's bad-block list (libpmem2; dax devices and files on
  *      fsdax) and the file blocks on it, each a problem; unavailable on other pool files;
@@ -772,6 +773,9 @@ int main(int argc, char **argv)
 		goto out;
 	if (skip_clean(&o, &a, &probe, vol))
 		goto out;
+	/* every block's crc and every file's bytes past EOF verified once per run, not once per
+	 * pass (pool.h); without the memory for it, only slower */
+	pmfuse_pool_memo_enable(pool, vol->block_size);
 	rc = pmfuse_fs_open(vol, &fo, &fs);
 	if (rc == -ENOMEM) {
 		status = check_rc(&o, rc, "filesystem open");

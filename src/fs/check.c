@@ -366,20 +366,25 @@ static void check_extents(struct ino_ck *c, const struct pmfuse_btree *bt)
 			iproblem(c, "symlink target holds a NUL byte");
 	}
 	/* E5; an orphan may be in the middle of a truncate (its tail is zeroed when it ends) */
-	if (tail_pblock && !c->orphan) {
+	if (tail_pblock && !c->orphan &&
+	    !pmfuse_pool_memo_zero_from(k->fs->pool, tail_pblock, (uint32_t)tail)) {
 		/* by pread where the pool allows: a first touch of each file's last block through
-		 * the mapping was a third of a check's time on a VM (pool.h) */
+		 * the mapping was a third of a check's time on a VM (pool.h); only the bytes past
+		 * EOF, and once per run (the memo: a clone's block, the check after a repair) */
 		static __thread uint8_t tail_buf[PMFUSE_BLOCK_SIZE_MAX];
 		const uint8_t *b;
 		int err;
 
-		b = pmfuse_pool_read_once(k->fs->pool, tail_pblock * bs, bs, tail_buf, &err);
+		b = pmfuse_pool_read_once(k->fs->pool, tail_pblock * bs + tail, bs - tail, tail_buf,
+					  &err);
 		if (!b)   /* the mapping then: a memory error there is caught as anywhere else */
-			b = pmfuse_volume_block(k->fs->vol, tail_pblock);
+			b = (const uint8_t *)pmfuse_volume_block(k->fs->vol, tail_pblock) + tail;
 
-		if (!all_zero(b + tail, bs - tail))
+		if (!all_zero(b, bs - tail))
 			iproblem(c, "bytes past end of file (%llu) in its last block (pool block "
 				 "%llu) are not zero", ULL(size), ULL(tail_pblock));
+		else
+			pmfuse_pool_memo_set_zero_from(k->fs->pool, tail_pblock, (uint32_t)tail);
 	}
 }
 

@@ -87,6 +87,8 @@ struct ev {
 
 /* What the namespace needs of one inode (sorted by ino: the table's order). */
 struct rino {
+	struct pmfuse_inode *ip;    /* collect: the record the salvage read, and its leaf */
+	struct pmfuse_blk_hdr *leaf;
 	uint64_t ino, parent, size, blocks, gen;
 	uint64_t mapped;         /* sum of extent lengths */
 	uint64_t names, entries, subdirs;
@@ -111,6 +113,7 @@ struct ftail {
 /* One directory entry. */
 struct rent {
 	size_t dir;              /* index into inos */
+	size_t t;                /* index into inos of the inode it names, or NONE */
 	uint64_t key, ino;
 	uint8_t type, drop;
 };
@@ -137,6 +140,9 @@ struct rp {
 	struct vec ftails;       /* files whose last block holds bytes past EOF (struct ftail) */
 	struct vec clashes;      /* pool ranges used as metadata and as file data (sweep): the
 				    files lose them (struct clash, sorted) */
+	size_t *ino_index;       /* inode number -> index into inos (NONE: none), when the
+				    numbers are dense enough (collect); else NULL */
+	uint64_t ino_index_len;
 	bool refcount_damaged;
 	bool incomplete;         /* some inode's trees were not read: free nothing this round */
 	bool names_pending;      /* preen: a name fix needs a decision, so counts wait */
@@ -375,6 +381,9 @@ static int xattr_rec(void *arg, const void *rec)
 	return w->r->err ? w->r->err : keep_rec(w, rec, sizeof(*x));
 }
 
+static size_t find_ino(const struct rp *r, uint64_t ino);
+
+/* (collect reads the whole inode table before any directory: the index is final) */
 static int dirent_rec(void *arg, const void *rec)
 {
 	struct walk *w = arg;
@@ -387,6 +396,7 @@ static int dirent_rec(void *arg, const void *rec)
 		*e = (struct rent){ .dir = (size_t)(w->ino - (struct rino *)w->r->inos.v),
 				    .key = pmfuse_le64(de->key), .ino = pmfuse_le64(de->ino),
 				    .type = de->type };
+		e->t = find_ino(w->r, e->ino);
 	}
 	return keep_rec(w, rec, sizeof(*de));
 }
@@ -436,6 +446,9 @@ static int inode_rec(void *arg, const void *rec)
 	if (!e)
 		return -ENOMEM;
 	memset(e, 0, sizeof(*e));
+	e->ip = (struct pmfuse_inode *)ip;
+	e->leaf = pmfuse_volume_block(w->r->fs->vol,
+				      pmfuse_pool_offset(w->r->fs->pool, ip) / w->r->fs->bs);
 	e->ino = pmfuse_le64(ip->ino);
 	e->parent = pmfuse_le64(ip->parent);
 	e->size = pmfuse_le64(ip->size);
@@ -475,6 +488,9 @@ static size_t find_ino(const struct rp *r, uint64_t ino)
 {
 	const struct rino *v = r->inos.v;
 	size_t lo = 0, hi = r->inos.n;
+
+	if (r->ino_index)
+		return ino < r->ino_index_len ? r->ino_index[ino] : NONE;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -564,6 +580,32 @@ static unsigned inline_keep(const struct rp *r, const struct pmfuse_inode *ip,
 	return dropped;
 }
 
+/* The inode number -> index table of find_ino, when the largest number is below 4 per inode
+ * (as on any pool that was not damaged there): one look-up per directory entry a pass, instead
+ * of a binary search over the whole array (cache misses). The inos are sorted (table order). */
+static int index_inos(struct rp *r)
+{
+	const struct rino *v = r->inos.v;
+	uint64_t len = r->inos.n ? v[r->inos.n - 1].ino + 1 : 0;
+
+	free(r->ino_index);
+	r->ino_index = NULL;
+	r->ino_index_len = 0;
+	if (!len || len > 4 * (uint64_t)r->inos.n + 1024)
+		return 0;
+	for (size_t i = 1; i < r->inos.n; i++)
+		if (v[i].ino <= v[i - 1].ino)
+			return 0;       /* not sorted (cannot be after a salvage): search */
+	if (!(r->ino_index = malloc(len * sizeof(*r->ino_index))))
+		return -ENOMEM;
+	for (uint64_t k = 0; k < len; k++)
+		r->ino_index[k] = NONE;
+	for (size_t i = 0; i < r->inos.n; i++)
+		r->ino_index[v[i].ino] = i;
+	r->ino_index_len = len;
+	return 0;
+}
+
 static int collect(struct rp *r)
 {
 	struct pmfuse_fs *fs = r->fs;
@@ -571,6 +613,7 @@ static int collect(struct rp *r)
 	struct pmfuse_btree rt;
 	struct walk w;
 	uint64_t dropped;
+	bool table_sound;
 	int rc;
 
 	vec_reset(&r->evs, sizeof(struct ev));
@@ -582,6 +625,8 @@ static int collect(struct rp *r)
 	vec_reset(&r->xtails, sizeof(struct xtail));
 	vec_reset(&r->clashes, sizeof(struct clash));
 	vec_reset(&r->ftails, sizeof(struct ftail));
+	free(r->ino_index);          /* stale until index_inos */
+	r->ino_index = NULL;
 	r->incomplete = false;
 
 	memset(&w, 0, sizeof(w));
@@ -591,9 +636,12 @@ static int collect(struct rp *r)
 		return rc;
 	if (r->err)
 		return r->err;
-	if (dropped || pmfuse_btree_check(&fs->inodes, NULL, NULL, NULL, 0))
-		if ((rc = add_bad(r, 0, T_INODES)))
-			return rc;
+	if ((rc = index_inos(r)))
+		return rc;
+	/* a sound table: every record the salvage read is the one a lookup finds (no lookups) */
+	table_sound = !dropped && !pmfuse_btree_check(&fs->inodes, NULL, NULL, NULL, 0);
+	if (!table_sound && (rc = add_bad(r, 0, T_INODES)))
+		return rc;
 	so.rec = orphan_rec;
 	if ((rc = pmfuse_btree_salvage(&fs->orphans, &so, &dropped)))
 		return rc;
@@ -613,7 +661,13 @@ static int collect(struct rp *r)
 		struct pmfuse_btree bt;
 		bool damaged;
 
-		rc = pmfuse_inode_locate(fs, e->ino, &ip, &leaf);
+		if (table_sound) {
+			ip = e->ip;
+			leaf = e->leaf;
+			rc = 0;
+		} else {
+			rc = pmfuse_inode_locate(fs, e->ino, &ip, &leaf);
+		}
 		if (rc == -ENOENT || rc == -EUCLEAN) {
 			/* read by the salvage but not found by a lookup: the table's structure
 			 * is at fault; its trees are not walked, so this round may not free
@@ -1183,7 +1237,7 @@ static void count_names(struct rp *r)
 
 		if (e->drop)
 			continue;
-		t = find_ino(r, e->ino);
+		t = e->t;
 		v[e->dir].entries++;
 		v[t].names++;
 		if (S_ISDIR(v[t].mode)) {
@@ -1203,7 +1257,7 @@ static bool broken_link(const struct rino *e)
 static const char *entry_fault(struct rp *r, struct rent *e, size_t root)
 {
 	struct rino *v = r->inos.v;
-	size_t t = find_ino(r, e->ino);
+	size_t t = e->t;
 
 	if (t == NONE)
 		return "names an inode that does not exist";
@@ -1585,13 +1639,18 @@ static int fix_ftails(struct rp *r)
 		uint8_t *p;
 		int err;
 
-		/* by pread: a first touch of every file's last block through the mapping costs
-		 * more on a VM (pool.h) */
-		b = pmfuse_pool_read_once(fs->pool, t->blk * bs, bs, buf, &err);
-		if (!b)
-			b = pmfuse_volume_block(fs->vol, t->blk);
-		if (!b[t->off] && !memcmp(b + t->off, b + t->off + 1, bs - t->off - 1))
+		/* known zero since the check read it (nothing stored there since: the memo), or
+		 * by pread of the bytes past EOF: a first touch of every file's last block through
+		 * the mapping costs more on a VM (pool.h) */
+		if (pmfuse_pool_memo_zero_from(fs->pool, t->blk, t->off))
 			continue;
+		b = pmfuse_pool_read_once(fs->pool, t->blk * bs + t->off, bs - t->off, buf, &err);
+		if (!b)
+			b = (const uint8_t *)pmfuse_volume_block(fs->vol, t->blk) + t->off;
+		if (!b[0] && !memcmp(b, b + 1, bs - t->off - 1)) {
+			pmfuse_pool_memo_set_zero_from(fs->pool, t->blk, t->off);
+			continue;
+		}
 
 		fs_wrlock(fs);
 		rc = pmfuse_refcount_get(&rt, blk, 1, &count, &run);
@@ -1787,6 +1846,7 @@ int pmfuse_fs_repair(struct pmfuse_fs *fs, bool preen, const struct pmfuse_repai
 	free(r.xtails.v);
 	free(r.clashes.v);
 	free(r.ftails.v);
+	free(r.ino_index);
 	if (rc)
 		return rc;
 	return res->left ? -EUCLEAN : 0;

@@ -357,7 +357,7 @@ static int read_node(const struct pmfuse_btree *bt, uint64_t blk, unsigned level
 				      bt->ops->name, (unsigned long long)bt->owner,
 				      (unsigned long long)blk);
 	h = node_at(bt, blk);
-	rc = pmfuse_blk_verify(h, PMFUSE_BLK_BTREE, blk, bt->owner, bt->block_size);
+	rc = pmfuse_blk_verify_memo(bt->pool, h, PMFUSE_BLK_BTREE, blk, bt->owner, bt->block_size);
 	if (rc)
 		return rc;
 	if (pmfuse_le16(h->level) != level)
@@ -1128,7 +1128,7 @@ static bool all_zero(const uint8_t *p, size_t len)
 }
 
 /* The header of the node at `at`: block, magic, self, owner, crc, level, pad, slot count. */
-static int check_header(struct check *c, const struct place *at, bool is_root,
+static int check_header(struct check *c, const struct place *at, bool is_root, bool known,
 			const struct pmfuse_blk_hdr **out)
 {
 	const struct pmfuse_btree *bt = c->bt;
@@ -1145,9 +1145,12 @@ static int check_header(struct check *c, const struct place *at, bool is_root,
 			    (unsigned long long)pmfuse_le64(h->blkno));
 	if (pmfuse_le64(h->owner) != bt->owner)
 		return FAIL(c, at, "owner %llu", (unsigned long long)pmfuse_le64(h->owner));
-	if (pmfuse_le32(h->crc) != pmfuse_blk_crc(h, bt->block_size))
-		return FAIL(c, at, "checksum mismatch (stored %08x, computed %08x)",
-			    pmfuse_le32(h->crc), pmfuse_blk_crc(h, bt->block_size));
+	if (!pmfuse_pool_memo_crc(bt->pool, at->blk)) {
+		if (pmfuse_le32(h->crc) != pmfuse_blk_crc(h, bt->block_size))
+			return FAIL(c, at, "checksum mismatch (stored %08x, computed %08x)",
+				    pmfuse_le32(h->crc), pmfuse_blk_crc(h, bt->block_size));
+		pmfuse_pool_memo_set_crc(bt->pool, at->blk);
+	}
 	if (pmfuse_le16(h->level) != at->level)
 		return FAIL(c, at, "header says level %u", pmfuse_le16(h->level));
 	if (pmfuse_le32(h->pad))
@@ -1157,10 +1160,51 @@ static int check_header(struct check *c, const struct place *at, bool is_root,
 	if (n < lo || n > hi)
 		return FAIL(c, at, "%u slots, allowed %u..%u%s", n, lo, hi,
 			    is_root ? "" : " (minimum fill)");
-	if (!all_zero(slot(bt, h, at->level, n), bt->block_size - BT_HDR -
-		      (size_t)n * slot_len(bt, at->level)))
+	if (!known && !all_zero(slot(bt, h, at->level, n), bt->block_size - BT_HDR -
+				(size_t)n * slot_len(bt, at->level)))
 		return FAIL(c, at, "bytes after slot %u are not zero", n - 1);
 	*out = h;
+	return 0;
+}
+
+/* The memo tag (pool.h) of a node whose own bytes passed check_node under these ops: slots,
+ * records and their order (what its parent says is checked on every visit). A map tree's
+ * owner serves extents or directory entries by the inode's mode: rec_len tells them apart. */
+static unsigned node_tag(const struct pmfuse_btree *bt)
+{
+	return (bt->ops->rec_len / 8u) | (unsigned)(bt->ops->key_len / 8u) << 10;
+}
+
+/* Key i of node h: the slot's key, or the record's key copied into kbuf. */
+static const void *key_at(const struct pmfuse_btree *bt, const struct pmfuse_blk_hdr *h,
+			  unsigned level, unsigned i, uint64_t *kbuf)
+{
+	if (level)
+		return slot(bt, h, level, i);
+	bt->ops->key_from_rec(kbuf, slot(bt, h, 0, i));
+	return kbuf;
+}
+
+/* A node that passed check_node before and is unchanged since (the memo): its first key must
+ * still be its parent's key for it and every key below the parent's next one (its keys are in
+ * order, so the first and the last tell). The same messages as check_node's loop. */
+static int check_known(struct check *c, const struct place *at, const struct pmfuse_blk_hdr *h,
+		       const void *lo, const void *hi)
+{
+	const struct pmfuse_btree *bt = c->bt;
+	int (*cmp)(const void *, const void *) = bt->ops->cmp_key;
+	uint64_t kbuf[BT_KEY_WORDS];
+	unsigned n = nrecs(h);
+
+	if (!n)
+		return 0;
+	if (lo && cmp(key_at(bt, h, at->level, 0, kbuf), lo))
+		return FAIL(c, at, "first key differs from the parent's key for this node");
+	if (!hi || cmp(key_at(bt, h, at->level, n - 1, kbuf), hi) < 0)
+		return 0;
+	for (unsigned i = 0; i < n; i++)     /* the first key at or past hi, as the loop names it */
+		if (cmp(key_at(bt, h, at->level, i, kbuf), hi) >= 0)
+			return FAIL(c, at, "key %u is not below the parent's next key", i);
 	return 0;
 }
 
@@ -1176,15 +1220,19 @@ static int check_node(struct check *c, const struct place *at, const void *lo, c
 	const struct pmfuse_blk_hdr *h = NULL;
 	const void *prev = NULL;
 	unsigned n, i;
+	bool known;
 	int rc;
 
-	rc = check_header(c, at, !at->parent, &h);
+	known = blk_in_pool(bt, at->blk) && pmfuse_pool_memo_tag(bt->pool, at->blk) == node_tag(bt);
+	rc = check_header(c, at, !at->parent, known, &h);
 	if (rc)
 		return rc;
 	if (c->visit)
 		c->visit(c->arg, at->blk);
 	n = nrecs(h);
-	for (i = 0; i < n; i++) {
+	if (known)
+		rc = check_known(c, at, h, lo, hi);
+	for (i = 0; i < n && !known; i++) {
 		const void *key;
 
 		if (at->level) {
@@ -1204,6 +1252,10 @@ static int check_node(struct check *c, const struct place *at, const void *lo, c
 			return FAIL(c, at, "key %u is not below the parent's next key", i);
 		prev = key;
 	}
+	if (rc)
+		return rc;
+	if (!known)
+		pmfuse_pool_memo_set_tag(bt->pool, at->blk, node_tag(bt));
 	if (!at->level) {
 		c->recs += n;
 		return 0;
@@ -1308,11 +1360,13 @@ static void salvage_node(struct salvage *s, uint64_t blk, unsigned level)
 	struct pmfuse_blk_hdr *h;
 	uint8_t key[SALVAGE_KEY_MAX];
 	unsigned n;
+	bool known;
 
 	if (s->err)
 		return;
 	if (!blk_in_pool(bt, blk) ||
-	    pmfuse_blk_verify(node_at(bt, blk), PMFUSE_BLK_BTREE, blk, bt->owner, bt->block_size) ||
+	    pmfuse_blk_verify_memo(bt->pool, node_at(bt, blk), PMFUSE_BLK_BTREE, blk, bt->owner,
+				   bt->block_size) ||
 	    pmfuse_le16(node_at(bt, blk)->level) != level) {
 		s->dropped++;
 		return;
@@ -1323,6 +1377,8 @@ static void salvage_node(struct salvage *s, uint64_t blk, unsigned level)
 		s->dropped++;
 		return;
 	}
+	/* a node that passed check_node unchanged since (the memo) holds well-formed records */
+	known = pmfuse_pool_memo_tag(bt->pool, blk) == node_tag(bt);
 	if (s->ops->node)
 		s->ops->node(s->ops->arg, blk);
 	for (unsigned i = 0; i < n && !s->err; i++) {
@@ -1333,7 +1389,7 @@ static void salvage_node(struct salvage *s, uint64_t blk, unsigned level)
 			continue;
 		}
 		bt->ops->key_from_rec(key, r);
-		if ((bt->ops->check_rec && bt->ops->check_rec(r)) ||
+		if ((!known && bt->ops->check_rec && bt->ops->check_rec(r)) ||
 		    (s->have_last && bt->ops->cmp_key(key, s->last) <= 0)) {
 			s->dropped++;
 			continue;

@@ -91,6 +91,11 @@ struct pmfuse_pool {
 	uint8_t *poison_save;         /* bytes of the poisoned range (pmfuse_pool_fake_poison) */
 	uint64_t poison_off;
 	size_t poison_len;
+
+	/* pmfuse_pool_memo_*: one entry per block, NULL until enabled */
+	uint32_t *memo;
+	uint32_t memo_bs;
+	uint64_t memo_blocks;
 };
 
 const char *pmfuse_granularity_name(enum pmfuse_granularity g)
@@ -416,6 +421,7 @@ void pmfuse_pool_close(struct pmfuse_pool *pool)
 		free(pool->pending);
 	}
 	pthread_mutex_destroy(&pool->fake_lock);
+	free(pool->memo);
 	free(pool->path);
 	free(pool);
 }
@@ -544,6 +550,7 @@ void pmfuse_pool_fake_reset(struct pmfuse_pool *pool, const void *image)
 	pool->npending = 0;
 	memcpy(pool->base, image, pool->size);
 	memcpy(pool->media, image, pool->size);
+	pmfuse_pool_memo_forget(pool, 0, pool->size);
 	pthread_mutex_unlock(&pool->fake_lock);
 }
 
@@ -581,10 +588,107 @@ const void *pmfuse_pool_fake_media(const struct pmfuse_pool *pool)
 	return pool->media;
 }
 
+/* ---- what fsck learned of blocks (pmfuse_pool_memo_*) -------------------------------------- */
+
+#define MEMO_CRC   0x80000000u   /* the block's crc matches its bytes */
+#define MEMO_TAG   0x7fff0000u   /* 0, or the tag of the check the block passed */
+#define MEMO_SHIFT 16
+#define MEMO_ZERO  0x0000ffffu   /* 0, or 1 + the offset from which the block holds zeros */
+
+int pmfuse_pool_memo_enable(struct pmfuse_pool *pool, uint32_t block_size)
+{
+	uint64_t n;
+
+	if (!block_size || pool->size % block_size)
+		return -EINVAL;
+	n = pool->size / block_size;
+	if (pool->memo && pool->memo_bs == block_size)
+		return 0;
+	free(pool->memo);
+	pool->memo = NULL;
+	/* calloc of a large array maps zero pages: only what is noted becomes resident */
+	if (!(pool->memo = calloc(n, sizeof(*pool->memo))))
+		return -ENOMEM;
+	pool->memo_bs = block_size;
+	pool->memo_blocks = n;
+	return 0;
+}
+
+void pmfuse_pool_memo_forget(struct pmfuse_pool *pool, uint64_t off, uint64_t len)
+{
+	uint64_t first, last;
+
+	if (!pool->memo || !len || off >= pool->size)
+		return;
+	if (len > pool->size - off)
+		len = pool->size - off;
+	first = off / pool->memo_bs;
+	last = (off + len - 1) / pool->memo_bs;
+	for (uint64_t b = first; b <= last; b++)
+		if (pool->memo[b])          /* reads leave untouched zero pages shared */
+			pool->memo[b] = 0;
+}
+
+/* The forget of a store at addr, when addr is in the mapping (callers pass only pool addresses;
+ * checked anyway, a stray address forgets nothing rather than the wrong block). */
+static void memo_forget_addr(struct pmfuse_pool *pool, const void *addr, size_t len)
+{
+	const char *p = addr, *b = pool->base;
+
+	if (pool->memo && p >= b && p < b + pool->size)
+		pmfuse_pool_memo_forget(pool, (uint64_t)(p - b), len);
+}
+
+bool pmfuse_pool_memo_crc(const struct pmfuse_pool *pool, uint64_t blk)
+{
+	return pool->memo && blk < pool->memo_blocks && (pool->memo[blk] & MEMO_CRC);
+}
+
+void pmfuse_pool_memo_set_crc(struct pmfuse_pool *pool, uint64_t blk)
+{
+	if (pool->memo && blk < pool->memo_blocks)
+		pool->memo[blk] |= MEMO_CRC;
+}
+
+bool pmfuse_pool_memo_zero_from(const struct pmfuse_pool *pool, uint64_t blk, uint32_t off)
+{
+	unsigned z;
+
+	if (!pool->memo || blk >= pool->memo_blocks)
+		return false;
+	z = pool->memo[blk] & MEMO_ZERO;
+	return z && z - 1 <= off;
+}
+
+void pmfuse_pool_memo_set_zero_from(struct pmfuse_pool *pool, uint64_t blk, uint32_t off)
+{
+	unsigned z;
+
+	if (!pool->memo || blk >= pool->memo_blocks || off >= MEMO_ZERO)
+		return;
+	z = pool->memo[blk] & MEMO_ZERO;
+	if (!z || z - 1 > off)      /* keep the lowest offset known */
+		pool->memo[blk] = (pool->memo[blk] & ~MEMO_ZERO) | (off + 1);
+}
+
+unsigned pmfuse_pool_memo_tag(const struct pmfuse_pool *pool, uint64_t blk)
+{
+	if (!pool->memo || blk >= pool->memo_blocks)
+		return 0;
+	return (pool->memo[blk] & MEMO_TAG) >> MEMO_SHIFT;
+}
+
+void pmfuse_pool_memo_set_tag(struct pmfuse_pool *pool, uint64_t blk, unsigned tag)
+{
+	if (pool->memo && blk < pool->memo_blocks && tag && tag <= MEMO_TAG >> MEMO_SHIFT)
+		pool->memo[blk] = (pool->memo[blk] & ~MEMO_TAG) | (uint32_t)tag << MEMO_SHIFT;
+}
+
 /* ---- barriers ------------------------------------------------------------------------------ */
 
 void pmfuse_pool_flush(struct pmfuse_pool *pool, const void *addr, size_t len)
 {
+	memo_forget_addr(pool, addr, len);
 	if (pool->kind == PMFUSE_SOURCE_FAKE)
 		fake_flush(pool, addr, len);
 	else
@@ -603,6 +707,7 @@ void pmfuse_pool_drain(struct pmfuse_pool *pool)
 
 void pmfuse_pool_persist(struct pmfuse_pool *pool, const void *addr, size_t len)
 {
+	memo_forget_addr(pool, addr, len);
 	if (pool->kind == PMFUSE_SOURCE_FAKE) {
 		fake_flush(pool, addr, len);
 		fake_drain(pool);
@@ -639,6 +744,7 @@ static void fake_after_store(struct pmfuse_pool *pool, void *dst, size_t len, un
 void *pmfuse_pool_memcpy(struct pmfuse_pool *pool, void *dst, const void *src, size_t len,
 			 unsigned flags)
 {
+	memo_forget_addr(pool, dst, len);
 	if (pool->kind == PMFUSE_SOURCE_FAKE) {
 		memcpy(dst, src, len);
 		fake_after_store(pool, dst, len, flags);
@@ -652,6 +758,7 @@ void *pmfuse_pool_memcpy(struct pmfuse_pool *pool, void *dst, const void *src, s
 
 void *pmfuse_pool_memset(struct pmfuse_pool *pool, void *dst, int c, size_t len, unsigned flags)
 {
+	memo_forget_addr(pool, dst, len);
 	if (pool->kind == PMFUSE_SOURCE_FAKE) {
 		memset(dst, c, len);
 		fake_after_store(pool, dst, len, flags);
@@ -836,6 +943,7 @@ int pmfuse_pool_write_data(struct pmfuse_pool *pool, uint64_t off, const void *b
 	assert(off <= pool->size && len <= pool->size - off);
 	if (!len)
 		return 0;
+	pmfuse_pool_memo_forget(pool, off, len);
 	if (pool->data_path == PMFUSE_DATA_MAP) {
 		if (buf)
 			pmfuse_pool_memcpy(pool, dst, buf, len, flags);
@@ -1003,6 +1111,7 @@ int pmfuse_pool_fake_poison(struct pmfuse_pool *pool, uint64_t off, size_t len)
 	if (!pool->poison_save)
 		return -ENOMEM;
 	memcpy(pool->poison_save, (uint8_t *)pool->base + off, len);
+	pmfuse_pool_memo_forget(pool, off, len);
 	/* pages of an empty shared file: every access is past its end, which is SIGBUS */
 	fd = memfd_create("pmfuse-poison", MFD_CLOEXEC);
 	at = fd < 0 ? MAP_FAILED : mmap((uint8_t *)pool->base + off, len, PROT_READ | PROT_WRITE,
@@ -1034,6 +1143,7 @@ void pmfuse_pool_fake_unpoison(struct pmfuse_pool *pool)
 	if (at == MAP_FAILED)
 		abort(); /* test-only model: the range would stay poisoned */
 	memcpy(at, pool->poison_save, pool->poison_len);
+	pmfuse_pool_memo_forget(pool, pool->poison_off, pool->poison_len);
 	free(pool->poison_save);
 	pool->poison_save = NULL;
 	pool->poison_len = 0;

@@ -170,6 +170,30 @@ int pmfuse_pool_read_fd(const struct pmfuse_pool *pool);
 /* Number of drains since open (every persist and every draining memcpy/memset counts as one). */
 uint64_t pmfuse_pool_barriers(const struct pmfuse_pool *pool);
 
+/* ---- what a checker learned of blocks (fsck) ----------------------------------------------
+ *
+ * fsck reads every metadata block several times in one run (the check, the repair's rounds, the
+ * check after them); the memo lets it verify a block's bytes once. Per block of block_size it
+ * notes that the block's crc matched its bytes, that it passed a check of a caller's kind (a
+ * tag), and from which offset on it was found to hold zeros (a file's bytes past EOF). Every store through this module (memcpy, memset,
+ * write_data, flush, persist, the fake media's resets and poison) and every range a transaction
+ * declares (pmfuse_pool_memo_forget, from tx.c) forgets what was noted of the blocks it touches,
+ * so a note holds only while the block holds the bytes that were verified. The daemon never
+ * enables it: its threads store between a check and a use. Off (every query false) until
+ * pmfuse_pool_memo_enable (0, -EINVAL, -ENOMEM); 4 bytes per block, resident only where noted.
+ */
+int pmfuse_pool_memo_enable(struct pmfuse_pool *pool, uint32_t block_size);
+void pmfuse_pool_memo_forget(struct pmfuse_pool *pool, uint64_t off, uint64_t len);
+bool pmfuse_pool_memo_crc(const struct pmfuse_pool *pool, uint64_t blk);
+void pmfuse_pool_memo_set_crc(struct pmfuse_pool *pool, uint64_t blk);
+/* Whether block blk is known to hold zeros from byte off to its end. */
+bool pmfuse_pool_memo_zero_from(const struct pmfuse_pool *pool, uint64_t blk, uint32_t off);
+void pmfuse_pool_memo_set_zero_from(struct pmfuse_pool *pool, uint64_t blk, uint32_t off);
+/* A checker's own note that blk passed its check of kind tag (1..32767; 0: none), e.g. a
+ * b+tree node's records under one ops table. One tag per block: the last set. */
+unsigned pmfuse_pool_memo_tag(const struct pmfuse_pool *pool, uint64_t blk);
+void pmfuse_pool_memo_set_tag(struct pmfuse_pool *pool, uint64_t blk, unsigned tag);
+
 /* ---- memory errors -------------------------------------------------------------------------
  *
  * A poisoned line of persistent memory, or a page of a pool file that was shortened under the

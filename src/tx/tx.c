@@ -159,6 +159,12 @@ void pmfuse_blk_seal(struct pmfuse_blk_hdr *blk, uint32_t bs)
 int pmfuse_blk_verify(const struct pmfuse_blk_hdr *blk, uint32_t magic, uint64_t blkno,
 		      uint64_t owner, uint32_t bs)
 {
+	return pmfuse_blk_verify_memo(NULL, blk, magic, blkno, owner, bs);
+}
+
+int pmfuse_blk_verify_memo(struct pmfuse_pool *pool, const struct pmfuse_blk_hdr *blk,
+			   uint32_t magic, uint64_t blkno, uint64_t owner, uint32_t bs)
+{
 	if (pmfuse_le32(blk->magic) != magic)
 		return PMFUSE_CORRUPT("block %llu: magic %08x, expected %08x",
 				      (unsigned long long)blkno, pmfuse_le32(blk->magic), magic);
@@ -170,8 +176,12 @@ int pmfuse_blk_verify(const struct pmfuse_blk_hdr *blk, uint32_t magic, uint64_t
 				      (unsigned long long)blkno,
 				      (unsigned long long)pmfuse_le64(blk->owner),
 				      (unsigned long long)owner);
+	if (pool && pmfuse_pool_memo_crc(pool, blkno))
+		return 0;
 	if (pmfuse_le32(blk->crc) != pmfuse_blk_crc(blk, bs))
 		return PMFUSE_CORRUPT("block %llu: checksum mismatch", (unsigned long long)blkno);
+	if (pool)
+		pmfuse_pool_memo_set_crc(pool, blkno);
 	return 0;
 }
 
@@ -918,6 +928,9 @@ static int declare_begin(struct pmfuse_tx *tx, const void *addr, size_t len, uin
 	if (rc)
 		return rc;
 	*off = pmfuse_pool_offset(tx->txm->pool, addr);
+	/* the caller stores into the range next, declared already or not: what fsck's memo knew
+	 * of its blocks no longer holds */
+	pmfuse_pool_memo_forget(tx->txm->pool, *off, len);
 	return declared(tx, *off, (uint32_t)len) ? 1 : 0;
 }
 

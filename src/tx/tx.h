@@ -146,5 +146,9 @@ void pmfuse_blk_seal(struct pmfuse_blk_hdr *blk, uint32_t bs);   /* crc only; ca
 /* Checks magic, own block number, owner (unless owner == 0) and crc: 0 or -EUCLEAN (logged). */
 int pmfuse_blk_verify(const struct pmfuse_blk_hdr *blk, uint32_t magic, uint64_t blkno,
 		      uint64_t owner, uint32_t bs);
+/* The same for the block blkno of pool, whose crc is computed only when the pool's memo
+ * (pmfuse_pool_memo_enable: fsck) does not know it matched already, and noted when it does. */
+int pmfuse_blk_verify_memo(struct pmfuse_pool *pool, const struct pmfuse_blk_hdr *blk,
+			   uint32_t magic, uint64_t blkno, uint64_t owner, uint32_t bs);
 
 #endif /* PMFUSE_TX_H */

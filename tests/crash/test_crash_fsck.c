@@ -10,10 +10,11 @@
  * orphan naming nothing; an inline extent map with a bad record; a data block claimed by two
  * files without a refcount record, and one a file maps that is also a tree node). For each case:
  *   1. the checks of fs/check.h report the damage;
- *   2. a repair (as fsck -y: volume opened with PMFUSE_VOL_REPAIR, fs with opts.repair; every
- *      transaction verified to change only what it declared, in debug builds) leaves
- *      a filesystem the checks find clean, that mounts, and where every file the damage did not
- *      touch reads back its bytes, by inode number;
+ *   2. a repair (as fsck -y: volume opened with PMFUSE_VOL_REPAIR, fs with opts.repair, the
+ *      pool's memo on since step 1; every transaction verified to change only what it declared,
+ *      in debug builds) leaves a filesystem the checks find clean, also a check without the
+ *      memo, that mounts, and where every file the damage did not touch reads back its bytes,
+ *      by inode number;
  *   3. the repair is run again from the damaged image with a hook at every persistence barrier
  *      (every STRIDE-th under PMFUSE_TEST_SCALE): the crash images there (none of the unpersisted
  *      stores kept, and all of them) must open as a volume (the log rolled back) and a further
@@ -431,6 +432,29 @@ static uint64_t repair_pool(struct pmfuse_pool *pool, struct pmfuse_repair_resul
 	return f.problems;
 }
 
+/* The problems a check of a copy of pool finds, without fsck's memo (pool.h): what the memo
+ * let the check after the repair skip is verified here; why: the first. */
+static uint64_t check_plain(struct pmfuse_pool *pool, char *why, size_t len)
+{
+	struct pmfuse_fs_opts co = { .check = true };
+	struct pmfuse_pool *copy;
+	struct pmfuse_volume *vol;
+	struct pmfuse_fs *fs;
+	static struct th_fsck f;
+	char msg[512] = "";
+
+	assert_int_equal(pmfuse_pool_fake_new(pool_size, pmfuse_pool_base(pool), &copy), 0);
+	assert_int_equal(pmfuse_volume_open(copy, PMFUSE_VOL_RDONLY, &vol, msg, sizeof(msg)), 0);
+	assert_int_equal(pmfuse_fs_open(vol, &co, &fs), 0);
+	th_fsck_run(fs, &f);
+	pmfuse_fs_close(fs);
+	pmfuse_volume_close(vol);
+	pmfuse_pool_close(copy);
+	if (f.problems)
+		snprintf(why, len, "%s", f.lines[0]);
+	return f.problems;
+}
+
 /* The pool mounts, and every file the damage did not touch reads back. */
 static bool files_ok(struct pmfuse_pool *pool, const struct dmg *d, char *why, size_t len)
 {
@@ -557,8 +581,10 @@ static void test_repair(void **state)
 
 		memcpy(img, pristine, pool_size);
 		damage(k, img, &r, &d);
-		/* 1. the checks see it (a read-only open, as fsck -n) */
+		/* 1. the checks see it (a read-only open, as fsck -n); with fsck's memo, which
+		 * carries what they verified into the repair and the check after it, as in fsck */
 		assert_int_equal(pmfuse_pool_fake_new(pool_size, img, &pool), 0);
+		assert_int_equal(pmfuse_pool_memo_enable(pool, bs), 0);
 		{
 			struct pmfuse_volume *vol;
 			struct pmfuse_fs *fs;
@@ -585,12 +611,15 @@ static void test_repair(void **state)
 		left = repair_pool(pool, &rr, true, why, sizeof(why));
 		if (left)
 			fail_msg("%s: after repair: %s", d.name, why);
+		if (check_plain(pool, why, sizeof(why)))
+			fail_msg("%s: after repair, a check without the memo finds: %s", d.name, why);
 		if (!files_ok(pool, &d, why, sizeof(why)))
 			fail_msg("%s: after repair: %s", d.name, why);
 		pmfuse_pool_close(pool);
 
 		/* 3. the same repair, stopped at every barrier */
 		assert_int_equal(pmfuse_pool_fake_new(pool_size, img, &pool), 0);
+		assert_int_equal(pmfuse_pool_memo_enable(pool, bs), 0);
 		c.cimg = malloc(pool_size);
 		assert_non_null(c.cimg);
 		c.d = &d;

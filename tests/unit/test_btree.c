@@ -26,6 +26,7 @@
 
 #include "meta/alloc.h"
 #include "meta/btree.h"
+#include "pool/pool.h"
 #include "tx/tx.h"
 #include "util/util.h"
 
@@ -1294,6 +1295,131 @@ static void test_corruption(void **state)
 	env_fini(&e);
 }
 
+static int count_any(void *arg, const void *rec)
+{
+	(void)rec;
+	++*(uint64_t *)arg;
+	return 0;
+}
+
+/* Records the salvage reads and drops. */
+static uint64_t salvage_dropped(struct env *e)
+{
+	uint64_t n = 0, dropped;
+	struct pmfuse_btree_salvage_ops so = { .rec = count_any, .arg = &n };
+
+	assert_int_equal(pmfuse_btree_salvage(&e->bt, &so, &dropped), 0);
+	return dropped;
+}
+
+/* One byte of the pool changed through the pool's API (memcpy: flushed and drained). */
+static void pool_poke(struct env *e, uint8_t *at, uint8_t v)
+{
+	pmfuse_pool_memcpy(e->vol->pool, at, &v, 1, 0);
+}
+
+/*
+ * fsck's memo (pool.h): a check notes each node it verified, and the checks, reads and salvages
+ * after it skip what it noted. A node changed since must be verified again: for each way the
+ * code changes a node (a transaction; a pool memcpy, memset or write_data; a store made durable
+ * by flush or persist) the next check sees the damage. A store behind the pool's back (which
+ * nothing in pmfuse makes) stays unseen until the memo forgets the block: the memo is used.
+ */
+static void test_memo(void **state)
+{
+	struct pmfuse_btree_cursor first;
+	struct pmfuse_pool *pool;
+	struct pmfuse_tx *tx;
+	struct saved sv;
+	struct env e;
+	uint32_t bs;
+	uint64_t leaf;
+	uint8_t *lp;
+	struct pmfuse_blk_hdr *lh;
+	(void)state;
+
+	env_init(&e, &deep_ops, 16 * MIB, 0, 256, 2000, 8);
+	bs = e.vol->block_size;
+	pool = e.vol->pool;
+	assert_int_equal(pmfuse_pool_memo_enable(pool, bs), 0);
+	tx = pmfuse_tx_begin(e.vol->txm);
+	for (uint64_t k = 0; k < 2000; k += 2)
+		op_insert(&e, tx, k);
+	assert_int_equal(pmfuse_tx_commit(tx), 0);
+	model_commit(&e.m);
+	check_all(&e);
+	assert_int_equal(pmfuse_btree_first(&first, &e.bt), 0);
+	leaf = first.path[0].blk;
+	lp = pmfuse_volume_block(e.vol, leaf);
+	lh = (void *)lp;
+	assert_true(pmfuse_pool_memo_crc(pool, leaf));
+	assert_true(pmfuse_pool_memo_tag(pool, leaf) != 0);
+	pmfuse_log_set_target(PMFUSE_LOG_QUIET);
+
+	/* behind the pool's back: a malformed record, resealed, is not seen until forgotten */
+	save(&sv, lp, bs);
+	lp[32 + 300] ^= 4;
+	pmfuse_blk_seal(lh, bs);
+	assert_int_equal(pmfuse_btree_check(&e.bt, NULL, NULL, NULL, 0), 0);
+	assert_int_equal(salvage_dropped(&e), 0);
+	pmfuse_pool_memo_forget(pool, leaf * bs + 300, 1);
+	expect_bad_check(&e, leaf, "malformed");
+	assert_int_equal(salvage_dropped(&e), 1);
+	pmfuse_pool_memcpy(pool, sv.at, sv.bytes, sv.len, 0);
+	check_all(&e);
+
+	/* a transaction: the same damage, declared and resealed at commit */
+	tx = pmfuse_tx_begin(e.vol->txm);
+	assert_int_equal(pmfuse_tx_add_meta(tx, lh, lp + 32 + 300, 1), 0);
+	lp[32 + 300] ^= 4;
+	assert_int_equal(pmfuse_tx_commit(tx), 0);
+	expect_bad_check(&e, leaf, "malformed");
+	assert_int_equal(salvage_dropped(&e), 1);
+	tx = pmfuse_tx_begin(e.vol->txm);
+	assert_int_equal(pmfuse_tx_add_meta(tx, lh, lp + 32 + 300, 1), 0);
+	lp[32 + 300] ^= 4;
+	assert_int_equal(pmfuse_tx_commit(tx), 0);
+	check_all(&e);
+
+	/* pool memcpy, memset, write_data: bytes changed, crc not resealed */
+	pool_poke(&e, lp + 40, lp[40] ^ 0x10);
+	expect_damage(&e, 0, leaf, "checksum");
+	pool_poke(&e, lp + 40, lp[40] ^ 0x10);
+	check_all(&e);
+	pmfuse_pool_memset(pool, lp + bs - 1, 1, 1, 0);
+	expect_bad_check(&e, leaf, "checksum");
+	pmfuse_pool_memset(pool, lp + bs - 1, 0, 1, 0);
+	check_all(&e);
+	{
+		uint8_t b = lp[41] ^ 1;
+
+		assert_int_equal(pmfuse_pool_write_data(pool, leaf * bs + 41, &b, 1, 0), 0);
+		expect_damage(&e, 0, leaf, "checksum");
+		b ^= 1;
+		assert_int_equal(pmfuse_pool_write_data(pool, leaf * bs + 41, &b, 1, 0), 0);
+		check_all(&e);
+	}
+
+	/* stores made durable by flush + drain, or by persist */
+	lp[42] ^= 1;
+	pmfuse_pool_flush(pool, lp + 42, 1);
+	pmfuse_pool_drain(pool);
+	expect_damage(&e, 0, leaf, "checksum");
+	lp[42] ^= 1;
+	pmfuse_pool_persist(pool, lp + 42, 1);
+	check_all(&e);
+	lp[43] ^= 1;
+	pmfuse_pool_persist(pool, lp + 43, 1);
+	expect_damage(&e, 0, leaf, "checksum");
+	lp[43] ^= 1;
+	pmfuse_pool_persist(pool, lp + 43, 1);
+	check_all(&e);
+
+	pmfuse_log_set_target(PMFUSE_LOG_STDERR);
+	drain_tree(&e);
+	env_fini(&e);
+}
+
 static bool rc_expected(int rc)
 {
 	return rc == 0 || rc == -ENOENT || rc == -EEXIST || rc == -EUCLEAN;
@@ -1385,6 +1511,7 @@ int main(void)
 		cmocka_unit_test(test_enospc),
 		cmocka_unit_test(test_log_full),
 		cmocka_unit_test(test_corruption),
+		cmocka_unit_test(test_memo),
 		cmocka_unit_test(test_fuzz_damage),
 	};
 	th_seed();

@@ -315,6 +315,110 @@ static void test_open_errors(void **state)
 	assert_int_equal(pmfuse_pool_open("/dev/null", 0, &pool) < 0, 1);
 }
 
+/* Notes of every kind on blocks lo..hi (1 KiB blocks). */
+static void memo_note(struct pmfuse_pool *pool, uint64_t lo, uint64_t hi)
+{
+	for (uint64_t b = lo; b <= hi; b++) {
+		pmfuse_pool_memo_set_crc(pool, b);
+		pmfuse_pool_memo_set_tag(pool, b, 5);
+		pmfuse_pool_memo_set_zero_from(pool, b, 100);
+	}
+}
+
+static bool memo_kept(const struct pmfuse_pool *pool, uint64_t b)
+{
+	return pmfuse_pool_memo_crc(pool, b) && pmfuse_pool_memo_tag(pool, b) == 5 &&
+	       pmfuse_pool_memo_zero_from(pool, b, 100);
+}
+
+static bool memo_gone(const struct pmfuse_pool *pool, uint64_t b)
+{
+	return !pmfuse_pool_memo_crc(pool, b) && !pmfuse_pool_memo_tag(pool, b) &&
+	       !pmfuse_pool_memo_zero_from(pool, b, 1023);
+}
+
+/*
+ * fsck's memo: off until enabled; notes hold until a store through the pool API touches the
+ * block, and exactly the blocks a store touches are forgotten (a store that leaves a note
+ * behind would let fsck skip a changed block).
+ */
+static void test_memo(void **state)
+{
+	struct pmfuse_pool *pool;
+	uint8_t *base, x[4] = { 1, 2, 3, 4 };
+	(void)state;
+
+	assert_int_equal(pmfuse_pool_fake_new(16 * 1024, NULL, &pool), 0);
+	base = pmfuse_pool_base(pool);
+	memo_note(pool, 0, 15);
+	assert_true(memo_gone(pool, 3));                    /* off: nothing is noted */
+	assert_int_equal(pmfuse_pool_memo_enable(pool, 1000), -EINVAL);
+	assert_int_equal(pmfuse_pool_memo_enable(pool, 1024), 0);
+	assert_true(memo_gone(pool, 3));
+	memo_note(pool, 0, 15);
+	assert_true(memo_kept(pool, 3));
+	assert_true(memo_gone(pool, 16) && memo_gone(pool, 1ull << 40));   /* past the end */
+
+	/* zeros from the lowest offset noted; tags 1..32767 */
+	assert_false(pmfuse_pool_memo_zero_from(pool, 3, 99));
+	assert_true(pmfuse_pool_memo_zero_from(pool, 3, 1023));
+	pmfuse_pool_memo_set_zero_from(pool, 3, 50);
+	pmfuse_pool_memo_set_zero_from(pool, 3, 200);
+	assert_true(pmfuse_pool_memo_zero_from(pool, 3, 50));
+	assert_false(pmfuse_pool_memo_zero_from(pool, 3, 49));
+	pmfuse_pool_memo_set_tag(pool, 3, 0);
+	pmfuse_pool_memo_set_tag(pool, 3, 32768);
+	assert_int_equal(pmfuse_pool_memo_tag(pool, 3), 5);
+	pmfuse_pool_memo_set_tag(pool, 3, 32767);
+	assert_int_equal(pmfuse_pool_memo_tag(pool, 3), 32767);
+	assert_true(pmfuse_pool_memo_crc(pool, 3));
+	memo_note(pool, 3, 3);
+
+	/* each store forgets the blocks it touches, and only those */
+	pmfuse_pool_memcpy(pool, base + 2 * 1024 + 1023, x, 2, 0);           /* blocks 2, 3 */
+	pmfuse_pool_memset(pool, base + 5 * 1024, 7, 1, PMFUSE_MEM_NOFLUSH); /* 5 */
+	assert_int_equal(pmfuse_pool_write_data(pool, 6 * 1024, NULL, 1024, 0), 0);   /* 6 */
+	base[8 * 1024 + 10] = 9;
+	pmfuse_pool_flush(pool, base + 8 * 1024 + 10, 1);                   /* 8 */
+	pmfuse_pool_drain(pool);
+	base[9 * 1024] = 9;
+	pmfuse_pool_persist(pool, base + 9 * 1024, 1025);                  /* 9, 10 */
+	pmfuse_pool_memo_forget(pool, 12 * 1024, 0);                       /* nothing */
+	pmfuse_pool_memo_forget(pool, 13 * 1024 + 5, 1ull << 40);          /* 13..15 */
+	for (uint64_t b = 0; b < 16; b++) {
+		bool gone = b == 2 || b == 3 || b == 5 || b == 6 || b == 8 || b == 9 || b == 10 ||
+			    b >= 13;
+
+		if (gone ? !memo_gone(pool, b) : !memo_kept(pool, b))
+			fail_msg("block %llu: memo %s", (unsigned long long)b,
+				 gone ? "kept after a store" : "lost without a store");
+	}
+	/* a fake pool reset to an image forgets everything */
+	memo_note(pool, 0, 15);
+	uint8_t *img = malloc(16 * 1024);
+	assert_non_null(img);
+	memcpy(img, base, 16 * 1024);
+	pmfuse_pool_fake_reset(pool, img);
+	free(img);
+	for (uint64_t b = 0; b < 16; b++)
+		assert_true(memo_gone(pool, b));
+	pmfuse_pool_close(pool);
+
+	/* a pool file's data path (pwrite, not the mapping) forgets too */
+	const char *path = tmp_path("memo.pool");
+	uint8_t buf[100] = { 1 };
+
+	assert_int_equal(pmfuse_pool_create_file(path, 16 * 4096), 0);
+	assert_int_equal(pmfuse_pool_open(path, 0, &pool), 0);
+	assert_int_equal(pmfuse_pool_memo_enable(pool, 4096), 0);
+	memo_note(pool, 0, 15);
+	assert_int_equal(pmfuse_pool_write_data(pool, 3 * 4096 + 10, buf, sizeof(buf), 0), 0);
+	for (uint64_t b = 0; b < 16; b++)
+		assert_true(b == 3 ? memo_gone(pool, b) : memo_kept(pool, b));
+	pmfuse_pool_close(pool);
+	unlink(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -326,6 +430,7 @@ int main(void)
 		cmocka_unit_test(test_file_write_data),
 		cmocka_unit_test(test_file_lock),
 		cmocka_unit_test(test_open_errors),
+		cmocka_unit_test(test_memo),
 	};
 	return cmocka_run_group_tests_name("pool", tests, setup_dir, teardown_dir);
 }
