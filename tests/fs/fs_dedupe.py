@@ -1191,6 +1191,59 @@ def ctl_scan_dry_run_and_converge(m):
     check_mount_sharing(m, "after converging scans")
 
 
+@test(size="256M", timeout=300)
+def ctl_scan_jobs(m):
+    """--jobs: threads that hash chunks of one large file (24 MiB of 4 KiB blocks each) and of
+    others at once find the same groups as one thread: copies of a region at chunk edges
+    (one across an edge), in three chunks of a file and in a small file, a dry run with 1 and
+    with 4 threads says the same, and the scan with 3 shares exactly the copies; a second
+    scan finds nothing; --jobs 0, 17, "x" and --jobs without --scan are refused."""
+    bs = block_size(m)
+    chunk = 384 * 16 * bs                      # the blocks of one hashing chunk
+    region = make_data(256 * KiB, m.rng, stamp=50)
+    big = bytearray(make_data(2 * chunk + 8 * MiB, m.rng, stamp=51))
+    offs = [0, chunk - 128 * KiB, chunk + 4 * MiB, 2 * chunk + 2 * MiB]
+    for off in offs:
+        big[off:off + len(region)] = region
+    t = m.path("t")
+    os.mkdir(t)
+    files = {os.path.join(t, "big"): bytes(big),
+             os.path.join(t, "small"): make_data(64 * KiB, m.rng, stamp=52) + region}
+    for p, d in files.items():
+        write_big(p, d)
+    planted = len(offs) * len(region)            # the small file's copy is the fifth
+    want = {"files": 2, "scanned": sum(len(d) for d in files.values()),
+            "duplicate": planted, "already shared": 0, "deduped": 0, "differed": 0}
+    for jobs in ("1", "4"):
+        r = run_ctl(m, "dedupe", "--scan", "--dry-run", "--jobs", jobs, t)
+        eq(r.returncode, 0, f"dedupe --scan --dry-run --jobs {jobs}:\n{r.stdout}{r.stderr}")
+        expect_summary(r.stdout, dict(want, **{"would free": planted}),
+                       f"dry run with {jobs} threads")
+    free0 = free_blocks(m)
+    r = run_ctl(m, "dedupe", "--scan", "-j", "3", t)
+    eq(r.returncode, 0, f"dedupe --scan -j 3:\n{r.stdout}{r.stderr}")
+    expect_summary(r.stdout, dict(want, deduped=planted), "dedupe --scan -j 3")
+    expect_freed(m, free0, planted // bs, "dedupe --scan -j 3")
+    pb = phys_map(os.path.join(t, "big"))
+    ps = phys_map(os.path.join(t, "small"))
+    n = len(region) // bs
+    copies = [[pb[off // bs + i] for i in range(n)] for off in offs]
+    copies.append([ps[64 * KiB // bs + i] for i in range(n)])
+    for k, c in enumerate(copies):
+        eq(c, copies[0], f"copy {k} of the region maps the same blocks")
+    for p, d in files.items():
+        same_file(p, d, f"{p} after dedupe --scan -j 3")
+    r = run_ctl(m, "dedupe", "--scan", "--jobs", "2", t)
+    expect_summary(r.stdout, {"duplicate": 0, "already shared": planted, "deduped": 0},
+                   "second scan with 2 threads")
+    for bad in (("--scan", "--jobs", "0", t), ("--scan", "--jobs", "17", t),
+                ("--scan", "--jobs", "x", t), ("--jobs", "2", t, t)):
+        r = run_ctl(m, "dedupe", *bad)
+        eq(r.returncode, 1, f"dedupe {' '.join(bad)}")
+        check("jobs" in r.stderr, f"dedupe {' '.join(bad)}: says why:\n{r.stderr}")
+    check_mount_sharing(m, "after scans with threads")
+
+
 @test(size="256M")
 def ctl_scan_tails_and_one_file(m):
     """--scan dedupes partial EOF blocks only against partial EOF blocks of the same length

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,8 @@
  * (pool blocks whose every owner is a copy).
  */
 #define DD_FDS 16                    /* sources kept open by --scan */
+#define DD_JOBS_MAX 16               /* --jobs */
+#define DD_JOBS_DEFAULT 4            /* hashing threads without --jobs, if as many CPUs */
 
 struct dd_sum {
 	uint64_t files, scanned, unequal, dup, shared, deduped, differed;
@@ -51,9 +54,15 @@ struct dd_file {
 	char *path;
 	dev_t dev;
 	ino_t ino;
-	uint64_t size;               /* when found, then when read */
+	uint64_t size;               /* when found, then when read (0: could not be) */
+	uint64_t found;              /* the size when found (the progress line's share) */
 	uint64_t blocks;             /* mapped blocks when found: the room it needs in blk */
 	uint32_t bs;
+	/* hashing (dd_hash_all), under its lock */
+	uint64_t next;               /* the first block not handed out yet */
+	int fd;                      /* open while chunks are left or busy */
+	uint32_t busy;               /* chunks being hashed */
+	bool opened, bad;            /* bad: an error was reported, it does not count */
 };
 
 /* A non-zero block --scan read: 24 bytes, all the memory that grows with the data. */
@@ -151,6 +160,7 @@ static int dd_range(struct dd *d, int sfd, uint64_t so, int dfd, uint64_t dof, u
 
 static uint64_t dd_args[3];          /* --range SRC_OFF LEN DST_OFF */
 static bool dd_ranged, dd_scan, dd_quiet, dd_dry;
+static unsigned dd_jobs;             /* --jobs; 0: as many as CPUs, at most DD_JOBS_DEFAULT */
 
 static int dd_opt(const struct command *cmd, int c, int argc, char **argv)
 {
@@ -167,6 +177,20 @@ static int dd_opt(const struct command *cmd, int c, int argc, char **argv)
 	case 'n':
 		dd_dry = true;
 		return -1;
+	case 'j': {
+		char *end;
+		unsigned long v;
+
+		errno = 0;
+		v = strtoul(optarg, &end, 10);
+		if (errno || end == optarg || *end || v < 1 || v > DD_JOBS_MAX) {
+			cli_err("dedupe: --jobs takes a number from 1 to %u", DD_JOBS_MAX);
+			cmd_usage(cmd, stderr);
+			return EXIT_USAGE;
+		}
+		dd_jobs = (unsigned)v;
+		return -1;
+	}
 	}
 	return EXIT_USAGE;
 }
@@ -383,74 +407,230 @@ static int dd_add_block(struct dd *d, const struct pmfuse_ioc_block_hash *h, uin
 }
 
 /*
- * Gets the hashes of the non-zero mapped blocks of file i from the daemon
- * (PMFUSE_IOC_BLOCK_HASHES: 32 bytes per block cross FUSE, never the block).
+ * Hashing (--scan's first phase) in jobs threads (--jobs; the calling thread is one of them),
+ * so that the daemon hashes in as many of its request threads at once: each takes the next
+ * chunk of DD_CHUNK blocks of the files in order, reopening a file when it is the first to
+ * reach it (fsync there: pages a shared mapping dirtied reach the pool, where the daemon
+ * hashes), and closes it when the last chunk is done. A chunk is a whole number of calls, so
+ * that on a file without holes no call hashes blocks past its chunk. Everything the threads
+ * share is under h->lock: the files' cursors, the block array (a chunk's answer is appended
+ * whole), the counts and the progress line.
  */
-static int dd_read(struct dd *d, uint32_t i, struct pmfuse_ioc_block_hashes *x)
+#define DD_CHUNK ((uint64_t)PMFUSE_IOC_HASHES_MAX * 16)      /* blocks: 24 MiB of 4 KiB */
+
+struct dd_hashing {
+	struct dd *d;
+	pthread_mutex_t lock;
+	size_t cur;                  /* the file chunks are handed out from */
+	int err;                     /* -ENOMEM: every thread stops */
+};
+
+/* Adds file i's bytes of [from, to) that its size when found covered to the progress line. */
+static void dd_progress(struct dd *d, uint32_t i, uint64_t from, uint64_t to)
+{
+	uint64_t found = d->file[i].found;
+
+	if (PMFUSE_MIN(to, found) > PMFUSE_MIN(from, found))
+		progress_add(&progress, PMFUSE_MIN(to, found) - PMFUSE_MIN(from, found));
+}
+
+static uint64_t dd_nblocks(const struct dd_file *f)
+{
+	return (f->size + f->bs - 1) / f->bs;
+}
+
+/* Under h->lock: closes file i when no chunk of it is left or busy, and counts it. */
+static void dd_file_done(struct dd *d, uint32_t i)
 {
 	struct dd_file *f = &d->file[i];
-	uint64_t found = f->size, start = 0, pos = 0;
-	struct stat st;
-	int fd, rc = 0;
 
-	fd = dd_reopen(d, i, O_RDONLY, -1, &st);
-	f->size = fd < 0 ? 0 : PMFUSE_MIN((uint64_t)st.st_size, (uint64_t)UINT32_MAX * f->bs);
-	if (fd < 0) {
-		progress_add(&progress, found);
-		return 0;
+	if (f->busy || (!f->bad && f->next < dd_nblocks(f)))
+		return;
+	if (f->fd >= 0) {
+		close(f->fd);
+		f->fd = -1;
+		if (!f->bad) {
+			d->sum.scanned += f->size;
+			d->sum.files++;
+		}
 	}
-	/* pages a shared mapping dirtied reach the pool, where the daemon hashes */
-	if (fsync(fd)) {
-		cli_err("%s: fsync: %s", f->path, strerror(errno));
-		goto fail;
+}
+
+/*
+ * Under h->lock: the next chunk (file *i, blocks [*from, *to), descriptor *fd), opening its
+ * file first if needed. false when nothing is left.
+ */
+static bool dd_next_chunk(struct dd_hashing *h, uint32_t *i, uint64_t *from, uint64_t *to,
+			  int *fd)
+{
+	struct dd *d = h->d;
+
+	for (; !h->err && h->cur < d->nfile; h->cur++) {
+		struct dd_file *f = &d->file[h->cur];
+		struct stat st;
+
+		if (!f->opened) {
+			f->opened = true;
+			f->fd = dd_reopen(d, (uint32_t)h->cur, O_RDONLY, -1, &st);
+			if (f->fd < 0) {
+				f->size = 0;
+				dd_progress(d, (uint32_t)h->cur, 0, f->found);
+				continue;
+			}
+			f->size = PMFUSE_MIN((uint64_t)st.st_size, (uint64_t)UINT32_MAX * f->bs);
+			if (fsync(f->fd)) {
+				cli_err("%s: fsync: %s", f->path, strerror(errno));
+				d->w.status = EXIT_USAGE;
+				f->bad = true;
+				dd_progress(d, (uint32_t)h->cur, 0, f->size);
+			}
+			/* what the file no longer has counts as done */
+			dd_progress(d, (uint32_t)h->cur, f->size, f->found);
+			dd_file_done(d, (uint32_t)h->cur);
+		}
+		if (f->fd < 0 || f->bad || f->next >= dd_nblocks(f))
+			continue;
+		*i = (uint32_t)h->cur;
+		*from = f->next;
+		*to = PMFUSE_MIN(dd_nblocks(f), f->next + DD_CHUNK);
+		*fd = f->fd;
+		f->next = *to;
+		f->busy++;
+		return true;
 	}
+	return false;
+}
+
+/* Under h->lock: the non-zero blocks of one answer (n entries of x) into the block array. */
+static int dd_add_blocks(struct dd *d, uint32_t i, const struct pmfuse_ioc_block_hash *x,
+			 uint32_t n, uint64_t to)
+{
+	const struct dd_file *f = &d->file[i];
+
+	for (uint32_t k = 0; k < n; k++) {
+		int rc;
+
+		/* past the chunk, or grown since opened: what was found is enough */
+		if (x[k].logical >= to * f->bs || x[k].logical >= f->size)
+			break;
+		if (x[k].flags & PMFUSE_HASH_ZERO)
+			continue;
+		rc = dd_add_block(d, &x[k], f->bs, i);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/*
+ * Gets the hashes of the non-zero mapped blocks of blocks [from, to) of file i from the daemon
+ * (PMFUSE_IOC_BLOCK_HASHES: 32 bytes per block cross FUSE, never the block). Called and
+ * returns with h->lock held; lets it go around each call. 0, or -ENOMEM (said already).
+ */
+static int dd_hash_chunk(struct dd_hashing *h, uint32_t i, int fd, uint64_t from, uint64_t to,
+			 struct pmfuse_ioc_block_hashes *x)
+{
+	struct dd *d = h->d;
+	struct dd_file *f = &d->file[i];
+	uint64_t bs = f->bs, pos = from, start = from * bs;
+	int rc = 0, e;
+
 	for (;;) {
+		pthread_mutex_unlock(&h->lock);
 		memset(x, 0, offsetof(struct pmfuse_ioc_block_hashes, h));
 		x->start = start;
-		if (ioctl(fd, PMFUSE_IOC_BLOCK_HASHES, x)) {
-			ioc_err(f->path, "cannot get its block hashes", errno);
-			goto fail;
+		e = ioctl(fd, PMFUSE_IOC_BLOCK_HASHES, x) ? errno : 0;
+		if (!e && (x->block_size != bs || x->count > PMFUSE_IOC_HASHES_MAX))
+			e = EPROTO;
+		pthread_mutex_lock(&h->lock);
+		if (e) {
+			ioc_err(f->path, "cannot get its block hashes", e);
+			d->w.status = EXIT_USAGE;
+			f->bad = true;
+			break;
 		}
-		if (x->block_size != f->bs || x->count > PMFUSE_IOC_HASHES_MAX) {
-			ioc_err(f->path, "cannot get its block hashes", EPROTO);
-			goto fail;
+		rc = dd_add_blocks(d, i, x->h, x->count, to);
+		if (rc) {
+			cli_err("%s", rc == -ENOMEM ? "out of memory" : strerror(-rc));
+			d->w.status = EXIT_USAGE;
+			f->bad = true;
+			if (rc == -ENOMEM)
+				h->err = rc;
+			break;
 		}
-		for (uint32_t k = 0; k < x->count; k++) {
-			const struct pmfuse_ioc_block_hash *h = &x->h[k];
+		if (x->count && x->h[x->count - 1].logical / bs + 1 > pos) {
+			uint64_t now = PMFUSE_MIN(x->h[x->count - 1].logical / bs + 1, to);
 
-			if (h->logical >= f->size)
-				break;               /* grew meanwhile: what was found is enough */
-			if (h->flags & PMFUSE_HASH_ZERO)
-				continue;
-			rc = dd_add_block(d, h, f->bs, i);
-			if (rc) {
-				cli_err("%s", rc == -ENOMEM ? "out of memory" : strerror(-rc));
-				goto fail;
-			}
-		}
-		if (x->count && x->h[x->count - 1].logical > pos) {
-			uint64_t now = PMFUSE_MIN(x->h[x->count - 1].logical, found);
-
-			if (now > pos) {
-				progress_add(&progress, now - pos);
-				pos = now;
-			}
+			dd_progress(d, i, pos * bs, now * bs);
+			pos = now;
 		}
 		/* stop on no progress rather than spin on a daemon that misbehaves */
-		if (x->next == UINT64_MAX || x->next <= start || !x->count)
+		if (x->next == UINT64_MAX || x->next <= start || !x->count || x->next >= to * bs)
 			break;
 		start = x->next;
 	}
-	if (found > pos)
-		progress_add(&progress, found - pos);
-	d->sum.scanned += f->size;
-	d->sum.files++;
-	close(fd);
-	return 0;
-fail:
-	close(fd);
-	d->w.status = EXIT_USAGE;
+	dd_progress(d, i, pos * bs, to * bs);
 	return rc == -ENOMEM ? rc : 0;
+}
+
+static void *dd_hash_thread(void *arg)
+{
+	struct dd_hashing *h = arg;
+	struct pmfuse_ioc_block_hashes *x = malloc(sizeof(*x));
+	uint64_t from, to;
+	uint32_t i;
+	int fd;
+
+	pthread_mutex_lock(&h->lock);
+	if (!x) {
+		cli_err("out of memory");
+		h->d->w.status = EXIT_USAGE;
+		h->err = -ENOMEM;
+	}
+	while (dd_next_chunk(h, &i, &from, &to, &fd)) {
+		if (dd_hash_chunk(h, i, fd, from, to, x))
+			h->err = -ENOMEM;
+		h->d->file[i].busy--;
+		dd_file_done(h->d, i);
+	}
+	pthread_mutex_unlock(&h->lock);
+	free(x);
+	return NULL;
+}
+
+/* The hashes of every file found, in jobs threads. 0, or -ENOMEM (said already). */
+static int dd_hash_all(struct dd *d, unsigned jobs)
+{
+	struct dd_hashing h = { .d = d };
+	pthread_t t[DD_JOBS_MAX];
+	unsigned n = 0;
+
+	pthread_mutex_init(&h.lock, NULL);
+	for (size_t i = 0; i < d->nfile; i++) {
+		struct dd_file *f = &d->file[i];
+
+		f->found = f->size;
+		f->next = 0;
+		f->fd = -1;
+		f->busy = 0;
+		f->opened = f->bad = false;
+	}
+	/* no more threads than chunks: a few small files need no second one */
+	for (size_t i = 0, chunks = 0; i < d->nfile && n + 1 < jobs; i++) {
+		const struct dd_file *f = &d->file[i];
+
+		chunks += ((f->size + f->bs - 1) / f->bs + DD_CHUNK - 1) / DD_CHUNK;
+		while (n + 1 < jobs && n + 1 < chunks &&
+		       !pthread_create(&t[n], NULL, dd_hash_thread, &h))
+			n++;
+		if (n + 1 < jobs && n + 1 < chunks)
+			break;                   /* cannot start more: do with those */
+	}
+	dd_hash_thread(&h);
+	for (unsigned k = 0; k < n; k++)
+		pthread_join(t[k], NULL);
+	pthread_mutex_destroy(&h.lock);
+	return h.err;
 }
 
 /*
@@ -730,7 +910,9 @@ static void dd_apply(struct dd *d, size_t n)
 
 static int dd_scan_paths(struct dd *d, int argc, char **argv)
 {
-	struct pmfuse_ioc_block_hashes *buf = NULL;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned jobs = dd_jobs ? dd_jobs :
+		(unsigned)PMFUSE_MAX(1, PMFUSE_MIN(cpus, (long)DD_JOBS_DEFAULT));
 	uint64_t total = 0, blocks = 0;
 	size_t copies;
 
@@ -748,20 +930,16 @@ static int dd_scan_paths(struct dd *d, int argc, char **argv)
 	}
 	if (blocks < SIZE_MAX / sizeof(*d->blk))
 		d->blk = malloc(PMFUSE_MAX(blocks, (uint64_t)1) * sizeof(*d->blk));
-	buf = malloc(sizeof(*buf));
-	if (!d->blk || !buf) {
+	if (!d->blk) {
 		cli_err("out of memory");
 		goto fail;
 	}
 	d->cap_blk = (size_t)blocks;
 
 	progress_begin(&progress, "scanning", total);
-	for (size_t i = 0; i < d->nfile; i++)
-		if (dd_read(d, (uint32_t)i, buf))
-			goto fail;
+	if (dd_hash_all(d, jobs))
+		goto fail;
 	progress_end(&progress);
-	free(buf);
-	buf = NULL;
 
 	dd_sort(d, d->blk, d->nblk, key_of, by_key);
 	copies = dd_group(d);
@@ -785,7 +963,6 @@ static int dd_scan_paths(struct dd *d, int argc, char **argv)
 	return d->w.status;
 fail:
 	progress_end(&progress);
-	free(buf);
 	return EXIT_USAGE;
 }
 
@@ -796,16 +973,18 @@ int cmd_dedupe(const struct command *cmd, int argc, char **argv)
 		{ "scan", no_argument, NULL, 'S' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "dry-run", no_argument, NULL, 'n' },
+		{ "jobs", required_argument, NULL, 'j' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct dd d = { 0 };
 	int rc;
 
 	dd_ranged = dd_scan = dd_quiet = dd_dry = false;
-	if ((rc = file_opts(cmd, argc, argv, "+hqn", extra, dd_opt, 1, INT32_MAX)) >= 0)
+	dd_jobs = 0;
+	if ((rc = file_opts(cmd, argc, argv, "+hqnj:", extra, dd_opt, 1, INT32_MAX)) >= 0)
 		return rc;
-	if (dd_dry && !dd_scan) {
-		cli_err("dedupe: --dry-run goes with --scan");
+	if ((dd_dry || dd_jobs) && !dd_scan) {
+		cli_err("dedupe: --%s goes with --scan", dd_dry ? "dry-run" : "jobs");
 		cmd_usage(cmd, stderr);
 		return EXIT_USAGE;
 	}
