@@ -46,7 +46,10 @@ import threading
 
 from reflinkio import (dedupe, PMFUSE_IOC_DEDUPE_RANGE, DEDUPE_BLOCKS_FMT,
                        PMFUSE_IOC_DEDUPE_BLOCKS, PMFUSE_IOC_BLOCK_HASHES, HASH_FMT,
-                       HASHES_HDR_FMT, HASHES_SIZE, HASH_ZERO, clone_file, check_sharing, all_files,
+                       HASHES_HDR_FMT, HASHES_SIZE, HASH_ZERO, PMFUSE_IOC_BLOCK_HASHES2,
+                       HASH_RUN_FMT, HASHES2_HDR_FMT, HASHES2_SIZE, HASHES2_WORDS,
+                       CLONE_RANGE_FMT, PMFUSE_IOC_CLONE_RANGE, clone_file, check_sharing,
+                       all_files,
                        block_size, ctl, parse_stat, make_data, write_big, same_file, data_map,
                        to_pool, refcounts_by_block, COW_EXTENT_BLOCKS)
 
@@ -92,6 +95,45 @@ def block_hashes(fd, start=0, flags=0, reserved=0):
     _, _, _, nxt, count, bs, _, _ = struct.unpack_from(HASHES_HDR_FMT, buf, 0)
     hdr, one = struct.calcsize(HASHES_HDR_FMT), struct.calcsize(HASH_FMT)
     return nxt, bs, [struct.unpack_from(HASH_FMT, buf, hdr + i * one) for i in range(count)]
+
+
+def block_hashes2(fd, start=0, end=0, flags=0, reserved=0):
+    """One PMFUSE_IOC_BLOCK_HASHES2 call: (next, block_size, runs, [(logical, physical, hash,
+    refcount)] per block of the runs); errors raise OSError."""
+    to_pool(fd)
+    buf = bytearray(HASHES2_SIZE)
+    struct.pack_into(HASHES2_HDR_FMT, buf, 0, start, end, flags, reserved, 0, 0, 0, 0, 0,
+                     0, 0)
+    fcntl.ioctl(fd, PMFUSE_IOC_BLOCK_HASHES2, buf, True)
+    _, _, _, _, nxt, nruns, nhashes, bs, _, _, _ = struct.unpack_from(HASHES2_HDR_FMT, buf, 0)
+    hdr = struct.calcsize(HASHES2_HDR_FMT)
+    check(3 * nruns + nhashes <= HASHES2_WORDS, f"{nruns} runs and {nhashes} hashes fit")
+    runs = [struct.unpack_from(HASH_RUN_FMT, buf, hdr + 24 * i) for i in range(nruns)]
+    hashes = struct.unpack_from(f"={nhashes}Q", buf, hdr + 24 * nruns)
+    eq(sum(r[2] for r in runs), nhashes, "a hash for each block of the runs")
+    out, k = [], 0
+    for lo, ph, n, ref in runs:
+        for i in range(n):
+            out.append((lo + i * bs, ph + i * bs, hashes[k], ref))
+            k += 1
+    return nxt, bs, runs, out
+
+
+def all_hashes2(path, start=0, end=0):
+    """Every block PMFUSE_IOC_BLOCK_HASHES2 lists for [start, end), and the calls it took."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out, calls = [], 0
+        while True:
+            nxt, _, _, v = block_hashes2(fd, start, end)
+            calls += 1
+            out += v
+            if nxt == (1 << 64) - 1 or (end and nxt >= end):
+                return out, calls
+            check(nxt > start, f"block hashes of {path}: next {nxt} after {start}")
+            start = nxt
+    finally:
+        os.close(fd)
 
 
 def all_hashes(path):
@@ -1056,6 +1098,76 @@ def ioctl_block_hashes(m):
     fd = os.open(m.path("d"), os.O_RDONLY | os.O_DIRECTORY)
     expect_errno(errno.EISDIR, block_hashes, fd, 0)
     os.close(fd)
+
+
+@test(size="256M")
+def ioctl_block_hashes2(m):
+    """PMFUSE_IOC_BLOCK_HASHES2 (packed) says what PMFUSE_IOC_BLOCK_HASHES says for every
+    non-zero block, over several calls of ~2,000 blocks (8 MiB of 4 KiB blocks): the same
+    logical and physical offsets, hashes and refcounts, zero blocks left out, runs split where
+    the pool blocks or the refcount change (a cloned middle, a hole, a zero block); `end` stops
+    the answer there (rounded up to a block); flags or reserved set (EINVAL), a write-only
+    descriptor (EBADF) and a directory (EISDIR) are refused."""
+    bs = block_size(m)
+    n = 6000                                  # three calls' worth
+    data = bytearray(make_data(n * bs, m.rng, stamp=60))
+    for k in (7, 2500, 2501):
+        data[k * bs:(k + 1) * bs] = bytes(bs)
+    data += m.rng.randbytes(bs // 3)          # a partial EOF block
+    f = m.path("f")
+    write_big(f, bytes(data))
+    fd = os.open(f, os.O_RDWR)
+    try:
+        pmfs.fallocate(fd, 0x02 | 0x01, 3000 * bs, 4 * bs)   # PUNCH_HOLE | KEEP_SIZE
+    finally:
+        os.close(fd)
+    g = m.path("g")
+    write_big(g, bytes(data))
+    # g's blocks 4000-4099 become f's: f's pool blocks stay consecutive, their refcount is 2
+    fd, gd = os.open(f, os.O_RDONLY), os.open(g, os.O_RDWR)
+    try:
+        buf = struct.pack(CLONE_RANGE_FMT, fd, 4000 * bs, 100 * bs, 4000 * bs)
+        fcntl.ioctl(gd, PMFUSE_IOC_CLONE_RANGE, buf)
+    finally:
+        os.close(fd)
+        os.close(gd)
+    v1 = [(e[0], e[1], e[2], e[3]) for e in all_hashes(f) if not e[4] & HASH_ZERO]
+    v2, calls = all_hashes2(f)
+    eq(len(v2), len(v1), "as many non-zero blocks in both forms")
+    for a, b in zip(v1, v2):
+        eq(b, a, f"block {a[0] // bs}: (logical, physical, hash, refcount) in both forms")
+    eq(len(v2), n + 1 - 3 - 4, "every block but the zeros and the hole")
+    check(calls <= 4, f"{calls} calls for {n} blocks: about 2,000 a call")
+    eq({e[3] for e in v2 if 4000 <= e[0] // bs < 4100}, {2}, "the cloned blocks count 2")
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        nxt, got_bs, runs, v = block_hashes2(fd, 0)
+        eq(got_bs, bs, "block size")
+        eq([r[0] // bs for r in runs], [0, 8], "the first call's runs: cut by the zero block")
+        check(len(v) >= HASHES2_WORDS - 2 * 3 - 1, f"the first call lists {len(v)} blocks")
+        eq(nxt, v[-1][0] + bs, "next follows the last block listed")
+        nxt, _, runs, v = block_hashes2(fd, 3990 * bs, 4105 * bs - 1)
+        eq([r[0] // bs for r in runs], [3990, 4000, 4100], "runs cut where the refcount changes")
+        eq([e[0] // bs for e in v], list(range(3990, 4105)), "end rounded up to a block")
+        check(nxt >= 4105 * bs, f"next {nxt} at or past the end")
+        nxt, _, runs, v = block_hashes2(fd, 2990 * bs, 3010 * bs)
+        eq([(r[0] // bs, r[2]) for r in runs], [(2990, 10), (3004, 6)], "runs around the hole")
+        eq(block_hashes2(fd, (n + 1) * bs)[2:], ([], []), "start at EOF: nothing")
+        expect_errno(errno.EINVAL, block_hashes2, fd, 0, 0, 1)
+        expect_errno(errno.EINVAL, block_hashes2, fd, 0, 0, 0, 1)
+    finally:
+        os.close(fd)
+    fd = os.open(f, os.O_WRONLY)
+    try:
+        expect_errno(errno.EBADF, block_hashes2, fd, 0)
+    finally:
+        os.close(fd)
+    os.mkdir(m.path("d"))
+    fd = os.open(m.path("d"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        expect_errno(errno.EISDIR, block_hashes2, fd, 0)
+    finally:
+        os.close(fd)
 
 
 def plant_tree(m, bs):

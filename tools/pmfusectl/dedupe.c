@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +31,8 @@
  * SRC DST reads no data: it hands the whole range to the daemon (which answers at most 256 MiB
  * per call, and says how far it got) and prints the daemon's counts. --scan asks the daemon for
  * the hash (XXH3, computed in the pool), pool block and refcount of every mapped block of the
- * files under the PATHs (PMFUSE_IOC_BLOCK_HASHES: 32 bytes per block cross FUSE, no data) and
+ * files under the PATHs (PMFUSE_IOC_BLOCK_HASHES2: about 8 bytes per block cross FUSE, no
+ * data; PMFUSE_IOC_BLOCK_HASHES, 32, from an older daemon), from several threads, and
  * keeps one struct dd_block per non-zero block (24 bytes: the only memory that grows with the
  * data), sorts them by hash so that equal blocks meet, makes the block with the most
  * references the source of its group (so blocks that share stay together and a second run
@@ -501,73 +503,163 @@ static bool dd_next_chunk(struct dd_hashing *h, uint32_t *i, uint64_t *from, uin
 	return false;
 }
 
-/* Under h->lock: the non-zero blocks of one answer (n entries of x) into the block array. */
-static int dd_add_blocks(struct dd *d, uint32_t i, const struct pmfuse_ioc_block_hash *x,
-			 uint32_t n, uint64_t to)
+/* Under h->lock: the non-zero blocks of a PMFUSE_IOC_BLOCK_HASHES answer into the block
+ * array; the blocks of file i's chunk ending at block `to` only. */
+static int dd_add_v1(struct dd *d, uint32_t i, const struct pmfuse_ioc_block_hashes *x,
+		     uint64_t to)
 {
 	const struct dd_file *f = &d->file[i];
 
-	for (uint32_t k = 0; k < n; k++) {
+	for (uint32_t k = 0; k < x->count; k++) {
 		int rc;
 
 		/* past the chunk, or grown since opened: what was found is enough */
-		if (x[k].logical >= to * f->bs || x[k].logical >= f->size)
+		if (x->h[k].logical >= to * f->bs || x->h[k].logical >= f->size)
 			break;
-		if (x[k].flags & PMFUSE_HASH_ZERO)
+		if (x->h[k].flags & PMFUSE_HASH_ZERO)
 			continue;
-		rc = dd_add_block(d, &x[k], f->bs, i);
+		rc = dd_add_block(d, &x->h[k], f->bs, i);
 		if (rc)
 			return rc;
 	}
 	return 0;
 }
 
+/* The same for a PMFUSE_IOC_BLOCK_HASHES2 answer (runs, then a hash per block of them).
+ * -EPROTO if it does not add up. */
+static int dd_add_v2(struct dd *d, uint32_t i, const struct pmfuse_ioc_block_hashes2 *x,
+		     uint64_t to)
+{
+	const struct dd_file *f = &d->file[i];
+	const uint64_t *hash = &x->data[3 * (uint64_t)x->runs];
+	uint64_t left = x->hashes;
+
+	if (x->runs > PMFUSE_IOC_HASHES2_WORDS / 3 ||
+	    3 * (uint64_t)x->runs + x->hashes > PMFUSE_IOC_HASHES2_WORDS)
+		return -EPROTO;
+	for (uint32_t r = 0; r < x->runs; r++) {
+		struct pmfuse_ioc_hash_run run;
+
+		memcpy(&run, &x->data[3 * (uint64_t)r], sizeof(run));
+		if (run.blocks > left || run.logical % f->bs || run.physical % f->bs)
+			return -EPROTO;
+		for (uint32_t k = 0; k < run.blocks; k++) {
+			struct pmfuse_ioc_block_hash h = {
+				.logical = run.logical + (uint64_t)k * f->bs,
+				.physical = run.physical + (uint64_t)k * f->bs,
+				.hash = *hash++,
+				.refcount = run.refcount,
+			};
+			int rc;
+
+			if (h.logical >= to * f->bs || h.logical >= f->size)
+				return 0;
+			rc = dd_add_block(d, &h, f->bs, i);
+			if (rc)
+				return rc;
+		}
+		left -= run.blocks;
+	}
+	return left ? -EPROTO : 0;
+}
+
+/* The answer of either form: the last block it lists (its byte offset), its next, count. */
+union dd_answer {
+	struct pmfuse_ioc_block_hashes v1;
+	struct pmfuse_ioc_block_hashes2 v2;
+};
+
+/* Set once a daemon said it does not know PMFUSE_IOC_BLOCK_HASHES2 (older than this tool). */
+static atomic_bool dd_hashes_v1;
+
+/*
+ * One call for the hashes of file i from byte start on, up to block `to`, in the packed form
+ * or, from a daemon that does not know it, the first. *last: one past the last block listed
+ * (0: none), *next: where to go on. 0 or an errno.
+ */
+static int dd_call(const struct dd_file *f, int fd, uint64_t start, uint64_t to,
+		   union dd_answer *x, bool *v1, uint64_t *last, uint64_t *next)
+{
+	*v1 = atomic_load(&dd_hashes_v1);
+	if (!*v1) {
+		memset(x, 0, offsetof(struct pmfuse_ioc_block_hashes2, data));
+		x->v2.start = start;
+		x->v2.end = to * f->bs;
+		if (!ioctl(fd, PMFUSE_IOC_BLOCK_HASHES2, &x->v2)) {
+			if (x->v2.block_size != f->bs)
+				return EPROTO;
+			*next = x->v2.next;
+			*last = 0;
+			if (x->v2.runs) {
+				struct pmfuse_ioc_hash_run run;
+
+				memcpy(&run, &x->v2.data[3 * (uint64_t)(x->v2.runs - 1)],
+				       sizeof(run));
+				*last = run.logical / f->bs + run.blocks;
+			}
+			return 0;
+		}
+		if (errno != ENOTTY)
+			return errno;
+		atomic_store(&dd_hashes_v1, true);
+		*v1 = true;
+	}
+	memset(x, 0, offsetof(struct pmfuse_ioc_block_hashes, h));
+	x->v1.start = start;
+	if (ioctl(fd, PMFUSE_IOC_BLOCK_HASHES, &x->v1))
+		return errno;
+	if (x->v1.block_size != f->bs || x->v1.count > PMFUSE_IOC_HASHES_MAX)
+		return EPROTO;
+	*next = x->v1.next;
+	*last = x->v1.count ? x->v1.h[x->v1.count - 1].logical / f->bs + 1 : 0;
+	return 0;
+}
+
 /*
  * Gets the hashes of the non-zero mapped blocks of blocks [from, to) of file i from the daemon
- * (PMFUSE_IOC_BLOCK_HASHES: 32 bytes per block cross FUSE, never the block). Called and
- * returns with h->lock held; lets it go around each call. 0, or -ENOMEM (said already).
+ * (no data crosses FUSE: 8 bytes a block, 32 from an older daemon). Called and returns with
+ * h->lock held; lets it go around each call. 0, or -ENOMEM (said already).
  */
 static int dd_hash_chunk(struct dd_hashing *h, uint32_t i, int fd, uint64_t from, uint64_t to,
-			 struct pmfuse_ioc_block_hashes *x)
+			 union dd_answer *x)
 {
 	struct dd *d = h->d;
 	struct dd_file *f = &d->file[i];
-	uint64_t bs = f->bs, pos = from, start = from * bs;
+	uint64_t bs = f->bs, pos = from, start = from * bs, last = 0, next = UINT64_MAX;
 	int rc = 0, e;
+	bool v1;
 
 	for (;;) {
 		pthread_mutex_unlock(&h->lock);
-		memset(x, 0, offsetof(struct pmfuse_ioc_block_hashes, h));
-		x->start = start;
-		e = ioctl(fd, PMFUSE_IOC_BLOCK_HASHES, x) ? errno : 0;
-		if (!e && (x->block_size != bs || x->count > PMFUSE_IOC_HASHES_MAX))
-			e = EPROTO;
+		e = dd_call(f, fd, start, to, x, &v1, &last, &next);
 		pthread_mutex_lock(&h->lock);
+		if (!e) {
+			rc = v1 ? dd_add_v1(d, i, &x->v1, to) : dd_add_v2(d, i, &x->v2, to);
+			e = rc == -EPROTO ? EPROTO : 0;
+		}
 		if (e) {
 			ioc_err(f->path, "cannot get its block hashes", e);
 			d->w.status = EXIT_USAGE;
 			f->bad = true;
 			break;
 		}
-		rc = dd_add_blocks(d, i, x->h, x->count, to);
 		if (rc) {
 			cli_err("%s", rc == -ENOMEM ? "out of memory" : strerror(-rc));
 			d->w.status = EXIT_USAGE;
 			f->bad = true;
-			if (rc == -ENOMEM)
-				h->err = rc;
 			break;
 		}
-		if (x->count && x->h[x->count - 1].logical / bs + 1 > pos) {
-			uint64_t now = PMFUSE_MIN(x->h[x->count - 1].logical / bs + 1, to);
+		if (last > pos) {
+			uint64_t now = PMFUSE_MIN(last, to);
 
 			dd_progress(d, i, pos * bs, now * bs);
 			pos = now;
 		}
 		/* stop on no progress rather than spin on a daemon that misbehaves */
-		if (x->next == UINT64_MAX || x->next <= start || !x->count || x->next >= to * bs)
+		if (next == UINT64_MAX || next <= start || next >= to * bs ||
+		    (v1 && !x->v1.count))
 			break;
-		start = x->next;
+		start = next;
 	}
 	dd_progress(d, i, pos * bs, to * bs);
 	return rc == -ENOMEM ? rc : 0;
@@ -576,7 +668,7 @@ static int dd_hash_chunk(struct dd_hashing *h, uint32_t i, int fd, uint64_t from
 static void *dd_hash_thread(void *arg)
 {
 	struct dd_hashing *h = arg;
-	struct pmfuse_ioc_block_hashes *x = malloc(sizeof(*x));
+	union dd_answer *x = malloc(sizeof(*x));
 	uint64_t from, to;
 	uint32_t i;
 	int fd;
