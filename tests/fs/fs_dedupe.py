@@ -1305,13 +1305,13 @@ def ctl_scan_dry_run_and_converge(m):
 
 @test(size="256M", timeout=300)
 def ctl_scan_jobs(m):
-    """--jobs: threads that hash chunks of one large file (24 MiB of 4 KiB blocks each) and of
+    """--jobs: threads that hash chunks of one large file (48 MiB of 4 KiB blocks each) and of
     others at once find the same groups as one thread: copies of a region at chunk edges
     (one across an edge), in three chunks of a file and in a small file, a dry run with 1 and
     with 4 threads says the same, and the scan with 3 shares exactly the copies; a second
     scan finds nothing; --jobs 0, 17, "x" and --jobs without --scan are refused."""
     bs = block_size(m)
-    chunk = 384 * 16 * bs                      # the blocks of one hashing chunk
+    chunk = 2036 * 6 * bs                      # the blocks of one hashing chunk (DD_CHUNK)
     region = make_data(256 * KiB, m.rng, stamp=50)
     big = bytearray(make_data(2 * chunk + 8 * MiB, m.rng, stamp=51))
     offs = [0, chunk - 128 * KiB, chunk + 4 * MiB, 2 * chunk + 2 * MiB]
@@ -1326,11 +1326,15 @@ def ctl_scan_jobs(m):
     planted = len(offs) * len(region)            # the small file's copy is the fifth
     want = {"files": 2, "scanned": sum(len(d) for d in files.values()),
             "duplicate": planted, "already shared": 0, "deduped": 0, "differed": 0}
-    for jobs in ("1", "4"):
-        r = run_ctl(m, "dedupe", "--scan", "--dry-run", "--jobs", jobs, t)
-        eq(r.returncode, 0, f"dedupe --scan --dry-run --jobs {jobs}:\n{r.stdout}{r.stderr}")
-        expect_summary(r.stdout, dict(want, **{"would free": planted}),
-                       f"dry run with {jobs} threads")
+    for jobs, v1 in (("1", "0"), ("4", "0"), ("3", "1")):
+        # PMFUSECTL_HASHES_V1=1: the unpacked PMFUSE_IOC_BLOCK_HASHES, as with an older daemon
+        r = subprocess.run([m.cfg.ctl, "dedupe", "--scan", "--dry-run", "--jobs", jobs, t],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           env=dict(os.environ, PMFUSECTL_HASHES_V1=v1),
+                           timeout=300 * pmfs.TIME_FACTOR)
+        what = f"dry run with {jobs} threads" + (", unpacked hashes" if v1 == "1" else "")
+        eq(r.returncode, 0, f"{what}:\n{r.stdout}{r.stderr}")
+        expect_summary(r.stdout, dict(want, **{"would free": planted}), what)
     free0 = free_blocks(m)
     r = run_ctl(m, "dedupe", "--scan", "-j", "3", t)
     eq(r.returncode, 0, f"dedupe --scan -j 3:\n{r.stdout}{r.stderr}")
