@@ -17,7 +17,9 @@
  * BH_CHUNK) at a time (pread of a pool file where the daemon has not mapped the pages: no page
  * fault each) into a buffer each thread keeps, so that several threads hash at once (readers
  * share the lock) and a view costs one pagemap check per 2 MiB, not per 64 KiB.
- * Bounded work per call: at most `max` blocks.
+ * Bounded work per call: at most `max` blocks. With a budget (the packed answer of
+ * PMFUSE_IOC_BLOCK_HASHES2) the walk also stops at the first block whose entry would not fit;
+ * that block was hashed for nothing, once per call.
  */
 #include "fs/fs_internal.h"
 
@@ -43,6 +45,7 @@ struct bh {
 	uint64_t zero_hash;              /* XXH3 of a whole block of zeros */
 	struct pmfuse_block_hash *out;
 	uint8_t *buf;                    /* BH_CHUNK bytes: this thread's (bh_buffer) */
+	struct pmfuse_hash_budget *budget;   /* or NULL */
 	unsigned max, n;
 	uint64_t next;
 	int err;
@@ -83,6 +86,23 @@ static uint8_t *bh_buffer(void)
 	return b;
 }
 
+/* With a budget: whether entry o (the next one) fits it; if so, takes its cost. */
+static bool bh_afford(struct bh *h, const struct pmfuse_block_hash *o)
+{
+	const struct pmfuse_block_hash *prev = h->n ? o - 1 : NULL;
+	unsigned cost = 1;
+
+	if (o->flags & PMFUSE_BLOCK_ZERO)
+		return true;
+	if (!prev || (prev->flags & PMFUSE_BLOCK_ZERO) || prev->fblock + 1 != o->fblock ||
+	    prev->pblock + 1 != o->pblock || prev->refcount != o->refcount)
+		cost += h->budget->run_words;
+	if (cost > h->budget->words)
+		return false;
+	h->budget->words -= cost;
+	return true;
+}
+
 static int bh_ext(void *arg, const struct pmfuse_iext *e)
 {
 	struct bh *h = arg;
@@ -116,7 +136,7 @@ static int bh_ext(void *arg, const struct pmfuse_iext *e)
 			if (!v)
 				return 1;
 			for (uint64_t j = 0; j < k; j++, i++, pos++, p++) {
-				struct pmfuse_block_hash *o = &h->out[h->n++];
+				struct pmfuse_block_hash *o = &h->out[h->n];
 				const uint8_t *x = unwritten ? v : v + j * bs;
 				size_t len = (size_t)(pos == h->last ? h->size - pos * bs : bs);
 
@@ -126,6 +146,11 @@ static int bh_ext(void *arg, const struct pmfuse_iext *e)
 				o->hash = bh_xxh3(x, len);
 				o->flags = (len == bs && o->hash == h->zero_hash &&
 					    !memcmp(x, h->fs->zeroes, len)) ? PMFUSE_BLOCK_ZERO : 0;
+				if (h->budget && !bh_afford(h, o)) {
+					h->next = pos;
+					return 1;
+				}
+				h->n++;
 			}
 		}
 	}
@@ -133,9 +158,11 @@ static int bh_ext(void *arg, const struct pmfuse_iext *e)
 }
 
 int pmfuse_fs_block_hashes(struct pmfuse_fs *fs, uint64_t ino, uint64_t from,
-			   struct pmfuse_block_hash *out, unsigned max, uint64_t *next)
+			   struct pmfuse_block_hash *out, unsigned max,
+			   struct pmfuse_hash_budget *budget, uint64_t *next)
 {
-	struct bh h = { .fs = fs, .from = from, .out = out, .max = max, .next = UINT64_MAX };
+	struct bh h = { .fs = fs, .from = from, .out = out, .max = max, .next = UINT64_MAX,
+			.budget = budget };
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *ip;
 	struct pmfuse_extmap map;

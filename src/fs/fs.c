@@ -462,6 +462,21 @@ static int create_root(struct pmfuse_fs *fs)
 	return 0;
 }
 
+/*
+ * fs->lock is writer-preferring, as the inode locks are: readers whose holds overlap (the
+ * hashing threads of a dedupe scan, a stream of stats) must not keep a writer out. The lock is
+ * never taken twice by one thread, which is what that kind needs.
+ */
+static void fs_lock_init(struct pmfuse_fs *fs)
+{
+	pthread_rwlockattr_t a;
+
+	pthread_rwlockattr_init(&a);
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&fs->lock, &a);
+	pthread_rwlockattr_destroy(&a);
+}
+
 int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 		   struct pmfuse_fs **out)
 {
@@ -486,7 +501,7 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 	else
 		fs->readonly = (opts && (opts->readonly || opts->check)) || vol->readonly ||
 			       !vol->txm || !vol->alloc;
-	pthread_rwlock_init(&fs->lock, NULL);
+	fs_lock_init(fs);
 	pthread_mutex_init(&fs->lookup_lock, NULL);
 	fs->nlookups = 1024;
 	fs->lookups = calloc(fs->nlookups, sizeof(*fs->lookups));

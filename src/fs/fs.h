@@ -318,6 +318,11 @@ int pmfuse_fs_dedupe_blocks(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src
  * partial last block is hashed over its bytes inside EOF. *next gets the block to go on from
  * (UINT64_MAX when done). Returns the entries filled, or -errno (-EISDIR, -EINVAL: not a
  * regular file or max 0).
+ * With a budget (else NULL), the walk also stops before a block that would take its words
+ * beyond budget->words, which it lowers by what the entries cost: a block of zeros nothing,
+ * another block 1, and run_words more when it starts a run (not the next block in the file
+ * and the pool after the entry before it with the same refcount, or that one was zeros): the
+ * cost of an answer packed as runs and hashes (PMFUSE_IOC_BLOCK_HASHES2).
  */
 #define PMFUSE_BLOCK_ZERO 1u              /* the block holds only zeros */
 struct pmfuse_block_hash {
@@ -327,8 +332,13 @@ struct pmfuse_block_hash {
 	uint32_t refcount;                /* owners of the pool block */
 	uint32_t flags;                   /* PMFUSE_BLOCK_ZERO */
 };
+struct pmfuse_hash_budget {
+	unsigned words;                   /* in: what is left; out: lowered by the entries */
+	unsigned run_words;               /* what a new run costs besides its first block */
+};
 int pmfuse_fs_block_hashes(struct pmfuse_fs *fs, uint64_t ino, uint64_t from,
-			   struct pmfuse_block_hash *out, unsigned max, uint64_t *next);
+			   struct pmfuse_block_hash *out, unsigned max,
+			   struct pmfuse_hash_budget *budget, uint64_t *next);
 
 /* FALLOC_FL_UNSHARE_RANGE: gives the file private copies of its shared blocks in the range
  * (len 0: to EOF). Holes stay holes. */

@@ -39,6 +39,7 @@
  */
 #include "fuse/ops.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -541,7 +542,7 @@ static void ioc_block_hashes(fuse_req_t req, fuse_ino_t ino, struct fuse_file_in
 		goto out;
 	}
 	n = pmfuse_fs_block_hashes(fs_of(req), ino, out->start / bs, h, PMFUSE_IOC_HASHES_MAX,
-				   &next);
+				   NULL, &next);
 	if (n < 0)
 		goto out;
 	out->next = next == UINT64_MAX || next > UINT64_MAX / bs ? UINT64_MAX : next * bs;
@@ -559,6 +560,101 @@ static void ioc_block_hashes(fuse_req_t req, fuse_ino_t ino, struct fuse_file_in
 out:
 	if (n < 0)
 		fuse_reply_err(req, -n);
+	free(h);
+	free(out);
+}
+
+/*
+ * Packed block hashes (PMFUSE_IOC_BLOCK_HASHES2): the fs walk stops where the packed answer
+ * would overflow (its budget: a word a hash, 3 more a run), in as many walks as zero blocks
+ * (which cost nothing) make necessary; each walk takes and lets go of the locks, as one
+ * PMFUSE_IOC_BLOCK_HASHES does.
+ */
+#define HASHES2_RUN_WORDS (sizeof(struct pmfuse_ioc_hash_run) / sizeof(uint64_t))
+
+static void ioc_block_hashes2(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+			      const void *in_buf)
+{
+	uint32_t bs = daemon_of(req)->block_size;
+	struct pmfuse_hash_budget budget = { PMFUSE_IOC_HASHES2_WORDS, HASHES2_RUN_WORDS };
+	struct pmfuse_ioc_block_hashes2 *out = NULL;
+	struct pmfuse_block_hash *h = NULL;
+	uint64_t *hashes = NULL, from, end, next = UINT64_MAX;
+	struct pmfuse_ioc_hash_run run = { 0 };
+	int n = 0;
+
+	if (!fh_recorded(fi) || (fi->fh & O_ACCMODE) == O_WRONLY) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	out = calloc(1, sizeof(*out));
+	h = malloc(PMFUSE_IOC_HASHES2_WORDS * sizeof(*h));
+	hashes = malloc(PMFUSE_IOC_HASHES2_WORDS * sizeof(*hashes));
+	if (!out || !h || !hashes) {
+		n = -ENOMEM;
+		goto out;
+	}
+	memcpy(out, in_buf, offsetof(struct pmfuse_ioc_block_hashes2, data));
+	if (out->flags || out->reserved || out->reserved2 || out->reserved3[0] ||
+	    out->reserved3[1] || !bs) {
+		n = -EINVAL;
+		goto out;
+	}
+	from = out->start / bs;
+	end = out->end ? out->end / bs + (out->end % bs != 0) : UINT64_MAX;
+	out->runs = out->hashes = 0;
+	while (from < end && budget.words > HASHES2_RUN_WORDS) {
+		unsigned want = budget.words;
+
+		if (end - from < want)
+			want = (unsigned)(end - from);
+		n = pmfuse_fs_block_hashes(fs_of(req), ino, from, h, want, &budget, &next);
+		if (n < 0)
+			goto out;
+		for (int i = 0; i < n; i++) {
+			if (h[i].fblock >= end) {
+				next = end;          /* a hole took the walk past the end */
+				break;
+			}
+			if (h[i].flags & PMFUSE_BLOCK_ZERO)
+				continue;
+			if (run.blocks && h[i].fblock == run.logical + run.blocks &&
+			    h[i].pblock == run.physical + run.blocks &&
+			    h[i].refcount == run.refcount) {
+				run.blocks++;
+			} else {
+				if (run.blocks)
+					memcpy(&out->data[HASHES2_RUN_WORDS * out->runs++], &run,
+					       sizeof(run));
+				run = (struct pmfuse_ioc_hash_run){ h[i].fblock, h[i].pblock, 1,
+								    h[i].refcount };
+			}
+			hashes[out->hashes++] = h[i].hash;
+		}
+		if (next == UINT64_MAX || next >= end || next <= from)
+			break;
+		from = next;
+	}
+	if (run.blocks)
+		memcpy(&out->data[HASHES2_RUN_WORDS * out->runs++], &run, sizeof(run));
+	/* the budget kept runs and hashes inside the data together */
+	assert(HASHES2_RUN_WORDS * out->runs + out->hashes <= PMFUSE_IOC_HASHES2_WORDS);
+	memcpy(&out->data[HASHES2_RUN_WORDS * out->runs], hashes,
+	       out->hashes * sizeof(*hashes));
+	for (uint32_t i = 0; i < out->runs; i++) {
+		struct pmfuse_ioc_hash_run *r = (void *)&out->data[HASHES2_RUN_WORDS * i];
+
+		r->logical *= bs;
+		r->physical *= bs;
+	}
+	out->next = next == UINT64_MAX || next > UINT64_MAX / bs ? UINT64_MAX : next * bs;
+	out->block_size = bs;
+	fuse_reply_ioctl(req, 0, out, sizeof(*out));
+	n = 0;
+out:
+	if (n < 0)
+		fuse_reply_err(req, -n);
+	free(hashes);
 	free(h);
 	free(out);
 }
@@ -694,6 +790,9 @@ void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
 	case PMFUSE_IOC_BLOCK_HASHES:
 		in_need = out_need = sizeof(struct pmfuse_ioc_block_hashes);
 		break;
+	case PMFUSE_IOC_BLOCK_HASHES2:
+		in_need = out_need = sizeof(struct pmfuse_ioc_block_hashes2);
+		break;
 	case FS_IOC_FSGETXATTR:
 		out_need = sizeof(struct fsxattr);
 		break;
@@ -737,6 +836,9 @@ void pmfuse_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg
 		break;
 	case PMFUSE_IOC_BLOCK_HASHES:
 		ioc_block_hashes(req, ino, fi, in_buf);
+		break;
+	case PMFUSE_IOC_BLOCK_HASHES2:
+		ioc_block_hashes2(req, ino, fi, in_buf);
 		break;
 	case FS_IOC_FSGETXATTR:
 		ioc_fsgetxattr(req, ino, dir, out_bufsz);

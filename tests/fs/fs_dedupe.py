@@ -46,7 +46,10 @@ import threading
 
 from reflinkio import (dedupe, PMFUSE_IOC_DEDUPE_RANGE, DEDUPE_BLOCKS_FMT,
                        PMFUSE_IOC_DEDUPE_BLOCKS, PMFUSE_IOC_BLOCK_HASHES, HASH_FMT,
-                       HASHES_HDR_FMT, HASHES_SIZE, HASH_ZERO, clone_file, check_sharing, all_files,
+                       HASHES_HDR_FMT, HASHES_SIZE, HASH_ZERO, PMFUSE_IOC_BLOCK_HASHES2,
+                       HASH_RUN_FMT, HASHES2_HDR_FMT, HASHES2_SIZE, HASHES2_WORDS,
+                       CLONE_RANGE_FMT, PMFUSE_IOC_CLONE_RANGE, clone_file, check_sharing,
+                       all_files,
                        block_size, ctl, parse_stat, make_data, write_big, same_file, data_map,
                        to_pool, refcounts_by_block, COW_EXTENT_BLOCKS)
 
@@ -92,6 +95,53 @@ def block_hashes(fd, start=0, flags=0, reserved=0):
     _, _, _, nxt, count, bs, _, _ = struct.unpack_from(HASHES_HDR_FMT, buf, 0)
     hdr, one = struct.calcsize(HASHES_HDR_FMT), struct.calcsize(HASH_FMT)
     return nxt, bs, [struct.unpack_from(HASH_FMT, buf, hdr + i * one) for i in range(count)]
+
+
+def block_hashes2(fd, start=0, end=0, flags=0, reserved=0):
+    """One PMFUSE_IOC_BLOCK_HASHES2 call: (next, block_size, runs, [(logical, physical, hash,
+    refcount)] per block of the runs); errors raise OSError."""
+    to_pool(fd)
+    buf = bytearray(HASHES2_SIZE)
+    struct.pack_into(HASHES2_HDR_FMT, buf, 0, start, end, flags, reserved, 0, 0, 0, 0, 0,
+                     0, 0)
+    fcntl.ioctl(fd, PMFUSE_IOC_BLOCK_HASHES2, buf, True)
+    _, _, _, _, nxt, nruns, nhashes, bs, _, _, _ = struct.unpack_from(HASHES2_HDR_FMT, buf, 0)
+    hdr = struct.calcsize(HASHES2_HDR_FMT)
+    check(3 * nruns + nhashes <= HASHES2_WORDS, f"{nruns} runs and {nhashes} hashes fit")
+    runs = [struct.unpack_from(HASH_RUN_FMT, buf, hdr + 24 * i) for i in range(nruns)]
+    hashes = struct.unpack_from(f"={nhashes}Q", buf, hdr + 24 * nruns)
+    eq(sum(r[2] for r in runs), nhashes, "a hash for each block of the runs")
+    out, k = [], 0
+    for lo, ph, n, ref in runs:
+        for i in range(n):
+            out.append((lo + i * bs, ph + i * bs, hashes[k], ref))
+            k += 1
+    return nxt, bs, runs, out
+
+
+def all_hashes2(path, start=0, end=0):
+    """Every block PMFUSE_IOC_BLOCK_HASHES2 lists for [start, end), and for each call the
+    words its answer used (3 a run, 1 a hash) and its runs."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out, calls = [], []
+        while True:
+            nxt, _, runs, v = block_hashes2(fd, start, end)
+            calls.append((3 * len(runs) + len(v), runs))
+            out += v
+            if nxt == (1 << 64) - 1 or (end and nxt >= end):
+                return out, calls
+            check(nxt > start, f"block hashes of {path}: next {nxt} after {start}")
+            start = nxt
+    finally:
+        os.close(fd)
+
+
+def check_runs_maximal(runs, bs, what):
+    """No two neighbouring runs of one answer could have been one."""
+    for a, b in zip(runs, runs[1:]):
+        check(not (a[0] + a[2] * bs == b[0] and a[1] + a[2] * bs == b[1] and a[3] == b[3]),
+              f"{what}: runs at blocks {a[0] // bs} and {b[0] // bs} should be one")
 
 
 def all_hashes(path):
@@ -1058,6 +1108,84 @@ def ioctl_block_hashes(m):
     os.close(fd)
 
 
+@test(size="256M")
+def ioctl_block_hashes2(m):
+    """PMFUSE_IOC_BLOCK_HASHES2 (packed) says what PMFUSE_IOC_BLOCK_HASHES says for every
+    non-zero block, over several calls of ~2,000 blocks (8 MiB of 4 KiB blocks): the same
+    logical and physical offsets, hashes and refcounts, zero blocks left out, runs split where
+    the pool blocks or the refcount change (a cloned middle, a hole, a zero block); `end` stops
+    the answer there (rounded up to a block); flags or reserved set (EINVAL), a write-only
+    descriptor (EBADF) and a directory (EISDIR) are refused."""
+    bs = block_size(m)
+    n = 6000                                  # three calls' worth
+    data = bytearray(make_data(n * bs, m.rng, stamp=60))
+    for k in (7, 2500, 2501):
+        data[k * bs:(k + 1) * bs] = bytes(bs)
+    data += m.rng.randbytes(bs // 3)          # a partial EOF block
+    f = m.path("f")
+    write_big(f, bytes(data))
+    fd = os.open(f, os.O_RDWR)
+    try:
+        pmfs.fallocate(fd, 0x02 | 0x01, 3000 * bs, 4 * bs)   # PUNCH_HOLE | KEEP_SIZE
+    finally:
+        os.close(fd)
+    g = m.path("g")
+    write_big(g, bytes(data))
+    # g's blocks 4000-4099 become f's: f's pool blocks stay consecutive, their refcount is 2
+    fd, gd = os.open(f, os.O_RDONLY), os.open(g, os.O_RDWR)
+    try:
+        buf = struct.pack(CLONE_RANGE_FMT, fd, 4000 * bs, 100 * bs, 4000 * bs)
+        fcntl.ioctl(gd, PMFUSE_IOC_CLONE_RANGE, buf)
+    finally:
+        os.close(fd)
+        os.close(gd)
+    v1 = [(e[0], e[1], e[2], e[3]) for e in all_hashes(f) if not e[4] & HASH_ZERO]
+    v2, calls = all_hashes2(f)
+    eq(len(v2), len(v1), "as many non-zero blocks in both forms")
+    for a, b in zip(v1, v2):
+        eq(b, a, f"block {a[0] // bs}: (logical, physical, hash, refcount) in both forms")
+    eq(len(v2), n + 1 - 3 - 4, "every block but the zeros and the hole")
+    check(len(calls) >= 3, f"{len(calls)} calls for {n} blocks")
+    for k, (used, runs) in enumerate(calls):
+        # the fs walk's budget counts a run that goes on from its last walk as new (3 words)
+        if k + 1 < len(calls):
+            check(used >= HASHES2_WORDS - 7, f"call {k}: {used} of {HASHES2_WORDS} words used")
+        check_runs_maximal(runs, bs, f"call {k}")
+    eq({e[3] for e in v2 if 4000 <= e[0] // bs < 4100}, {2}, "the cloned blocks count 2")
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        nxt, got_bs, runs, v = block_hashes2(fd, 0)
+        eq(got_bs, bs, "block size")
+        eq([r[0] // bs for r in runs][:2], [0, 8], "the first call's runs: cut by the zero block")
+        eq(nxt, v[-1][0] + bs, "next follows the last block listed")
+        nxt, _, runs, v = block_hashes2(fd, 3990 * bs, 4105 * bs - 1)
+        check({4000, 4100} <= {r[0] // bs for r in runs},
+              f"runs cut where the refcount changes: {[r[0] // bs for r in runs]}")
+        check_runs_maximal(runs, bs, "blocks 3990-4104")
+        eq([e[0] // bs for e in v], list(range(3990, 4105)), "end rounded up to a block")
+        check(nxt >= 4105 * bs, f"next {nxt} at or past the end")
+        nxt, _, runs, v = block_hashes2(fd, 2990 * bs, 3010 * bs)
+        eq([e[0] // bs for e in v], list(range(2990, 3000)) + list(range(3004, 3010)),
+           "blocks around the hole")
+        check(3004 in {r[0] // bs for r in runs}, "a run starts after the hole")
+        eq(block_hashes2(fd, (n + 1) * bs)[2:], ([], []), "start at EOF: nothing")
+        expect_errno(errno.EINVAL, block_hashes2, fd, 0, 0, 1)
+        expect_errno(errno.EINVAL, block_hashes2, fd, 0, 0, 0, 1)
+    finally:
+        os.close(fd)
+    fd = os.open(f, os.O_WRONLY)
+    try:
+        expect_errno(errno.EBADF, block_hashes2, fd, 0)
+    finally:
+        os.close(fd)
+    os.mkdir(m.path("d"))
+    fd = os.open(m.path("d"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        expect_errno(errno.EISDIR, block_hashes2, fd, 0)
+    finally:
+        os.close(fd)
+
+
 def plant_tree(m, bs):
     """Three files (one in a subdirectory, one with a second name) sharing 64 KiB regions at
     different offsets, among unique data, zero blocks written as data and holes; a symlink and a
@@ -1189,6 +1317,63 @@ def ctl_scan_dry_run_and_converge(m):
     for p, d in files.items():
         same_file(p, d, f"{p} after the scans")
     check_mount_sharing(m, "after converging scans")
+
+
+@test(size="256M", timeout=300)
+def ctl_scan_jobs(m):
+    """--jobs: threads that hash chunks of one large file (48 MiB of 4 KiB blocks each) and of
+    others at once find the same groups as one thread: copies of a region at chunk edges
+    (one across an edge), in three chunks of a file and in a small file, a dry run with 1 and
+    with 4 threads says the same, and the scan with 3 shares exactly the copies; a second
+    scan finds nothing; --jobs 0, 17, "x" and --jobs without --scan are refused."""
+    bs = block_size(m)
+    chunk = 2036 * 6 * bs                      # the blocks of one hashing chunk (DD_CHUNK)
+    region = make_data(256 * KiB, m.rng, stamp=50)
+    big = bytearray(make_data(2 * chunk + 8 * MiB, m.rng, stamp=51))
+    offs = [0, chunk - 128 * KiB, chunk + 4 * MiB, 2 * chunk + 2 * MiB]
+    for off in offs:
+        big[off:off + len(region)] = region
+    t = m.path("t")
+    os.mkdir(t)
+    files = {os.path.join(t, "big"): bytes(big),
+             os.path.join(t, "small"): make_data(64 * KiB, m.rng, stamp=52) + region}
+    for p, d in files.items():
+        write_big(p, d)
+    planted = len(offs) * len(region)            # the small file's copy is the fifth
+    want = {"files": 2, "scanned": sum(len(d) for d in files.values()),
+            "duplicate": planted, "already shared": 0, "deduped": 0, "differed": 0}
+    for jobs, v1 in (("1", "0"), ("4", "0"), ("3", "1")):
+        # PMFUSECTL_HASHES_V1=1: the unpacked PMFUSE_IOC_BLOCK_HASHES, as with an older daemon
+        r = subprocess.run([m.cfg.ctl, "dedupe", "--scan", "--dry-run", "--jobs", jobs, t],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           env=dict(os.environ, PMFUSECTL_HASHES_V1=v1),
+                           timeout=300 * pmfs.TIME_FACTOR)
+        what = f"dry run with {jobs} threads" + (", unpacked hashes" if v1 == "1" else "")
+        eq(r.returncode, 0, f"{what}:\n{r.stdout}{r.stderr}")
+        expect_summary(r.stdout, dict(want, **{"would free": planted}), what)
+    free0 = free_blocks(m)
+    r = run_ctl(m, "dedupe", "--scan", "-j", "3", t)
+    eq(r.returncode, 0, f"dedupe --scan -j 3:\n{r.stdout}{r.stderr}")
+    expect_summary(r.stdout, dict(want, deduped=planted), "dedupe --scan -j 3")
+    expect_freed(m, free0, planted // bs, "dedupe --scan -j 3")
+    pb = phys_map(os.path.join(t, "big"))
+    ps = phys_map(os.path.join(t, "small"))
+    n = len(region) // bs
+    copies = [[pb[off // bs + i] for i in range(n)] for off in offs]
+    copies.append([ps[64 * KiB // bs + i] for i in range(n)])
+    for k, c in enumerate(copies):
+        eq(c, copies[0], f"copy {k} of the region maps the same blocks")
+    for p, d in files.items():
+        same_file(p, d, f"{p} after dedupe --scan -j 3")
+    r = run_ctl(m, "dedupe", "--scan", "--jobs", "2", t)
+    expect_summary(r.stdout, {"duplicate": 0, "already shared": planted, "deduped": 0},
+                   "second scan with 2 threads")
+    for bad in (("--scan", "--jobs", "0", t), ("--scan", "--jobs", "17", t),
+                ("--scan", "--jobs", "x", t), ("--jobs", "2", t, t)):
+        r = run_ctl(m, "dedupe", *bad)
+        eq(r.returncode, 1, f"dedupe {' '.join(bad)}")
+        check("jobs" in r.stderr, f"dedupe {' '.join(bad)}: says why:\n{r.stderr}")
+    check_mount_sharing(m, "after scans with threads")
 
 
 @test(size="256M")

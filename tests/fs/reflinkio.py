@@ -38,6 +38,10 @@ HASHES_HDR_FMT = "=QIIQII2Q"              # struct pmfuse_ioc_block_hashes, befo
 HASHES_MAX = 384
 HASH_ZERO = 1
 HASHES_SIZE = struct.calcsize(HASHES_HDR_FMT) + HASHES_MAX * struct.calcsize(HASH_FMT)
+HASH_RUN_FMT = "=QQII"                    # struct pmfuse_ioc_hash_run
+HASHES2_HDR_FMT = "=QQIIQIIII2Q"          # struct pmfuse_ioc_block_hashes2, before data[]
+HASHES2_WORDS = 2039
+HASHES2_SIZE = struct.calcsize(HASHES2_HDR_FMT) + 8 * HASHES2_WORDS
 EXTENT_FMT = "=QQQII"                     # struct pmfuse_ioc_extent
 EXTENTS_HDR_FMT = "=QQII"                 # struct pmfuse_ioc_extents, before ext[]
 EXTENTS_MAX = 64
@@ -53,12 +57,14 @@ PMFUSE_IOC_GET_EXTENTS = _ioc(_IOC_WRITE | _IOC_READ, PMFUSE_IOC_MAGIC, 4, EXTEN
 PMFUSE_IOC_DEDUPE_BLOCKS = _ioc(_IOC_WRITE | _IOC_READ, PMFUSE_IOC_MAGIC, 5,
                                 struct.calcsize(DEDUPE_BLOCKS_FMT))
 PMFUSE_IOC_BLOCK_HASHES = _ioc(_IOC_WRITE | _IOC_READ, PMFUSE_IOC_MAGIC, 6, HASHES_SIZE)
+PMFUSE_IOC_BLOCK_HASHES2 = _ioc(_IOC_WRITE | _IOC_READ, PMFUSE_IOC_MAGIC, 7, HASHES2_SIZE)
 
 assert struct.calcsize(CLONE_RANGE_FMT) == 32
 assert struct.calcsize(UNSHARE_FMT) == 16
 assert struct.calcsize(DEDUPE_FMT) == 48
 assert struct.calcsize(DEDUPE_BLOCKS_FMT) == 96
 assert HASHES_SIZE == 12336
+assert struct.calcsize(HASH_RUN_FMT) == 24 and HASHES2_SIZE == 16376
 assert struct.calcsize(EXTENT_FMT) == 32
 assert EXTENTS_SIZE == 2072
 

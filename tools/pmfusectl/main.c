@@ -91,7 +91,7 @@ static const struct command commands[] = {
 	  "  -s, --summarize   one line per PATH\n"
 	  "  --raw             sizes in bytes instead of KiB, MiB, ...\n"
 	  "  -h, --help        show this help\n" },
-	{ "dedupe", "[-q] [--range SRC_OFF LEN DST_OFF] SRC DST | --scan [-q] [-n] PATH...",
+	{ "dedupe", "[-q] [--range SRC_OFF LEN DST_OFF] SRC DST | --scan [-q] [-n] [-j N] PATH...",
 	  "Make equal blocks share one block: DST's with SRC's, or all under PATHs", cmd_dedupe,
 	  "With SRC DST, the daemon compares both files block by block at the same offsets in\n"
 	  "the pool, reading nothing through the mount (with --range: LEN bytes at SRC_OFF of SRC\n"
@@ -116,6 +116,8 @@ static const struct command commands[] = {
 	  "  --scan                        find duplicate blocks across all files under PATHs\n"
 	  "  -n, --dry-run                 (--scan) report what would be deduped and freed, change\n"
 	  "                                nothing\n"
+	  "  -j, --jobs N                  (--scan) hash in N threads (1-16; default: one per\n"
+	  "                                CPU, at most 4)\n"
 	  "  -q, --quiet                   no progress display\n"
 	  "  -h, --help                    show this help\n" },
 	{ "help", "[COMMAND]", "Show the commands, or one command's usage", cmd_help, NULL },
