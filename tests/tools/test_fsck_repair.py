@@ -16,7 +16,8 @@ bytes flipped, the block zeroed, the block swapped with another metadata block. 
   fsck -f -y   must repair it (exit 0 or 1, nothing left);
   fsck -f -n   must be clean (exit 0).
 
-Every MOUNT_EVERY rounds the repaired pool is mounted with the daemon and every file not
+Every round (every PMFUSE_FSCK_MOUNT_EVERY-th, when set) the repaired pool is mounted with the
+daemon and every file not
 touched by the damage (its inode record's leaf, and its own trees' nodes, were not the damaged
 block) is read back by inode number and compared. Rounds: PMFUSE_FSCK_ROUNDS (default 2000),
 times PMFUSE_TEST_SCALE; PMFUSE_SEED replays a run. Needs root, /dev/fuse and fusermount3 for
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 
-MOUNT_EVERY = 50
+MOUNT_EVERY = int(os.environ.get('PMFUSE_FSCK_MOUNT_EVERY', '1'))
 BT_MAGIC = 0x54424D50
 
 
@@ -168,14 +169,30 @@ def populate(mkfs, daemon, pool, mnt, rng):
                     f.write(rng.randbytes(rng.choice([0, 10, 4096, 9000, 40000])))
         with open(f'{mnt}/big', 'wb') as f:
             f.write(rng.randbytes(1 << 20))
-        for i in range(4):
-            shutil.copyfile(f'{mnt}/big', f'{mnt}/d{i}/clone')   # copy_file_range: shared
+        for i in range(4):   # copy_file_range shares whole blocks: refcount tree records
+            with open(f'{mnt}/big', 'rb') as src, open(f'{mnt}/d{i}/clone', 'wb') as dst:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), 1 << 20)
+                assert n == 1 << 20, n
+        # a block every other block: one extent each, an extent map of several leaves
+        with open(f'{mnt}/d3/sparse', 'wb') as f:
+            for i in range(400):
+                os.pwrite(f.fileno(), rng.randbytes(4096), 2 * i * 4096)
         os.link(f'{mnt}/d0/f1', f'{mnt}/d1/hard')
         os.symlink('../big', f'{mnt}/d2/sym')
         os.setxattr(f'{mnt}/big', 'user.large', b'v' * 3000)
         os.setxattr(f'{mnt}/d0/f2', 'user.small', b's' * 50)
+        # an open file unlinked when the daemon dies stays on the orphan list
+        fd = os.open(f'{mnt}/d1/orphan', os.O_RDWR | os.O_CREAT, 0o644)
+        os.write(fd, rng.randbytes(9000))
+        os.unlink(f'{mnt}/d1/orphan')
+        os.sync()
+        d.kill()
+        d.wait(timeout=60)
+        os.close(fd)
     finally:
-        subprocess.run(['fusermount3', '-u', mnt])
+        subprocess.run(['fusermount3', '-u', mnt], stderr=subprocess.DEVNULL)
+        if os.path.ismount(mnt):
+            subprocess.run(['fusermount3', '-uz', mnt])
         d.wait(timeout=60)
 
 
@@ -184,12 +201,12 @@ def contents(daemon, pool, mnt):
     d = subprocess.Popen([daemon, '-f', pool, mnt], stderr=subprocess.DEVNULL)
     out = {}
     try:
-        for _ in range(100):
+        for _ in range(1000):
             if os.path.ismount(mnt):
                 break
             if d.poll() is not None:
                 return None
-            time.sleep(0.1)
+            time.sleep(0.01)
         else:
             return None
         for dp, _, files in os.walk(mnt):
@@ -265,14 +282,20 @@ def main():
     fails = 0
     try:
         populate(mkfs, daemon, base, mnt, rng)
-        want = contents(daemon, base, mnt)
         rc, out = run([fsck, '-f', '-n', base])
+        with open(base, 'rb') as f:
+            pristine = f.read()
+        with open(work, 'wb') as f:    # a mount settles the orphan: not on the base
+            f.write(pristine)
+        want = contents(daemon, work, mnt)
         if rc != 0 or want is None:
             print('not ok - the populated pool is clean and mounts\n' + out)
             sys.exit(1)
-        with open(base, 'rb') as f:
-            pristine = f.read()
         lay = Layout(pristine)
+        missing = {'extent map', 'refcount tree', 'orphans'} - {k for k, _ in lay.blocks.values()}
+        if missing:
+            print(f'not ok - the populated pool has no {", ".join(sorted(missing))} nodes')
+            sys.exit(1)
         kinds = {}
         for r in range(rounds):
             img = bytearray(pristine)
