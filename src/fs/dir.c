@@ -387,6 +387,28 @@ static int entry_commit(struct pmfuse_fs *fs, struct pmfuse_tx *tx, int rc, uint
 	return entry_out(fs, ino, attr);
 }
 
+static void lookup_fill(struct pmfuse_fs *fs, const struct pmfuse_inode *dp, const char *name,
+			size_t len, const struct pmfuse_attr *attr);
+
+/*
+ * After the commit of an operation that gave directory parent the name name for attr's inode,
+ * still under fs->lock for writing: caches the directory's new attributes, the name and its
+ * inode's attributes. The kernel drops a directory's attributes after every entry it adds and
+ * asks for them again at the next permission check (a GETATTR per create), and a name is often
+ * looked up soon after it is made; both are then answered from the cache without fs->lock, so a
+ * creator in one directory does not wait for one in another there. Exact for the reasons a
+ * lookup's fill is: every later change of these records forgets them first, under fs->lock.
+ */
+static void entry_fill(struct pmfuse_fs *fs, uint64_t parent, const char *name, size_t len,
+		       const struct pmfuse_attr *attr)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *dp;
+
+	if (fs->icache && attr && !pmfuse_inode_locate(fs, parent, &dp, &leaf))
+		lookup_fill(fs, dp, name, len, attr);
+}
+
 /* -EINVAL when directory anc is ino itself or one of its ancestors. */
 static int check_not_ancestor(struct pmfuse_fs *fs, uint64_t anc, uint64_t ino)
 {
@@ -695,6 +717,8 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 		rc = pmfuse_acl_inherit_apply(fs, tx, ino, &inh);
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
+	if (!rc)
+		entry_fill(fs, parent, name, len, attr);
 	fs_unlock(fs);
 	fs_iunlock(fs);
 	pmfuse_acl_inherit_done(&inh);
@@ -854,6 +878,8 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		rc = symlink_store(fs, tx, ino, target, tlen);
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
+	if (!rc)
+		entry_fill(fs, parent, name, len, attr);
 	fs_unlock(fs);
 	fs_iunlock(fs);
 	return rc;
@@ -967,6 +993,8 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 		rc = target_changed(tx, leaf, ip, &now, 1);
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
+	if (!rc)
+		entry_fill(fs, newparent, newname, len, attr);
 	fs_unlock(fs);
 	fs_iunlock(fs);
 	return rc;
