@@ -387,6 +387,50 @@ static int entry_commit(struct pmfuse_fs *fs, struct pmfuse_tx *tx, int rc, uint
 	return entry_out(fs, ino, attr);
 }
 
+/*
+ * What an operation that gave a directory a new name leaves in the lookup cache: the
+ * directory's new attributes, the name and its inode's attributes. The kernel drops a
+ * directory's attributes after every entry it adds and asks for them again at the next
+ * permission check (a GETATTR per create), and a name is often looked up soon after it is made;
+ * both are then answered from the cache without fs->lock, so a creator in one directory does
+ * not queue there behind one in another.
+ *
+ * entry_fill_read copies the directory's attributes after the commit, under fs->lock for
+ * writing; entry_fill_put puts everything after fs->lock is let go but before the inode locks
+ * are, so that the puts (allocations, hash table updates) add nothing to the exclusive section.
+ * That is exact: every change of these records or of the directory's names needs the
+ * directory's inode lock or the inode's, which the operation still holds (create, mkdir and
+ * symlink hold only the directory's, but their new inode can be reached only through it: its
+ * number is new and known to nobody else yet), and a change forgets the entries first.
+ */
+struct entry_fill {
+	bool ok;
+	struct pmfuse_attr dir;
+};
+
+static void entry_fill_read(struct pmfuse_fs *fs, uint64_t parent, const struct pmfuse_attr *attr,
+			    struct entry_fill *ef)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *dp;
+
+	ef->ok = fs->icache && attr && !pmfuse_inode_locate(fs, parent, &dp, &leaf);
+	if (ef->ok)
+		pmfuse_inode_to_attr(fs, dp, &ef->dir);
+}
+
+static void entry_fill_put(struct pmfuse_fs *fs, const struct entry_fill *ef, const char *name,
+			   size_t len, const struct pmfuse_attr *attr)
+{
+	uint64_t seq;
+
+	if (!ef->ok)
+		return;
+	seq = pmfuse_icache_put_attr(fs->icache, &ef->dir);
+	pmfuse_icache_put_attr(fs->icache, attr);
+	pmfuse_icache_put_name(fs->icache, ef->dir.ino, seq, name, len, attr->ino);
+}
+
 /* -EINVAL when directory anc is ino itself or one of its ancestors. */
 static int check_not_ancestor(struct pmfuse_fs *fs, uint64_t anc, uint64_t ino)
 {
@@ -665,6 +709,7 @@ static int link_new(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint64_t parent,
 static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, uint32_t mode,
 		       uint64_t rdev, const struct pmfuse_cred *cred, struct pmfuse_attr *attr)
 {
+	struct entry_fill ef = { 0 };
 	struct pmfuse_acl_inherit inh = { 0 };
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp, dcopy;
@@ -695,7 +740,10 @@ static int create_node(struct pmfuse_fs *fs, uint64_t parent, const char *name, 
 		rc = pmfuse_acl_inherit_apply(fs, tx, ino, &inh);
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
+	if (!rc)
+		entry_fill_read(fs, parent, attr, &ef);
 	fs_unlock(fs);
+	entry_fill_put(fs, &ef, name, len, attr);
 	fs_iunlock(fs);
 	pmfuse_acl_inherit_done(&inh);
 	return rc;
@@ -823,6 +871,7 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		      const char *target, const struct pmfuse_cred *cred,
 		      struct pmfuse_attr *attr)
 {
+	struct entry_fill ef = { 0 };
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp, dcopy;
 	struct pmfuse_tx *tx = NULL;
@@ -854,7 +903,10 @@ int pmfuse_fs_symlink(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 		rc = symlink_store(fs, tx, ino, target, tlen);
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
+	if (!rc)
+		entry_fill_read(fs, parent, attr, &ef);
 	fs_unlock(fs);
+	entry_fill_put(fs, &ef, name, len, attr);
 	fs_iunlock(fs);
 	return rc;
 }
@@ -907,6 +959,7 @@ out:
 int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const char *newname,
 		   struct pmfuse_attr *attr)
 {
+	struct entry_fill ef = { 0 };
 	struct pmfuse_blk_hdr *leaf, *dleaf;
 	struct pmfuse_inode *ip, *dp;
 	struct pmfuse_timestamp now;
@@ -967,7 +1020,10 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 		rc = target_changed(tx, leaf, ip, &now, 1);
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
+	if (!rc)
+		entry_fill_read(fs, newparent, attr, &ef);
 	fs_unlock(fs);
+	entry_fill_put(fs, &ef, newname, len, attr);
 	fs_iunlock(fs);
 	return rc;
 }

@@ -31,7 +31,7 @@
  *   4. the allocator's.
  * fs->lookup_lock only guards the lookup-count table and is taken with or without the others,
  * never around them. The DRAM cache (icache.c) is read under RCU without any of them and changed
- * by threads that hold fs->lock.
+ * by threads that hold fs->lock (or, for what a create fills, its inode locks: icache.h).
  */
 #ifndef PMFUSE_FS_INTERNAL_H
 #define PMFUSE_FS_INTERNAL_H

@@ -11,10 +11,11 @@
  * without finding them. Nothing negative is cached.
  *
  * Rules for the caller (fs/): entries are put only by a thread that holds a lock excluding
- * every writer of what it puts (fs->lock, shared), from data it read under that lock; an entry
- * is forgotten by the writer before it changes the record and before it drops any reference
- * (so no reader finds a name after its inode may have been freed). Readers copy out what they
- * need inside a read section; nodes are freed with call_rcu.
+ * every writer of what it puts (fs->lock, shared or exclusive; or, after a create, the inode
+ * locks of everything it puts: dir.c, entry_fill_put), from data it read under such a lock;
+ * an entry is forgotten by the writer before it changes the record and before it drops any
+ * reference (so no reader finds a name after its inode may have been freed). Readers copy out
+ * what they need inside a read section; nodes are freed with call_rcu.
  *
  * Bounded: each table holds at most max entries (plus the puts racing with its emptying); a put
  * that finds its table full empties it (icache.c says why; an evicted entry is only a miss).

@@ -2959,6 +2959,84 @@ static void test_fsck_checks(void **state)
 	t_destroy(&t);
 }
 
+/* ---- the cache after a create: the directory's attributes and the new name ------------------ */
+
+static bool ts_same(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
+
+static bool attr_same(const struct pmfuse_attr *a, const struct pmfuse_attr *b)
+{
+	return a->ino == b->ino && a->generation == b->generation && a->mode == b->mode &&
+	       a->nlink == b->nlink && a->uid == b->uid && a->gid == b->gid &&
+	       a->rdev == b->rdev && a->size == b->size && a->blocks512 == b->blocks512 &&
+	       a->blksize == b->blksize && ts_same(&a->atime, &b->atime) &&
+	       ts_same(&a->mtime, &b->mtime) && ts_same(&a->ctime, &b->ctime) &&
+	       ts_same(&a->btime, &b->btime);
+}
+
+/* After an operation gave dir the name name for ino: the cache holds dir's attributes as the
+ * pool has them, and the name. */
+static void check_filled(struct th_env *e, uint64_t dir, const char *name, uint64_t ino)
+{
+	struct pmfuse_attr cached, cached_ino, fresh;
+	const void *h;
+	bool have, have_ino;
+	uint64_t named;
+
+	pmfuse_icache_read_begin();
+	have = pmfuse_icache_attr(e->fs->icache, dir, &cached, NULL);
+	have_ino = pmfuse_icache_attr(e->fs->icache, ino, &cached_ino, NULL);
+	named = pmfuse_icache_name(e->fs->icache, dir, name, strlen(name), &h);
+	pmfuse_icache_read_end();
+	assert_true(have);
+	assert_true(have_ino);
+	assert_int_equal(named, ino);
+	/* what the pool says, read past the cache */
+	pmfuse_icache_clear(e->fs->icache);
+	fresh = th_getattr(e, dir);
+	assert_true(attr_same(&cached, &fresh));
+	fresh = th_getattr(e, ino);
+	assert_true(attr_same(&cached_ino, &fresh));
+}
+
+/*
+ * mknod, mkdir, symlink and link leave the directory's new attributes and the new name in the
+ * cache (entry_fill in dir.c), so that the GETATTR the kernel sends after each create and a
+ * lookup of the name take no lock; and what they leave is exactly what the pool says.
+ */
+static void test_create_fills_cache(void **state)
+{
+	struct th_env e;
+	struct pmfuse_attr at, dir, file;
+
+	(void)state;
+	th_env_new(&e, 16u << 20, 0, 0);
+	e.fs->icache = pmfuse_icache_new(256);    /* freed at close */
+	assert_non_null(e.fs->icache);
+	assert_int_equal(pmfuse_fs_mkdir(e.fs, PMFUSE_ROOT_INO, "d", 0755, &th_cred_user, &dir),
+			 0);
+	check_filled(&e, PMFUSE_ROOT_INO, "d", dir.ino);
+	assert_int_equal(pmfuse_fs_mknod(e.fs, dir.ino, "f", S_IFREG | 0644, 0, &th_cred_user,
+					 &file), 0);
+	check_filled(&e, dir.ino, "f", file.ino);
+	assert_int_equal(pmfuse_fs_mkdir(e.fs, dir.ino, "sub", 0755, &th_cred_user, &at), 0);
+	check_filled(&e, dir.ino, "sub", at.ino);
+	assert_int_equal(th_getattr(&e, dir.ino).nlink, 3);
+	assert_int_equal(pmfuse_fs_symlink(e.fs, dir.ino, "s", "f", &th_cred_user, &at), 0);
+	check_filled(&e, dir.ino, "s", at.ino);
+	assert_int_equal(pmfuse_fs_link(e.fs, file.ino, PMFUSE_ROOT_INO, "l", &at), 0);
+	check_filled(&e, PMFUSE_ROOT_INO, "l", file.ino);
+	assert_int_equal(th_getattr(&e, file.ino).nlink, 2);
+	/* a later change forgets what was filled: unlink drops the link count and the name */
+	assert_int_equal(pmfuse_fs_unlink(e.fs, PMFUSE_ROOT_INO, "l"), 0);
+	assert_int_equal(th_getattr(&e, file.ino).nlink, 1);
+	assert_int_equal(pmfuse_fs_lookup(e.fs, PMFUSE_ROOT_INO, "l", &at), -ENOENT);
+	th_fsck_clean(e.fs);
+	th_env_free(&e);
+}
+
 /* ---- lock order: operations on two to four inodes in opposite directions ---------------- */
 
 struct lo_env {
@@ -3141,6 +3219,7 @@ int main(void)
 		cmocka_unit_test(test_crash_sweep),
 		cmocka_unit_test(test_big_dir),
 		cmocka_unit_test(test_lock_order),
+		cmocka_unit_test(test_create_fills_cache),
 	};
 
 	th_seed();
