@@ -16,7 +16,9 @@ import reflinkio
 from pmfs import check, eq, test, write_file, Failure
 from reflinkio import (CLONE_RANGE_FMT, UNSHARE_FMT, PMFUSE_IOC_CLONE_RANGE, PMFUSE_IOC_UNSHARE,
                        PMFUSE_IOC_DEDUPE_RANGE, PMFUSE_IOC_GET_EXTENTS, PMFUSE_IOC_MAGIC,
-                       DEDUPE_FMT, EXTENTS_SIZE, _ioc, _IOC_READ, _IOC_WRITE)
+                       DEDUPE_FMT, EXTENTS_SIZE, _ioc, _IOC_READ, _IOC_WRITE,
+                       PMFUSE_IOC_BLOCK_HASHES, HASHES_HDR_FMT, HASHES_SIZE,
+                       PMFUSE_IOC_BLOCK_HASHES2, HASHES2_HDR_FMT, HASHES2_SIZE, HASHES2_WORDS)
 
 U64 = (1 << 64) - 1
 BS = 4096
@@ -237,7 +239,9 @@ def wrong_numbers_sizes_and_files(m):
             eq(err, errno.ENOTTY, f"unknown pmfuse ioctl number {nr}")
         for nr, size, d in ((1, 8, _IOC_WRITE), (1, 64, _IOC_WRITE), (2, 4, _IOC_WRITE),
                             (3, 16, _IOC_WRITE | _IOC_READ), (4, 64, _IOC_WRITE | _IOC_READ),
-                            (1, 32, _IOC_READ), (2, 16, _IOC_READ)):
+                            (1, 32, _IOC_READ), (2, 16, _IOC_READ),
+                            (6, 64, _IOC_WRITE | _IOC_READ), (6, 48, _IOC_WRITE),
+                            (7, 64, _IOC_WRITE | _IOC_READ), (7, 80, _IOC_READ)):
             err, _ = errno_of_ioctl(fd, _ioc(d, PMFUSE_IOC_MAGIC, nr, size), bytes(size),
                                     mutate=bool(d & _IOC_READ))
             check(err in (errno.ENOTTY, errno.EINVAL),
@@ -255,6 +259,34 @@ def wrong_numbers_sizes_and_files(m):
             else:
                 check(err in (errno.EINVAL, errno.EFBIG, errno.EOVERFLOW),
                       f"GET_EXTENTS from {start}: {errno.errorcode.get(err, err)}")
+        # block hashes (both forms) from anywhere, with any end: sane answers or EINVAL
+        for start in (0, 1, BS, 5 * BS, 1 << 40, (1 << 63) - 1, 1 << 63, U64):
+            buf = bytearray(HASHES_SIZE)
+            struct.pack_into(HASHES_HDR_FMT, buf, 0, start, 0, 0, 0, 0, 0, 0, 0)
+            err, out = errno_of_ioctl(fd, PMFUSE_IOC_BLOCK_HASHES, bytes(buf), mutate=True)
+            if err == 0:
+                nxt, count = struct.unpack_from(HASHES_HDR_FMT, out, 0)[3:5]
+                check(count <= 5, f"BLOCK_HASHES from {start}: count {count}")
+                check(nxt == U64 or nxt > start, f"BLOCK_HASHES from {start}: next {nxt}")
+            else:
+                check(err in (errno.EINVAL, errno.EFBIG, errno.EOVERFLOW),
+                      f"BLOCK_HASHES from {start}: {errno.errorcode.get(err, err)}")
+            for end in (0, 1, start, (start - 1) & U64, start + BS, U64):
+                buf = bytearray(HASHES2_SIZE)
+                struct.pack_into(HASHES2_HDR_FMT, buf, 0, start, end & U64, 0, 0, 0, 0, 0, 0,
+                                 0, 0, 0)
+                err, out = errno_of_ioctl(fd, PMFUSE_IOC_BLOCK_HASHES2, bytes(buf), mutate=True)
+                what = f"BLOCK_HASHES2 from {start} to {end & U64}"
+                if err == 0:
+                    nxt, runs, hashes = struct.unpack_from(HASHES2_HDR_FMT, out, 0)[4:7]
+                    check(3 * runs + hashes <= HASHES2_WORDS and hashes <= 5,
+                          f"{what}: {runs} runs, {hashes} hashes")
+                    check(nxt == U64 or nxt > start, f"{what}: next {nxt}")
+                    if start == 0 and end == 0:
+                        eq(hashes, 5, f"{what}: hashes of the file's five blocks")
+                else:
+                    check(err in (errno.EINVAL, errno.EFBIG, errno.EOVERFLOW),
+                          f"{what}: {errno.errorcode.get(err, err)}")
     finally:
         os.close(fd)
     # a directory, a read-only descriptor, a fifo's neighbour file, a file on tmpfs
