@@ -260,11 +260,13 @@ int pmfuse_fs_clone_range_cred(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t 
  * copy_file_range: copies len bytes (clipped at src EOF), sharing every whole block when
  * src_off and dst_off are congruent modulo the block size and copying only the unaligned head and
  * tail bytes; otherwise copies bytes. Returns the bytes done (> 0 unless src_off >= src EOF or
- * len == 0), or -errno. Overlapping ranges of one file: -EINVAL.
+ * len == 0), or -errno. Overlapping ranges of one file: -EINVAL. A copy by a caller without
+ * CAP_FSETID drops dst's setuid/setgid in the transactions that change it (as a write does);
+ * *privs_dropped (may be NULL) says whether it did, judged under the same lock.
  */
 ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
 			     uint64_t dst_ino, uint64_t dst_off, uint64_t len,
-			     const struct pmfuse_cred *cred);
+			     const struct pmfuse_cred *cred, bool *privs_dropped);
 
 /*
  * FIDEDUPERANGE semantics with one destination: if the bytes of [src_off, src_off + len) of src

@@ -511,17 +511,33 @@ static ssize_t copy_range_locked(struct pmfuse_fs *fs, uint64_t src_ino, uint64_
 	return (ssize_t)done;
 }
 
+/* dst's mode under the writer lock, 0 when it cannot be read (the copy then fails too) */
+static uint32_t mode_locked(struct pmfuse_fs *fs, uint64_t ino)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *ip;
+
+	return pmfuse_inode_locate(fs, ino, &ip, &leaf) ? 0 : pmfuse_le32(ip->mode);
+}
+
 ssize_t pmfuse_fs_copy_range(struct pmfuse_fs *fs, uint64_t src_ino, uint64_t src_off,
 			     uint64_t dst_ino, uint64_t dst_off, uint64_t len,
-			     const struct pmfuse_cred *cred)
+			     const struct pmfuse_cred *cred, bool *privs_dropped)
 {
+	uint32_t mode_before;
 	ssize_t n;
 
+	if (privs_dropped)
+		*privs_dropped = false;
 	if (fs->readonly)
 		return -EROFS;
 	fs_ilock(fs, (struct pmfuse_ilock_req[]){ { src_ino, true }, { dst_ino, true } }, 2);
 	fs_wrlock(fs);
+	mode_before = mode_locked(fs, dst_ino);
 	n = copy_range_locked(fs, src_ino, src_off, dst_ino, dst_off, len, cred);
+	/* located again rather than kept: cheap next to a copy, and safe whatever it moved */
+	if (privs_dropped && n > 0)
+		*privs_dropped = mode_locked(fs, dst_ino) != mode_before;
 	fs_unlock(fs);
 	fs_iunlock(fs);
 	return n;

@@ -39,7 +39,6 @@
  */
 #include "fuse/ops.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -81,8 +80,7 @@ void pmfuse_op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			       struct fuse_file_info *fi_out, size_t len, int flags)
 {
 	struct pmfuse_cred cred;
-	struct pmfuse_attr a;
-	bool setid;
+	bool dropped;
 	ssize_t n;
 
 	(void)fi_in;
@@ -91,14 +89,12 @@ void pmfuse_op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	/* with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves setuid/setgid to the copy and then
-	 * refreshes only size and times: the mode it shows must be dropped when the copy may
-	 * have changed it */
-	setid = !pmfuse_fs_getattr(fs_of(req), ino_out, &a) && (a.mode & (S_ISUID | S_ISGID));
 	pmfuse_op_cred(req, &cred);
 	n = pmfuse_fs_copy_range(fs_of(req), ino_in, (uint64_t)off_in, ino_out, (uint64_t)off_out,
-				 len, &cred);
-	if (n > 0 && setid)
+				 len, &cred, &dropped);
+	/* with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves setuid/setgid to the copy and then
+	 * refreshes only size and times: the mode it shows must go when the copy dropped a bit */
+	if (dropped)
 		pmfuse_notifier_inval_attr(daemon_of(req)->notifier, ino_out);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
@@ -516,6 +512,12 @@ static void ioc_get_extents(fuse_req_t req, fuse_ino_t ino, const void *in_buf)
  * Block hashes (PMFUSE_IOC_BLOCK_HASHES): the file must be open for reading, since the hashes
  * tell about its contents. The hashing is src/fs's (blockhash.c); this converts blocks to bytes.
  */
+/* A block number as the byte offset the hash ioctls answer; none (or past 2^64) is UINT64_MAX. */
+static uint64_t next_bytes(uint64_t next, uint32_t bs)
+{
+	return next == UINT64_MAX || next > UINT64_MAX / bs ? UINT64_MAX : next * bs;
+}
+
 static void ioc_block_hashes(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 			     const void *in_buf)
 {
@@ -545,7 +547,7 @@ static void ioc_block_hashes(fuse_req_t req, fuse_ino_t ino, struct fuse_file_in
 				   NULL, &next);
 	if (n < 0)
 		goto out;
-	out->next = next == UINT64_MAX || next > UINT64_MAX / bs ? UINT64_MAX : next * bs;
+	out->next = next_bytes(next, bs);
 	out->count = (uint32_t)PMFUSE_MIN(n, PMFUSE_IOC_HASHES_MAX);
 	out->block_size = bs;
 	for (uint32_t i = 0; i < out->count; i++) {
@@ -571,6 +573,16 @@ out:
  * PMFUSE_IOC_BLOCK_HASHES does.
  */
 #define HASHES2_RUN_WORDS (sizeof(struct pmfuse_ioc_hash_run) / sizeof(uint64_t))
+
+/* Appends a finished run; the budget keeps runs and hashes inside the answer together, and a
+ * fs walk that overran it gets EIO here rather than a write past the buffer. */
+static int put_run(struct pmfuse_ioc_block_hashes2 *out, const struct pmfuse_ioc_hash_run *run)
+{
+	if (HASHES2_RUN_WORDS * (out->runs + 1) + out->hashes > PMFUSE_IOC_HASHES2_WORDS)
+		return -EIO;
+	memcpy(&out->data[HASHES2_RUN_WORDS * out->runs++], run, sizeof(*run));
+	return 0;
+}
 
 static void ioc_block_hashes2(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 			      const void *in_buf)
@@ -623,11 +635,18 @@ static void ioc_block_hashes2(fuse_req_t req, fuse_ino_t ino, struct fuse_file_i
 			    h[i].refcount == run.refcount) {
 				run.blocks++;
 			} else {
-				if (run.blocks)
-					memcpy(&out->data[HASHES2_RUN_WORDS * out->runs++], &run,
-					       sizeof(run));
+				if (run.blocks && put_run(out, &run) < 0) {
+					n = -EIO;
+					goto out;
+				}
 				run = (struct pmfuse_ioc_hash_run){ h[i].fblock, h[i].pblock, 1,
 								    h[i].refcount };
+			}
+			/* the run that holds this hash needs its words too */
+			if (HASHES2_RUN_WORDS * (out->runs + 1) + out->hashes + 1 >
+			    PMFUSE_IOC_HASHES2_WORDS) {
+				n = -EIO;
+				goto out;
 			}
 			hashes[out->hashes++] = h[i].hash;
 		}
@@ -635,10 +654,8 @@ static void ioc_block_hashes2(fuse_req_t req, fuse_ino_t ino, struct fuse_file_i
 			break;
 		from = next;
 	}
-	if (run.blocks)
-		memcpy(&out->data[HASHES2_RUN_WORDS * out->runs++], &run, sizeof(run));
-	/* the budget kept runs and hashes inside the data together */
-	assert(HASHES2_RUN_WORDS * out->runs + out->hashes <= PMFUSE_IOC_HASHES2_WORDS);
+	if (run.blocks && (n = put_run(out, &run)) < 0)
+		goto out;
 	memcpy(&out->data[HASHES2_RUN_WORDS * out->runs], hashes,
 	       out->hashes * sizeof(*hashes));
 	for (uint32_t i = 0; i < out->runs; i++) {
@@ -647,7 +664,7 @@ static void ioc_block_hashes2(fuse_req_t req, fuse_ino_t ino, struct fuse_file_i
 		r->logical *= bs;
 		r->physical *= bs;
 	}
-	out->next = next == UINT64_MAX || next > UINT64_MAX / bs ? UINT64_MAX : next * bs;
+	out->next = next_bytes(next, bs);
 	out->block_size = bs;
 	fuse_reply_ioctl(req, 0, out, sizeof(*out));
 	n = 0;

@@ -80,7 +80,7 @@ static void run_op(struct pmfuse_fs *fs, const struct ch_op *op)
 	case OP_COPY:
 		s = ch_ino_of(fs, op->src);
 		d = ch_ino_of(fs, op->dst);
-		assert_true(pmfuse_fs_copy_range(fs, s, op->off, d, op->doff, op->len, &ch_cred) > 0);
+		assert_true(pmfuse_fs_copy_range(fs, s, op->off, d, op->doff, op->len, &ch_cred, NULL) > 0);
 		break;
 	case OP_UNSHARE:
 		assert_int_equal(pmfuse_fs_unshare(fs, ch_ino_of(fs, op->dst), op->off, op->len), 0);

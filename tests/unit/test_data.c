@@ -556,6 +556,23 @@ static void test_basics(void **state)
 	assert_int_equal(th_getattr(&e, ino).mode & 07777, 0745);
 	assert_int_equal(pmfuse_fs_fallocate(e.fs, ino, 0, 0, 1, &outsider, &dropped), 0);
 	assert_false(dropped);
+	/* copy_file_range by the same rule, judged under the copy's own lock */
+	uint64_t src = th_mkfile(&e, "copysrc");
+
+	assert_int_equal(pmfuse_fs_write(e.fs, src, "copied", 6, 0, false, &th_cred_user), 6);
+	sa.mode = 06755;
+	assert_int_equal(pmfuse_fs_setattr(e.fs, ino, &sa, PMFUSE_SET_MODE, &th_cred_root, &a), 0);
+	dropped = true;
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, src, 0, ino, 100, 6, &th_cred_root,
+					      &dropped), 6);
+	assert_false(dropped);
+	assert_int_equal(th_getattr(&e, ino).mode & 07777, 06755);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, src, 0, ino, 100, 6, &outsider, &dropped), 6);
+	assert_true(dropped);
+	assert_int_equal(th_getattr(&e, ino).mode & 07777, 0755);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, src, 0, ino, 100, 6, &outsider, &dropped), 6);
+	assert_false(dropped);
+	assert_int_equal(pmfuse_fs_unlink(e.fs, PMFUSE_ROOT_INO, "copysrc"), 0);
 
 	/* truncate up is a hole; the old tail stays zero after truncate down and up again */
 	assert_int_equal(th_set_size(&e, ino, 3), 0);

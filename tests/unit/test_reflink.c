@@ -542,7 +542,7 @@ static void op_copy(struct run *r, struct mfile *s, struct mfile *d)
 		dof = rand_off(r, d);
 	if (so >= s->size) {
 		assert_int_equal(pmfuse_fs_copy_range(r->e.fs, s->ino, so, d->ino, dof, len,
-						      &th_cred_user), 0);
+						      &th_cred_user, NULL), 0);
 		return;
 	}
 	len = PMFUSE_MIN(len, s->size - so);
@@ -550,13 +550,13 @@ static void op_copy(struct run *r, struct mfile *s, struct mfile *d)
 		return;
 	if (s == d && so < dof + len && dof < so + len) {
 		assert_int_equal(pmfuse_fs_copy_range(r->e.fs, s->ino, so, d->ino, dof, len,
-						      &th_cred_user), -EINVAL);
+						      &th_cred_user, NULL), -EINVAL);
 		return;
 	}
 	snprintf(r->last + strlen(r->last), sizeof(r->last) - strlen(r->last),
 		 " copy %llu -> %llu len %llu (sizes %llu %llu)", ULL(so), ULL(dof), ULL(len),
 		 ULL(s->size), ULL(d->size));
-	n = pmfuse_fs_copy_range(r->e.fs, s->ino, so, d->ino, dof, len, &th_cred_user);
+	n = pmfuse_fs_copy_range(r->e.fs, s->ino, so, d->ino, dof, len, &th_cred_user, NULL);
 	if (n != (ssize_t)len)
 		fprintf(stderr, "copy %s %llu -> %s %llu, %llu bytes (sizes %llu %llu): %zd\n",
 			s->name, ULL(so), d->name, ULL(dof), ULL(len), ULL(s->size), ULL(d->size), n);
@@ -867,7 +867,7 @@ static void test_clone_big(void **state)
 	/* cp through copy_file_range */
 	c = th_mkfile(&e, "c");
 	t = now_ms();
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, a, 0, c, 0, size + 12345, &th_cred_user), size);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, a, 0, c, 0, size + 12345, &th_cred_user, NULL), size);
 	t = now_ms() - t;
 	f3 = th_free_blocks(&e);
 	printf("# copy_file_range of 64 MiB: %.2f ms, %llu new blocks\n", t, ULL(f2 - f3));
@@ -1158,14 +1158,14 @@ static void test_einval(void **state)
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 0, 0, dir, 0), -EISDIR);
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, fifo, 0, 0, d, 0), -EINVAL);
 	assert_int_equal(pmfuse_fs_clone_range(e.fs, s, 0, 0, 99999, 0), -ENOENT);
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, dir, 0, d, 0, 10, &th_cred_user), -EISDIR);
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 0, fifo, 0, 10, &th_cred_user), -EINVAL);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, dir, 0, d, 0, 10, &th_cred_user, NULL), -EISDIR);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 0, fifo, 0, 10, &th_cred_user, NULL), -EINVAL);
 	assert_int_equal(pmfuse_fs_unshare(e.fs, dir, 0, 0), -EISDIR);
 	assert_int_equal(pmfuse_fs_get_extents(e.fs, dir, 0, NULL, 0, &s), -EISDIR);
 	/* copy_range: overlap in one file, nothing past EOF */
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 0, d, 100, 200, &th_cred_user), -EINVAL);
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 10 * bs, d, 0, 200, &th_cred_user), 0);
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 0, d, 8 * bs, 0, &th_cred_user), 0);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 0, d, 100, 200, &th_cred_user, NULL), -EINVAL);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 10 * bs, d, 0, 200, &th_cred_user, NULL), 0);
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, d, 0, d, 8 * bs, 0, &th_cred_user, NULL), 0);
 	/* CoW hint */
 	assert_int_equal(pmfuse_fs_set_cowextsize(e.fs, d, PMFUSE_COWEXTSIZE_MAX + 1), -EINVAL);
 	assert_int_equal(pmfuse_fs_set_cowextsize(e.fs, fifo, 4), -EINVAL);
@@ -1353,13 +1353,13 @@ static void test_copy_range(void **state)
 
 		assert_int_equal(wr(&e, x, m, 100, 0), 100);
 		d1 = check_space(&e).data_blocks;
-		assert_int_equal(pmfuse_fs_copy_range(e.fs, x, 0, y, 0, 1u << 20, &th_cred_user), 100);
+		assert_int_equal(pmfuse_fs_copy_range(e.fs, x, 0, y, 0, 1u << 20, &th_cred_user, NULL), 100);
 		assert_int_equal(check_space(&e).data_blocks, d1);
 		assert_int_equal(shared_blocks(&e, y), 1);
 	}
 	/* congruent, unaligned start: head copied, 19 blocks shared, tail shared at EOF */
 	d1 = check_space(&e).data_blocks;
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 100, d, 100, UINT64_MAX / 2, &th_cred_user),
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 100, d, 100, UINT64_MAX / 2, &th_cred_user, NULL),
 			 size - 100);
 	memcpy(dm + 100, m + 100, size - 100);
 	assert_int_equal(check_space(&e).data_blocks, d1 + 1);
@@ -1368,14 +1368,14 @@ static void test_copy_range(void **state)
 	assert_memory_equal(tmp, dm, size);
 	/* congruent into the middle: the tail is copied */
 	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 2 * bs + 5, d, 30 * bs + 5, 3 * bs,
-					      &th_cred_user), 3 * bs);
+					      &th_cred_user, NULL), 3 * bs);
 	memcpy(dm + 30 * bs + 5, m + 2 * bs + 5, 3 * bs);
 	/* incongruent */
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 7, d, 40 * bs, 5 * bs, &th_cred_user),
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, 7, d, 40 * bs, 5 * bs, &th_cred_user, NULL),
 			 5 * bs);
 	memcpy(dm + 40 * bs, m + 7, 5 * bs);
 	/* clipped at the source's EOF */
-	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, size - 10, d, 50 * bs, 1000, &th_cred_user),
+	assert_int_equal(pmfuse_fs_copy_range(e.fs, s, size - 10, d, 50 * bs, 1000, &th_cred_user, NULL),
 			 10);
 	memcpy(dm + 50 * bs, m + size - 10, 10);
 	assert_int_equal(th_getattr(&e, d).size, 50 * bs + 10);
