@@ -408,15 +408,26 @@ struct entry_fill {
 	struct pmfuse_attr dir;
 };
 
+/* From the directory's record, when the caller knows it still points at it (nothing was
+ * inserted into the inode table since it was located: link). */
+static void entry_fill_dir(struct pmfuse_fs *fs, const struct pmfuse_inode *dp,
+			   const struct pmfuse_attr *attr, struct entry_fill *ef)
+{
+	ef->ok = fs->icache && attr;
+	if (ef->ok)
+		pmfuse_inode_to_attr(fs, dp, &ef->dir);
+}
+
+/* Locates the directory again: creating its new inode may have moved its record. */
 static void entry_fill_read(struct pmfuse_fs *fs, uint64_t parent, const struct pmfuse_attr *attr,
 			    struct entry_fill *ef)
 {
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp;
 
-	ef->ok = fs->icache && attr && !pmfuse_inode_locate(fs, parent, &dp, &leaf);
-	if (ef->ok)
-		pmfuse_inode_to_attr(fs, dp, &ef->dir);
+	ef->ok = false;
+	if (fs->icache && attr && !pmfuse_inode_locate(fs, parent, &dp, &leaf))
+		entry_fill_dir(fs, dp, attr, ef);
 }
 
 static void entry_fill_put(struct pmfuse_fs *fs, const struct entry_fill *ef, const char *name,
@@ -1021,7 +1032,7 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 out:
 	rc = entry_commit(fs, tx, rc, ino, attr);
 	if (!rc)
-		entry_fill_read(fs, newparent, attr, &ef);
+		entry_fill_dir(fs, dp, attr, &ef);   /* no inode was inserted: dp is still it */
 	fs_unlock(fs);
 	entry_fill_put(fs, &ef, newname, len, attr);
 	fs_iunlock(fs);
