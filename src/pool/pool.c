@@ -40,6 +40,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,6 +73,7 @@ struct pmfuse_pool {
 	_Atomic uint64_t *mapped;     /* a bit per MAPPED_GRANULE known mapped (pages_mapped) */
 	size_t page_size;             /* of the mapping (2 MiB on a dax device) */
 	bool file_dax;                /* a pool file with STATX_ATTR_DAX (on fsdax) */
+	bool memory_file;             /* page granularity on tmpfs/ramfs/hugetlbfs: no msync */
 
 	/* libpmem2 (real pools) */
 	struct pmem2_source *src;
@@ -145,6 +147,53 @@ const char *pmfuse_data_path_name(enum pmfuse_data_path p)
 	case PMFUSE_DATA_FD_DAX: return "pwrite on the fsdax file (kernel flushes)";
 	}
 	return "unknown";
+}
+
+/*
+ * A pool file on a filesystem whose page cache is its only medium (tmpfs, ramfs, hugetlbfs)
+ * has nothing to write back: msync there persists nothing that the stores themselves did not,
+ * yet it is a system call per barrier (a quarter of the daemon's time in 4 KiB writes at page
+ * granularity, measured on /dev/shm). Such a pool keeps the same barriers with no flush; what
+ * survives a killed daemon is every store it made, in program order (the persist points stay
+ * compiler barriers: calls through pointers), and nothing survives the machine either way.
+ * Cache-line granularity (forced, as the bench does to emulate pmem) keeps its flushes.
+ */
+#define RAMFS_MAGIC_ 0x858458f6
+#define TMPFS_MAGIC_ 0x01021994
+#define HUGETLBFS_MAGIC_ 0x958458f6
+
+static bool on_memory_fs(int fd)
+{
+	struct statfs sf;
+	const char *force = getenv("PMFUSE_MSYNC");
+
+	if (force && !strcmp(force, "always"))
+		return false;
+	return !fstatfs(fd, &sf) && (sf.f_type == TMPFS_MAGIC_ || sf.f_type == RAMFS_MAGIC_ ||
+				     sf.f_type == HUGETLBFS_MAGIC_);
+}
+
+static void memfile_flush(const void *ptr, size_t size)
+{
+	(void)ptr;
+	(void)size;
+	atomic_signal_fence(memory_order_seq_cst);
+}
+
+static void *memfile_memcpy(void *dst, const void *src, size_t len, unsigned flags)
+{
+	(void)flags;
+	memcpy(dst, src, len);
+	atomic_signal_fence(memory_order_seq_cst);
+	return dst;
+}
+
+static void *memfile_memset(void *dst, int c, size_t len, unsigned flags)
+{
+	(void)flags;
+	memset(dst, c, len);
+	atomic_signal_fence(memory_order_seq_cst);
+	return dst;
 }
 
 /* The data path of a real pool (pool.h), once the granularity is known. */
@@ -336,6 +385,14 @@ int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out)
 	pool->drain_fn = pmem2_get_drain_fn(pool->map);
 	pool->memcpy_fn = pmem2_get_memcpy_fn(pool->map);
 	pool->memset_fn = pmem2_get_memset_fn(pool->map);
+	if (pool->kind == PMFUSE_SOURCE_FILE && pool->gran == PMFUSE_GRAN_PAGE &&
+	    !pool->readonly && on_memory_fs(pool->fd)) {
+		pool->memory_file = true;
+		pool->persist_fn = memfile_flush;
+		pool->flush_fn = memfile_flush;
+		pool->memcpy_fn = memfile_memcpy;
+		pool->memset_fn = memfile_memset;
+	}
 	if (pool->kind == PMFUSE_SOURCE_FILE) {
 		struct statx stx;
 
@@ -350,11 +407,12 @@ int pmfuse_pool_open(const char *path, unsigned flags, struct pmfuse_pool **out)
 		pool->read_fd = rp && !strcmp(rp, "fd") ? pool->fd : -1;
 	}
 	pool->page_size = pool->kind == PMFUSE_SOURCE_DEVDAX ? align : (size_t)sysconf(_SC_PAGESIZE);
-	pmfuse_log(PMFUSE_LOG_INFO, "%s: %s, %zu MiB, %s granularity, %zu KiB pages, file data by "
+	pmfuse_log(PMFUSE_LOG_INFO, "%s: %s, %zu MiB, %s granularity%s, %zu KiB pages, file data by "
 		   "%s, read through %s", path,
 		   pool->kind == PMFUSE_SOURCE_DEVDAX ? "dax device" : "file", pool->size >> 20,
-		   pmfuse_granularity_name(pool->gran), pool->page_size >> 10,
-		   pmfuse_data_path_name(pool->data_path),
+		   pmfuse_granularity_name(pool->gran),
+		   pool->memory_file ? " (a memory file system: no msync, nothing to write back)" : "",
+		   pool->page_size >> 10, pmfuse_data_path_name(pool->data_path),
 		   pool->read_fd >= 0 ? "the file" : "the mapping");
 	*out = pool;
 	return 0;
@@ -433,6 +491,11 @@ size_t pmfuse_pool_size(const struct pmfuse_pool *pool) { return pool->size; }
 enum pmfuse_granularity pmfuse_pool_granularity(const struct pmfuse_pool *pool)
 {
 	return pool->gran;
+}
+
+bool pmfuse_pool_memory_file(const struct pmfuse_pool *pool)
+{
+	return pool->memory_file;
 }
 enum pmfuse_source_kind pmfuse_pool_source_kind(const struct pmfuse_pool *pool)
 {

@@ -96,6 +96,9 @@ void pmfuse_pool_close(struct pmfuse_pool *pool);
 void *pmfuse_pool_base(const struct pmfuse_pool *pool);
 size_t pmfuse_pool_size(const struct pmfuse_pool *pool);
 enum pmfuse_granularity pmfuse_pool_granularity(const struct pmfuse_pool *pool);
+/* Page granularity on a file of tmpfs, ramfs or hugetlbfs: barriers without msync (pool.c says
+ * why). PMFUSE_MSYNC=always in the environment keeps msync there (tests, bench). */
+bool pmfuse_pool_memory_file(const struct pmfuse_pool *pool);
 enum pmfuse_source_kind pmfuse_pool_source_kind(const struct pmfuse_pool *pool);
 bool pmfuse_pool_readonly(const struct pmfuse_pool *pool);
 const char *pmfuse_pool_path(const struct pmfuse_pool *pool);

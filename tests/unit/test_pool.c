@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -164,7 +165,8 @@ static void test_file_roundtrip(void **state)
 	unlink(path);
 }
 
-/* A tmpfs file offers page granularity; PMEM2_FORCE_GRANULARITY is honoured. */
+/* A tmpfs file offers page granularity (with no msync: a memory file system); a disk file keeps
+ * msync; PMEM2_FORCE_GRANULARITY and PMFUSE_MSYNC=always are honoured. */
 static void test_file_granularity(void **state)
 {
 	const char *path = tmp_path("gran.pool");
@@ -176,11 +178,37 @@ static void test_file_granularity(void **state)
 	unsetenv("PMEM2_FORCE_GRANULARITY");
 	assert_int_equal(pmfuse_pool_open(path, 0, &pool), 0);
 	enum pmfuse_granularity natural = pmfuse_pool_granularity(pool);
+	/* page granularity on a memory file system needs no msync; elsewhere it keeps it */
+	struct statfs sf;
+	assert_int_equal(statfs(test_dir, &sf), 0);
+	bool memfs = sf.f_type == 0x01021994 /* tmpfs */ || sf.f_type == 0x858458f6 /* ramfs */;
+	assert_int_equal(pmfuse_pool_memory_file(pool), memfs && natural == PMFUSE_GRAN_PAGE);
 	pmfuse_pool_close(pool);
+	setenv("PMFUSE_MSYNC", "always", 1);
+	assert_int_equal(pmfuse_pool_open(path, 0, &pool), 0);
+	assert_false(pmfuse_pool_memory_file(pool));
+	pmfuse_pool_close(pool);
+	unsetenv("PMFUSE_MSYNC");
+	if (!statfs("/var/tmp", &sf) && sf.f_type != 0x01021994 && sf.f_type != 0x858458f6) {
+		char disk_path[] = "/var/tmp/pmfuse-gran.XXXXXX";
+		int fd = mkstemp(disk_path);
+
+		assert_true(fd >= 0);
+		close(fd);
+		unlink(disk_path);
+		assert_int_equal(pmfuse_pool_create_file(disk_path, 1 << 20), 0);
+		assert_int_equal(pmfuse_pool_open(disk_path, 0, &pool), 0);
+		assert_false(pmfuse_pool_memory_file(pool));
+		pmfuse_pool_close(pool);
+		unlink(disk_path);
+	} else {
+		printf("# /var/tmp is missing or a memory file system: msync kept elsewhere not seen\n");
+	}
 
 	setenv("PMEM2_FORCE_GRANULARITY", "CACHE_LINE", 1);
 	assert_int_equal(pmfuse_pool_open(path, 0, &pool), 0);
 	assert_int_equal(pmfuse_pool_granularity(pool), PMFUSE_GRAN_CACHE_LINE);
+	assert_false(pmfuse_pool_memory_file(pool));
 	/* and the cache-line persist path works */
 	char *b = pmfuse_pool_base(pool);
 	memcpy(b, "cl", 2);
