@@ -468,6 +468,21 @@ static int dirent_delete(struct pmfuse_tx *tx, struct dir *d, const struct dfind
 	return pmfuse_btree_delete(tx, &d->t[f->tree], &k, NULL);
 }
 
+int pmfuse_dir_add(struct pmfuse_fs *fs, struct pmfuse_tx *tx, struct pmfuse_inode *dp,
+		   struct pmfuse_blk_hdr *leaf, const char *name, uint64_t ino, uint32_t mode)
+{
+	size_t len = strlen(name);
+	struct dfind f;
+	struct dir d;
+	int rc;
+
+	dir_open(fs, dp, leaf, &d);
+	rc = dir_find(&d, name, len, &f);
+	if (!rc && f.found)
+		rc = -EEXIST;
+	return rc ? rc : dirent_insert(tx, &d, &f, name, len, ino, mode);
+}
+
 /* ---- walking both trees in key order (readdir, fsck) ---------------------------------------- */
 
 int pmfuse_dir_iter_start(struct pmfuse_dir_iter *it, struct pmfuse_fs *fs,

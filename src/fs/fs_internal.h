@@ -180,6 +180,10 @@ extern const struct pmfuse_btree_ops pmfuse_sdirent_ops; /* dir.c: short entries
  * is in: 0 long, 1 short), -ENOENT at the end, -EUCLEAN on a bad record. The cursors hold no
  * locks; the directory must not change during the walk. */
 uint64_t pmfuse_dir_entries(const struct pmfuse_inode *dp);
+/* Adds name -> ino (of type mode) to directory dp in tx, in the tree its length says; -EEXIST.
+ * The directory's record is not otherwise changed (fsck's reconnect sets the counts later). */
+int pmfuse_dir_add(struct pmfuse_fs *fs, struct pmfuse_tx *tx, struct pmfuse_inode *dp,
+		   struct pmfuse_blk_hdr *leaf, const char *name, uint64_t ino, uint32_t mode);
 struct pmfuse_dir_iter {
 	struct pmfuse_btree bt[2];
 	struct pmfuse_btree_cursor cur[2];
