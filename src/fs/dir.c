@@ -3,7 +3,12 @@
  * Directories and the namespace operations.
  *
  * A directory's entries are the records of its map tree (owner PMFUSE_OWNER_INODE_BASE + ino),
- * struct pmfuse_dirent keyed by hash48(name) << 16 | seq. Names with the same 48-bit hash form a
+ * struct pmfuse_dirent keyed by hash48(name) << 16 | seq; in a directory with
+ * PMFUSE_INODE_SHORT_NAMES (every one made on a pool with the SHORT_DIRS feature), names of at
+ * most PMFUSE_SHORT_NAME_MAX bytes are 64-byte struct pmfuse_sdirent records of a second tree
+ * (root inode.sdir, same owner) instead: a small file's entry then costs ~95 bytes of leaf,
+ * not ~420 (issue 8). struct dir and the entry functions below are the only code that knows
+ * there are two trees. Names with the same 48-bit hash form a
  * chain of consecutive keys; seq is the lowest value not taken in the chain when the name was
  * inserted. So a name is found by seeking to hash << 16 and walking the chain comparing names,
  * and an insertion learns its key from the same walk (the first gap in the seq values). "." and
@@ -22,7 +27,10 @@
  *      next cookie cookie(K) + 1, and a listing resumes at the first key >= key(cookie), both
  *      maps being monotonic. Cookies are >= 32768 (hash48 is never 0), so cookies 1 and 2
  *      belong to "." and "..". An entry present during a whole listing is returned exactly
- *      once, whatever else changes.
+ *      once, whatever else changes. Keys are unique across both trees of a split directory
+ *      (seq is the lowest value free in both chains), and readdir merges them in key order;
+ *   D4 in a split directory, an entry is in the short tree exactly when its name has at most
+ *      PMFUSE_SHORT_NAME_MAX bytes, so lookup, unlink and rename read one tree.
  *
  * The name hash is part of the on-media format and must never change: the name is read as
  * little-endian 64-bit words (the last one zero-padded), h = C0 ^ len, h = mix(h ^ w) + C1 for

@@ -2182,6 +2182,22 @@ static void cop_rename_over(struct tctx *t)
 					  crash_ino(t, "d2", NULL), "other", 0), 0);
 }
 
+/* Names longer than PMFUSE_SHORT_NAME_MAX: entries of the long tree beside the short ones. */
+#define CRASH_LONG "a-file-whose-name-is-longer-than-forty-six-bytes"
+#define CRASH_LONG2 "a-new-name-that-is-also-longer-than-forty-six-bytes"
+
+static void cop_rename_to_long(struct tctx *t)
+{
+	assert_int_equal(pmfuse_fs_rename(t->fs, crash_ino(t, "d1", NULL), "data",
+					  crash_ino(t, "d2", NULL), CRASH_LONG2, 0), 0);
+}
+
+static void cop_rename_long_over_short(struct tctx *t)
+{
+	assert_int_equal(pmfuse_fs_rename(t->fs, crash_ino(t, "d2", NULL), CRASH_LONG,
+					  crash_ino(t, "d1", NULL), "data", 0), 0);
+}
+
 static void cop_exchange_dirs(struct tctx *t)
 {
 	assert_int_equal(pmfuse_fs_rename(t->fs, 1, "d2", crash_ino(t, "d1", NULL), "sub",
@@ -2238,6 +2254,8 @@ static void crash_setup(struct tctx *t)
 	assert_int_equal(pmfuse_fs_setxattr(t->fs, f, "user.small", "s", 1, 0), 0);
 	f = mk(t, d2, "other", S_IFREG | 0644);
 	assert_int_equal(pmfuse_fs_write(t->fs, f, buf, 5000, 0, false, &root_cred), 5000);
+	f = mk(t, d2, CRASH_LONG, S_IFREG | 0644);
+	assert_int_equal(pmfuse_fs_write(t->fs, f, buf, 100, 0, false, &root_cred), 100);
 	for (int i = 0; i < 40; i++) {
 		char name[16];
 		snprintf(name, sizeof(name), "e%d", i);
@@ -2251,6 +2269,8 @@ static void test_crash_sweep(void **state)
 	static const struct { const char *name; crash_op op; } ops[] = {
 		{ "unlink with data and xattrs", cop_unlink_data },
 		{ "rename over a file with data", cop_rename_over },
+		{ "rename a short name to a long one", cop_rename_to_long },
+		{ "rename a long name over a short one", cop_rename_long_over_short },
 		{ "exchange directories", cop_exchange_dirs },
 		{ "symlink", cop_symlink },
 		{ "replace a large xattr", cop_xattr_replace },
