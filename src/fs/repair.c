@@ -1444,6 +1444,28 @@ out:
  * Entries to remove, then directories and files nothing reaches to /lost+found. Returns with
  * r->changes raised when it changed anything (the counts wait for a round without such changes).
  */
+/* Split directories on a pool without the SHORT_DIRS feature (format.md): sets the bit, which
+ * makes the pool what its directories say (older code then refuses it, as it must). */
+static int fix_short_feature(struct rp *r)
+{
+	struct pmfuse_tx *tx;
+	bool split = false;
+	int rc;
+
+	if (pmfuse_le64(r->fs->vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS)
+		return 0;
+	for (size_t i = 0; i < r->inos.n && !split; i++)
+		split = VEC_AT(r->inos, struct rino, i)->split;
+	if (!split)
+		return 0;
+	tx = pmfuse_tx_begin(r->fs->txm);
+	rc = commit(r, tx, pmfuse_feature_tx(tx, r->fs, PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS));
+	if (!rc)
+		fixed(r, "superblock: short-name directories without the short directories "
+		      "feature: set");
+	return rc;
+}
+
 static int fix_names(struct rp *r)
 {
 	struct rino *v = r->inos.v;
@@ -1860,7 +1882,7 @@ static int round_once(struct rp *r)
 			rc = rebuild(r, VEC_AT(r->bad, struct rtree, i));
 		goto out;     /* the next round reads the new trees */
 	}
-	if ((rc = fix_refcount(r, &want)))
+	if ((rc = fix_refcount(r, &want)) || (rc = fix_short_feature(r)))
 		goto out;
 	{
 		uint64_t before = r->changes;

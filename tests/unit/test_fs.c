@@ -28,6 +28,7 @@
  */
 #include "harness.h"
 #include "harness_fs.h"
+#include "fs/repair.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -3125,6 +3126,17 @@ static void check_filled(struct th_env *e, uint64_t dir, const char *name, uint6
  * cache (entry_fill in dir.c), so that the GETATTR the kernel sends after each create and a
  * lookup of the name take no lock; and what they leave is exactly what the pool says.
  */
+static unsigned feature_lines;
+
+static void count_line(void *arg, const char *msg)
+{
+	(void)arg;
+	if (strstr(msg, "short directories feature"))
+		feature_lines++;
+	else if (getenv("PMFUSE_TEST_VERBOSE"))
+		fprintf(stderr, "# repair: %s\n", msg);
+}
+
 /* A record for name -> ino of tree t (0 long, 1 short) with key, put straight into directory
  * dir's tree in a transaction of its own (damage the operations never make). */
 static void put_raw(struct tctx *t, uint64_t dir, unsigned tree, const char *name, uint64_t key,
@@ -3297,6 +3309,31 @@ static void test_short_names(void **state)
 	}
 	th_fsck_clean(t.fs);
 	check_space(&t);
+
+	/* repair gives a pool with split directories but without the feature bit the bit */
+	{
+		struct pmfuse_repair_ops ops = { .fixed = count_line, .left = count_line };
+		struct pmfuse_fs_opts ro = { .repair = true };
+		struct pmfuse_repair_result rr = { 0 };
+		char msg[256];
+
+		pmfuse_set_le64(&t.vol->sb.incompat, pmfuse_le64(t.vol->sb.incompat) &
+				~PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS);
+		assert_int_equal(pmfuse_volume_write_sb(t.vol), 0);
+		pmfuse_fs_close(t.fs);
+		pmfuse_volume_close(t.vol);
+		assert_int_equal(pmfuse_volume_open(t.pool, PMFUSE_VOL_REPAIR, &t.vol, msg,
+						    sizeof(msg)), 0);
+		assert_int_equal(pmfuse_fs_open(t.vol, &ro, &t.fs), 0);
+		feature_lines = 0;
+		assert_int_equal(pmfuse_fs_repair(t.fs, false, &ops, &rr), 0);
+		assert_int_equal(feature_lines, 1);
+		assert_true(pmfuse_le64(t.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS);
+		pmfuse_fs_close(t.fs);
+		pmfuse_volume_close(t.vol);
+		t_open_pool(&t, t.pool);
+		th_fsck_clean(t.fs);
+	}
 	t_destroy(&t);
 }
 
