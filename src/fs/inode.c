@@ -106,7 +106,8 @@ static int inode_check_rec(const void *rec)
 	} else if (pmfuse_le32(ip->flags) & PMFUSE_INODE_SHORT_NAMES) {
 		if (!S_ISDIR(mode) || !zero(ip->sdir_pad, sizeof(ip->sdir_pad)))
 			return PMFUSE_CORRUPT("inode %llu: short-name tree on mode 0%o or with "
-					      "bytes after its root", (unsigned long long)ino, mode);
+					      "bytes after its root", (unsigned long long)ino,
+					      mode);
 	} else if (!zero(ip->inline_map, sizeof(ip->inline_map))) {
 		return PMFUSE_CORRUPT("inode %llu: inline extents without the inline map flag",
 				      (unsigned long long)ino);

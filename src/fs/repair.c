@@ -1122,7 +1122,8 @@ static int build_switch(struct rp *r, const struct pmfuse_btree_ops *ops, uint64
 		if (!rc)
 			rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
 		if (!rc)
-			memcpy(kind == T_XATTRS ? &ip->xattrs : kind == T_SDIR ? &ip->sdir : &ip->map,
+			memcpy(kind == T_XATTRS ? &ip->xattrs :
+			       kind == T_SDIR ? &ip->sdir : &ip->map,
 			       &st->roots[SCRATCH], sizeof(st->roots[SCRATCH]));
 	} else {
 		rc = pmfuse_tx_add_meta(tx, &st->hdr, &st->roots[state_root],

@@ -4,9 +4,9 @@
  * data, a hard link, reflinked clones, xattrs with a value block, enough files that the inode
  * table and the root directory have several nodes) is damaged, one kind of damage per case:
  * a metadata block of each kind has bytes flipped, is zeroed, or is swapped with another (the
- * primary superblock, the state block, the log header, a bitmap block, inode table leaves, the root directory's
- * nodes of both its trees (long and short names), extent maps, xattrs, the refcount tree), or a record is changed and resealed (a link
- * count, a directory size, an entry's target, a block count, a leaked and a lost bitmap bit, an
+ * primary superblock, the state block, the log header, a bitmap block, inode table leaves, the
+ * root directory's nodes in both its trees (long and short names), extent maps, xattrs, the
+ * refcount tree), or a record is changed and resealed (a link count, a directory size, an entry's target, a block count, a leaked and a lost bitmap bit, an
  * orphan naming nothing; an inline extent map with a bad record; a data block claimed by two
  * files without a refcount record, and one a file maps that is also a tree node). For each case:
  *   1. the checks of fs/check.h report the damage;
@@ -53,8 +53,8 @@ static size_t pool_size;
 static uint32_t bs;
 
 /* Blocks found while mounted. */
-static uint64_t inode_leaf[2], root_dir_node[2], root_sdir_node[2], map_node[2], map_ino[2], xattr_node,
-	xattr_ino, refcount_node, bitmap_blk, log_blk, hl_ino, big_ino;
+static uint64_t inode_leaf[2], root_dir_node[2], root_sdir_node[2], map_node[2], map_ino[2],
+	xattr_node, xattr_ino, refcount_node, bitmap_blk, log_blk, hl_ino, big_ino;
 
 static void quiet(void *arg, const char *msg)
 {

@@ -81,7 +81,7 @@ static void make_template(void)
 	must(pmfuse_fs_setxattr(fs, g.ino, "user.big", big, sizeof(big), 0), "big xattr");
 	must(pmfuse_fs_symlink(fs, d.ino, "link", "../clone", &root, &a), "symlink");
 	must(pmfuse_fs_link(fs, f.ino, PMFUSE_ROOT_INO, "hard", &a), "link");
-	/* longer than PMFUSE_SHORT_NAME_MAX: the directory's long-entry tree beside its short one */
+	/* longer than PMFUSE_SHORT_NAME_MAX: the long-entry tree beside the short one */
 	must(pmfuse_fs_link(fs, f.ino, d.ino,
 			    "a-second-hard-link-whose-name-is-too-long-for-the-short-tree", &a),
 	     "long link");
