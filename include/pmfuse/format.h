@@ -83,6 +83,11 @@ static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v
  * lane and leave the others' unfinished transactions in place, so it refuses such a pool. A
  * pool without it has one lane: the whole log (log_lanes 0 or 1). */
 #define PMFUSE_FEATURE_INCOMPAT_LOG_LANES 0x10ull
+/* INCOMPAT_SHORT_DIRS: a directory may keep its short names (at most PMFUSE_SHORT_NAME_MAX
+ * bytes) in a second tree of 64-byte records (PMFUSE_INODE_SHORT_NAMES, sdir root). Set
+ * (superblock written and persisted) before the first transaction that makes such a directory
+ * can commit, never cleared; older code would not see those names, so it refuses the pool. */
+#define PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS 0x20ull
 /* COMPAT_DAMAGED: some inode may carry PMFUSE_INODE_DAMAGED (a memory error met in its data
  * or metadata). Set (superblock written) before the first such mark; code that does not know
  * it serves the file as before, and its fsck reports the flag as unknown. */
@@ -92,7 +97,7 @@ static inline void pmfuse_set_le64(struct pmfuse_le64 *x, uint64_t v) { x->v = v
 #define PMFUSE_FEATURE_INCOMPAT_SUPP \
 	(PMFUSE_FEATURE_INCOMPAT_UNWRITTEN | PMFUSE_FEATURE_INCOMPAT_LOG_ZERO | \
 	 PMFUSE_FEATURE_INCOMPAT_INLINE_MAP | PMFUSE_FEATURE_INCOMPAT_EDGE_FILL | \
-	 PMFUSE_FEATURE_INCOMPAT_LOG_LANES)
+	 PMFUSE_FEATURE_INCOMPAT_LOG_LANES | PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS)
 
 struct pmfuse_sb {
 	struct pmfuse_le64 magic;         /* PMFUSE_SB_MAGIC */
@@ -287,8 +292,13 @@ struct pmfuse_extent {
 					    only with PMFUSE_FEATURE_INCOMPAT_INLINE_MAP */
 #define PMFUSE_INODE_DAMAGED (1u << 2)   /* a memory error hit a request on this inode: some of
 					    its bytes may be lost (fsck.pmfuse reports it) */
+#define PMFUSE_INODE_SHORT_NAMES (1u << 3) /* directories: names of at most
+					    PMFUSE_SHORT_NAME_MAX bytes are in the sdir tree
+					    (struct pmfuse_sdirent), longer ones in map; only with
+					    PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS */
 #define PMFUSE_INODE_FLAGS_KNOWN \
-	(PMFUSE_INODE_LINKABLE | PMFUSE_INODE_INLINE_MAP | PMFUSE_INODE_DAMAGED)
+	(PMFUSE_INODE_LINKABLE | PMFUSE_INODE_INLINE_MAP | PMFUSE_INODE_DAMAGED | \
+	 PMFUSE_INODE_SHORT_NAMES)
 #define PMFUSE_INLINE_EXTENTS 2
 
 struct pmfuse_inode {
@@ -308,8 +318,15 @@ struct pmfuse_inode {
 	struct pmfuse_btree_root xattrs; /* struct pmfuse_xattr records */
 	struct pmfuse_le64 parent;       /* directories: the parent directory (for ".." and rename
 					    cycle checks); 0 for others */
-	struct pmfuse_extent inline_map[PMFUSE_INLINE_EXTENTS]; /* with PMFUSE_INODE_INLINE_MAP;
-					    all zero without */
+	union {
+		struct pmfuse_extent inline_map[PMFUSE_INLINE_EXTENTS]; /* with
+					    PMFUSE_INODE_INLINE_MAP; all zero without */
+		struct {
+			struct pmfuse_btree_root sdir; /* directories with
+					    PMFUSE_INODE_SHORT_NAMES: the short entries */
+			uint8_t sdir_pad[16];  /* zero */
+		};
+	};
 	uint8_t pad[8];
 };
 
@@ -329,6 +346,20 @@ struct pmfuse_dirent {
 	uint8_t name[PMFUSE_NAME_MAX + 1]; /* namelen bytes, then zeros */
 };
 
+
+/*
+ * Short directory entry: a record of a directory's sdir tree (PMFUSE_INODE_SHORT_NAMES), for a
+ * name of 1..PMFUSE_SHORT_NAME_MAX bytes; key as for struct pmfuse_dirent, unique across both
+ * trees of the directory (keys are readdir cookies).
+ */
+#define PMFUSE_SHORT_NAME_MAX 46
+struct pmfuse_sdirent {
+	struct pmfuse_le64 key;
+	struct pmfuse_le64 ino;
+	uint8_t type;                    /* DT_* value of the target's type */
+	uint8_t namelen;                 /* 1..PMFUSE_SHORT_NAME_MAX */
+	uint8_t name[PMFUSE_SHORT_NAME_MAX]; /* namelen bytes, then zeros */
+};
 
 /*
  * Extended attribute: a record of an inode's xattrs tree, key as for directory entries (hash of
@@ -387,6 +418,8 @@ _Static_assert(sizeof(struct pmfuse_timestamp) == 16, "pmfuse_timestamp size");
 _Static_assert(sizeof(struct pmfuse_inode) == 256, "pmfuse_inode size");
 _Static_assert(offsetof(struct pmfuse_inode, inline_map) == 200, "pmfuse_inode inline_map offset");
 _Static_assert(sizeof(struct pmfuse_dirent) == 280, "pmfuse_dirent size");
+_Static_assert(sizeof(struct pmfuse_sdirent) == 64, "pmfuse_sdirent size");
+_Static_assert(offsetof(struct pmfuse_inode, sdir) == 200, "pmfuse_inode sdir offset");
 _Static_assert(sizeof(struct pmfuse_extent) == 24, "pmfuse_extent size");
 _Static_assert(sizeof(struct pmfuse_xattr) == 512, "pmfuse_xattr size");
 _Static_assert(sizeof(struct pmfuse_orphan) == 16, "pmfuse_orphan size");

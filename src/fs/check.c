@@ -496,6 +496,17 @@ static void check_inode(struct ck *k, const struct pmfuse_inode *ip, struct pmfu
 	} else if (S_ISDIR(mode)) {
 		inode_tree(&c, leaf, false, &pmfuse_dirent_ops, &bt);
 		tree_ok(k, &bt, who);
+		if (pmfuse_le32(ip->flags) & PMFUSE_INODE_SHORT_NAMES) {
+			struct pmfuse_inode *wip = (struct pmfuse_inode *)ip;   /* read only */
+
+			if (!(pmfuse_le64(k->fs->vol->sb.incompat) &
+			      PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS))
+				iproblem(&c, "short-name directory, but the superblock lacks the "
+					 "short directories feature");
+			snprintf(who, sizeof(who), "%s: short names: ", c.who);
+			pmfuse_inode_tree(k->fs, wip, leaf, &wip->sdir, &pmfuse_sdirent_ops, &bt);
+			tree_ok(k, &bt, who);
+		}
 		if (pmfuse_le64(ip->blocks))
 			iproblem(&c, "a directory with a block count of %llu",
 				 ULL(pmfuse_le64(ip->blocks)));
@@ -745,22 +756,35 @@ static void ns_dir(struct ns *s, size_t di)
 {
 	struct pmfuse_fs *fs = s->k.fs;
 	struct ns_ino *d = &s->v[di];
-	struct pmfuse_btree_cursor cur;
+	struct pmfuse_dir_iter it;
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp;
-	struct pmfuse_btree bt;
+	struct pmfuse_dirent ent, *de = &ent;
 	char name[PMFUSE_NAME_MAX * 4 + 3];
+	uint64_t prev = 0;
+	unsigned tree;
 	int rc;
 
 	rc = pmfuse_inode_locate(fs, d->ino, &dp, &leaf);
+	if (!rc)
+		rc = pmfuse_dir_iter_start(&it, fs, dp, leaf, 0);
 	if (!rc) {
-		pmfuse_inode_tree(fs, dp, leaf, &dp->map, &pmfuse_dirent_ops, &bt);
-		for (rc = pmfuse_btree_first(&cur, &bt); !rc; rc = pmfuse_btree_next(&cur)) {
-			const struct pmfuse_dirent *de = pmfuse_btree_cursor_rec(&cur);
+		/* both trees in key order: a key in both comes twice in a row */
+		while (!(rc = pmfuse_dir_iter_next(&it, de, &tree))) {
 			uint64_t ino = pmfuse_le64(de->ino);
 			size_t ti = ns_find(s, ino);
 			struct ns_ino *t;
 
+			if (pmfuse_le64(de->key) == prev)
+				problem(&s->k, "directory %llu: key %llx is in both of its trees "
+					"(entry %s)", ULL(d->ino), ULL(prev),
+					qname(de->name, de->namelen, name, sizeof(name)));
+			prev = pmfuse_le64(de->key);
+			if (it.split && (tree == 1) != (de->namelen <= PMFUSE_SHORT_NAME_MAX))
+				problem(&s->k, "directory %llu: entry %s (%u bytes) is in its %s "
+					"tree", ULL(d->ino),
+					qname(de->name, de->namelen, name, sizeof(name)),
+					de->namelen, tree ? "short-name" : "long-name");
 			d->entries++;
 			s->k.res->entries++;
 			if (ti == NONE) {

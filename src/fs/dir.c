@@ -3,7 +3,12 @@
  * Directories and the namespace operations.
  *
  * A directory's entries are the records of its map tree (owner PMFUSE_OWNER_INODE_BASE + ino),
- * struct pmfuse_dirent keyed by hash48(name) << 16 | seq. Names with the same 48-bit hash form a
+ * struct pmfuse_dirent keyed by hash48(name) << 16 | seq; in a directory with
+ * PMFUSE_INODE_SHORT_NAMES (every one made on a pool with the SHORT_DIRS feature), names of at
+ * most PMFUSE_SHORT_NAME_MAX bytes are 64-byte struct pmfuse_sdirent records of a second tree
+ * (root inode.sdir, same owner) instead: a small file's entry then costs ~95 bytes of leaf,
+ * not ~420 (issue 8). struct dir and the entry functions below are the only code that knows
+ * there are two trees. Names with the same 48-bit hash form a
  * chain of consecutive keys; seq is the lowest value not taken in the chain when the name was
  * inserted. So a name is found by seeking to hash << 16 and walking the chain comparing names,
  * and an insertion learns its key from the same walk (the first gap in the seq values). "." and
@@ -22,7 +27,10 @@
  *      next cookie cookie(K) + 1, and a listing resumes at the first key >= key(cookie), both
  *      maps being monotonic. Cookies are >= 32768 (hash48 is never 0), so cookies 1 and 2
  *      belong to "." and "..". An entry present during a whole listing is returned exactly
- *      once, whatever else changes.
+ *      once, whatever else changes. Keys are unique across both trees of a split directory
+ *      (seq is the lowest value free in both chains), and readdir merges them in key order;
+ *   D4 in a split directory, an entry is in the short tree exactly when its name has at most
+ *      PMFUSE_SHORT_NAME_MAX bytes, so lookup, unlink and rename read one tree.
  *
  * The name hash is part of the on-media format and must never change: the name is read as
  * little-endian 64-bit words (the last one zero-padded), h = C0 ^ len, h = mix(h ^ w) + C1 for
@@ -110,31 +118,53 @@ static bool is_dot(const char *name, size_t len)
 	return (len == 1 && name[0] == '.') || (len == 2 && name[0] == '.' && name[1] == '.');
 }
 
-static int dirent_check_rec(const void *rec)
+/* D1 for either record kind: the name in a name field of size bytes. */
+static int entry_check(struct pmfuse_le64 k, struct pmfuse_le64 ino, unsigned type,
+		       const uint8_t *field, size_t size, unsigned len)
 {
-	const struct pmfuse_dirent *de = rec;
-	uint64_t key = pmfuse_le64(de->key);
-	const char *name = (const char *)de->name;
-	unsigned len = de->namelen;
+	uint64_t key = pmfuse_le64(k);
+	const char *name = (const char *)field;
 
-	if (!len || memchr(name, '/', len) || memchr(name, '\0', len) || is_dot(name, len))
+	if (!len || len > size || memchr(name, '/', len) || memchr(name, '\0', len) ||
+	    is_dot(name, len))
 		return PMFUSE_CORRUPT("dirent %llx: malformed name (length %u)",
 				      (unsigned long long)key, len);
-	for (unsigned i = len; i < sizeof(de->name); i++)
-		if (de->name[i])
+	for (size_t i = len; i < size; i++)
+		if (field[i])
 			return PMFUSE_CORRUPT("dirent %llx: bytes after the name",
 					      (unsigned long long)key);
 	if (key >> 16 != pmfuse_name_hash48(name, len) || (key & SEQ_MASK) > SEQ_MAX)
 		return PMFUSE_CORRUPT("dirent %llx: key does not match the name's hash",
 				      (unsigned long long)key);
-	if (!pmfuse_le64(de->ino) || !dt_known(de->type))
+	if (!pmfuse_le64(ino) || !dt_known(type))
 		return PMFUSE_CORRUPT("dirent %llx: ino %llu, type %u", (unsigned long long)key,
-				      (unsigned long long)pmfuse_le64(de->ino), de->type);
+				      (unsigned long long)pmfuse_le64(ino), type);
+	return 0;
+}
+
+static int dirent_check_rec(const void *rec)
+{
+	const struct pmfuse_dirent *de = rec;
+	int rc = entry_check(de->key, de->ino, de->type, de->name, sizeof(de->name) - 1,
+			     de->namelen);
+
+	if (rc)
+		return rc;
+	if (de->name[sizeof(de->name) - 1])
+		return PMFUSE_CORRUPT("dirent %llx: bytes after the name",
+				      (unsigned long long)pmfuse_le64(de->key));
 	for (unsigned i = 0; i < sizeof(de->pad); i++)
 		if (de->pad[i])
 			return PMFUSE_CORRUPT("dirent %llx: padding is not zero",
-					      (unsigned long long)key);
+					      (unsigned long long)pmfuse_le64(de->key));
 	return 0;
+}
+
+static int sdirent_check_rec(const void *rec)
+{
+	const struct pmfuse_sdirent *de = rec;
+
+	return entry_check(de->key, de->ino, de->type, de->name, sizeof(de->name), de->namelen);
 }
 
 const struct pmfuse_btree_ops pmfuse_dirent_ops = {
@@ -144,6 +174,15 @@ const struct pmfuse_btree_ops pmfuse_dirent_ops = {
 	.key_from_rec = pmfuse_btree_key64_from_rec,
 	.cmp_key = pmfuse_btree_cmp_key64,
 	.check_rec = dirent_check_rec,
+};
+
+const struct pmfuse_btree_ops pmfuse_sdirent_ops = {
+	.name = "short dirents",
+	.key_len = 8,
+	.rec_len = sizeof(struct pmfuse_sdirent),
+	.key_from_rec = pmfuse_btree_key64_from_rec,
+	.cmp_key = pmfuse_btree_cmp_key64,
+	.check_rec = sdirent_check_rec,
 };
 
 /* ---- helpers -------------------------------------------------------------------------------- */
@@ -163,10 +202,41 @@ static int name_check(const char *name, size_t *len)
 	return 0;
 }
 
-static void dir_tree(struct pmfuse_fs *fs, struct pmfuse_inode *dp, struct pmfuse_blk_hdr *leaf,
-		     struct pmfuse_btree *bt)
+/*
+ * A directory's trees: T_LONG (map: 280-byte records) and, with PMFUSE_INODE_SHORT_NAMES,
+ * T_SHORT (sdir: 64-byte records). In a split directory a name lives in the tree its length
+ * says (D4), so a lookup reads one tree; keys are unique across both (D3). Everything below
+ * reaches the trees through struct dir and the entry functions after it.
+ */
+enum { T_LONG, T_SHORT };
+
+struct dir {
+	struct pmfuse_btree t[2];
+	bool split;
+};
+
+static bool dir_split(const struct pmfuse_inode *dp)
 {
-	pmfuse_inode_tree(fs, dp, leaf, &dp->map, &pmfuse_dirent_ops, bt);
+	return pmfuse_le32(dp->flags) & PMFUSE_INODE_SHORT_NAMES;
+}
+
+static void dir_open(struct pmfuse_fs *fs, struct pmfuse_inode *dp, struct pmfuse_blk_hdr *leaf,
+		     struct dir *d)
+{
+	pmfuse_inode_tree(fs, dp, leaf, &dp->map, &pmfuse_dirent_ops, &d->t[T_LONG]);
+	d->split = dir_split(dp);
+	if (d->split)
+		pmfuse_inode_tree(fs, dp, leaf, &dp->sdir, &pmfuse_sdirent_ops, &d->t[T_SHORT]);
+}
+
+static unsigned tree_of(bool split, size_t len)
+{
+	return split && len <= PMFUSE_SHORT_NAME_MAX ? T_SHORT : T_LONG;
+}
+
+uint64_t pmfuse_dir_entries(const struct pmfuse_inode *dp)
+{
+	return pmfuse_le64(dp->map.nrecs) + (dir_split(dp) ? pmfuse_le64(dp->sdir.nrecs) : 0);
 }
 
 /* Locates a directory: -ENOENT, -ENOTDIR; live: also -ENOENT when it was removed (nlink 0). */
@@ -186,8 +256,9 @@ static int get_dir(struct pmfuse_fs *fs, uint64_t ino, bool live, struct pmfuse_
 
 struct dfind {
 	bool found;
+	unsigned tree;              /* where the entry is, or goes */
 	uint64_t key;               /* the entry's key; when not found, the key to insert with */
-	struct pmfuse_dirent de;    /* the entry, when found */
+	struct pmfuse_dirent de;    /* the entry, when found (a short one widened) */
 };
 
 int pmfuse_name_find(const struct pmfuse_btree *bt, const char *name, size_t len,
@@ -242,56 +313,233 @@ static void dirent_name(const void *rec, const uint8_t **name, size_t *len)
 	*len = de->namelen;
 }
 
-/* Looks name up in a directory tree; also finds the key a new entry of that name would get. */
-static int dir_find(const struct pmfuse_btree *bt, const char *name, size_t len,
-		    struct dfind *f)
+static void sdirent_name(const void *rec, const uint8_t **name, size_t *len)
 {
-	const void *rec;
-	int rc = pmfuse_name_find(bt, name, len, dirent_name, &rec, &f->key);
+	const struct pmfuse_sdirent *de = rec;
 
-	f->found = false;
+	*name = de->name;
+	*len = de->namelen;
+}
+
+/* A record of tree t as a long entry. */
+static void entry_load(struct pmfuse_dirent *de, const void *rec, unsigned t)
+{
+	const struct pmfuse_sdirent *sd = rec;
+
+	if (t == T_LONG) {
+		memcpy(de, rec, sizeof(*de));
+		return;
+	}
+	memset(de, 0, sizeof(*de));
+	de->key = sd->key;
+	de->ino = sd->ino;
+	de->type = sd->type;
+	de->namelen = sd->namelen;
+	memcpy(de->name, sd->name, sd->namelen);
+}
+
+/* The seq of the chain's entry under cur (UINT64_MAX past the chain), from a seek's or step's
+ * rc. */
+static int chain_seq(const struct pmfuse_btree_cursor *cur, int rc, uint64_t hash,
+		     uint64_t *seq)
+{
+	uint64_t key;
+
+	*seq = UINT64_MAX;
 	if (rc == -ENOENT)
 		return 0;
-	if (!rc)
-		rc = dirent_check_rec(rec);
 	if (rc)
 		return rc;
-	f->found = true;
-	memcpy(&f->de, rec, sizeof(f->de));
+	key = le64_at(pmfuse_btree_cursor_rec(cur));
+	if (key >> 16 == hash)
+		*seq = key & SEQ_MASK;
 	return 0;
 }
 
-static int dirent_insert(struct pmfuse_tx *tx, struct pmfuse_btree *bt, uint64_t key,
+/* The key a new name of hash gets in a split directory: the lowest seq taken in neither
+ * tree's chain (D3: keys are cookies, so they are unique across the trees). */
+static int free_key(const struct dir *d, uint64_t hash, uint64_t *key)
+{
+	struct pmfuse_btree_cursor cur[2];
+	uint64_t seq[2], want = 0;
+	struct pmfuse_le64 k;
+	int rc;
+
+	pmfuse_set_le64(&k, hash << 16);
+	for (unsigned i = 0; i < 2; i++) {
+		rc = chain_seq(&cur[i], pmfuse_btree_seek(&cur[i], &d->t[i], &k, PMFUSE_SEEK_GE),
+			       hash, &seq[i]);
+		if (rc)
+			return rc;
+	}
+	for (;;) {
+		bool taken = false;
+
+		for (unsigned i = 0; i < 2; i++) {
+			while (seq[i] < want) {
+				rc = chain_seq(&cur[i], pmfuse_btree_next(&cur[i]), hash, &seq[i]);
+				if (rc)
+					return rc;
+			}
+			taken |= seq[i] == want;
+		}
+		if (!taken)
+			break;
+		want++;
+	}
+	if (want > SEQ_MAX) {
+		pmfuse_log(PMFUSE_LOG_ERR, "directory (owner %llu): %u names share hash %llx",
+			   (unsigned long long)d->t[0].owner, SEQ_MAX + 1,
+			   (unsigned long long)hash);
+		return -ENOSPC;
+	}
+	*key = hash << 16 | want;
+	return 0;
+}
+
+/* Looks name up in a directory; also finds the key a new entry of that name would get. */
+static int dir_find(const struct dir *d, const char *name, size_t len, struct dfind *f)
+{
+	unsigned t = tree_of(d->split, len);
+	const void *rec;
+	int rc = pmfuse_name_find(&d->t[t], name, len, t == T_LONG ? dirent_name : sdirent_name,
+				  &rec, &f->key);
+
+	f->found = false;
+	f->tree = t;
+	if (rc == -ENOENT) {
+		/* the other tree can hold names of this hash only if it holds any names */
+		if (d->split && pmfuse_btree_count(&d->t[!t]))
+			return free_key(d, f->key >> 16, &f->key);
+		return 0;
+	}
+	if (!rc)
+		rc = d->t[t].ops->check_rec(rec);
+	if (rc)
+		return rc;
+	f->found = true;
+	entry_load(&f->de, rec, t);
+	return 0;
+}
+
+/* Stores de in tree t: a new record, or (update) over the one with its key. */
+static int entry_store(struct pmfuse_tx *tx, struct dir *d, unsigned t,
+		       const struct pmfuse_dirent *de, bool update)
+{
+	struct pmfuse_sdirent sd;
+	const void *rec = de;
+
+	if (t == T_SHORT) {
+		memset(&sd, 0, sizeof(sd));
+		sd.key = de->key;
+		sd.ino = de->ino;
+		sd.type = de->type;
+		sd.namelen = de->namelen;
+		memcpy(sd.name, de->name, de->namelen);
+		rec = &sd;
+	}
+	return update ? pmfuse_btree_update(tx, &d->t[t], rec) :
+			pmfuse_btree_insert(tx, &d->t[t], rec);
+}
+
+/* Adds name -> ino where dir_find said (f not found). */
+static int dirent_insert(struct pmfuse_tx *tx, struct dir *d, const struct dfind *f,
 			 const char *name, size_t len, uint64_t ino, uint32_t mode)
 {
 	struct pmfuse_dirent de;
 
 	memset(&de, 0, sizeof(de));
-	pmfuse_set_le64(&de.key, key);
+	pmfuse_set_le64(&de.key, f->key);
 	pmfuse_set_le64(&de.ino, ino);
 	de.type = (uint8_t)mode_to_dt(mode);
 	de.namelen = (uint8_t)len;
 	memcpy(de.name, name, len);
-	return pmfuse_btree_insert(tx, bt, &de);
+	return entry_store(tx, d, f->tree, &de, false);
 }
 
 /* Points an existing entry at another inode (rename over a name, exchange); key unchanged. */
-static int dirent_retarget(struct pmfuse_tx *tx, struct pmfuse_btree *bt,
-			   const struct pmfuse_dirent *old, uint64_t ino, uint32_t mode)
+static int dirent_retarget(struct pmfuse_tx *tx, struct dir *d, const struct dfind *f,
+			   uint64_t ino, uint32_t mode)
 {
-	struct pmfuse_dirent de = *old;
+	struct pmfuse_dirent de = f->de;
 
 	pmfuse_set_le64(&de.ino, ino);
 	de.type = (uint8_t)mode_to_dt(mode);
-	return pmfuse_btree_update(tx, bt, &de);
+	return entry_store(tx, d, f->tree, &de, true);
 }
 
-static int dirent_delete(struct pmfuse_tx *tx, struct pmfuse_btree *bt, uint64_t key)
+static int dirent_delete(struct pmfuse_tx *tx, struct dir *d, const struct dfind *f)
+{
+	struct pmfuse_le64 k;
+
+	pmfuse_set_le64(&k, f->key);
+	return pmfuse_btree_delete(tx, &d->t[f->tree], &k, NULL);
+}
+
+int pmfuse_dir_add(struct pmfuse_fs *fs, struct pmfuse_tx *tx, struct pmfuse_inode *dp,
+		   struct pmfuse_blk_hdr *leaf, const char *name, uint64_t ino, uint32_t mode)
+{
+	size_t len = strlen(name);
+	struct dfind f;
+	struct dir d;
+	int rc;
+
+	dir_open(fs, dp, leaf, &d);
+	rc = dir_find(&d, name, len, &f);
+	if (!rc && f.found)
+		rc = -EEXIST;
+	return rc ? rc : dirent_insert(tx, &d, &f, name, len, ino, mode);
+}
+
+/* ---- walking both trees in key order (readdir, fsck) ---------------------------------------- */
+
+int pmfuse_dir_iter_start(struct pmfuse_dir_iter *it, struct pmfuse_fs *fs,
+			  struct pmfuse_inode *dp, struct pmfuse_blk_hdr *leaf, uint64_t key)
 {
 	struct pmfuse_le64 k;
 
 	pmfuse_set_le64(&k, key);
-	return pmfuse_btree_delete(tx, bt, &k, NULL);
+	it->split = dir_split(dp);
+	pmfuse_inode_tree(fs, dp, leaf, &dp->map, &pmfuse_dirent_ops, &it->bt[T_LONG]);
+	it->rc[T_LONG] = pmfuse_btree_seek(&it->cur[T_LONG], &it->bt[T_LONG], &k, PMFUSE_SEEK_GE);
+	it->rc[T_SHORT] = -ENOENT;
+	if (it->split) {
+		pmfuse_inode_tree(fs, dp, leaf, &dp->sdir, &pmfuse_sdirent_ops, &it->bt[T_SHORT]);
+		it->rc[T_SHORT] = pmfuse_btree_seek(&it->cur[T_SHORT], &it->bt[T_SHORT], &k,
+						    PMFUSE_SEEK_GE);
+	}
+	for (unsigned i = 0; i < 2; i++)
+		if (it->rc[i] && it->rc[i] != -ENOENT)
+			return it->rc[i];
+	return 0;
+}
+
+int pmfuse_dir_iter_next(struct pmfuse_dir_iter *it, struct pmfuse_dirent *de, unsigned *tree)
+{
+	const void *rec;
+	unsigned t;
+	int rc;
+
+	if (it->rc[T_LONG] && it->rc[T_SHORT])
+		return -ENOENT;
+	if (it->rc[T_LONG])
+		t = T_SHORT;
+	else if (it->rc[T_SHORT])
+		t = T_LONG;
+	else
+		t = le64_at(pmfuse_btree_cursor_rec(&it->cur[T_SHORT])) <
+		    le64_at(pmfuse_btree_cursor_rec(&it->cur[T_LONG])) ? T_SHORT : T_LONG;
+	rec = pmfuse_btree_cursor_rec(&it->cur[t]);
+	rc = it->bt[t].ops->check_rec(rec);
+	if (rc)
+		return rc;
+	entry_load(de, rec, t);
+	if (tree)
+		*tree = t;
+	it->rc[t] = pmfuse_btree_next(&it->cur[t]);
+	if (it->rc[t] && it->rc[t] != -ENOENT)
+		return it->rc[t];
+	return 0;
 }
 
 /* Declares a whole record before changing it (see inode.c). */
@@ -480,15 +728,15 @@ static uint64_t name_peek(struct pmfuse_fs *fs, uint64_t dir, const char *name, 
 {
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp;
-	struct pmfuse_btree bt;
+	struct dir d;
 	struct dfind f;
 	uint64_t ino = 0;
 
 	fs_ilock1(fs, dir, false);
 	fs_rdlock(fs);
 	if (!get_dir(fs, dir, false, &dp, &leaf)) {
-		dir_tree(fs, dp, leaf, &bt);
-		if (!dir_find(&bt, name, len, &f) && f.found)
+		dir_open(fs, dp, leaf, &d);
+		if (!dir_find(&d, name, len, &f) && f.found)
 			ino = pmfuse_le64(f.de.ino);
 	}
 	fs_unlock(fs);
@@ -548,7 +796,7 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp;
 	struct pmfuse_attr local;
-	struct pmfuse_btree bt;
+	struct dir d;
 	bool named = false;
 	struct dfind f;
 	uint64_t ino;
@@ -583,8 +831,8 @@ int pmfuse_fs_lookup(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 			goto out;
 		ino = len == 1 ? parent : pmfuse_le64(dp->parent);
 	} else {
-		dir_tree(fs, dp, leaf, &bt);
-		rc = dir_find(&bt, name, len, &f);
+		dir_open(fs, dp, leaf, &d);
+		rc = dir_find(&d, name, len, &f);
 		if (!rc && !f.found)
 			rc = -ENOENT;
 		if (rc)
@@ -620,11 +868,10 @@ int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfus
 		      void *arg)
 {
 	char name[PMFUSE_NAME_MAX + 1];
-	struct pmfuse_btree_cursor cur;
+	struct pmfuse_dir_iter it;
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp;
-	struct pmfuse_btree bt;
-	struct pmfuse_le64 k;
+	struct pmfuse_dirent de;
 	int rc;
 
 	fs_ilock1(fs, ino, false);
@@ -638,21 +885,14 @@ int pmfuse_fs_readdir(struct pmfuse_fs *fs, uint64_t ino, uint64_t cookie, pmfus
 		goto out;
 	if (cookie <= 1 && emit(arg, "..", pmfuse_le64(dp->parent), DT_DIR, 2))
 		goto out;
-	dir_tree(fs, dp, leaf, &bt);
-	pmfuse_set_le64(&k, cookie <= 2 ? 0 : cookie_key(cookie));
-	rc = pmfuse_btree_seek(&cur, &bt, &k, PMFUSE_SEEK_GE);
-	while (!rc) {
-		const struct pmfuse_dirent *de = pmfuse_btree_cursor_rec(&cur);
-		uint64_t key = pmfuse_le64(de->key);
-
-		rc = dirent_check_rec(de);
-		if (rc)
+	/* both trees merged in key order (D3) */
+	rc = pmfuse_dir_iter_start(&it, fs, dp, leaf, cookie <= 2 ? 0 : cookie_key(cookie));
+	while (!rc && !(rc = pmfuse_dir_iter_next(&it, &de, NULL))) {
+		memcpy(name, de.name, de.namelen);
+		name[de.namelen] = '\0';
+		if (emit(arg, name, pmfuse_le64(de.ino), de.type,
+			 key_cookie(pmfuse_le64(de.key)) + 1))
 			break;
-		memcpy(name, de->name, de->namelen);
-		name[de->namelen] = '\0';
-		if (emit(arg, name, pmfuse_le64(de->ino), de->type, key_cookie(key) + 1))
-			break;
-		rc = pmfuse_btree_next(&cur);
 	}
 	if (rc == -ENOENT)
 		rc = 0;
@@ -672,7 +912,7 @@ static int prepare_create(struct pmfuse_fs *fs, uint64_t parent, const char *nam
 			  bool subdir, struct pmfuse_inode **dp, struct pmfuse_blk_hdr **leaf,
 			  struct dfind *f)
 {
-	struct pmfuse_btree bt;
+	struct dir d;
 	int rc;
 
 	if (fs->readonly)
@@ -682,8 +922,8 @@ static int prepare_create(struct pmfuse_fs *fs, uint64_t parent, const char *nam
 		return rc;
 	if (is_dot(name, len))
 		return -EEXIST;
-	dir_tree(fs, *dp, *leaf, &bt);
-	rc = dir_find(&bt, name, len, f);
+	dir_open(fs, *dp, *leaf, &d);
+	rc = dir_find(&d, name, len, f);
 	if (rc)
 		return rc;
 	if (f->found)
@@ -701,7 +941,7 @@ static int link_new(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint64_t parent,
 	struct pmfuse_timestamp now;
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp;
-	struct pmfuse_btree bt;
+	struct dir d;
 	int rc;
 
 	/* creating the inode changed the inode table: locate the directory again */
@@ -709,8 +949,8 @@ static int link_new(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint64_t parent,
 	if (rc)
 		return rc == -ENOENT ? PMFUSE_CORRUPT("directory %llu vanished",
 						      (unsigned long long)parent) : rc;
-	dir_tree(fs, dp, leaf, &bt);
-	rc = dirent_insert(tx, &bt, f->key, name, len, ino, mode);
+	dir_open(fs, dp, leaf, &d);
+	rc = dirent_insert(tx, &d, f, name, len, ino, mode);
 	if (rc)
 		return rc;
 	pmfuse_timestamp_now(&now);
@@ -975,7 +1215,7 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 	struct pmfuse_inode *ip, *dp;
 	struct pmfuse_timestamp now;
 	struct pmfuse_tx *tx = NULL;
-	struct pmfuse_btree bt;
+	struct dir d;
 	bool linkable;
 	struct dfind f;
 	size_t len;
@@ -1008,8 +1248,8 @@ int pmfuse_fs_link(struct pmfuse_fs *fs, uint64_t ino, uint64_t newparent, const
 	}
 	/* no inode is created or freed: the located records stay put */
 	tx = pmfuse_tx_begin(fs->txm);
-	dir_tree(fs, dp, dleaf, &bt);
-	rc = dirent_insert(tx, &bt, f.key, newname, len, ino, pmfuse_le32(ip->mode));
+	dir_open(fs, dp, dleaf, &d);
+	rc = dirent_insert(tx, &d, &f, newname, len, ino, pmfuse_le32(ip->mode));
 	if (!rc && linkable)
 		rc = pmfuse_orphan_del(fs, tx, ino);
 	if (!rc && linkable) {
@@ -1047,7 +1287,7 @@ static int remove_entry(struct pmfuse_fs *fs, uint64_t parent, const char *name,
 	struct pmfuse_inode *dp, *ip;
 	struct pmfuse_timestamp now;
 	struct pmfuse_tx *tx = NULL;
-	struct pmfuse_btree bt;
+	struct dir d;
 	bool gone = false;
 	struct dfind f;
 	uint64_t ino = 0, peek;
@@ -1071,8 +1311,8 @@ again:
 	rc = get_dir(fs, parent, false, &dp, &dleaf);
 	if (rc)
 		goto out;
-	dir_tree(fs, dp, dleaf, &bt);
-	rc = dir_find(&bt, name, len, &f);
+	dir_open(fs, dp, dleaf, &d);
+	rc = dir_find(&d, name, len, &f);
 	if (!rc && !f.found)
 		rc = -ENOENT;
 	if (rc)
@@ -1099,12 +1339,12 @@ again:
 		rc = -EISDIR;
 		goto out;
 	}
-	if (rmdir && pmfuse_le64(ip->map.nrecs)) {
+	if (rmdir && pmfuse_dir_entries(ip)) {
 		rc = -ENOTEMPTY;
 		goto out;
 	}
 	tx = pmfuse_tx_begin(fs->txm);
-	rc = dirent_delete(tx, &bt, f.key);
+	rc = dirent_delete(tx, &d, &f);
 	if (rc)
 		goto out;
 	pmfuse_timestamp_now(&now);
@@ -1154,7 +1394,7 @@ struct side {
 	uint64_t dir;
 	struct pmfuse_inode *dp;
 	struct pmfuse_blk_hdr *dleaf;
-	struct pmfuse_btree bt;
+	struct dir d;
 	struct dfind f;
 	size_t len;
 	struct pmfuse_inode *ip;       /* NULL when the entry does not exist */
@@ -1188,7 +1428,7 @@ static int rename_check(struct pmfuse_fs *fs, struct side *s, struct side *d, un
 			return -ENOTDIR;
 		if (!s->is_dir && d->is_dir)
 			return -EISDIR;
-		if (d->is_dir && pmfuse_le64(d->ip->map.nrecs))
+		if (d->is_dir && pmfuse_dir_entries(d->ip))
 			return -ENOTEMPTY;
 	}
 	if (s->dir == d->dir)
@@ -1222,8 +1462,8 @@ static int side_open(struct pmfuse_fs *fs, struct side *sd, uint64_t dir, const 
 	rc = get_dir(fs, dir, live, &sd->dp, &sd->dleaf);
 	if (rc)
 		return rc;
-	dir_tree(fs, sd->dp, sd->dleaf, &sd->bt);
-	rc = dir_find(&sd->bt, name, sd->len, &sd->f);
+	dir_open(fs, sd->dp, sd->dleaf, &sd->d);
+	rc = dir_find(&sd->d, name, sd->len, &sd->f);
 	if (rc || !sd->f.found)
 		return rc;
 	rc = pmfuse_inode_locate(fs, pmfuse_le64(sd->f.de.ino), &sd->ip, &sd->leaf);
@@ -1248,11 +1488,11 @@ static int rename_move(struct pmfuse_fs *fs, struct pmfuse_tx *tx, struct side *
 	int rc;
 
 	if (d->ip)
-		rc = dirent_retarget(tx, &d->bt, &d->f.de, sino, smode);
+		rc = dirent_retarget(tx, &d->d, &d->f, sino, smode);
 	else
-		rc = dirent_insert(tx, &d->bt, d->f.key, newname, d->len, sino, smode);
+		rc = dirent_insert(tx, &d->d, &d->f, newname, d->len, sino, smode);
 	if (!rc)
-		rc = dirent_delete(tx, &s->bt, s->f.key);
+		rc = dirent_delete(tx, &s->d, &s->f);
 	if (rc)
 		return rc;
 	pmfuse_timestamp_now(&now);
@@ -1296,10 +1536,10 @@ static int rename_swap(struct pmfuse_tx *tx, struct side *s, struct side *d)
 	bool cross = s->dir != d->dir;
 	int rc, delta = 0;
 
-	rc = dirent_retarget(tx, &s->bt, &s->f.de, pmfuse_le64(d->ip->ino),
+	rc = dirent_retarget(tx, &s->d, &s->f, pmfuse_le64(d->ip->ino),
 			     pmfuse_le32(d->ip->mode));
 	if (!rc)
-		rc = dirent_retarget(tx, &d->bt, &d->f.de, pmfuse_le64(s->ip->ino),
+		rc = dirent_retarget(tx, &d->d, &d->f, pmfuse_le64(s->ip->ino),
 				     pmfuse_le32(s->ip->mode));
 	if (rc)
 		return rc;

@@ -214,34 +214,13 @@ static int inl_load(const struct pmfuse_extmap *m, struct pmfuse_iext *x, unsign
 	return 0;
 }
 
-/* Sets the feature bit before the first inline map can commit (format.h): both superblock
- * copies are written and persisted now, inside the transaction but outside its undo (declared
- * as written: an abort or a crash keeps the bit, which is harmless without inline maps). */
-static int feature_inline(struct pmfuse_tx *tx, struct pmfuse_fs *fs)
-{
-	struct pmfuse_volume *vol = fs->vol;
-	uint64_t incompat = pmfuse_le64(vol->sb.incompat);
-	int rc;
-
-	if (incompat & PMFUSE_FEATURE_INCOMPAT_INLINE_MAP)
-		return 0;
-	rc = pmfuse_tx_add_written(tx, pmfuse_volume_block(vol, 0), sizeof(struct pmfuse_sb));
-	if (!rc)
-		rc = pmfuse_tx_add_written(tx, pmfuse_volume_block(vol, pmfuse_le64(vol->sb.sb2_block)),
-					   sizeof(struct pmfuse_sb));
-	if (rc)
-		return rc;
-	pmfuse_set_le64(&vol->sb.incompat, incompat | PMFUSE_FEATURE_INCOMPAT_INLINE_MAP);
-	return pmfuse_volume_write_sb(vol);
-}
-
 /* Makes x[0 .. n) the inline map (n = 0: no inline map, the flag cleared). The tree root must be
  * empty. Declares the record and reseals its leaf, so tree reads may follow. */
 static int inl_store(struct pmfuse_tx *tx, struct pmfuse_extmap *m, const struct pmfuse_iext *x,
 		     unsigned n)
 {
 	uint32_t flags = pmfuse_le32(m->ip->flags);
-	int rc = n ? feature_inline(tx, m->fs) : 0;
+	int rc = n ? pmfuse_feature_tx(tx, m->fs, PMFUSE_FEATURE_INCOMPAT_INLINE_MAP) : 0;
 
 	if (!rc)
 		rc = pmfuse_inode_change(tx, m->leaf, m->ip, sizeof(*m->ip));

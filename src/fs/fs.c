@@ -230,7 +230,8 @@ int pmfuse_inode_drop(struct pmfuse_fs *fs, struct pmfuse_tx *tx, const struct p
 	int rc;
 
 	if (pmfuse_le32(ip->nlink) || pmfuse_le16(ip->map.levels) ||
-	    pmfuse_le16(ip->xattrs.levels) || pmfuse_le64(ip->blocks) || lk_count(fs, ino))
+	    pmfuse_le16(ip->xattrs.levels) || pmfuse_le64(ip->blocks) || lk_count(fs, ino) ||
+	    ((pmfuse_le32(ip->flags) & PMFUSE_INODE_SHORT_NAMES) && pmfuse_le16(ip->sdir.levels)))
 		return 0;
 	if (fs->icache)
 		pmfuse_icache_forget(fs->icache, ino);
@@ -355,6 +356,13 @@ int pmfuse_inode_free(struct pmfuse_fs *fs, uint64_t ino)
 	}
 	if (S_ISDIR(mode) && pmfuse_le16(ip->map.levels)) {
 		pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_dirent_ops, &bt);
+		rc = pmfuse_btree_destroy(tx, &bt);
+		if (rc)
+			goto out_abort;
+	}
+	if (S_ISDIR(mode) && (pmfuse_le32(ip->flags) & PMFUSE_INODE_SHORT_NAMES) &&
+	    pmfuse_le16(ip->sdir.levels)) {
+		pmfuse_inode_tree(fs, ip, leaf, &ip->sdir, &pmfuse_sdirent_ops, &bt);
 		rc = pmfuse_btree_destroy(tx, &bt);
 		if (rc)
 			goto out_abort;
@@ -496,6 +504,7 @@ int pmfuse_fs_open(struct pmfuse_volume *vol, const struct pmfuse_fs_opts *opts,
 	fs->alloc = vol->alloc;
 	fs->bs = vol->block_size;
 	fs->repair = opts && opts->repair;
+	fs->long_names_only = opts && opts->long_names_only;
 	if (fs->repair)
 		fs->readonly = vol->readonly || !vol->txm;
 	else

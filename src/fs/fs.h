@@ -116,6 +116,9 @@ struct pmfuse_fs_opts {
 	/* Entries of the DRAM lookup / getattr cache (fs/icache.h), per table (attributes,
 	 * names); 0: no cache. Not with repair. */
 	size_t cache_entries;
+	/* New directories keep all their names in the long-entry tree, as before the
+	 * SHORT_DIRS feature (doc/format.md): for tests of pools made by older code. */
+	bool long_names_only;
 };
 
 /*

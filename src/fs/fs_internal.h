@@ -62,6 +62,8 @@ struct pmfuse_fs {
 	struct pmfuse_alloc *alloc;
 	uint32_t bs;
 	bool readonly;
+	bool long_names_only;                 /* new directories without a short-name tree
+						 (pmfuse_fs_opts.long_names_only) */
 	bool repair;                          /* opened for fsck repair (pmfuse_fs_opts.repair):
 						 orphans are left alone at open and close */
 	pthread_rwlock_t lock;
@@ -171,6 +173,26 @@ void fs_iunlock(struct pmfuse_fs *fs);
 /* b+tree ops of the fs trees (defined by the module that owns each tree). */
 extern const struct pmfuse_btree_ops pmfuse_inode_ops;   /* inode.c */
 extern const struct pmfuse_btree_ops pmfuse_dirent_ops;  /* dir.c */
+extern const struct pmfuse_btree_ops pmfuse_sdirent_ops; /* dir.c: short entries */
+
+/* dir.c: the entries of a directory (both trees, PMFUSE_INODE_SHORT_NAMES), and a walk over
+ * them in key order from key on: _next gives each entry widened to a long one (and the tree it
+ * is in: 0 long, 1 short), -ENOENT at the end, -EUCLEAN on a bad record. The cursors hold no
+ * locks; the directory must not change during the walk. */
+uint64_t pmfuse_dir_entries(const struct pmfuse_inode *dp);
+/* Adds name -> ino (of type mode) to directory dp in tx, in the tree its length says; -EEXIST.
+ * The directory's record is not otherwise changed (fsck's reconnect sets the counts later). */
+int pmfuse_dir_add(struct pmfuse_fs *fs, struct pmfuse_tx *tx, struct pmfuse_inode *dp,
+		   struct pmfuse_blk_hdr *leaf, const char *name, uint64_t ino, uint32_t mode);
+struct pmfuse_dir_iter {
+	struct pmfuse_btree bt[2];
+	struct pmfuse_btree_cursor cur[2];
+	int rc[2];
+	bool split;
+};
+int pmfuse_dir_iter_start(struct pmfuse_dir_iter *it, struct pmfuse_fs *fs,
+			  struct pmfuse_inode *dp, struct pmfuse_blk_hdr *leaf, uint64_t key);
+int pmfuse_dir_iter_next(struct pmfuse_dir_iter *it, struct pmfuse_dirent *de, unsigned *tree);
 extern const struct pmfuse_btree_ops pmfuse_extent_ops;  /* extent.c */
 extern const struct pmfuse_btree_ops pmfuse_xattr_ops;   /* xattr.c */
 extern const struct pmfuse_btree_ops pmfuse_orphan_ops;  /* fs.c */
@@ -189,6 +211,7 @@ void pmfuse_inode_tree(struct pmfuse_fs *fs, struct pmfuse_inode *ip, struct pmf
  * a directory gets nlink 2 and parent = dir_ip's ino). dir_ip NULL creates the root directory
  * at state->root_ino (fs open on a fresh pool). Invalidates located pointers. *ino gets the new
  * number. */
+int pmfuse_feature_tx(struct pmfuse_tx *tx, struct pmfuse_fs *fs, uint64_t bit);
 int pmfuse_inode_create(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint32_t mode, uint64_t rdev,
 			const struct pmfuse_cred *cred, const struct pmfuse_inode *dir_ip,
 			uint64_t *ino);

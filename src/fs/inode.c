@@ -16,7 +16,9 @@
  * 1e9 and zero padding in every timestamp, parent == 0 for non-directories and != 0 for
  * directories, rdev == 0 except for device nodes, zero padding; an inline extent map
  * (PMFUSE_INODE_INLINE_MAP) only on a file or symlink, with an empty map root and a first record,
- * and zero inline records without the flag. The records themselves are extent.c's to check.
+ * and zero inline records without the flag; a short-name tree root (PMFUSE_INODE_SHORT_NAMES)
+ * only on a directory, with zeros after it. The records themselves are extent.c's and dir.c's
+ * to check.
  *
  * Numbers: state->next_ino only grows (inode numbers are never reused, so the kernel's node ids
  * stay unambiguous); state->generation gives each new inode a distinct generation. Both change in
@@ -101,6 +103,11 @@ static int inode_check_rec(const void *rec)
 		    !pmfuse_le32(ip->inline_map[0].len))
 			return PMFUSE_CORRUPT("inode %llu: inline extent map on mode 0%o, beside a "
 					      "map tree or empty", (unsigned long long)ino, mode);
+	} else if (pmfuse_le32(ip->flags) & PMFUSE_INODE_SHORT_NAMES) {
+		if (!S_ISDIR(mode) || !zero(ip->sdir_pad, sizeof(ip->sdir_pad)))
+			return PMFUSE_CORRUPT("inode %llu: short-name tree on mode 0%o or with "
+					      "bytes after its root", (unsigned long long)ino,
+					      mode);
 	} else if (!zero(ip->inline_map, sizeof(ip->inline_map))) {
 		return PMFUSE_CORRUPT("inode %llu: inline extents without the inline map flag",
 				      (unsigned long long)ino);
@@ -193,6 +200,28 @@ static void ts_get(struct timespec *t, const struct pmfuse_timestamp *ts)
 	t->tv_nsec = (long)pmfuse_le32(ts->nsec);
 }
 
+/* Sets an incompat feature bit before the first transaction that needs it can commit
+ * (format.h): both superblock copies are written and persisted now, inside the transaction but
+ * outside its undo (declared as written: an abort or a crash keeps the bit, which is harmless
+ * without the structure it announces). */
+int pmfuse_feature_tx(struct pmfuse_tx *tx, struct pmfuse_fs *fs, uint64_t bit)
+{
+	struct pmfuse_volume *vol = fs->vol;
+	uint64_t incompat = pmfuse_le64(vol->sb.incompat);
+	int rc;
+
+	if (incompat & bit)
+		return 0;
+	rc = pmfuse_tx_add_written(tx, pmfuse_volume_block(vol, 0), sizeof(struct pmfuse_sb));
+	if (!rc)
+		rc = pmfuse_tx_add_written(tx, pmfuse_volume_block(vol, pmfuse_le64(vol->sb.sb2_block)),
+					   sizeof(struct pmfuse_sb));
+	if (rc)
+		return rc;
+	pmfuse_set_le64(&vol->sb.incompat, incompat | bit);
+	return pmfuse_volume_write_sb(vol);
+}
+
 int pmfuse_inode_create(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint32_t mode, uint64_t rdev,
 			const struct pmfuse_cred *cred, const struct pmfuse_inode *dir_ip,
 			uint64_t *ino)
@@ -237,6 +266,13 @@ int pmfuse_inode_create(struct pmfuse_fs *fs, struct pmfuse_tx *tx, uint32_t mod
 	if (S_ISDIR(mode)) {
 		pmfuse_set_le32(&rec.nlink, 2);
 		pmfuse_set_le64(&rec.parent, dir_ip ? pmfuse_le64(dir_ip->ino) : n);
+		if (!fs->long_names_only) {
+			/* short names go to a tree of small records (dir.c) */
+			rc = pmfuse_feature_tx(tx, fs, PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS);
+			if (rc)
+				return rc;
+			pmfuse_set_le32(&rec.flags, PMFUSE_INODE_SHORT_NAMES);
+		}
 	} else {
 		pmfuse_set_le32(&rec.nlink, 1);
 	}

@@ -1423,6 +1423,11 @@ static int check_inode(struct check *k, struct pmfuse_inode *ip, struct pmfuse_b
 		pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_dirent_ops, &bt);
 		if (check_tree(k, &bt))
 			return k->err;
+		if (pmfuse_le32(ip->flags) & PMFUSE_INODE_SHORT_NAMES) {
+			pmfuse_inode_tree(fs, ip, leaf, &ip->sdir, &pmfuse_sdirent_ops, &bt);
+			if (check_tree(k, &bt))
+				return k->err;
+		}
 	}
 	pmfuse_inode_tree(fs, ip, leaf, &ip->xattrs, &pmfuse_xattr_ops, &bt);
 	if (check_tree(k, &bt))

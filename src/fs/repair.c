@@ -95,6 +95,7 @@ struct rino {
 	size_t named_in;         /* directories: index of the directory naming it, or NONE */
 	uint32_t mode, nlink;
 	uint8_t orphan, reach, lost;
+	uint8_t split;           /* directories: PMFUSE_INODE_SHORT_NAMES */
 };
 
 /* An xattr value block run whose bytes after the value are not zero. */
@@ -116,6 +117,8 @@ struct rent {
 	size_t t;                /* index into inos of the inode it names, or NONE */
 	uint64_t key, ino;
 	uint8_t type, drop;
+	uint8_t tree, namelen;   /* 0 long-entry tree, 1 short; the name's length */
+	uint8_t dup;             /* short entry whose key the long tree also has */
 };
 
 /* Pool blocks [a, b) that a verified tree node or an xattr value uses and some file maps. */
@@ -124,7 +127,7 @@ struct clash {
 };
 
 /* A damaged tree to rebuild: which (kind) of which inode. */
-enum { T_INODES, T_ORPHANS, T_MAP, T_XATTRS, T_INLINE };
+enum { T_INODES, T_ORPHANS, T_MAP, T_XATTRS, T_INLINE, T_SDIR };
 struct rtree {
 	uint64_t ino;
 	int kind;
@@ -193,7 +196,7 @@ static int commit(struct rp *r, struct pmfuse_tx *tx, int rc)
 static const char *kind_name(int kind)
 {
 	static const char *const n[] = { "inode table", "orphan list", "map", "xattrs",
-					 "inline map" };
+					 "inline map", "short names" };
 	return n[kind];
 }
 
@@ -384,21 +387,36 @@ static int xattr_rec(void *arg, const void *rec)
 static size_t find_ino(const struct rp *r, uint64_t ino);
 
 /* (collect reads the whole inode table before any directory: the index is final) */
-static int dirent_rec(void *arg, const void *rec)
+static int ent_push(struct walk *w, struct pmfuse_le64 key, struct pmfuse_le64 ino,
+		    uint8_t type, uint8_t namelen, uint8_t tree)
 {
-	struct walk *w = arg;
-	const struct pmfuse_dirent *de = rec;
 	struct rent *e;
 
-	if (!w->keep) {
-		if (!(e = vec_push(&w->r->ents)))
-			return -ENOMEM;
-		*e = (struct rent){ .dir = (size_t)(w->ino - (struct rino *)w->r->inos.v),
-				    .key = pmfuse_le64(de->key), .ino = pmfuse_le64(de->ino),
-				    .type = de->type };
-		e->t = find_ino(w->r, e->ino);
-	}
-	return keep_rec(w, rec, sizeof(*de));
+	if (w->keep)
+		return 0;
+	if (!(e = vec_push(&w->r->ents)))
+		return -ENOMEM;
+	*e = (struct rent){ .dir = (size_t)(w->ino - (struct rino *)w->r->inos.v),
+			    .key = pmfuse_le64(key), .ino = pmfuse_le64(ino), .type = type,
+			    .tree = tree, .namelen = namelen };
+	e->t = find_ino(w->r, e->ino);
+	return 0;
+}
+
+static int dirent_rec(void *arg, const void *rec)
+{
+	const struct pmfuse_dirent *de = rec;
+	int rc = ent_push(arg, de->key, de->ino, de->type, de->namelen, 0);
+
+	return rc ? rc : keep_rec(arg, rec, sizeof(*de));
+}
+
+static int sdirent_rec(void *arg, const void *rec)
+{
+	const struct pmfuse_sdirent *de = rec;
+	int rc = ent_push(arg, de->key, de->ino, de->type, de->namelen, 1);
+
+	return rc ? rc : keep_rec(arg, rec, sizeof(*de));
 }
 
 static void walk_node(void *arg, uint64_t blk)
@@ -418,6 +436,8 @@ static int walk_tree(struct walk *w, const struct pmfuse_btree *bt, bool *damage
 
 	if (w->kind == T_XATTRS)
 		so.rec = xattr_rec;
+	else if (w->kind == T_SDIR)
+		so.rec = sdirent_rec;
 	else
 		so.rec = S_ISDIR(w->ino->mode) ? dirent_rec : extent_rec;
 	rc = pmfuse_btree_salvage(bt, &so, &dropped);
@@ -713,6 +733,18 @@ static int collect(struct rp *r)
 			if ((rc = walk_tree(&w, &bt, &damaged)))
 				return rc;
 			if (damaged && (rc = add_bad(r, e->ino, T_MAP)))
+				return rc;
+		}
+		e->split = S_ISDIR(e->mode) && (pmfuse_le32(ip->flags) & PMFUSE_INODE_SHORT_NAMES);
+		if (e->split) {
+			memset(&w, 0, sizeof(w));
+			w.r = r;
+			w.ino = e;
+			w.kind = T_SDIR;
+			pmfuse_inode_tree(fs, ip, leaf, &ip->sdir, &pmfuse_sdirent_ops, &bt);
+			if ((rc = walk_tree(&w, &bt, &damaged)))
+				return rc;
+			if (damaged && (rc = add_bad(r, e->ino, T_SDIR)))
 				return rc;
 		}
 		memset(&w, 0, sizeof(w));
@@ -1063,7 +1095,7 @@ static int keep_any(void *arg, const void *rec)
  * the scratch root is emptied, in one transaction. The old tree's nodes are leaked.
  */
 static int build_switch(struct rp *r, const struct pmfuse_btree_ops *ops, uint64_t owner,
-			const struct vec *recs, unsigned state_root, uint64_t ino, bool xattrs)
+			const struct vec *recs, unsigned state_root, uint64_t ino, int kind)
 {
 	struct pmfuse_fs *fs = r->fs;
 	struct pmfuse_state *st = fs->vol->state;
@@ -1090,8 +1122,9 @@ static int build_switch(struct rp *r, const struct pmfuse_btree_ops *ops, uint64
 		if (!rc)
 			rc = pmfuse_inode_change(tx, leaf, ip, sizeof(*ip));
 		if (!rc)
-			memcpy(xattrs ? &ip->xattrs : &ip->map, &st->roots[SCRATCH],
-			       sizeof(st->roots[SCRATCH]));
+			memcpy(kind == T_XATTRS ? &ip->xattrs :
+			       kind == T_SDIR ? &ip->sdir : &ip->map,
+			       &st->roots[SCRATCH], sizeof(st->roots[SCRATCH]));
 	} else {
 		rc = pmfuse_tx_add_meta(tx, &st->hdr, &st->roots[state_root],
 					sizeof(st->roots[state_root]));
@@ -1157,7 +1190,7 @@ static int rebuild(struct rp *r, const struct rtree *t)
 		if (!rc)
 			rc = build_switch(r, bt->ops, bt->owner, &keep,
 					  t->kind == T_INODES ? PMFUSE_ROOT_INODES :
-					  PMFUSE_ROOT_ORPHANS, 0, false);
+					  PMFUSE_ROOT_ORPHANS, 0, t->kind);
 		if (!rc && t->kind == T_INODES)
 			r->table_rebuilt = true;
 		if (!rc)
@@ -1177,17 +1210,19 @@ static int rebuild(struct rp *r, const struct rtree *t)
 			return rc;
 		if (t->kind == T_XATTRS)
 			pmfuse_inode_tree(fs, ip, leaf, &ip->xattrs, &pmfuse_xattr_ops, &bt);
+		else if (t->kind == T_SDIR)
+			pmfuse_inode_tree(fs, ip, leaf, &ip->sdir, &pmfuse_sdirent_ops, &bt);
 		else
 			pmfuse_inode_tree(fs, ip, leaf, &ip->map, S_ISDIR(e.mode) ?
 					  &pmfuse_dirent_ops : &pmfuse_extent_ops, &bt);
 		keep.size = bt.ops->rec_len;
 		rc = walk_tree(&w, &bt, &damaged);
 		if (!rc)
-			rc = build_switch(r, bt.ops, bt.owner, &keep, 0, t->ino,
-					  t->kind == T_XATTRS);
+			rc = build_switch(r, bt.ops, bt.owner, &keep, 0, t->ino, t->kind);
 		if (!rc)
 			fixed(r, "inode %llu: %s %s damaged, rebuilt from its %llu readable records%s",
-			      ULL(t->ino), t->kind == T_XATTRS ? "xattrs" : S_ISDIR(e.mode) ?
+			      ULL(t->ino), t->kind == T_XATTRS ? "xattrs" : t->kind == T_SDIR ?
+			      "short-name directory" : S_ISDIR(e.mode) ?
 			      "directory" : "extent map", "was", ULL(keep.n),
 			      t->kind == T_MAP && !S_ISDIR(e.mode) ? " (blocks lost read as "
 			      "zeros)" : "");
@@ -1207,7 +1242,7 @@ static int fix_refcount(struct rp *r, const struct vec *want)
 	    (!want->n || !memcmp(want->v, r->rcrecs.v, want->n * want->size)))
 		return 0;
 	pmfuse_refcount_tree(r->fs->vol, &rt);
-	rc = build_switch(r, rt.ops, rt.owner, want, PMFUSE_ROOT_REFCOUNT, 0, false);
+	rc = build_switch(r, rt.ops, rt.owner, want, PMFUSE_ROOT_REFCOUNT, 0, T_INODES);
 	if (!rc)
 		fixed(r, "refcount tree: %s the extent maps: rebuilt from them (%llu records, "
 		      "was %llu)", r->refcount_damaged ? "damaged, or disagreed with" :
@@ -1253,12 +1288,58 @@ static bool broken_link(const struct rino *e)
 	return S_ISLNK(e->mode) && e->size && !e->mapped;
 }
 
+static int key_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Marks the short entries whose key the same directory's long tree also has (keys are readdir
+ * cookies: unique across both trees). A directory's entries were collected together. */
+static int mark_dups(struct rp *r)
+{
+	uint64_t *keys = NULL;
+	size_t cap = 0;
+
+	for (size_t a = 0, b; a < r->ents.n; a = b) {
+		struct rent *v = r->ents.v;
+		size_t n = 0;
+
+		for (b = a; b < r->ents.n && v[b].dir == v[a].dir; b++)
+			if (!v[b].tree) {
+				if (n == cap) {
+					uint64_t *k = realloc(keys, (cap = cap ? 2 * cap : 64) *
+								  sizeof(*k));
+
+					if (!k) {
+						free(keys);
+						return -ENOMEM;
+					}
+					keys = k;
+				}
+				keys[n++] = v[b].key;
+			}
+		if (!n)
+			continue;
+		qsort(keys, n, sizeof(*keys), key_cmp);
+		for (size_t i = a; i < b; i++)
+			v[i].dup = v[i].tree && bsearch(&v[i].key, keys, n, sizeof(*keys), key_cmp);
+	}
+	free(keys);
+	return 0;
+}
+
 /* Marks the entries to remove (e->drop); the reason for each goes to *why. */
 static const char *entry_fault(struct rp *r, struct rent *e, size_t root)
 {
 	struct rino *v = r->inos.v;
 	size_t t = e->t;
 
+	if (v[e->dir].split ? e->tree != (e->namelen <= PMFUSE_SHORT_NAME_MAX) : e->tree)
+		return "is in the wrong tree for its name's length";
+	if (e->dup)
+		return "has a key its directory's long-name tree also has";
 	if (t == NONE)
 		return "names an inode that does not exist";
 	if (e->type != dt_of(v[t].mode))
@@ -1293,7 +1374,10 @@ static int drop_entry(struct rp *r, const struct rent *e)
 	tx = pmfuse_tx_begin(fs->txm);
 	rc = pmfuse_inode_locate(fs, dino, &dp, &leaf);
 	if (!rc) {
-		pmfuse_inode_tree(fs, dp, leaf, &dp->map, &pmfuse_dirent_ops, &bt);
+		if (e->tree)
+			pmfuse_inode_tree(fs, dp, leaf, &dp->sdir, &pmfuse_sdirent_ops, &bt);
+		else
+			pmfuse_inode_tree(fs, dp, leaf, &dp->map, &pmfuse_dirent_ops, &bt);
 		pmfuse_set_le64(&key, e->key);
 		rc = pmfuse_btree_delete(tx, &bt, &key, NULL);
 	}
@@ -1329,26 +1413,14 @@ static int lost_found(struct rp *r, uint64_t *lf)
 	return 0;
 }
 
-static void dirent_name(const void *rec, const uint8_t **name, size_t *len)
-{
-	const struct pmfuse_dirent *de = rec;
-
-	*name = de->name;
-	*len = de->namelen;
-}
-
 /* Names inode ino "#ino" in directory lf; a directory gets lf as its parent. */
 static int reconnect(struct rp *r, uint64_t lf, const struct rino *e)
 {
 	struct pmfuse_fs *fs = r->fs;
 	struct pmfuse_blk_hdr *leaf;
 	struct pmfuse_inode *dp, *ip;
-	struct pmfuse_dirent de;
-	struct pmfuse_btree bt;
 	struct pmfuse_tx *tx;
-	const void *rec;
 	char name[32];
-	uint64_t key;
 	int rc;
 
 	snprintf(name, sizeof(name), "#%llu", ULL(e->ino));
@@ -1356,19 +1428,7 @@ static int reconnect(struct rp *r, uint64_t lf, const struct rino *e)
 	rc = pmfuse_inode_locate(fs, lf, &dp, &leaf);
 	if (rc)
 		goto out;
-	pmfuse_inode_tree(fs, dp, leaf, &dp->map, &pmfuse_dirent_ops, &bt);
-	rc = pmfuse_name_find(&bt, name, strlen(name), dirent_name, &rec, &key);
-	if (!rc)
-		rc = -EEXIST;
-	if (rc != -ENOENT)
-		goto out;
-	memset(&de, 0, sizeof(de));
-	pmfuse_set_le64(&de.key, key);
-	pmfuse_set_le64(&de.ino, e->ino);
-	de.type = (uint8_t)dt_of(e->mode);
-	de.namelen = (uint8_t)strlen(name);
-	memcpy(de.name, name, de.namelen);
-	rc = pmfuse_btree_insert(tx, &bt, &de);
+	rc = pmfuse_dir_add(fs, tx, dp, leaf, name, e->ino, e->mode);
 	if (!rc && S_ISDIR(e->mode)) {
 		pmfuse_tx_seal(tx);
 		rc = pmfuse_inode_locate(fs, e->ino, &ip, &leaf);
@@ -1385,6 +1445,28 @@ out:
  * Entries to remove, then directories and files nothing reaches to /lost+found. Returns with
  * r->changes raised when it changed anything (the counts wait for a round without such changes).
  */
+/* Split directories on a pool without the SHORT_DIRS feature (format.md): sets the bit, which
+ * makes the pool what its directories say (older code then refuses it, as it must). */
+static int fix_short_feature(struct rp *r)
+{
+	struct pmfuse_tx *tx;
+	bool split = false;
+	int rc;
+
+	if (pmfuse_le64(r->fs->vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS)
+		return 0;
+	for (size_t i = 0; i < r->inos.n && !split; i++)
+		split = VEC_AT(r->inos, struct rino, i)->split;
+	if (!split)
+		return 0;
+	tx = pmfuse_tx_begin(r->fs->txm);
+	rc = commit(r, tx, pmfuse_feature_tx(tx, r->fs, PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS));
+	if (!rc)
+		fixed(r, "superblock: short-name directories without the short directories "
+		      "feature: set");
+	return rc;
+}
+
 static int fix_names(struct rp *r)
 {
 	struct rino *v = r->inos.v;
@@ -1417,6 +1499,8 @@ static int fix_names(struct rp *r)
 	}
 	for (size_t i = 0; i < r->inos.n; i++)
 		v[i].named_in = NONE;
+	if ((rc = mark_dups(r)))
+		return rc;
 	for (size_t k = 0; k < r->ents.n && !rc; k++) {
 		struct rent *e = VEC_AT(r->ents, struct rent, k);
 		const char *why = entry_fault(r, e, root);
@@ -1799,7 +1883,7 @@ static int round_once(struct rp *r)
 			rc = rebuild(r, VEC_AT(r->bad, struct rtree, i));
 		goto out;     /* the next round reads the new trees */
 	}
-	if ((rc = fix_refcount(r, &want)))
+	if ((rc = fix_refcount(r, &want)) || (rc = fix_short_feature(r)))
 		goto out;
 	{
 		uint64_t before = r->changes;

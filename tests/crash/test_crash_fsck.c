@@ -4,9 +4,9 @@
  * data, a hard link, reflinked clones, xattrs with a value block, enough files that the inode
  * table and the root directory have several nodes) is damaged, one kind of damage per case:
  * a metadata block of each kind has bytes flipped, is zeroed, or is swapped with another (the
- * primary superblock, the state block, the log header, a bitmap block, inode table leaves, the root directory's
- * nodes, extent maps, xattrs, the refcount tree), or a record is changed and resealed (a link
- * count, a directory size, an entry's target, a block count, a leaked and a lost bitmap bit, an
+ * primary superblock, the state block, the log header, a bitmap block, inode table leaves, the
+ * root directory's nodes in both its trees (long and short names), extent maps, xattrs, the
+ * refcount tree), or a record is changed and resealed (a link count, a directory size, an entry's target, a block count, a leaked and a lost bitmap bit, an
  * orphan naming nothing; an inline extent map with a bad record; a data block claimed by two
  * files without a refcount record, and one a file maps that is also a tree node). For each case:
  *   1. the checks of fs/check.h report the damage;
@@ -53,8 +53,8 @@ static size_t pool_size;
 static uint32_t bs;
 
 /* Blocks found while mounted. */
-static uint64_t inode_leaf[2], root_dir_node[2], map_node[2], map_ino[2], xattr_node,
-	xattr_ino, refcount_node, bitmap_blk, log_blk, hl_ino, big_ino;
+static uint64_t inode_leaf[2], root_dir_node[2], root_sdir_node[2], map_node[2], map_ino[2],
+	xattr_node, xattr_ino, refcount_node, bitmap_blk, log_blk, hl_ino, big_ino;
 
 static void quiet(void *arg, const char *msg)
 {
@@ -78,7 +78,7 @@ static void populate(struct th_env *e, struct th_rng *r)
 {
 	struct pmfuse_fs *fs = e->fs;
 	struct pmfuse_attr a, d;
-	char name[32];
+	char name[80];
 	static uint8_t big[64 * 4096];
 
 	nfiles = 0;
@@ -87,7 +87,9 @@ static void populate(struct th_env *e, struct th_rng *r)
 	for (unsigned i = 0; i < NFILES; i++) {
 		struct file *f = &files[nfiles++];
 
-		snprintf(name, sizeof(name), "file-%u-with-a-longer-name", i);
+		/* every other name longer than PMFUSE_SHORT_NAME_MAX: both trees of the root */
+		snprintf(name, sizeof(name), i % 2 ? "file-%u" :
+			 "file-%u-with-a-name-that-is-too-long-for-the-short-tree", i);
 		assert_int_equal(pmfuse_fs_mknod(fs, i % 3 ? PMFUSE_ROOT_INO : d.ino, name,
 						 S_IFREG | 0644, 0, &th_cred_user, &a), 0);
 		f->ino = a.ino;
@@ -135,6 +137,12 @@ static void populate(struct th_env *e, struct th_rng *r)
 		memcpy(files[nfiles].data, big, MAXDATA);
 		nfiles++;
 	}
+	/* more short names (links, so that the inode table keeps its shape): the root's
+	 * short-name tree gets a second leaf */
+	for (unsigned i = 0; i < 70; i++) {
+		snprintf(name, sizeof(name), "e%u", i);
+		assert_int_equal(pmfuse_fs_link(fs, files[0].ino, PMFUSE_ROOT_INO, name, &a), 0);
+	}
 	hl_ino = files[1].ino;
 	assert_int_equal(pmfuse_fs_link(fs, hl_ino, d.ino, "hardlink", &a), 0);
 	assert_int_equal(pmfuse_fs_setxattr(fs, files[2].ino, "user.big", big, 3000, 0), 0);
@@ -153,6 +161,10 @@ static void populate(struct th_env *e, struct th_rng *r)
 		pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_dirent_ops, &bt);
 		root_dir_node[0] = first_leaf(fs, &bt, false);
 		root_dir_node[1] = first_leaf(fs, &bt, true);
+		assert_true(pmfuse_le32(ip->flags) & PMFUSE_INODE_SHORT_NAMES);
+		pmfuse_inode_tree(fs, ip, leaf, &ip->sdir, &pmfuse_sdirent_ops, &bt);
+		root_sdir_node[0] = first_leaf(fs, &bt, false);
+		root_sdir_node[1] = first_leaf(fs, &bt, true);
 		map_ino[0] = big_ino;
 		map_ino[1] = files[5].ino;
 		for (int k = 0; k < 2; k++) {
@@ -170,6 +182,7 @@ static void populate(struct th_env *e, struct th_rng *r)
 	}
 	assert_true(inode_leaf[0] != inode_leaf[1]);
 	assert_true(root_dir_node[0] != root_dir_node[1]);
+	assert_true(root_sdir_node[0] != root_sdir_node[1]);
 	files[nfiles].ino = big_ino;
 	files[nfiles].len = MAXDATA;
 	memcpy(files[nfiles].data, big, MAXDATA);
@@ -276,7 +289,7 @@ struct dmg {
 	uint64_t ino, ino2;
 };
 
-#define NDMG 28
+#define NDMG 30
 
 /* Applies damage number k to im; says what it may affect. */
 static void damage(unsigned k, uint8_t *im, struct th_rng *r, struct dmg *d)
@@ -304,6 +317,10 @@ static void damage(unsigned k, uint8_t *im, struct th_rng *r, struct dmg *d)
 	case 8: d->name = "root directory node flipped"; flip(im, root_dir_node[0], bs, r); break;
 	case 9: d->name = "root directory nodes swapped";
 		swap(im, root_dir_node[0], root_dir_node[1]); break;
+	case 28: d->name = "root short-name node flipped"; flip(im, root_sdir_node[0], bs, r);
+		break;
+	case 29: d->name = "root short-name nodes swapped";
+		swap(im, root_sdir_node[0], root_sdir_node[1]); break;
 	case 10: d->name = "extent map node zeroed"; d->affect = AFFECT_INO; d->ino = map_ino[0];
 		zero(im, map_node[0]); break;
 	case 11: d->name = "extent map nodes swapped"; d->affect = AFFECT_INO; d->ino = map_ino[0];

@@ -66,6 +66,14 @@ def ten_thousand_small_files(m):
     # add a whole block
     check(used >= n * BS, f"df: {used} bytes for {n} blocks of data")
     check(per_file < BS + 1536, f"df: {per_file:.0f} bytes per small file (a block + records)")
+    # issue 8's target: a block and at most 512 bytes of metadata per file (the short-name
+    # tree's 64-byte entries make it reachable); with few files per directory the leaves'
+    # fixed share weighs too much, so only from 2,000 files on (PMFUSE_TEST_SCALE >= 0.2)
+    if n >= 2000:
+        check(per_file <= BS + 512,
+              f"df: {per_file:.0f} bytes per small file, issue 8 wants at most {BS + 512}")
+    else:
+        print(f"# the {BS + 512}-byte bound is not asserted below 2,000 files ({n} here)")
     m.unmount()
     m.fsck()
     m.mount()
@@ -133,6 +141,51 @@ def inline_map_files_clone_cow_unwritten(m):
         eq(f.read(), b"A" * 10 + b"bb" + b"A" * 88, "the clone after a remount")
     info = m.info()["features"]
     check("inline_map" in info, f"the pool has the inline map feature: {info}")
+    check("short_dirs" in info, f"the pool has the short directories feature: {info}")
+
+
+@test(size="64M", timeout=300)
+def names_either_side_of_the_short_limit(m):
+    """Names of 1, 45, 46, 47 and 255 bytes (46 is the longest kept in the short-entry tree)
+    through the mount: created, listed, stat'ed, renamed to every other length and back
+    within a directory and across two, hard-linked, removed; fsck clean."""
+    lens = [1, 45, 46, 47, 255]
+    a, b = m.path("a"), m.path("b")
+    os.mkdir(a)
+    os.mkdir(b)
+    names = [chr(ord("a") + k) * n for k, n in enumerate(lens)]
+    for k, name in enumerate(names):
+        with open(os.path.join(a, name), "wb") as f:
+            f.write(name.encode())
+    eq(sorted(os.listdir(a)), sorted(names), "ls of the five names")
+    inos = {name: os.stat(os.path.join(a, name)).st_ino for name in names}
+    for k, name in enumerate(names):
+        for j, other in enumerate(names):
+            if j == k:
+                continue
+            new = other + "x" if len(other) < 255 else other[:-1] + "y"
+            src, dst = os.path.join(a, name), os.path.join(b, new)
+            os.rename(src, dst)                  # across directories, to another length
+            eq(os.stat(dst).st_ino, inos[name], f"{len(name)} -> {len(new)} bytes: same inode")
+            os.rename(dst, src)
+            os.link(src, os.path.join(a, new))   # a second name of another length
+            eq(os.stat(os.path.join(a, new)).st_nlink, 2, "two names")
+            os.unlink(os.path.join(a, new))
+        with open(os.path.join(a, name), "rb") as f:
+            eq(f.read(), name.encode(), f"the {len(name)}-byte name's file")
+    # within one directory, over an existing name of another length
+    os.rename(os.path.join(a, names[2]), os.path.join(a, names[3]))
+    eq(os.stat(os.path.join(a, names[3])).st_ino, inos[names[2]], "46 over 47 bytes")
+    check(not os.path.exists(os.path.join(a, names[2])), "the 46-byte name is gone")
+    eq(len(os.listdir(a)), 4, "four names left")
+    m.unmount()
+    m.fsck()
+    m.mount()
+    eq(sorted(os.listdir(a)), sorted(names[:2] + names[3:]), "ls after a remount")
+    for name in os.listdir(a):
+        os.unlink(os.path.join(a, name))
+    os.rmdir(a)
+    os.rmdir(b)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ static void make_template(void)
 	must(pmfuse_fs_setxattr(fs, g.ino, "user.big", big, sizeof(big), 0), "big xattr");
 	must(pmfuse_fs_symlink(fs, d.ino, "link", "../clone", &root, &a), "symlink");
 	must(pmfuse_fs_link(fs, f.ino, PMFUSE_ROOT_INO, "hard", &a), "link");
+	/* longer than PMFUSE_SHORT_NAME_MAX: the long-entry tree beside the short one */
+	must(pmfuse_fs_link(fs, f.ino, d.ino,
+			    "a-second-hard-link-whose-name-is-too-long-for-the-short-tree", &a),
+	     "long link");
 	must(pmfuse_fs_mknod(fs, PMFUSE_ROOT_INO, "fifo", S_IFIFO | 0644, 0, &root, &a), "fifo");
 	must(pmfuse_fs_mknod(fs, d.ino, "orphan", S_IFREG | 0644, 0, &root, &a), "orphan");
 	must((int)pmfuse_fs_write(fs, a.ino, data, BS, 0, false, &root), "orphan data");

@@ -129,12 +129,18 @@ class Layout:
                 n, _ = self.nodes(mroot, mlv, 24, 'extent map', {ino})
                 mine.update(n)
             elif fmt == 0o040000:
-                n, drecs = self.nodes(mroot, mlv, 280, 'directory', {ino})
-                mine.update(n)
-                # a directory's node also affects what it names (they may go to lost+found)
-                named = {struct.unpack_from('<Q', b, off + 8)[0] for _, b, off in drecs}
-                for blk in n:
-                    self.blocks[blk] = ('directory', {ino} | named)
+                trees = [(mroot, mlv, 280, 'directory')]
+                if struct.unpack_from('<I', rec, 120)[0] & 8:     # SHORT_NAMES: sdir at 200
+                    sroot, _, slv = struct.unpack_from('<QQH', rec, 200)
+                    trees.append((sroot, slv, 64, 'short-name directory'))
+                for troot, tlv, rlen, kind in trees:
+                    n, drecs = self.nodes(troot, tlv, rlen, kind, {ino})
+                    mine.update(n)
+                    # a directory's node also affects what it names (they may go to
+                    # lost+found)
+                    named = {struct.unpack_from('<Q', b, off + 8)[0] for _, b, off in drecs}
+                    for blk in n:
+                        self.blocks[blk] = (kind, {ino} | named)
             n, xrecs = self.nodes(xroot, xlv, 512, 'xattrs', {ino})
             mine.update(n)
             for _, b, off in xrecs:
@@ -165,7 +171,9 @@ def populate(mkfs, daemon, pool, mnt, rng):
         for dd in range(4):
             os.makedirs(f'{mnt}/d{dd}/sub', exist_ok=True)
             for i in range(60):
-                with open(f'{mnt}/d{dd}/f{i}', 'wb') as f:
+                # a third of the names too long for the short-entry tree: both trees
+                name = f'f{i}' if i % 3 else f'f{i}-' + 'l' * 50
+                with open(f'{mnt}/d{dd}/{name}', 'wb') as f:
                     f.write(rng.randbytes(rng.choice([0, 10, 4096, 9000, 40000])))
         with open(f'{mnt}/big', 'wb') as f:
             f.write(rng.randbytes(1 << 20))
@@ -292,7 +300,8 @@ def main():
             print('not ok - the populated pool is clean and mounts\n' + out)
             sys.exit(1)
         lay = Layout(pristine)
-        missing = {'extent map', 'refcount tree', 'orphans'} - {k for k, _ in lay.blocks.values()}
+        missing = ({'extent map', 'refcount tree', 'orphans', 'directory',
+                    'short-name directory'} - {k for k, _ in lay.blocks.values()})
         if missing:
             print(f'not ok - the populated pool has no {", ".join(sorted(missing))} nodes')
             sys.exit(1)

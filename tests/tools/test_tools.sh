@@ -319,7 +319,7 @@ cat >"$POKE" <<'EOF'
 """pmpoke.py POOL COMMAND ARGS: edits a pmfuse pool in place; prints the block it changed.
   root TREE                     top node of state root TREE (0 inodes, 1 refcount, 2 orphans)
   set-inode INO OFF FMT VALUE   struct-packs VALUE at byte OFF of inode INO's record, reseals
-  dirent DIR NAME OFF FMT VALUE the same for the entry NAME of directory DIR
+  dirent DIR NAME OFF FMT VALUE the same for the entry NAME of directory DIR (either tree)
   bitmap BLOCK 0|1              sets the bitmap bit of BLOCK, reseals
   log-entry [LANE]              appends a valid log entry whose pre-image is what is there now
                                 (in lane LANE of a log in lanes, 0 by default)
@@ -394,11 +394,19 @@ def main():
     elif cmd == 'dirent':
         _, ib, ioff = p.inode(int(a[0]))
         name = a[1].encode()
-        for blk, b, off in p.records(struct.unpack_from('<Q', ib, ioff + 128)[0], 280):
-            if b[off + 17] == len(name) and b[off + 24:off + 24 + len(name)] == name:
-                struct.pack_into(a[3], b, off + int(a[2]), int(a[4], 0))
-                p.reseal(blk, b)
-                return
+        # the long-entry tree (root at 128, 280-byte records, name at 24) and, with the
+        # SHORT_NAMES flag (bit 3 at 120), the short one (root at 200, 64 bytes, name at 18);
+        # key, ino, type and namelen are at the same offsets in both
+        trees = [(128, 280, 24)]
+        if struct.unpack_from('<I', ib, ioff + 120)[0] & 8:
+            trees.append((200, 64, 18))
+        for root, rec_len, noff in trees:
+            top = struct.unpack_from('<Q', ib, ioff + root)[0]
+            for blk, b, off in p.records(top, rec_len) if top else []:
+                if b[off + 17] == len(name) and b[off + noff:off + noff + len(name)] == name:
+                    struct.pack_into(a[3], b, off + int(a[2]), int(a[4], 0))
+                    p.reseal(blk, b)
+                    return
         sys.exit(1)
     elif cmd == 'bitmap':
         blk, bits = int(a[0]), (p.bs - 64) * 8

@@ -125,6 +125,11 @@ static uint64_t check_space(struct th_env *e)
 		} else if (S_ISDIR(mode)) {
 			pmfuse_inode_tree(fs, ip, leaf, &ip->map, &pmfuse_dirent_ops, &bt);
 			check_tree(&m, &bt);
+			if (pmfuse_le32(ip->flags) & PMFUSE_INODE_SHORT_NAMES) {
+				pmfuse_inode_tree(fs, ip, leaf, &ip->sdir, &pmfuse_sdirent_ops,
+						  &bt);
+				check_tree(&m, &bt);
+			}
 		}
 		pmfuse_inode_tree(fs, ip, leaf, &ip->xattrs, &pmfuse_xattr_ops, &bt);
 		check_tree(&m, &bt);

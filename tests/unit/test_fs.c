@@ -28,6 +28,7 @@
  */
 #include "harness.h"
 #include "harness_fs.h"
+#include "fs/repair.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -64,6 +65,17 @@ static void t_new(struct tctx *t, size_t size)
 	t->vol = th_fake_volume(size, 0);
 	t->pool = t->vol->pool;
 	assert_int_equal(pmfuse_fs_open(t->vol, NULL, &t->fs), 0);
+}
+
+/* A filesystem whose directories keep every name in the long-entry tree, as pools made before
+ * the short-name trees (tests that tamper with struct pmfuse_dirent records use it). */
+static void t_new_long(struct tctx *t, size_t size)
+{
+	struct pmfuse_fs_opts o = { .long_names_only = true };
+
+	t->vol = th_fake_volume(size, 0);
+	t->pool = t->vol->pool;
+	assert_int_equal(pmfuse_fs_open(t->vol, &o, &t->fs), 0);
 }
 
 static void t_open_pool(struct tctx *t, struct pmfuse_pool *pool)
@@ -361,11 +373,22 @@ static uint64_t rnd(struct wl *w, uint64_t n)
 	return th_rng_below(&w->rng, n);
 }
 
-/* A random name: mostly from a small set (so that names collide with existing ones), now and
- * then the longest allowed, too long, or with a slash. Returns the errno name_check gives. */
+/* Names with equal hashes: two short ones, and a short one with a long one (the two kinds of
+ * entries live in different trees, and their keys must still differ: test_hash). */
+static const char coll_a[] = "user.a6b770cc8738", coll_b[] = "user.7f4e089dbdfd";
+static const char coll_s[] = "s019e2dc8",
+	coll_l[] = "long-name-collides-with-a-short-one-across-trees-001dbbf1";
+
+/* A random name: mostly from a small set (so that names collide with existing ones), of lengths
+ * about PMFUSE_SHORT_NAME_MAX (45, 46, 47: each side of the short/long split) and 255 as well
+ * as short ones; now and then of 1 byte, one of the colliding pairs, the longest allowed, too
+ * long, or with a slash. Returns the errno name_check gives. */
 static int rand_name(struct wl *w, char *out)
 {
-	unsigned r = (unsigned)rnd(w, 1000);
+	static const size_t pad[] = { 0, 0, 45, 46, 47, PMFUSE_NAME_MAX };
+	const char *const coll[] = { coll_a, coll_b, coll_s, coll_l };
+	unsigned r = (unsigned)rnd(w, 1000), k;
+	size_t n;
 
 	if (r < 6) {
 		memset(out, 'L', PMFUSE_NAME_MAX);
@@ -382,7 +405,21 @@ static int rand_name(struct wl *w, char *out)
 		strcpy(out, "a/b");
 		return -EINVAL;
 	}
-	snprintf(out, PMFUSE_NAME_MAX + 1, "n%u", (unsigned)rnd(w, w->names));
+	if (r < 40) {
+		strcpy(out, coll[rnd(w, 4)]);
+		return 0;
+	}
+	if (r < 60) {
+		out[0] = (char)('a' + rnd(w, 3));
+		out[1] = '\0';
+		return 0;
+	}
+	k = (unsigned)rnd(w, w->names);
+	n = (size_t)snprintf(out, PMFUSE_NAME_MAX + 1, "n%u", k);
+	if (pad[k % 6] > n) {
+		memset(out + n, '-', pad[k % 6] - n);
+		out[pad[k % 6]] = '\0';
+	}
 	return 0;
 }
 
@@ -805,9 +842,17 @@ static void check_inode_blocks(struct tctx *t, uint64_t ino, struct blkcount *bc
 	assert_int_equal(pmfuse_inode_locate(t->fs, ino, &ip, &leaf), 0);
 	mode = pmfuse_le32(ip->mode);
 	if (S_ISDIR(mode)) {
+		uint64_t n;
+
 		pmfuse_inode_tree(t->fs, ip, leaf, &ip->map, &pmfuse_dirent_ops, &bt);
 		check_tree(&bt, bc);
-		assert_int_equal(pmfuse_btree_count(&bt), pmfuse_le64(ip->size));
+		n = pmfuse_btree_count(&bt);
+		if (pmfuse_le32(ip->flags) & PMFUSE_INODE_SHORT_NAMES) {
+			pmfuse_inode_tree(t->fs, ip, leaf, &ip->sdir, &pmfuse_sdirent_ops, &bt);
+			check_tree(&bt, bc);
+			n += pmfuse_btree_count(&bt);
+		}
+		assert_int_equal(n, pmfuse_le64(ip->size));
 	} else if (S_ISREG(mode) || S_ISLNK(mode)) {
 		pmfuse_inode_tree(t->fs, ip, leaf, &ip->map, &pmfuse_extent_ops, &bt);
 		check_tree(&bt, bc);
@@ -896,6 +941,25 @@ static void verify_model(struct wl *w)
 			continue;
 		}
 		list_dir(t, nd->ino, 1 + rnd(w, 64), &l);
+		/* both trees merged: cookies strictly grow, and a listing from any entry's cookie
+		 * returns exactly the entries after it */
+		for (size_t k = 1; k < l.n; k++)
+			assert_true(l.v[k].next > l.v[k - 1].next);
+		if (l.n) {
+			size_t from = (size_t)rnd(w, l.n);
+			struct listing r;
+			uint64_t c = l.v[from].next;
+
+			memset(&r, 0, sizeof(r));
+			while ((c = list_some(t, nd->ino, c, 1 + rnd(w, 8), &r)))
+				;
+			assert_int_equal(r.n, l.n - from - 1);
+			for (size_t k = 0; k < r.n; k++) {
+				assert_string_equal(r.v[k].name, l.v[from + 1 + k].name);
+				assert_int_equal(r.v[k].next, l.v[from + 1 + k].next);
+			}
+			free(r.v);
+		}
 		assert_int_equal(l.dot, nd->ino);
 		assert_int_equal(l.dotdot, m->nodes[nd->parent].ino);
 		assert_int_equal(l.n, nd->nents);
@@ -1771,8 +1835,6 @@ static void test_readdir_stability(void **state)
 }
 
 /* Two names with the same 48-bit hash (found once with Brent's cycle finding). */
-static const char coll_a[] = "user.a6b770cc8738", coll_b[] = "user.7f4e089dbdfd";
-
 static void test_hash(void **state)
 {
 	struct pmfuse_attr a;
@@ -1819,6 +1881,44 @@ static void test_hash(void **state)
 	assert_int_equal(lookup_attr(&t, 1, coll_b, &a), 0);
 	assert_int_equal(a.ino, fb);
 	assert_int_equal(pmfuse_fs_getattr(t.fs, fa, &a), -ENOENT);
+
+	/* a short and a long name of one hash: different trees, keys still distinct (D3) */
+	assert_int_equal(pmfuse_name_hash48(coll_s, strlen(coll_s)),
+			 pmfuse_name_hash48(coll_l, strlen(coll_l)));
+	assert_true(strlen(coll_s) <= PMFUSE_SHORT_NAME_MAX);
+	assert_true(strlen(coll_l) > PMFUSE_SHORT_NAME_MAX);
+	{
+		uint64_t d = mk(&t, 1, "x", S_IFDIR | 0755), hs, ia, ib;
+
+		hs = pmfuse_name_hash48(coll_s, strlen(coll_s));
+		ia = mk(&t, d, coll_s, S_IFREG | 0644);
+		ib = mk(&t, d, coll_l, S_IFREG | 0644);
+		list_dir(&t, d, 1, &l);
+		assert_int_equal(l.n, 2);
+		assert_string_equal(l.v[0].name, coll_s);
+		assert_int_equal(l.v[0].next - 1, hs << 15 | 0);
+		assert_string_equal(l.v[1].name, coll_l);
+		assert_int_equal(l.v[1].next - 1, hs << 15 | 1);
+		free(l.v);
+		/* the long one renamed to the short name: it moves to the short tree and takes
+		 * seq 0 (free in both once the short one is gone); a new long name of the hash
+		 * then skips seq 0, which only the short tree holds */
+		assert_int_equal(pmfuse_fs_unlink(t.fs, d, coll_s), 0);
+		assert_int_equal(pmfuse_fs_rename(t.fs, d, coll_l, d, coll_s, 0), 0);
+		assert_int_equal(lookup_attr(&t, d, coll_s, &a), 0);
+		assert_int_equal(a.ino, ib);
+		ia = mk(&t, d, coll_l, S_IFREG | 0644);
+		list_dir(&t, d, 5, &l);
+		assert_int_equal(l.n, 2);
+		assert_int_equal(l.v[0].next - 1, hs << 15 | 0);
+		assert_int_equal(l.v[1].next - 1, hs << 15 | 1);
+		assert_string_equal(l.v[1].name, coll_l);
+		assert_int_equal(l.v[1].ino, ia);
+		free(l.v);
+		assert_int_equal(pmfuse_fs_unlink(t.fs, d, coll_s), 0);
+		assert_int_equal(pmfuse_fs_unlink(t.fs, d, coll_l), 0);
+		assert_int_equal(pmfuse_fs_rmdir(t.fs, 1, "x"), 0);
+	}
 
 	/* the same chains for xattrs */
 	char v[300];
@@ -2083,6 +2183,22 @@ static void cop_rename_over(struct tctx *t)
 					  crash_ino(t, "d2", NULL), "other", 0), 0);
 }
 
+/* Names longer than PMFUSE_SHORT_NAME_MAX: entries of the long tree beside the short ones. */
+#define CRASH_LONG "a-file-whose-name-is-longer-than-forty-six-bytes"
+#define CRASH_LONG2 "a-new-name-that-is-also-longer-than-forty-six-bytes"
+
+static void cop_rename_to_long(struct tctx *t)
+{
+	assert_int_equal(pmfuse_fs_rename(t->fs, crash_ino(t, "d1", NULL), "data",
+					  crash_ino(t, "d2", NULL), CRASH_LONG2, 0), 0);
+}
+
+static void cop_rename_long_over_short(struct tctx *t)
+{
+	assert_int_equal(pmfuse_fs_rename(t->fs, crash_ino(t, "d2", NULL), CRASH_LONG,
+					  crash_ino(t, "d1", NULL), "data", 0), 0);
+}
+
 static void cop_exchange_dirs(struct tctx *t)
 {
 	assert_int_equal(pmfuse_fs_rename(t->fs, 1, "d2", crash_ino(t, "d1", NULL), "sub",
@@ -2139,6 +2255,8 @@ static void crash_setup(struct tctx *t)
 	assert_int_equal(pmfuse_fs_setxattr(t->fs, f, "user.small", "s", 1, 0), 0);
 	f = mk(t, d2, "other", S_IFREG | 0644);
 	assert_int_equal(pmfuse_fs_write(t->fs, f, buf, 5000, 0, false, &root_cred), 5000);
+	f = mk(t, d2, CRASH_LONG, S_IFREG | 0644);
+	assert_int_equal(pmfuse_fs_write(t->fs, f, buf, 100, 0, false, &root_cred), 100);
 	for (int i = 0; i < 40; i++) {
 		char name[16];
 		snprintf(name, sizeof(name), "e%d", i);
@@ -2152,6 +2270,8 @@ static void test_crash_sweep(void **state)
 	static const struct { const char *name; crash_op op; } ops[] = {
 		{ "unlink with data and xattrs", cop_unlink_data },
 		{ "rename over a file with data", cop_rename_over },
+		{ "rename a short name to a long one", cop_rename_to_long },
+		{ "rename a long name over a short one", cop_rename_long_over_short },
 		{ "exchange directories", cop_exchange_dirs },
 		{ "symlink", cop_symlink },
 		{ "replace a large xattr", cop_xattr_replace },
@@ -2546,7 +2666,7 @@ static void test_corruption(void **state)
 
 	(void)state;
 	memset(big, 'b', sizeof(big));
-	t_new(&t, 16 * MIB);
+	t_new_long(&t, 16 * MIB);   /* it tampers with long records */
 	d = mk(&t, 1, "d", S_IFDIR | 0755);
 	f = mk(&t, d, "f", S_IFREG | 0644);
 	sub = mk(&t, d, "sub", S_IFDIR | 0755);
@@ -2722,7 +2842,7 @@ static void test_fsck_checks(void **state)
 
 	(void)state;
 	memset(big, 'b', sizeof(big));
-	t_new(&t, 16 * MIB);
+	t_new_long(&t, 16 * MIB);   /* entry_of tampers with long records */
 	d = mk(&t, 1, "d", S_IFDIR | 0755);
 	sub = mk(&t, d, "sub", S_IFDIR | 0755);
 	x = mk(&t, sub, "x", S_IFDIR | 0755);
@@ -3006,6 +3126,217 @@ static void check_filled(struct th_env *e, uint64_t dir, const char *name, uint6
  * cache (entry_fill in dir.c), so that the GETATTR the kernel sends after each create and a
  * lookup of the name take no lock; and what they leave is exactly what the pool says.
  */
+static unsigned feature_lines;
+
+static void count_line(void *arg, const char *msg)
+{
+	(void)arg;
+	if (strstr(msg, "short directories feature"))
+		feature_lines++;
+	else if (getenv("PMFUSE_TEST_VERBOSE"))
+		fprintf(stderr, "# repair: %s\n", msg);
+}
+
+/* A record for name -> ino of tree t (0 long, 1 short) with key, put straight into directory
+ * dir's tree in a transaction of its own (damage the operations never make). */
+static void put_raw(struct tctx *t, uint64_t dir, unsigned tree, const char *name, uint64_t key,
+		    uint64_t ino, bool del)
+{
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *dp;
+	struct pmfuse_btree bt;
+	struct pmfuse_tx *tx;
+	union {
+		struct pmfuse_dirent l;
+		struct pmfuse_sdirent s;
+	} u;
+
+	memset(&u, 0, sizeof(u));
+	assert_int_equal(pmfuse_inode_locate(t->fs, dir, &dp, &leaf), 0);
+	if (tree) {
+		pmfuse_inode_tree(t->fs, dp, leaf, &dp->sdir, &pmfuse_sdirent_ops, &bt);
+		pmfuse_set_le64(&u.s.key, key);
+		pmfuse_set_le64(&u.s.ino, ino);
+		u.s.type = DT_REG;
+		u.s.namelen = (uint8_t)strlen(name);
+		memcpy(u.s.name, name, strlen(name));
+	} else {
+		pmfuse_inode_tree(t->fs, dp, leaf, &dp->map, &pmfuse_dirent_ops, &bt);
+		pmfuse_set_le64(&u.l.key, key);
+		pmfuse_set_le64(&u.l.ino, ino);
+		u.l.type = DT_REG;
+		u.l.namelen = (uint8_t)strlen(name);
+		memcpy(u.l.name, name, strlen(name));
+	}
+	tx = pmfuse_tx_begin(t->fs->txm);
+	assert_int_equal(del ? pmfuse_btree_delete(tx, &bt, &u.l.key, NULL) :
+			 pmfuse_btree_insert(tx, &bt, &u), 0);
+	pmfuse_tx_commit(tx);
+}
+
+static uint32_t inode_flags(struct tctx *t, uint64_t ino)
+{
+	struct pmfuse_blk_hdr *leaf;
+
+	return pmfuse_le32(inode_of(t, ino, &leaf)->flags);
+}
+
+/*
+ * Short-name trees (PMFUSE_INODE_SHORT_NAMES): a pool made without them (long_names_only, as
+ * older code made pools) keeps working after an open that makes them, its directories keep all
+ * their names in the long tree and new ones get the flag and the feature bit; names of 1, 45,
+ * 46, 47 and 255 bytes in both kinds of directory, renamed between them. Then fsck on damage only
+ * the two trees can have: a short name in the long tree, a key in both trees, a flagged
+ * directory on a pool without the feature, a short-name tree that fails its check.
+ */
+static void test_short_names(void **state)
+{
+	static const size_t lens[] = { 1, 45, 46, 47, 255 };
+	char names[5][PMFUSE_NAME_MAX + 1], other[PMFUSE_NAME_MAX + 1];
+	struct pmfuse_blk_hdr *leaf;
+	struct pmfuse_inode *dp;
+	struct pmfuse_attr a;
+	struct listing l;
+	struct tctx t;
+	uint64_t old, nd, f[5], key;
+
+	(void)state;
+	for (unsigned i = 0; i < 5; i++) {
+		memset(names[i], 'a' + (int)i, lens[i]);
+		names[i][lens[i]] = '\0';
+	}
+	t_new_long(&t, 16 * MIB);
+	assert_false(pmfuse_le64(t.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS);
+	old = mk(&t, 1, "old", S_IFDIR | 0755);
+	for (unsigned i = 0; i < 5; i++)
+		f[i] = mk(&t, old, names[i], S_IFREG | 0644);
+	assert_false(inode_flags(&t, 1) & PMFUSE_INODE_SHORT_NAMES);
+	assert_false(inode_flags(&t, old) & PMFUSE_INODE_SHORT_NAMES);
+	th_fsck_clean(t.fs);
+
+	t_reopen(&t);       /* the default: new directories get short-name trees */
+	assert_false(pmfuse_le64(t.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS);
+	nd = mk(&t, old, "new", S_IFDIR | 0755);
+	assert_true(pmfuse_le64(t.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS);
+	assert_true(inode_flags(&t, nd) & PMFUSE_INODE_SHORT_NAMES);
+	assert_false(inode_flags(&t, old) & PMFUSE_INODE_SHORT_NAMES);
+	/* every name to the new directory and back, and a second name in each */
+	for (unsigned i = 0; i < 5; i++) {
+		assert_int_equal(pmfuse_fs_rename(t.fs, old, names[i], nd, names[i], 0), 0);
+		assert_int_equal(lookup_attr(&t, nd, names[i], &a), 0);
+		assert_int_equal(a.ino, f[i]);
+		pmfuse_fs_forget(t.fs, a.ino, 1);
+		assert_int_equal(pmfuse_fs_link(t.fs, f[i], old, names[i], &a), 0);
+		pmfuse_fs_forget(t.fs, a.ino, 1);
+	}
+	assert_int_equal(pmfuse_inode_locate(t.fs, nd, &dp, &leaf), 0);
+	assert_int_equal(pmfuse_le64(dp->sdir.nrecs), 3);   /* 1, 45, 46 bytes */
+	assert_int_equal(pmfuse_le64(dp->map.nrecs), 2);    /* 47, 255 */
+	assert_int_equal(pmfuse_inode_locate(t.fs, old, &dp, &leaf), 0);
+	assert_int_equal(pmfuse_le64(dp->sdir.nrecs), 0);
+	assert_int_equal(pmfuse_le64(dp->map.nrecs), 6);    /* and "new" */
+	/* a rename across the split in one directory, over an existing name, an exchange */
+	assert_int_equal(pmfuse_fs_rename(t.fs, nd, names[2], nd, names[3], 0), 0);
+	assert_int_equal(lookup_attr(&t, nd, names[2], &a), -ENOENT);
+	assert_int_equal(lookup_attr(&t, nd, names[3], &a), 0);
+	assert_int_equal(a.ino, f[2]);
+	pmfuse_fs_forget(t.fs, a.ino, 1);
+	assert_int_equal(pmfuse_fs_rename(t.fs, nd, names[0], nd, names[4],
+					  PMFUSE_RENAME_EXCHANGE), 0);
+	assert_int_equal(lookup_attr(&t, nd, names[4], &a), 0);
+	assert_int_equal(a.ino, f[0]);
+	pmfuse_fs_forget(t.fs, a.ino, 1);
+	list_dir(&t, nd, 2, &l);
+	assert_int_equal(l.n, 4);
+	free(l.v);
+	th_fsck_clean(t.fs);
+	/* a directory with names in both trees is not empty; emptied, it goes */
+	assert_int_equal(pmfuse_fs_rmdir(t.fs, old, "new"), -ENOTEMPTY);
+	assert_int_equal(pmfuse_fs_unlink(t.fs, nd, names[0]), 0);
+	assert_int_equal(pmfuse_fs_unlink(t.fs, nd, names[4]), 0);
+	assert_int_equal(pmfuse_fs_rmdir(t.fs, old, "new"), -ENOTEMPTY);   /* 1 short, 1 long */
+	assert_int_equal(pmfuse_fs_unlink(t.fs, nd, names[1]), 0);
+	assert_int_equal(pmfuse_fs_rmdir(t.fs, old, "new"), -ENOTEMPTY);   /* the long one */
+	assert_int_equal(pmfuse_fs_unlink(t.fs, nd, names[3]), 0);
+	assert_int_equal(pmfuse_fs_rmdir(t.fs, old, "new"), 0);
+	pmfuse_log_set_target(PMFUSE_LOG_QUIET);
+	t_reopen(&t);
+	pmfuse_log_set_target(PMFUSE_LOG_STDERR);
+	th_fsck_clean(t.fs);
+	check_space(&t);
+
+	/* fsck: damage in a flagged directory */
+	nd = mk(&t, old, "new", S_IFDIR | 0755);
+	mk(&t, nd, "x", S_IFREG | 0644);
+	mk(&t, nd, names[4], S_IFREG | 0644);
+	th_fsck_clean(t.fs);
+	strcpy(other, "zz");
+	key = pmfuse_name_hash48(other, 2) << 16;
+	put_raw(&t, nd, 0, other, key, f[0], false);
+	expect_fsck(&t, "(2 bytes) is in its long-name tree");
+	put_raw(&t, nd, 0, other, key, f[0], true);
+	key = pmfuse_name_hash48("x", 1) << 16;
+	put_raw(&t, nd, 0, "x", key, f[0], false);
+	expect_fsck(&t, "is in both of its trees");
+	put_raw(&t, nd, 0, "x", key, f[0], true);
+	th_fsck_clean(t.fs);
+	t.vol->sb.incompat.v ^= PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS;   /* in DRAM only */
+	expect_fsck(&t, "lacks the short directories feature");
+	t.vol->sb.incompat.v ^= PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS;
+	/* a short-name leaf whose records are out of order (resealed) */
+	{
+		struct pmfuse_btree_cursor cur;
+		struct pmfuse_btree bt;
+		struct pmfuse_blk_hdr *sl;
+		uint8_t saved[4096];
+
+		mk(&t, nd, "y", S_IFREG | 0644);
+		assert_int_equal(pmfuse_inode_locate(t.fs, nd, &dp, &leaf), 0);
+		pmfuse_inode_tree(t.fs, dp, leaf, &dp->sdir, &pmfuse_sdirent_ops, &bt);
+		assert_int_equal(pmfuse_btree_first(&cur, &bt), 0);
+		sl = pmfuse_volume_block(t.vol, cur.path[0].blk);
+		memcpy(saved, sl, sizeof(saved));
+		{
+			uint8_t tmp[64], *r0 = (uint8_t *)sl + 32;
+
+			memcpy(tmp, r0, 64);
+			memcpy(r0, r0 + 64, 64);
+			memcpy(r0 + 64, tmp, 64);
+		}
+		reseal(&t, sl);
+		expect_fsck(&t, "short names");
+		memcpy(sl, saved, sizeof(saved));
+	}
+	th_fsck_clean(t.fs);
+	check_space(&t);
+
+	/* repair gives a pool with split directories but without the feature bit the bit */
+	{
+		struct pmfuse_repair_ops ops = { .fixed = count_line, .left = count_line };
+		struct pmfuse_fs_opts ro = { .repair = true };
+		struct pmfuse_repair_result rr = { 0 };
+		char msg[256];
+
+		pmfuse_set_le64(&t.vol->sb.incompat, pmfuse_le64(t.vol->sb.incompat) &
+				~PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS);
+		assert_int_equal(pmfuse_volume_write_sb(t.vol), 0);
+		pmfuse_fs_close(t.fs);
+		pmfuse_volume_close(t.vol);
+		assert_int_equal(pmfuse_volume_open(t.pool, PMFUSE_VOL_REPAIR, &t.vol, msg,
+						    sizeof(msg)), 0);
+		assert_int_equal(pmfuse_fs_open(t.vol, &ro, &t.fs), 0);
+		feature_lines = 0;
+		assert_int_equal(pmfuse_fs_repair(t.fs, false, &ops, &rr), 0);
+		assert_int_equal(feature_lines, 1);
+		assert_true(pmfuse_le64(t.vol->sb.incompat) & PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS);
+		pmfuse_fs_close(t.fs);
+		pmfuse_volume_close(t.vol);
+		t_open_pool(&t, t.pool);
+		th_fsck_clean(t.fs);
+	}
+	t_destroy(&t);
+}
+
 static void test_create_fills_cache(void **state)
 {
 	struct th_env e;
@@ -3211,6 +3542,7 @@ int main(void)
 		cmocka_unit_test(test_readonly),
 		cmocka_unit_test(test_corruption),
 		cmocka_unit_test(test_fsck_checks),
+		cmocka_unit_test(test_short_names),
 		cmocka_unit_test(test_threads),
 		cmocka_unit_test(test_readdir_stability),
 		cmocka_unit_test(test_random_namespace),

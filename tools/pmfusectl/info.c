@@ -106,6 +106,7 @@ static void print_sb(const struct pmfuse_sb *sb)
 		{ PMFUSE_FEATURE_INCOMPAT_INLINE_MAP, "inline_map" },
 		{ PMFUSE_FEATURE_INCOMPAT_EDGE_FILL, "edge_fill" },
 		{ PMFUSE_FEATURE_INCOMPAT_LOG_LANES, "log_lanes" },
+		{ PMFUSE_FEATURE_INCOMPAT_SHORT_DIRS, "short_dirs" },
 		{ PMFUSE_FEATURE_INCOMPAT_LOG_ZERO, "log_zero: mounted, or crashed" },
 	};
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
