@@ -181,6 +181,24 @@ static void reply_attr(fuse_req_t req, int rc, const struct pmfuse_attr *a)
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
+/*
+ * The mount log says once that requests really arrive through an io_uring ring: the INIT reply
+ * only shows that libfuse started its rings (initx.c), the kernel uses them once every ring is
+ * registered. A relaxed load per create, lookup and getattr after that.
+ */
+static void note_transport(fuse_req_t req)
+{
+#ifdef PMFUSE_HAVE_FUSE_URING
+	static bool seen;
+
+	if (!__atomic_load_n(&seen, __ATOMIC_RELAXED) && fuse_req_is_uring(req) &&
+	    !__atomic_exchange_n(&seen, true, __ATOMIC_RELAXED))
+		pmfuse_log(PMFUSE_LOG_INFO, "first request served through an io_uring ring");
+#else
+	(void)req;
+#endif
+}
+
 /* Set by init when the kernel enforces POSIX ACLs (one session per process). */
 static bool acl_enabled;
 
@@ -250,6 +268,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct pmfuse_attr a;
 	int rc = pmfuse_fs_lookup(fs_of(req), parent, name, &a);
 
+	note_transport(req);
 	reply_entry(req, rc, &a);
 }
 
@@ -274,6 +293,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	int rc = pmfuse_fs_getattr(fs_of(req), ino, &a);
 
 	(void)fi;
+	note_transport(req);
 	reply_attr(req, rc, &a);
 }
 
@@ -458,6 +478,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	int rc;
 
 	cred_of(req, &cred);
+	note_transport(req);
 	if (!strcmp(name, PMFUSE_TMPFILE_NAME))    /* FUSE_TMPFILE, as initx.c passes it on */
 		rc = pmfuse_fs_tmpfile(fs_of(req), parent, mode, &cred, &a);
 	else
@@ -472,6 +493,18 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	if (fuse_reply_create(req, &e, fi))
 		pmfuse_fs_forget(fs_of(req), a.ino, 1);
 }
+
+#ifdef PMFUSE_HAVE_FUSE_TMPFILE
+/*
+ * FUSE_TMPFILE (O_TMPFILE) from libfuse >= 3.17, which serves it on /dev/fuse and on the
+ * io_uring rings alike (there initx.c's read hook, which turns it into a CREATE for an older
+ * libfuse, never sees it): the same fs call as the create handler's for PMFUSE_TMPFILE_NAME.
+ */
+static void op_tmpfile(fuse_req_t req, fuse_ino_t parent, mode_t mode, struct fuse_file_info *fi)
+{
+	op_create(req, parent, PMFUSE_TMPFILE_NAME, mode, fi);
+}
+#endif
 
 struct read_reply {
 	fuse_req_t req;
@@ -1347,6 +1380,13 @@ static void g_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	GUARDED(req, parent, op_create(req, parent, name, mode, fi), fuse_reply_err(req, EIO));
 }
 
+#ifdef PMFUSE_HAVE_FUSE_TMPFILE
+static void g_tmpfile(fuse_req_t req, fuse_ino_t parent, mode_t mode, struct fuse_file_info *fi)
+{
+	GUARDED(req, parent, op_tmpfile(req, parent, mode, fi), fuse_reply_err(req, EIO));
+}
+#endif
+
 static void g_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
 		struct fuse_file_info *fi)
 {
@@ -1421,4 +1461,7 @@ const struct fuse_lowlevel_ops pmfuse_ops = {
 	.lseek = g_lseek,
 	.copy_file_range = g_copy_file_range,
 	.ioctl = g_ioctl,
+#ifdef PMFUSE_HAVE_FUSE_TMPFILE
+	.tmpfile = g_tmpfile,
+#endif
 };
