@@ -200,15 +200,16 @@ static void usage(FILE *f)
 		"                           ...) as mount -o remount does, then exit\n"
 		"    -o writeback_cache     let the kernel's page cache hold writes back: data is\n"
 		"                           durable at fsync (or close), no longer when write returns\n"
-		"    -o io_uring            FUSE over io_uring when the kernel offers it (needs\n"
-		"                           libfuse >= 3.18%s and enable_uring=Y in\n"
-		"                           /sys/module/fuse/parameters); io_uring_q_depth=N too\n"
+		"    -o io_uring            FUSE over io_uring when the kernel offers it (Linux >= 6.14,\n"
+		"                           enable_uring=Y in /sys/module/fuse/parameters); needs\n"
+		"                           libfuse >= 3.18%s;\n"
+		"                           -o io_uring_q_depth=N sets the depth of each ring\n"
 		"pmfuse always uses -o default_permissions,fsname=POOL,subtype=pmfuse.\n"
 		"\n",
 #ifdef PMFUSE_HAVE_FUSE_URING
 		""
 #else
-		"; this pmfuse has an older one"
+		" (this pmfuse has an older one)"
 #endif
 		);
 }
