@@ -487,7 +487,7 @@ int main(int argc, char *argv[])
 	struct cli cli = { 0 };
 	char pool_path[PATH_MAX];
 	bool signals = false, mounted = false;
-	const char *uring_env;
+	const char *uring_env = NULL;
 	int rc, status = 1, path_errno = 0;
 
 	memset(&opts, 0, sizeof(opts));
@@ -576,8 +576,11 @@ bad_args:
 	if (fuse_session_mount(se, opts.mountpoint))
 		goto out;
 	mounted = true;
-	/* libfuse also reads FUSE_URING_ENABLE=1 from the environment: the log should know it */
+	/* libfuse >= 3.18 also reads FUSE_URING_ENABLE=1 from the environment: the log should
+	 * know it (an older libfuse ignores it) */
+#ifdef PMFUSE_HAVE_FUSE_URING
 	uring_env = getenv("FUSE_URING_ENABLE");
+#endif
 	if ((rc = pmfuse_initx_install(se, &initx, cli.io_uring ||
 				       (uring_env && atoi(uring_env) != 0))) < 0) {
 		pmfuse_log(PMFUSE_LOG_ERR, "cannot hook the FUSE session's I/O: %s", strerror(-rc));
