@@ -24,7 +24,8 @@
  *   durable on the pool; with the option the kernel's page cache holds writes back, and data
  *   is durable at fsync (what follows from it: op_write, op_lseek, op_fsync, ioctl.c, and
  *   doc/design.md);
- * - HANDLE_KILLPRIV_V2 (added to the INIT reply by initx.c; libfuse 3.14 has no bit for it):
+ * - HANDLE_KILLPRIV_V2 (added to the INIT reply by initx.c; libfuse 3.14 has no bit for it;
+ *   withheld under FUSE over io_uring, where the write flag it relies on is lost: initx.c):
  *   the kernel stops asking for security.capability before every write; a truncation (and a
  *   chown) then comes with FATTR_KILL_SUIDGID, set only when the caller lacks CAP_FSETID,
  *   and the fs clears the bits (PMFUSE_SET_KILL_SUID). Not HANDLE_KILLPRIV (v1), with which
@@ -695,7 +696,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
  *
  * Setuid/setgid: the kernel marks a write by a caller without CAP_FSETID with
  * FUSE_WRITE_KILL_SUIDGID (direct writes always, cached ones under HANDLE_KILLPRIV_V2, which
- * pmfuse grants; without it the kernel clears the bits itself first). libfuse drops that flag,
+ * pmfuse grants except over io_uring; without it the kernel clears the bits itself first, and
+ * a direct write's flag, lost on a ring, has nothing left to clear). libfuse drops that flag,
  * so the session's read hook carries it in fi->flags (PMFUSE_FI_KILL_SUIDGID); the fs applies
  * pmfuse_fs_mode_after_change with it, which asks the caller's groups only for setgid without
  * group-exec. With the writeback cache, pages are written back as requests with
