@@ -36,11 +36,18 @@
  * - KILLPRIV_V2: libfuse 3.18's write handler does not pass write_flags on either, so a write
  *   through a ring cannot say that its caller lacks CAP_FSETID. When the INIT reply carries
  *   FUSE_OVER_IO_URING (libfuse sets it only once its rings started) KILLPRIV_V2 is therefore
- *   not granted, and taken out if libfuse set it: the kernel then clears setuid/setgid itself
- *   before a write, copy_file_range or fallocate (a SETATTR with the new mode, one GETXATTR
- *   of security.capability per write more) and sends a truncation's new mode too, as without
- *   the hooks. Without KILLPRIV_V2 the kernel never sets FUSE_WRITE_KILL_SUIDGID nor
- *   FATTR_KILL_SUIDGID, so nothing depends on the write hook or on PMFUSE_SET_KILL_SUID.
+ *   not granted, and taken out if libfuse set it: the kernel then clears setuid, and setgid
+ *   when group-executable, itself before a write, copy_file_range, fallocate or truncate (a
+ *   SETATTR with the new mode; one GETXATTR of security.capability per write more). FUSE's
+ *   setattr leaves Linux 6.2's other case, setgid dropped for a caller outside the file's
+ *   group, to the server, and nothing then marks the caller: ops.c asks /proc for writes and
+ *   truncations of files with either bit (kernel_marks_fsetid), as for fallocate.
+ *   Except with the writeback cache: without KILLPRIV_V2 the kernel puts a write by such a
+ *   caller into the page cache and the daemon gets it back without credentials, so nobody
+ *   could apply that case. There KILLPRIV_V2 stays granted (the kernel then sends such a
+ *   write straight through, with the writer's credentials), truncations keep their
+ *   FATTR_KILL_SUIDGID (a setattr field, which the ring passes on), and ops.c asks /proc for
+ *   every unmarked write that came through a ring.
  * - FUSE_TMPFILE: libfuse >= 3.17 has a tmpfile op (ops.c), which serves it on either path,
  *   so with such a libfuse the read hook leaves it alone.
  * - INTERRUPT: pmfuse registers no interrupt callbacks, so nothing is lost when libfuse 3.18
@@ -76,12 +83,16 @@ static bool initx_reply_uring(const struct fuse_init_out *out, size_t len)
 }
 
 /* The mount log says which path requests take, and why not the ring when it was asked for. */
-static void log_transport(const struct pmfuse_initx *x)
+static void log_transport(const struct pmfuse_initx *x, bool writeback_cache)
 {
-	if (x->uring)
+	if (x->uring && !writeback_cache)
 		pmfuse_log(PMFUSE_LOG_INFO, "transport: FUSE over io_uring (per-CPU rings); "
 			   "HANDLE_KILLPRIV_V2 not negotiated, the kernel clears setuid/setgid "
 			   "before writes");
+	else if (x->uring)
+		pmfuse_log(PMFUSE_LOG_INFO, "transport: FUSE over io_uring (per-CPU rings); "
+			   "writeback cache: HANDLE_KILLPRIV_V2 kept, the daemon asks /proc "
+			   "whether a writer has CAP_FSETID");
 	else if (!x->uring_wanted)
 		pmfuse_log(PMFUSE_LOG_INFO, "transport: /dev/fuse");
 	else if (!(x->offered2 & (uint32_t)(FUSE_OVER_IO_URING >> 32)))
@@ -151,13 +162,14 @@ static ssize_t initx_writev(int fd, struct iovec *iov, int count, void *userdata
 			if (oh->error == 0) {
 				memcpy(&out, iov[1].iov_base, iov[1].iov_len);
 				initx->uring = initx_reply_uring(&out, iov[1].iov_len);
-				log_transport(initx);
-				if (initx->uring) {
+				log_transport(initx, out.flags & FUSE_WRITEBACK_CACHE);
+				if (initx->uring && !(out.flags & FUSE_WRITEBACK_CACHE)) {
 					/* see the top: the ring loses FUSE_WRITE_KILL_SUIDGID */
 					out.flags &= ~(uint32_t)FUSE_HANDLE_KILLPRIV_V2;
 				} else if (initx->offered & FUSE_HANDLE_KILLPRIV_V2) {
 					out.flags |= FUSE_HANDLE_KILLPRIV_V2;
-					initx->killpriv_v2 = true;
+					/* ops.c reads it on other threads, after this reply */
+					__atomic_store_n(&initx->killpriv_v2, true, __ATOMIC_RELEASE);
 					pmfuse_log(PMFUSE_LOG_DEBUG, "FUSE_HANDLE_KILLPRIV_V2 granted: "
 						   "writes skip the security.capability lookup");
 				}

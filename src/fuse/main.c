@@ -586,6 +586,7 @@ bad_args:
 		pmfuse_log(PMFUSE_LOG_ERR, "cannot hook the FUSE session's I/O: %s", strerror(-rc));
 		goto out;
 	}
+	daemon.initx = &initx;
 	find_mount_dev(&daemon, opts.mountpoint);
 	if ((rc = pmfuse_notifier_start(se, &daemon.notifier))) {
 		pmfuse_log(PMFUSE_LOG_ERR, "cannot start the notifier thread: %s", strerror(-rc));

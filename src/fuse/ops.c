@@ -125,6 +125,31 @@ static void cred_of(fuse_req_t req, struct pmfuse_cred *cred)
 	pmfuse_op_cred(req, cred);
 }
 
+/*
+ * Whether the kernel marks what a caller without CAP_FSETID writes or truncates
+ * (FUSE_WRITE_KILL_SUIDGID, FATTR_KILL_SUIDGID): only under HANDLE_KILLPRIV_V2 (initx.c). Without
+ * it (FUSE over io_uring, or a kernel that does not offer it) the kernel clears setuid, and
+ * setgid when group-executable, itself, but not setgid for a caller outside the file's group
+ * (Linux 6.2's rule, which FUSE's setattr leaves to the server): the daemon asks /proc then.
+ */
+static bool kernel_marks_fsetid(fuse_req_t req)
+{
+	const struct pmfuse_initx *x = daemon_of(req)->initx;
+
+	return x && __atomic_load_n(&x->killpriv_v2, __ATOMIC_ACQUIRE);
+}
+
+/* A request through an io_uring ring, which lost FUSE_WRITE_KILL_SUIDGID on the way (initx.c). */
+static bool req_on_ring(fuse_req_t req)
+{
+#ifdef PMFUSE_HAVE_FUSE_URING
+	return fuse_req_is_uring(req);
+#else
+	(void)req;
+	return false;
+#endif
+}
+
 static void stat_of(const struct pmfuse_attr *a, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
@@ -358,6 +383,17 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *st, int to_s
 		valid |= PMFUSE_SET_KILL_SUID;
 
 	cred_of(req, &cred);
+	/* no KILLPRIV_V2: a truncation says nothing of the caller; ask, for a file with the bits */
+	if ((valid & PMFUSE_SET_SIZE) &&
+	    !(valid & (PMFUSE_SET_KILL_SUID | PMFUSE_SET_UID | PMFUSE_SET_GID)) &&
+	    !kernel_marks_fsetid(req)) {
+		struct pmfuse_attr cur;
+		bool in_group;
+
+		if (!pmfuse_fs_getattr(fs_of(req), ino, &cur) && S_ISREG(cur.mode) &&
+		    (cur.mode & (S_ISUID | S_ISGID)) && !req_privs(&cred, cur.gid, &in_group))
+			valid |= PMFUSE_SET_KILL_SUID;
+	}
 	rc = pmfuse_fs_setattr(fs_of(req), ino, &sa, valid, &cred, &a);
 	reply_attr(req, rc, &a);
 }
@@ -723,6 +759,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	}
 	cred_of(req, &cred);
 	cred.fsetid = !fi->writepage && ((unsigned)fi->flags & PMFUSE_FI_KILL_SUIDGID) ? -1 : 1;
+	/* without KILLPRIV_V2, or through a ring (initx.c), an unmarked write may come from a
+	 * caller without CAP_FSETID: the fs asks /proc, for a file with either bit only */
+	if (!fi->writepage && cred.fsetid > 0 && (!kernel_marks_fsetid(req) || req_on_ring(req)))
+		cred.fsetid = 0;
 	/* a written-back page: the kernel has its own mtime and ctime for the write, taken when
 	 * it was made, and sends them with SETATTR (before or after this request) */
 	wflags = fi->writepage ? PMFUSE_WRITE_KEEP_TIMES : 0;
