@@ -260,6 +260,22 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		pmfuse_log(PMFUSE_LOG_INFO, "writeback cache: the kernel buffers writes; data is "
 			   "durable at fsync or close");
 	}
+#ifdef PMFUSE_HAVE_FUSE_URING
+	/*
+	 * Not the io_uring rings with the writeback cache: on the rings (kernel 6.18, libfuse
+	 * 3.18.2) fs_reflink's clone-while-writing test hung with the writeback cache, requests
+	 * left unanswered even after the daemon was killed and the connection aborted. Until that
+	 * is understood the cache keeps /dev/fuse.
+	 */
+	if (d->writeback_cache && (conn->want & FUSE_CAP_OVER_IO_URING)) {
+		conn->want &= ~(unsigned)FUSE_CAP_OVER_IO_URING;
+		if (d->initx && d->initx->uring_wanted)
+			pmfuse_log(PMFUSE_LOG_WARN, "transport: /dev/fuse: io_uring is not used "
+				   "with -o writeback_cache");
+		if (d->initx)
+			d->initx->uring_wanted = false;   /* said here, not again at INIT */
+	}
+#endif
 	d->no_opendir = conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
 
 	/* libfuse has already capped max_write at its request buffer (1 MiB with 4 KiB pages). */

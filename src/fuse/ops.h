@@ -30,7 +30,7 @@ struct pmfuse_daemon {
 	bool dev_known;              /* dev is the st_dev of this mount (from statx at mount) */
 	dev_t dev;                   /* tells a caller's file on this mount from others */
 	struct pmfuse_notifier *notifier;   /* invalidates the kernel's cache, then replies */
-	const struct pmfuse_initx *initx;   /* the INIT hooks: whether KILLPRIV_V2 was granted */
+	struct pmfuse_initx *initx;  /* the INIT hooks: KILLPRIV_V2 granted, io_uring asked for */
 };
 
 extern const struct fuse_lowlevel_ops pmfuse_ops;

@@ -96,6 +96,22 @@ def kernel_refusal_is_logged(m):
     check(FIRST not in log_text(m), "no request through a ring")
 
 
+@test(mount=False)
+def no_ring_with_writeback_cache(m):
+    if not daemon_has_ring(m):
+        raise Skip("the daemon is built against libfuse < 3.18 (no FUSE over io_uring)")
+    if not pmfs.uring_enabled():
+        raise Skip(f"{pmfs.URING_PARAM} is not Y: the kernel offers no FUSE over io_uring")
+    m.opts += ["io_uring", "writeback_cache"]
+    m.mkfs()
+    m.mount()
+    write_file(m.path("f"), b"cached")
+    os.stat(m.path("f"))
+    check(wait_log(m, "io_uring is not used with -o writeback_cache"),
+          "the log says the writeback cache keeps /dev/fuse:\n" + m.log_tail())
+    check(RING not in log_text(m) and FIRST not in log_text(m), "no ring")
+
+
 @test()
 def default_transport_is_dev_fuse(m):
     if pmfs.URING:
