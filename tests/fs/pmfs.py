@@ -438,6 +438,27 @@ def is_mounted(path):
     return os.path.realpath(path) in mountinfo()
 
 
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def abort_fuse_connection(mnt):
+    """Ends every request of the FUSE connection mounted on mnt (fusectl's abort), as the
+    daemon's death does on /dev/fuse. On the io_uring rings (kernel 6.18) a killed daemon can
+    leave requests unanswered, and their callers hung, until the connection is aborted. Only
+    with PMFUSE_TEST_URING; mounts fusectl where it is missing."""
+    info = mountinfo().get(os.path.realpath(mnt))
+    if not URING or not info or not info[0].startswith("fuse"):
+        return
+    if not any(v[0] == "fusectl" for v in mountinfo().values()):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with open(os.path.join(FUSECTL, info[2].split(":")[1], "abort"), "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+
+
 # --------------------------------------------------------------------------------------------
 # Watchdog: a separate process in its own session
 
@@ -457,6 +478,7 @@ def watchdog_main(parent_pid):
                     os.kill(p, signal.SIGKILL)
                 except OSError:
                     pass
+            abort_fuse_connection(mnt)
             subprocess.run(["fusermount3", "-uz", mnt], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
         mounts.clear()
@@ -915,6 +937,7 @@ class Mount:
         self.killed = True
         os.kill(self.daemon.pid, signal.SIGKILL)
         self.daemon.wait(timeout=EXIT_TIMEOUT)
+        abort_fuse_connection(self.mnt)
         # a sanitizer that stopped the daemon before the kill must still fail the test
         self.scan_log()
 
