@@ -28,6 +28,33 @@
  * is patched as it is written: the session's I/O goes through fuse_session_custom_io() hooks
  * that note the unique id of the INIT request (and the kernel's offer) when it is read, and set
  * the flag in the matching reply. All other messages pass unchanged.
+ *
+ * FUSE over io_uring (libfuse >= 3.18, -o io_uring). INIT and its reply still pass here (the
+ * rings are registered after it), and so do FORGET and INTERRUPT (the kernel queues them on
+ * /dev/fuse only) and every request that comes before all rings are registered; every other
+ * request and reply goes through the rings and never passes these hooks. What holds then:
+ * - KILLPRIV_V2: libfuse 3.18's write handler does not pass write_flags on either, so a write
+ *   through a ring cannot say that its caller lacks CAP_FSETID. When the INIT reply carries
+ *   FUSE_OVER_IO_URING (libfuse sets it only once its rings started) KILLPRIV_V2 is therefore
+ *   not granted, and taken out if libfuse set it: the kernel then clears setuid, and setgid
+ *   when group-executable, itself before a write, copy_file_range, fallocate or truncate (a
+ *   SETATTR with the new mode; one GETXATTR of security.capability per write more). FUSE's
+ *   setattr leaves Linux 6.2's other case, setgid dropped for a caller outside the file's
+ *   group, to the server, and nothing then marks the caller: ops.c asks /proc for writes and
+ *   truncations of files with either bit (kernel_marks_fsetid), as for fallocate.
+ *   Except with the writeback cache: without KILLPRIV_V2 the kernel puts a write by such a
+ *   caller into the page cache and the daemon gets it back without credentials, so nobody
+ *   could apply that case. There KILLPRIV_V2 stays granted (the kernel then sends such a
+ *   write straight through, with the writer's credentials), truncations keep their
+ *   FATTR_KILL_SUIDGID (a setattr field, which the ring passes on), and ops.c asks /proc for
+ *   every unmarked write that came through a ring.
+ * - FUSE_TMPFILE: libfuse >= 3.17 has a tmpfile op (ops.c), which serves it on either path,
+ *   so with such a libfuse the read hook leaves it alone.
+ * - INTERRUPT: pmfuse registers no interrupt callbacks, so nothing is lost when libfuse 3.18
+ *   does not match interrupts to ring requests. Notifications (notify.c) are writes to
+ *   /dev/fuse, whichever path the request they follow came by: both work.
+ * The decision rests on the INIT reply itself, so it holds however the ring was asked for
+ * (-o io_uring or libfuse's FUSE_URING_ENABLE environment variable).
  */
 #include "fuse/initx.h"
 
@@ -40,18 +67,55 @@
 
 #include "util/util.h"
 
+/* kernel 6.14 on; not in Debian 12's <linux/fuse.h> */
+#ifndef FUSE_OVER_IO_URING
+#define FUSE_OVER_IO_URING (1ULL << 41)
+#endif
+
 static struct pmfuse_initx *initx;   /* one session per process */
+
+/* Whether an INIT reply turns the rings on: FUSE_OVER_IO_URING is a flags2 bit. */
+static bool initx_reply_uring(const struct fuse_init_out *out, size_t len)
+{
+	return (out->flags & FUSE_INIT_EXT) &&
+	       len >= offsetof(struct fuse_init_out, flags2) + sizeof(uint32_t) &&
+	       (out->flags2 & (uint32_t)(FUSE_OVER_IO_URING >> 32));
+}
+
+/* The mount log says which path requests take, and why not the ring when it was asked for. */
+static void log_transport(const struct pmfuse_initx *x, bool writeback_cache)
+{
+	if (x->uring && !writeback_cache)
+		pmfuse_log(PMFUSE_LOG_INFO, "transport: FUSE over io_uring (per-CPU rings); "
+			   "HANDLE_KILLPRIV_V2 not negotiated, the kernel clears setuid/setgid "
+			   "before writes");
+	else if (x->uring)
+		pmfuse_log(PMFUSE_LOG_INFO, "transport: FUSE over io_uring (per-CPU rings); "
+			   "writeback cache: HANDLE_KILLPRIV_V2 kept, the daemon asks /proc "
+			   "whether a writer has CAP_FSETID");
+	else if (!x->uring_wanted)
+		pmfuse_log(PMFUSE_LOG_INFO, "transport: /dev/fuse");
+	else if (!(x->offered2 & (uint32_t)(FUSE_OVER_IO_URING >> 32)))
+		pmfuse_log(PMFUSE_LOG_WARN, "transport: /dev/fuse: io_uring was asked for but the "
+			   "kernel does not offer it (needs Linux >= 6.14 and "
+			   "/sys/module/fuse/parameters/enable_uring set to Y)");
+	else
+		pmfuse_log(PMFUSE_LOG_WARN, "transport: /dev/fuse: io_uring was asked for and "
+			   "offered, but libfuse could not start its rings");
+}
 
 static ssize_t initx_read(int fd, void *buf, size_t len, void *userdata)
 {
 	ssize_t n = read(fd, buf, len);
 
 	(void)userdata;
+#ifndef PMFUSE_HAVE_FUSE_TMPFILE
 	if (n >= (ssize_t)sizeof(struct fuse_in_header) &&
 	    ((struct fuse_in_header *)buf)->opcode == FUSE_TMPFILE) {
 		((struct fuse_in_header *)buf)->opcode = FUSE_CREATE;
 		return n;
 	}
+#endif
 	if (n >= (ssize_t)(sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in)) &&
 	    ((struct fuse_in_header *)buf)->opcode == FUSE_WRITE) {
 		struct fuse_write_in *w = (void *)((struct fuse_in_header *)buf + 1);
@@ -68,6 +132,11 @@ static ssize_t initx_read(int fd, void *buf, size_t len, void *userdata)
 			const struct fuse_init_in *arg = (const void *)(in + 1);
 
 			initx->offered = arg->flags;
+			initx->offered2 = 0;
+			if ((arg->flags & FUSE_INIT_EXT) &&
+			    n >= (ssize_t)(sizeof(*in) + offsetof(struct fuse_init_in, flags2) +
+					   sizeof(uint32_t)))
+				initx->offered2 = arg->flags2;
 			__atomic_store_n(&initx->init_unique, in->unique, __ATOMIC_RELEASE);
 		}
 	}
@@ -90,15 +159,23 @@ static ssize_t initx_writev(int fd, struct iovec *iov, int count, void *userdata
 
 		if (oh->unique == init_unique) {
 			__atomic_store_n(&initx->init_unique, 0, __ATOMIC_RELAXED);
-			if (oh->error == 0 && (initx->offered & FUSE_HANDLE_KILLPRIV_V2)) {
+			if (oh->error == 0) {
 				memcpy(&out, iov[1].iov_base, iov[1].iov_len);
-				out.flags |= FUSE_HANDLE_KILLPRIV_V2;
+				initx->uring = initx_reply_uring(&out, iov[1].iov_len);
+				log_transport(initx, out.flags & FUSE_WRITEBACK_CACHE);
+				if (initx->uring && !(out.flags & FUSE_WRITEBACK_CACHE)) {
+					/* see the top: the ring loses FUSE_WRITE_KILL_SUIDGID */
+					out.flags &= ~(uint32_t)FUSE_HANDLE_KILLPRIV_V2;
+				} else if (initx->offered & FUSE_HANDLE_KILLPRIV_V2) {
+					out.flags |= FUSE_HANDLE_KILLPRIV_V2;
+					/* ops.c reads it on other threads, after this reply */
+					__atomic_store_n(&initx->killpriv_v2, true, __ATOMIC_RELEASE);
+					pmfuse_log(PMFUSE_LOG_DEBUG, "FUSE_HANDLE_KILLPRIV_V2 granted: "
+						   "writes skip the security.capability lookup");
+				}
 				copy[0] = iov[0];
 				copy[1].iov_base = &out;
 				copy[1].iov_len = iov[1].iov_len;
-				initx->killpriv_v2 = true;
-				pmfuse_log(PMFUSE_LOG_DEBUG, "FUSE_HANDLE_KILLPRIV_V2 granted: writes "
-					   "skip the security.capability lookup");
 				return writev(fd, copy, 2);
 			}
 		}
@@ -106,7 +183,7 @@ static ssize_t initx_writev(int fd, struct iovec *iov, int count, void *userdata
 	return writev(fd, iov, count);
 }
 
-int pmfuse_initx_install(struct fuse_session *se, struct pmfuse_initx *x)
+int pmfuse_initx_install(struct fuse_session *se, struct pmfuse_initx *x, bool uring_wanted)
 {
 	static const struct fuse_custom_io io = {
 		.read = initx_read,
@@ -114,6 +191,7 @@ int pmfuse_initx_install(struct fuse_session *se, struct pmfuse_initx *x)
 	};
 
 	memset(x, 0, sizeof(*x));
+	x->uring_wanted = uring_wanted;
 	initx = x;
 	return fuse_session_custom_io(se, &io, fuse_session_fd(se));
 }

@@ -15,14 +15,17 @@
 struct pmfuse_initx {
 	uint64_t init_unique;        /* the INIT request being answered, 0 when none */
 	uint32_t offered;            /* the kernel's INIT flags (first word) */
+	uint32_t offered2;           /* and the second (flags2), 0 without FUSE_INIT_EXT */
 	bool killpriv_v2;            /* FUSE_HANDLE_KILLPRIV_V2 granted */
+	bool uring_wanted;           /* -o io_uring or FUSE_URING_ENABLE: for the log only */
+	bool uring;                  /* the INIT reply turned FUSE over io_uring on */
 };
 
 /*
  * The name a FUSE_TMPFILE request (O_TMPFILE) arrives with at the create handler: the kernel
  * sends the request as a CREATE of the dentry "/", which no real name can be, and initx
  * changes only its opcode (the two requests carry the same arguments and expect the same
- * reply: an entry and an open file).
+ * reply: an entry and an open file). Not with libfuse >= 3.17, which has a tmpfile op.
  */
 #define PMFUSE_TMPFILE_NAME "/"
 
@@ -36,9 +39,11 @@ struct pmfuse_initx {
 /*
  * Routes the session's /dev/fuse reads and writes through hooks that watch for INIT and add
  * FUSE_HANDLE_KILLPRIV_V2 to the reply when the kernel offers it, that turn FUSE_TMPFILE
- * into FUSE_CREATE, and that carry a write's kill flag over. Call after
- * fuse_session_mount() and before the session loop; x must outlive the session. 0 or -errno.
+ * into FUSE_CREATE, and that carry a write's kill flag over; with FUSE over io_uring (which
+ * the INIT reply shows) KILLPRIV_V2 is withheld instead (initx.c says why). uring_wanted (the
+ * ring was asked for) only chooses what the log says. Call after fuse_session_mount() and
+ * before the session loop; x must outlive the session. 0 or -errno.
  */
-int pmfuse_initx_install(struct fuse_session *se, struct pmfuse_initx *x);
+int pmfuse_initx_install(struct fuse_session *se, struct pmfuse_initx *x, bool uring_wanted);
 
 #endif /* PMFUSE_FUSE_INITX_H */

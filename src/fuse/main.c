@@ -28,6 +28,12 @@
  * (then pmfuse unmounts it itself), stop the notifier (it replies to what it still holds),
  * and close the filesystem and the volume, which marks it clean.
  *
+ * -o io_uring (and io_uring_q_depth=N) go to libfuse >= 3.18, whose session then serves
+ * requests through per-CPU io_uring rings when the kernel offers them (Linux >= 6.14 with
+ * /sys/module/fuse/parameters/enable_uring=Y, which pmfuse never changes); otherwise it stays
+ * on /dev/fuse and the log says why (initx.c). A pmfuse built against an older libfuse refuses
+ * them: a libfuse that does not know the option would fail the mount with a vaguer message.
+ *
  * Exit status: 0 after a clean shutdown, 1 on any error.
  */
 #include <errno.h>
@@ -75,10 +81,12 @@ struct cli {
 	bool nosubtype;
 	bool remount;
 	bool writeback_cache;        /* -o writeback_cache: the kernel's page cache buffers writes */
+	bool io_uring;               /* -o io_uring (libfuse's, kept for the log) */
 	unsigned long remount_flags; /* MS_* from the -o options, for -o remount */
 };
 
-enum { KEY_RO, KEY_RW, KEY_ACL, KEY_NOACL, KEY_NOSUBTYPE, KEY_REMOUNT, KEY_WRITEBACK };
+enum { KEY_RO, KEY_RW, KEY_ACL, KEY_NOACL, KEY_NOSUBTYPE, KEY_REMOUNT, KEY_WRITEBACK,
+       KEY_URING };
 
 static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("ro", KEY_RO),
@@ -88,6 +96,8 @@ static const struct fuse_opt cli_opts[] = {
 	FUSE_OPT_KEY("nosubtype", KEY_NOSUBTYPE),
 	FUSE_OPT_KEY("remount", KEY_REMOUNT),
 	FUSE_OPT_KEY("writeback_cache", KEY_WRITEBACK),
+	FUSE_OPT_KEY("io_uring", KEY_URING),
+	FUSE_OPT_KEY("io_uring_q_depth=", KEY_URING),
 	FUSE_OPT_END
 };
 
@@ -146,6 +156,17 @@ static int cli_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	case KEY_WRITEBACK:
 		cli->writeback_cache = true;
 		return 0;            /* ours: asked for in FUSE_INIT, not a mount option */
+	case KEY_URING:
+#ifdef PMFUSE_HAVE_FUSE_URING
+		if (!strcmp(arg, "io_uring"))
+			cli->io_uring = true;
+		return 1;            /* libfuse's session options */
+#else
+		fprintf(stderr, "pmfuse: -o %s: FUSE over io_uring needs libfuse >= 3.18; this "
+			"pmfuse is built against %d.%d\n", arg, FUSE_MAJOR_VERSION,
+			FUSE_MINOR_VERSION);
+		return -1;
+#endif
 	case FUSE_OPT_KEY_NONOPT:
 		if (cli->pool) {
 			if (!cli->mnt && !(cli->mnt = strdup(arg)))
@@ -179,8 +200,18 @@ static void usage(FILE *f)
 		"                           ...) as mount -o remount does, then exit\n"
 		"    -o writeback_cache     let the kernel's page cache hold writes back: data is\n"
 		"                           durable at fsync (or close), no longer when write returns\n"
+		"    -o io_uring            FUSE over io_uring when the kernel offers it (Linux >= 6.14,\n"
+		"                           enable_uring=Y in /sys/module/fuse/parameters); needs\n"
+		"                           libfuse >= 3.18%s;\n"
+		"                           -o io_uring_q_depth=N sets the depth of each ring\n"
 		"pmfuse always uses -o default_permissions,fsname=POOL,subtype=pmfuse.\n"
-		"\n");
+		"\n",
+#ifdef PMFUSE_HAVE_FUSE_URING
+		""
+#else
+		" (this pmfuse has an older one)"
+#endif
+		);
 }
 
 /*
@@ -456,6 +487,7 @@ int main(int argc, char *argv[])
 	struct cli cli = { 0 };
 	char pool_path[PATH_MAX];
 	bool signals = false, mounted = false;
+	const char *uring_env = NULL;
 	int rc, status = 1, path_errno = 0;
 
 	memset(&opts, 0, sizeof(opts));
@@ -544,10 +576,17 @@ bad_args:
 	if (fuse_session_mount(se, opts.mountpoint))
 		goto out;
 	mounted = true;
-	if ((rc = pmfuse_initx_install(se, &initx)) < 0) {
+	/* libfuse >= 3.18 also reads FUSE_URING_ENABLE=1 from the environment: the log should
+	 * know it (an older libfuse ignores it) */
+#ifdef PMFUSE_HAVE_FUSE_URING
+	uring_env = getenv("FUSE_URING_ENABLE");
+#endif
+	if ((rc = pmfuse_initx_install(se, &initx, cli.io_uring ||
+				       (uring_env && atoi(uring_env) != 0))) < 0) {
 		pmfuse_log(PMFUSE_LOG_ERR, "cannot hook the FUSE session's I/O: %s", strerror(-rc));
 		goto out;
 	}
+	daemon.initx = &initx;
 	find_mount_dev(&daemon, opts.mountpoint);
 	if ((rc = pmfuse_notifier_start(se, &daemon.notifier))) {
 		pmfuse_log(PMFUSE_LOG_ERR, "cannot start the notifier thread: %s", strerror(-rc));

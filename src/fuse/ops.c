@@ -24,7 +24,8 @@
  *   durable on the pool; with the option the kernel's page cache holds writes back, and data
  *   is durable at fsync (what follows from it: op_write, op_lseek, op_fsync, ioctl.c, and
  *   doc/design.md);
- * - HANDLE_KILLPRIV_V2 (added to the INIT reply by initx.c; libfuse 3.14 has no bit for it):
+ * - HANDLE_KILLPRIV_V2 (added to the INIT reply by initx.c; libfuse 3.14 has no bit for it;
+ *   withheld under FUSE over io_uring, where the write flag it relies on is lost: initx.c):
  *   the kernel stops asking for security.capability before every write; a truncation (and a
  *   chown) then comes with FATTR_KILL_SUIDGID, set only when the caller lacks CAP_FSETID,
  *   and the fs clears the bits (PMFUSE_SET_KILL_SUID). Not HANDLE_KILLPRIV (v1), with which
@@ -124,6 +125,31 @@ static void cred_of(fuse_req_t req, struct pmfuse_cred *cred)
 	pmfuse_op_cred(req, cred);
 }
 
+/*
+ * Whether the kernel marks what a caller without CAP_FSETID writes or truncates
+ * (FUSE_WRITE_KILL_SUIDGID, FATTR_KILL_SUIDGID): only under HANDLE_KILLPRIV_V2 (initx.c). Without
+ * it (FUSE over io_uring, or a kernel that does not offer it) the kernel clears setuid, and
+ * setgid when group-executable, itself, but not setgid for a caller outside the file's group
+ * (Linux 6.2's rule, which FUSE's setattr leaves to the server): the daemon asks /proc then.
+ */
+static bool kernel_marks_fsetid(fuse_req_t req)
+{
+	const struct pmfuse_initx *x = daemon_of(req)->initx;
+
+	return x && __atomic_load_n(&x->killpriv_v2, __ATOMIC_ACQUIRE);
+}
+
+/* A request through an io_uring ring, which lost FUSE_WRITE_KILL_SUIDGID on the way (initx.c). */
+static bool req_on_ring(fuse_req_t req)
+{
+#ifdef PMFUSE_HAVE_FUSE_URING
+	return fuse_req_is_uring(req);
+#else
+	(void)req;
+	return false;
+#endif
+}
+
 static void stat_of(const struct pmfuse_attr *a, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
@@ -181,6 +207,24 @@ static void reply_attr(fuse_req_t req, int rc, const struct pmfuse_attr *a)
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
+/*
+ * The mount log says once that requests really arrive through an io_uring ring: the INIT reply
+ * only shows that libfuse started its rings (initx.c), the kernel uses them once every ring is
+ * registered. A relaxed load per create, lookup and getattr after that.
+ */
+static void note_transport(fuse_req_t req)
+{
+#ifdef PMFUSE_HAVE_FUSE_URING
+	static bool seen;
+
+	if (!__atomic_load_n(&seen, __ATOMIC_RELAXED) && fuse_req_is_uring(req) &&
+	    !__atomic_exchange_n(&seen, true, __ATOMIC_RELAXED))
+		pmfuse_log(PMFUSE_LOG_INFO, "first request served through an io_uring ring");
+#else
+	(void)req;
+#endif
+}
+
 /* Set by init when the kernel enforces POSIX ACLs (one session per process). */
 static bool acl_enabled;
 
@@ -216,6 +260,22 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		pmfuse_log(PMFUSE_LOG_INFO, "writeback cache: the kernel buffers writes; data is "
 			   "durable at fsync or close");
 	}
+#ifdef PMFUSE_HAVE_FUSE_URING
+	/*
+	 * Not the io_uring rings with the writeback cache: on the rings (kernel 6.18, libfuse
+	 * 3.18.2) fs_reflink's clone-while-writing test hung with the writeback cache, requests
+	 * left unanswered even after the daemon was killed and the connection aborted. Until that
+	 * is understood the cache keeps /dev/fuse.
+	 */
+	if (d->writeback_cache && (conn->want & FUSE_CAP_OVER_IO_URING)) {
+		conn->want &= ~(unsigned)FUSE_CAP_OVER_IO_URING;
+		if (d->initx && d->initx->uring_wanted)
+			pmfuse_log(PMFUSE_LOG_WARN, "transport: /dev/fuse: io_uring is not used "
+				   "with -o writeback_cache");
+		if (d->initx)
+			d->initx->uring_wanted = false;   /* said here, not again at INIT */
+	}
+#endif
 	d->no_opendir = conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
 
 	/* libfuse has already capped max_write at its request buffer (1 MiB with 4 KiB pages). */
@@ -250,6 +310,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct pmfuse_attr a;
 	int rc = pmfuse_fs_lookup(fs_of(req), parent, name, &a);
 
+	note_transport(req);
 	reply_entry(req, rc, &a);
 }
 
@@ -274,6 +335,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	int rc = pmfuse_fs_getattr(fs_of(req), ino, &a);
 
 	(void)fi;
+	note_transport(req);
 	reply_attr(req, rc, &a);
 }
 
@@ -337,6 +399,17 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *st, int to_s
 		valid |= PMFUSE_SET_KILL_SUID;
 
 	cred_of(req, &cred);
+	/* no KILLPRIV_V2: a truncation says nothing of the caller; ask, for a file with the bits */
+	if ((valid & PMFUSE_SET_SIZE) &&
+	    !(valid & (PMFUSE_SET_KILL_SUID | PMFUSE_SET_UID | PMFUSE_SET_GID)) &&
+	    !kernel_marks_fsetid(req)) {
+		struct pmfuse_attr cur;
+		bool in_group;
+
+		if (!pmfuse_fs_getattr(fs_of(req), ino, &cur) && S_ISREG(cur.mode) &&
+		    (cur.mode & (S_ISUID | S_ISGID)) && !req_privs(&cred, cur.gid, &in_group))
+			valid |= PMFUSE_SET_KILL_SUID;
+	}
 	rc = pmfuse_fs_setattr(fs_of(req), ino, &sa, valid, &cred, &a);
 	reply_attr(req, rc, &a);
 }
@@ -458,6 +531,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	int rc;
 
 	cred_of(req, &cred);
+	note_transport(req);
 	if (!strcmp(name, PMFUSE_TMPFILE_NAME))    /* FUSE_TMPFILE, as initx.c passes it on */
 		rc = pmfuse_fs_tmpfile(fs_of(req), parent, mode, &cred, &a);
 	else
@@ -472,6 +546,18 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	if (fuse_reply_create(req, &e, fi))
 		pmfuse_fs_forget(fs_of(req), a.ino, 1);
 }
+
+#ifdef PMFUSE_HAVE_FUSE_TMPFILE
+/*
+ * FUSE_TMPFILE (O_TMPFILE) from libfuse >= 3.17, which serves it on /dev/fuse and on the
+ * io_uring rings alike (there initx.c's read hook, which turns it into a CREATE for an older
+ * libfuse, never sees it): the same fs call as the create handler's for PMFUSE_TMPFILE_NAME.
+ */
+static void op_tmpfile(fuse_req_t req, fuse_ino_t parent, mode_t mode, struct fuse_file_info *fi)
+{
+	op_create(req, parent, PMFUSE_TMPFILE_NAME, mode, fi);
+}
+#endif
 
 struct read_reply {
 	fuse_req_t req;
@@ -662,7 +748,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
  *
  * Setuid/setgid: the kernel marks a write by a caller without CAP_FSETID with
  * FUSE_WRITE_KILL_SUIDGID (direct writes always, cached ones under HANDLE_KILLPRIV_V2, which
- * pmfuse grants; without it the kernel clears the bits itself first). libfuse drops that flag,
+ * pmfuse grants except over io_uring; without it the kernel clears the bits itself first, and
+ * a direct write's flag, lost on a ring, has nothing left to clear). libfuse drops that flag,
  * so the session's read hook carries it in fi->flags (PMFUSE_FI_KILL_SUIDGID); the fs applies
  * pmfuse_fs_mode_after_change with it, which asks the caller's groups only for setgid without
  * group-exec. With the writeback cache, pages are written back as requests with
@@ -688,6 +775,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	}
 	cred_of(req, &cred);
 	cred.fsetid = !fi->writepage && ((unsigned)fi->flags & PMFUSE_FI_KILL_SUIDGID) ? -1 : 1;
+	/* without KILLPRIV_V2, or through a ring (initx.c), an unmarked write may come from a
+	 * caller without CAP_FSETID: the fs asks /proc, for a file with either bit only */
+	if (!fi->writepage && cred.fsetid > 0 && (!kernel_marks_fsetid(req) || req_on_ring(req)))
+		cred.fsetid = 0;
 	/* a written-back page: the kernel has its own mtime and ctime for the write, taken when
 	 * it was made, and sends them with SETATTR (before or after this request) */
 	wflags = fi->writepage ? PMFUSE_WRITE_KEEP_TIMES : 0;
@@ -1347,6 +1438,13 @@ static void g_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	GUARDED(req, parent, op_create(req, parent, name, mode, fi), fuse_reply_err(req, EIO));
 }
 
+#ifdef PMFUSE_HAVE_FUSE_TMPFILE
+static void g_tmpfile(fuse_req_t req, fuse_ino_t parent, mode_t mode, struct fuse_file_info *fi)
+{
+	GUARDED(req, parent, op_tmpfile(req, parent, mode, fi), fuse_reply_err(req, EIO));
+}
+#endif
+
 static void g_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
 		struct fuse_file_info *fi)
 {
@@ -1421,4 +1519,7 @@ const struct fuse_lowlevel_ops pmfuse_ops = {
 	.lseek = g_lseek,
 	.copy_file_range = g_copy_file_range,
 	.ioctl = g_ioctl,
+#ifdef PMFUSE_HAVE_FUSE_TMPFILE
+	.tmpfile = g_tmpfile,
+#endif
 };

@@ -16,6 +16,7 @@
 struct pmfuse_cred;
 struct pmfuse_fs;
 struct pmfuse_notifier;
+struct pmfuse_initx;
 
 struct pmfuse_daemon {
 	struct pmfuse_fs *fs;
@@ -29,6 +30,7 @@ struct pmfuse_daemon {
 	bool dev_known;              /* dev is the st_dev of this mount (from statx at mount) */
 	dev_t dev;                   /* tells a caller's file on this mount from others */
 	struct pmfuse_notifier *notifier;   /* invalidates the kernel's cache, then replies */
+	struct pmfuse_initx *initx;  /* the INIT hooks: KILLPRIV_V2 granted, io_uring asked for */
 };
 
 extern const struct fuse_lowlevel_ops pmfuse_ops;

@@ -40,7 +40,9 @@ Environment: PMFUSE_SEED, PMFUSE_TEST_SCALE (multiplies operation counts; the sa
 uses 0.25), PMFUSE_TEST_TIMEOUT_FACTOR (multiplies deadlines; 3 by default when ASAN_OPTIONS,
 UBSAN_OPTIONS or TSAN_OPTIONS is set), PMFUSE_TEST_DIR, PMFUSE_DAEMON_OPTS (extra -o options;
 with writeback_cache, tests that depend on when data reaches the pool follow WRITEBACK_CACHE),
-PMFUSE_DAEMON_DEBUG=1 (pass -d).
+PMFUSE_DAEMON_DEBUG=1 (pass -d), PMFUSE_TEST_URING=1 (every mount with -o io_uring, FUSE over
+io_uring: needs a daemon built against libfuse >= 3.18 and enable_uring=Y, which the tests never
+set; without it every file is skipped, and a daemon that ends up on /dev/fuse fails its test).
 """
 
 import ctypes
@@ -324,6 +326,19 @@ DAEMON_OPTS = os.environ.get("PMFUSE_DAEMON_OPTS", "")
 # for space (ENOSPC comes from fsync and close); SEEK_DATA/SEEK_HOLE are the kernel's own (all
 # data up to EOF); callers of the pmfuse ioctls fsync the files they hand over first.
 WRITEBACK_CACHE = "writeback_cache" in DAEMON_OPTS.split(",")
+# PMFUSE_TEST_URING=1: every mount asks for FUSE over io_uring (meson test --setup uring);
+# with writeback_cache the daemon stays on /dev/fuse (ops.c op_init says why)
+URING = os.environ.get("PMFUSE_TEST_URING") == "1"
+URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+
+def uring_enabled():
+    """Whether the kernel offers FUSE over io_uring now (the module parameter is Y)."""
+    try:
+        with open(URING_PARAM) as f:
+            return f.read().strip() == "Y"
+    except OSError:
+        return False
 
 
 class Config:
@@ -392,6 +407,9 @@ def skip_reason(cfg):
         return f"mkfs.pmfuse is not built ({cfg.mkfs or 'no build*/tools/mkfs.pmfuse'})"
     if not os.path.isdir(BASE_DIR):
         return f"{BASE_DIR} does not exist (set PMFUSE_TEST_DIR)"
+    if URING and not uring_enabled():
+        return (f"PMFUSE_TEST_URING=1 but {URING_PARAM} is not Y (the kernel would serve the "
+                "mounts over /dev/fuse)")
     return None
 
 
@@ -420,6 +438,27 @@ def is_mounted(path):
     return os.path.realpath(path) in mountinfo()
 
 
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def abort_fuse_connection(mnt):
+    """Ends every request of the FUSE connection mounted on mnt (fusectl's abort), as the
+    daemon's death does on /dev/fuse. On the io_uring rings (kernel 6.18) a killed daemon can
+    leave requests unanswered, and their callers hung, until the connection is aborted. Only
+    with PMFUSE_TEST_URING; mounts fusectl where it is missing."""
+    info = mountinfo().get(os.path.realpath(mnt))
+    if not URING or not info or not info[0].startswith("fuse"):
+        return
+    if not any(v[0] == "fusectl" for v in mountinfo().values()):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with open(os.path.join(FUSECTL, info[2].split(":")[1], "abort"), "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+
+
 # --------------------------------------------------------------------------------------------
 # Watchdog: a separate process in its own session
 
@@ -439,6 +478,7 @@ def watchdog_main(parent_pid):
                     os.kill(p, signal.SIGKILL)
                 except OSError:
                     pass
+            abort_fuse_connection(mnt)
             subprocess.run(["fusermount3", "-uz", mnt], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
         mounts.clear()
@@ -781,6 +821,8 @@ class Mount:
         opts = ["allow_other"] + self.opts
         if DAEMON_OPTS:
             opts.append(DAEMON_OPTS)
+        if URING and "io_uring" not in opts:
+            opts.append("io_uring")
         cmd = [self.cfg.daemon, "-f"]
         if os.environ.get("PMFUSE_DAEMON_DEBUG") == "1":
             cmd.append("-d")
@@ -873,6 +915,11 @@ class Mount:
             if marker in text and marker not in "".join(self.problems):
                 self.problems.append(f"sanitizer report in the daemon log ({marker}):\n"
                                      + self.log_tail(60))
+        # the log names the transport at INIT (initx.c): a run meant for the ring must use it
+        wbc = WRITEBACK_CACHE or "writeback_cache" in self.opts
+        if URING and not wbc and "transport: /dev/fuse" in text and "on /dev/fuse" not in "".join(self.problems):
+            self.problems.append("PMFUSE_TEST_URING=1 but the daemon served on /dev/fuse:\n"
+                                 + self.log_tail())
 
     def remount(self):
         self.unmount()
@@ -890,6 +937,7 @@ class Mount:
         self.killed = True
         os.kill(self.daemon.pid, signal.SIGKILL)
         self.daemon.wait(timeout=EXIT_TIMEOUT)
+        abort_fuse_connection(self.mnt)
         # a sanitizer that stopped the daemon before the kill must still fail the test
         self.scan_log()
 
@@ -1094,7 +1142,8 @@ def main(name=None):
     os.umask(0o022)
     print(f"{name}: daemon {cfg.daemon}, mkfs {cfg.mkfs}, seed {SEED} (PMFUSE_SEED), "
           f"scale {SCALE}, timeout factor {TIME_FACTOR}, in {BASE_DIR}"
-          + (f", daemon options {DAEMON_OPTS} (PMFUSE_DAEMON_OPTS)" if DAEMON_OPTS else ""))
+          + (f", daemon options {DAEMON_OPTS} (PMFUSE_DAEMON_OPTS)" if DAEMON_OPTS else "")
+          + (", FUSE over io_uring (PMFUSE_TEST_URING)" if URING else ""))
     WATCHDOG = Watchdog()
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGTERM, _on_term)
@@ -1194,6 +1243,9 @@ def same_bytes(actual, expected, what):
 
 # what a system call into the mount of a killed daemon fails with
 DEAD = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV)
+if URING:
+    # a request a ring had handed to the daemon when it died ends with ECANCELED (kernel 6.18)
+    DEAD += (errno.ECANCELED,)
 
 
 def old_or_new(got, old, new, what):
